@@ -1,0 +1,875 @@
+/*
+ * config.c - kmsd.conf: the schema table, the loader and the refcounted
+ * config object.
+ *
+ * The schema is data: one row per key with its type, default and bounds.
+ * kms_config_load() starts from the defaults, applies the file through inih,
+ * checks every value against its row and derives the paths that default to
+ * places inside state_dir.  Any error names the file, the line and the key,
+ * and no half-built config ever escapes: reload swaps only a valid one in.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include <ini.h>
+
+#include "kms.h"
+
+enum cfg_type {
+	T_STRING,       /* free text */
+	T_PATH,         /* file system path, made absolute */
+	T_INT,          /* integer in [min, max] */
+	T_BOOL,         /* yes/no */
+	T_SIZE,         /* bytes with K/M/G suffix, in [min, max] */
+	T_DURATION,     /* seconds with s/m/h/d suffix, in [min, max] */
+	T_CHOICE,       /* string out of a fixed list, kept as string */
+	T_ENUM,         /* name out of a fixed list, kept as its number */
+	T_LIST,         /* comma-separated items */
+};
+
+struct enum_val {
+	const char *name;
+	long long value;
+};
+
+struct cfg_key {
+	const char *section;
+	const char *name;
+	enum cfg_type type;
+	const char *def;
+	long long min, max;
+	const char *const *choices;       /* T_CHOICE */
+	const struct enum_val *enums;     /* T_ENUM */
+	size_t offset;                    /* into struct kms_config */
+	const char *help;
+};
+
+static const char *const ca_keys[] = { "rsa:3072", "rsa:4096", "ec:p384", NULL };
+static const char *const user_keys[] = { "rsa:2048", "rsa:3072", "ec:p256", "ec:p384", NULL };
+static const char *const krk_keys[] = { "rsa:3072", "rsa:4096", NULL };
+static const char *const p12_formats[] = { "modern", "compat", NULL };
+
+static const struct enum_val levels[] = {
+	{ "err", KMS_LOG_ERR }, { "error", KMS_LOG_ERR }, { "warning", KMS_LOG_WARNING },
+	{ "info", KMS_LOG_INFO }, { "debug", KMS_LOG_DEBUG }, { NULL, 0 },
+};
+static const struct enum_val facilities[] = {
+	{ "mail", LOG_MAIL }, { "daemon", LOG_DAEMON }, { "auth", LOG_AUTH },
+	{ "local0", LOG_LOCAL0 }, { "local1", LOG_LOCAL1 }, { "local2", LOG_LOCAL2 },
+	{ "local3", LOG_LOCAL3 }, { "local4", LOG_LOCAL4 }, { "local5", LOG_LOCAL5 },
+	{ "local6", LOG_LOCAL6 }, { "local7", LOG_LOCAL7 }, { NULL, 0 },
+};
+static const struct enum_val actions[] = {
+	{ "accept", KMS_ACT_ACCEPT }, { "warn", KMS_ACT_WARN }, { "reject", KMS_ACT_REJECT },
+	{ "tempfail", KMS_ACT_TEMPFAIL }, { "quarantine", KMS_ACT_QUARANTINE }, { NULL, 0 },
+};
+
+#define DEFAULT_NOTICE \
+	"WARNING: the certificate that signed this message has been revoked.\n" \
+	"\n" \
+	"Signer: %{signer}\n" \
+	"Certificate serial: %{serial}\n" \
+	"Revoked on: %{revoked_at}\n" \
+	"Reason: %{reason}\n" \
+	"The message %{signed_claim}.\n" \
+	"\n" \
+	"Do not trust that this message comes from the signer, and do not act on\n" \
+	"it, until you have checked with the sender by another channel (phone,\n" \
+	"in person).  If in doubt, forward it to your mail administrator.\n" \
+	"The original message, with its signature, is attached unchanged."
+
+#define OFF(f) offsetof(struct kms_config, f)
+#define INTMAX LLONG_MAX
+
+static const struct cfg_key schema[] = {
+	{ "kmsd", "state_dir", T_PATH, "./kmsd-state", 0, 0, NULL, NULL, OFF(kmsd.state_dir),
+	  "directory for the store, sockets, pid file and published files" },
+	{ "kmsd", "control_socket", T_PATH, "", 0, 0, NULL, NULL, OFF(kmsd.control_socket),
+	  "control socket path (default <state_dir>/control.sock)" },
+	{ "kmsd", "milter_socket", T_STRING, "", 0, 0, NULL, NULL, OFF(kmsd.milter_socket),
+	  "unix:PATH or inet:PORT@HOST (default unix:<state_dir>/milter.sock)" },
+	{ "kmsd", "pid_file", T_PATH, "", 0, 0, NULL, NULL, OFF(kmsd.pid_file),
+	  "pid file (default <state_dir>/kmsd.pid)" },
+	{ "kmsd", "authserv_id", T_STRING, "", 0, 0, NULL, NULL, OFF(kmsd.authserv_id),
+	  "authserv-id in Authentication-Results (default: host name)" },
+	{ "kmsd", "user", T_STRING, "", 0, 0, NULL, NULL, OFF(kmsd.user),
+	  "user to run as after start-up when started as root" },
+	{ "kmsd", "group", T_STRING, "", 0, 0, NULL, NULL, OFF(kmsd.group),
+	  "group to run as; also owns the control socket" },
+	{ "kmsd", "max_control_clients", T_INT, "16", 1, 1024, NULL, NULL, OFF(kmsd.max_control_clients),
+	  "concurrent control connections" },
+	{ "kmsd", "control_idle_timeout", T_DURATION, "300", 1, 86400, NULL, NULL, OFF(kmsd.control_idle_timeout),
+	  "close an idle control connection after this long" },
+	{ "kmsd", "log_level", T_ENUM, "info", 0, 0, NULL, levels, OFF(kmsd.log_level),
+	  "err, warning, info or debug" },
+	{ "kmsd", "syslog_facility", T_ENUM, "mail", 0, 0, NULL, facilities, OFF(kmsd.syslog_facility),
+	  "syslog facility" },
+
+	{ "ca", "enabled", T_BOOL, "yes", 0, 0, NULL, NULL, OFF(ca.enabled),
+	  "no on a milter-only replica" },
+	{ "ca", "name", T_STRING, "kms-ca", 0, 0, NULL, NULL, OFF(ca.name),
+	  "short name in published file names and URLs ([A-Za-z0-9._-])" },
+	{ "ca", "organization", T_STRING, "", 0, 0, NULL, NULL, OFF(ca.organization),
+	  "organisation name used by init when --org is not given" },
+	{ "ca", "key", T_CHOICE, "rsa:3072", 0, 0, ca_keys, NULL, OFF(ca.key),
+	  "CA key type" },
+	{ "ca", "user_key", T_CHOICE, "rsa:2048", 0, 0, user_keys, NULL, OFF(ca.user_key),
+	  "key type of enrolled users' key pairs" },
+	{ "ca", "passphrase_file", T_PATH, "", 0, 0, NULL, NULL, OFF(ca.passphrase_file),
+	  "file holding the CA key passphrase (default <state_dir>/ca-passphrase, made by init)" },
+	{ "ca", "ca_validity_days", T_INT, "3650", 30, 9125, NULL, NULL, OFF(ca.ca_validity_days),
+	  "validity of the CA certificate" },
+	{ "ca", "user_validity_days", T_INT, "365", 1, 825, NULL, NULL, OFF(ca.user_validity_days),
+	  "validity of user certificates (S/MIME BR cap: 825)" },
+	{ "ca", "pkcs12_format", T_CHOICE, "modern", 0, 0, p12_formats, NULL, OFF(ca.pkcs12_format),
+	  "modern (AES-256, PBKDF2, SHA-256 MAC) or compat (3DES, SHA-1 MAC; gpgsm 2.2)" },
+	{ "ca", "pkcs12_iterations", T_INT, "10000", 1000, 10000000, NULL, NULL, OFF(ca.pkcs12_iterations),
+	  "key derivation iterations in security files" },
+
+	{ "crl", "url", T_STRING, "", 0, 0, NULL, NULL, OFF(crl.url),
+	  "CRL distribution point written into certificates (default http://<http listen>/crl/<name>.crl)" },
+	{ "crl", "publish_dir", T_PATH, "", 0, 0, NULL, NULL, OFF(crl.publish_dir),
+	  "where CRL files are written (default <state_dir>/crl)" },
+	{ "crl", "next_update_hours", T_INT, "24", 1, 240, NULL, NULL, OFF(crl.next_update_hours),
+	  "CRL validity (S/MIME BR cap: 10 days)" },
+	{ "crl", "delta", T_BOOL, "no", 0, 0, NULL, NULL, OFF(crl.delta),
+	  "also publish delta CRLs" },
+	{ "crl", "external", T_LIST, "", 0, 0, NULL, NULL, OFF(crl.external),
+	  "CRL files and http URLs of other trusted CAs" },
+	{ "crl", "external_ca", T_PATH, "", 0, 0, NULL, NULL, OFF(crl.external_ca),
+	  "PEM file of the CAs that sign the external CRLs" },
+	{ "crl", "external_refresh", T_DURATION, "3600", 60, 604800, NULL, NULL, OFF(crl.external_refresh),
+	  "how often external CRLs are fetched again" },
+	{ "crl", "source", T_STRING, "", 0, 0, NULL, NULL, OFF(crl.source),
+	  "replica: the primary's CRL URL to follow" },
+
+	{ "http", "listen", T_STRING, "127.0.0.1:8480", 0, 0, NULL, NULL, OFF(http.listen),
+	  "HOST:PORT of the distribution point; empty disables it" },
+	{ "http", "max_connections", T_INT, "64", 1, 10000, NULL, NULL, OFF(http.max_connections),
+	  "concurrent HTTP connections" },
+	{ "http", "longpoll_timeout", T_DURATION, "30", 1, 300, NULL, NULL, OFF(http.longpoll_timeout),
+	  "how long ?after= requests wait for a newer CRL" },
+
+	{ "escrow", "request_ttl", T_DURATION, "3600", 60, 604800, NULL, NULL, OFF(escrow.request_ttl),
+	  "lifetime of a recovery request" },
+	{ "escrow", "krk_key", T_CHOICE, "rsa:3072", 0, 0, krk_keys, NULL, OFF(escrow.krk_key),
+	  "key-recovery key type" },
+	{ "escrow", "shares", T_INT, "5", 2, 255, NULL, NULL, OFF(escrow.shares),
+	  "number of key-recovery shares made by init" },
+	{ "escrow", "threshold", T_INT, "3", 2, 255, NULL, NULL, OFF(escrow.threshold),
+	  "shares needed to recover" },
+	{ "escrow", "share_dir", T_PATH, "", 0, 0, NULL, NULL, OFF(escrow.share_dir),
+	  "where init writes share files (default <state_dir>/recovery-shares)" },
+
+	{ "milter", "max_memory", T_SIZE, "1M", 64 * 1024, 1024LL * 1024 * 1024, NULL, NULL, OFF(milter.max_memory),
+	  "message bytes kept in memory before spilling to a temp file" },
+	{ "milter", "max_message_size", T_SIZE, "50M", 1024 * 1024, 2048LL * 1024 * 1024, NULL, NULL, OFF(milter.max_message_size),
+	  "larger messages are not checked (verdict error)" },
+	{ "milter", "trust_file", T_PATH, "", 0, 0, NULL, NULL, OFF(milter.trust_file),
+	  "PEM file of extra trust anchors for signatures" },
+	{ "milter", "tempdir", T_PATH, "", 0, 0, NULL, NULL, OFF(milter.tempdir),
+	  "directory for spilled message bodies (default <state_dir>)" },
+	{ "milter", "max_headers", T_INT, "1000", 10, 100000, NULL, NULL, OFF(milter.max_headers),
+	  "header fields per message" },
+	{ "milter", "max_parts", T_INT, "1000", 10, 100000, NULL, NULL, OFF(milter.max_parts),
+	  "MIME parts examined per message" },
+	{ "milter", "max_depth", T_INT, "32", 2, 256, NULL, NULL, OFF(milter.max_depth),
+	  "MIME nesting examined per message" },
+
+	{ "policy", "on_pass", T_ENUM, "accept", 0, 0, NULL, actions, OFF(policy.on_pass), "action for a good signature" },
+	{ "policy", "on_fail", T_ENUM, "accept", 0, 0, NULL, actions, OFF(policy.on_fail), "action for a broken signature" },
+	{ "policy", "on_revoked", T_ENUM, "warn", 0, 0, NULL, actions, OFF(policy.on_revoked), "action for a revoked signer" },
+	{ "policy", "on_expired", T_ENUM, "accept", 0, 0, NULL, actions, OFF(policy.on_expired), "action for an expired signer" },
+	{ "policy", "on_untrusted", T_ENUM, "accept", 0, 0, NULL, actions, OFF(policy.on_untrusted), "action for an unknown CA" },
+	{ "policy", "on_mismatch", T_ENUM, "accept", 0, 0, NULL, actions, OFF(policy.on_mismatch), "action when From is not the signer" },
+	{ "policy", "on_encrypted", T_ENUM, "accept", 0, 0, NULL, actions, OFF(policy.on_encrypted), "action for encrypted mail" },
+	{ "policy", "on_none", T_ENUM, "accept", 0, 0, NULL, actions, OFF(policy.on_none), "action for unsigned mail" },
+	{ "policy", "on_error", T_ENUM, "tempfail", 0, 0, NULL, actions, OFF(policy.on_error), "action on internal errors" },
+	{ "policy", "subject_tag", T_STRING, "[REVOKED SENDER]", 0, 0, NULL, NULL, OFF(policy.subject_tag),
+	  "subject prefix added by warn" },
+	{ "policy", "notice", T_STRING, DEFAULT_NOTICE, 0, 0, NULL, NULL, OFF(policy.notice),
+	  "text of the notice added by warn; continue lines with leading spaces" },
+
+	{ "roles", "admin", T_LIST, "root, self", 0, 0, NULL, NULL, OFF(roles.admin),
+	  "users, uids and @groups allowed to run the CA" },
+	{ "roles", "officer", T_LIST, "", 0, 0, NULL, NULL, OFF(roles.officer),
+	  "key-recovery officers" },
+	{ "roles", "compliance", T_LIST, "", 0, 0, NULL, NULL, OFF(roles.compliance),
+	  "compliance officers (recovery requests, archive decryption)" },
+	{ "roles", "auditor", T_LIST, "root, self", 0, 0, NULL, NULL, OFF(roles.auditor),
+	  "readers of the audit trail" },
+};
+
+#define NKEYS (sizeof(schema) / sizeof(schema[0]))
+
+static char *base_dir;
+
+void
+kms_config_set_basedir(const char *dir)
+{
+	free(base_dir);
+	base_dir = dir ? strdup(dir) : NULL;
+}
+
+struct load_state {
+	struct kms_config *cfg;
+	const char *file;
+	int line;               /* line the reader last returned */
+	int continuation;       /* that line started with white space */
+	int toolong;            /* a line did not fit inih's buffer */
+	unsigned char seen[NKEYS];
+	const struct cfg_key *last_key;
+	char err[512];
+	FILE *fp;
+};
+
+static char **
+field_str(struct kms_config *cfg, const struct cfg_key *k)
+{
+	return (char **)((char *)cfg + k->offset);
+}
+
+static long long *
+field_ll(struct kms_config *cfg, const struct cfg_key *k)
+{
+	return (long long *)((char *)cfg + k->offset);
+}
+
+static int *
+field_int(struct kms_config *cfg, const struct cfg_key *k)
+{
+	return (int *)((char *)cfg + k->offset);
+}
+
+int
+kms_parse_duration(const char *s, long long *out)
+{
+	char *end;
+	long long v, mult = 1;
+
+	if (s == NULL || *s == '\0' || !isdigit((unsigned char)*s))
+		return KMS_ERR_INVALID;
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno != 0)
+		return KMS_ERR_INVALID;
+	if (*end != '\0') {
+		switch (*end) {
+		case 's': mult = 1; break;
+		case 'm': mult = 60; break;
+		case 'h': mult = 3600; break;
+		case 'd': mult = 86400; break;
+		default: return KMS_ERR_INVALID;
+		}
+		if (end[1] != '\0')
+			return KMS_ERR_INVALID;
+	}
+	if (v > LLONG_MAX / mult)
+		return KMS_ERR_INVALID;
+	*out = v * mult;
+	return 0;
+}
+
+int
+kms_parse_size(const char *s, long long *out)
+{
+	char *end;
+	long long v, mult = 1;
+
+	if (s == NULL || *s == '\0' || !isdigit((unsigned char)*s))
+		return KMS_ERR_INVALID;
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno != 0)
+		return KMS_ERR_INVALID;
+	if (*end != '\0') {
+		switch (toupper((unsigned char)*end)) {
+		case 'K': mult = 1024; break;
+		case 'M': mult = 1024 * 1024; break;
+		case 'G': mult = 1024LL * 1024 * 1024; break;
+		default: return KMS_ERR_INVALID;
+		}
+		if (end[1] != '\0' && !(toupper((unsigned char)end[1]) == 'B' && end[2] == '\0'))
+			return KMS_ERR_INVALID;
+	}
+	if (v > LLONG_MAX / mult)
+		return KMS_ERR_INVALID;
+	*out = v * mult;
+	return 0;
+}
+
+static int
+parse_bool(const char *s, int *out)
+{
+	static const char *const yes[] = { "yes", "true", "on", "1", NULL };
+	static const char *const no[] = { "no", "false", "off", "0", NULL };
+
+	for (int i = 0; yes[i]; i++)
+		if (strcasecmp(s, yes[i]) == 0)
+			return *out = 1, 0;
+	for (int i = 0; no[i]; i++)
+		if (strcasecmp(s, no[i]) == 0)
+			return *out = 0, 0;
+	return KMS_ERR_INVALID;
+}
+
+static char *
+make_absolute(const char *p)
+{
+	char cwd[PATH_MAX];
+	const char *base = base_dir;
+
+	if (p[0] == '\0' || p[0] == '/')
+		return strdup(p);
+	if (base == NULL) {
+		if (getcwd(cwd, sizeof(cwd)) == NULL)
+			return strdup(p);
+		base = cwd;
+	}
+	if (p[0] == '.' && p[1] == '/')
+		p += 2;
+	return kms_path_join(base, p);
+}
+
+static void
+range_text(const struct cfg_key *k, char *buf, size_t len)
+{
+	switch (k->type) {
+	case T_INT:
+		snprintf(buf, len, "an integer from %lld to %lld", k->min, k->max);
+		break;
+	case T_SIZE:
+		snprintf(buf, len, "a size from %lld to %lld bytes (K, M, G suffixes)", k->min, k->max);
+		break;
+	case T_DURATION:
+		snprintf(buf, len, "a duration from %lld to %lld seconds (s, m, h, d suffixes)", k->min, k->max);
+		break;
+	case T_BOOL:
+		snprintf(buf, len, "yes or no");
+		break;
+	case T_CHOICE: {
+		size_t o = 0;
+
+		o += snprintf(buf + o, len - o, "one of");
+		for (int i = 0; k->choices[i] && o < len; i++)
+			o += snprintf(buf + o, len - o, "%s %s", i ? "," : "", k->choices[i]);
+		break;
+	}
+	case T_ENUM: {
+		size_t o = 0;
+
+		o += snprintf(buf + o, len - o, "one of");
+		for (int i = 0; k->enums[i].name && o < len; i++)
+			o += snprintf(buf + o, len - o, "%s %s", i ? "," : "", k->enums[i].name);
+		break;
+	}
+	default:
+		snprintf(buf, len, "text");
+	}
+}
+
+/* Parse value for key k into cfg; on error write a message into err. */
+static int
+set_value(struct kms_config *cfg, const struct cfg_key *k, const char *value, char *err, size_t errlen)
+{
+	long long v = 0;
+	char range[256];
+
+	switch (k->type) {
+	case T_STRING:
+	case T_LIST: {
+		char *dup = strdup(value);
+
+		if (dup == NULL)
+			return KMS_ERR_NOMEM;
+		free(*field_str(cfg, k));
+		*field_str(cfg, k) = dup;
+		return 0;
+	}
+	case T_PATH: {
+		char *abs = make_absolute(value);
+
+		if (abs == NULL)
+			return KMS_ERR_NOMEM;
+		free(*field_str(cfg, k));
+		*field_str(cfg, k) = abs;
+		return 0;
+	}
+	case T_BOOL: {
+		int b;
+
+		if (parse_bool(value, &b) == 0) {
+			*field_int(cfg, k) = b;
+			return 0;
+		}
+		break;
+	}
+	case T_INT: {
+		char *end;
+
+		errno = 0;
+		v = strtoll(value, &end, 10);
+		if (errno == 0 && end != value && *end == '\0' && v >= k->min && v <= k->max) {
+			*field_ll(cfg, k) = v;
+			return 0;
+		}
+		break;
+	}
+	case T_SIZE:
+		if (kms_parse_size(value, &v) == 0 && v >= k->min && v <= k->max) {
+			*field_ll(cfg, k) = v;
+			return 0;
+		}
+		break;
+	case T_DURATION:
+		if (kms_parse_duration(value, &v) == 0 && v >= k->min && v <= k->max) {
+			*field_ll(cfg, k) = v;
+			return 0;
+		}
+		break;
+	case T_CHOICE:
+		for (int i = 0; k->choices[i]; i++) {
+			if (strcmp(value, k->choices[i]) == 0) {
+				char *dup = strdup(value);
+
+				if (dup == NULL)
+					return KMS_ERR_NOMEM;
+				free(*field_str(cfg, k));
+				*field_str(cfg, k) = dup;
+				return 0;
+			}
+		}
+		break;
+	case T_ENUM:
+		for (int i = 0; k->enums[i].name; i++) {
+			if (strcasecmp(value, k->enums[i].name) == 0) {
+				*field_ll(cfg, k) = k->enums[i].value;
+				return 0;
+			}
+		}
+		break;
+	}
+	range_text(k, range, sizeof(range));
+	snprintf(err, errlen, "bad value \"%.64s\" for %s: expected %s", value, k->name, range);
+	return KMS_ERR_CONFIG;
+}
+
+static const struct cfg_key *
+find_key(const char *section, const char *name, size_t *idx)
+{
+	for (size_t i = 0; i < NKEYS; i++) {
+		if (strcmp(schema[i].section, section) == 0 && strcmp(schema[i].name, name) == 0) {
+			*idx = i;
+			return &schema[i];
+		}
+	}
+	return NULL;
+}
+
+static int
+section_known(const char *section)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(schema[i].section, section) == 0)
+			return 1;
+	return 0;
+}
+
+/* inih handler: 1 to go on, 0 marks this line as the error line. */
+static int
+cfg_handler(void *user, const char *section, const char *name, const char *value)
+{
+	struct load_state *ls = user;
+	const struct cfg_key *k;
+	size_t idx;
+	char err[400];
+
+	if (ls->err[0] != '\0')
+		return 1;       /* report only the first error */
+	if (ls->toolong) {
+		snprintf(ls->err, sizeof(ls->err), "%s:%d: line too long (at most %d characters; "
+		    "continue long values on indented lines)", ls->file, ls->line, 199);
+		return 0;
+	}
+	if (!section_known(section)) {
+		snprintf(ls->err, sizeof(ls->err), "%s:%d: unknown section [%.64s]", ls->file, ls->line, section);
+		return 0;
+	}
+	k = find_key(section, name, &idx);
+	if (k == NULL) {
+		snprintf(ls->err, sizeof(ls->err), "%s:%d: unknown key \"%.64s\" in [%s]",
+		    ls->file, ls->line, name, section);
+		return 0;
+	}
+	if (ls->continuation && ls->last_key == k && (k->type == T_STRING || k->type == T_LIST)) {
+		/* Continuation line of a multi-line value: append it. */
+		char **f = field_str(ls->cfg, k);
+		size_t a = strlen(*f), b = strlen(value);
+		char *n = malloc(a + b + 2);
+
+		if (n == NULL)
+			return 0;
+		memcpy(n, *f, a);
+		n[a] = k->type == T_LIST ? ',' : '\n';
+		memcpy(n + a + 1, value, b + 1);
+		free(*f);
+		*f = n;
+		return 1;
+	}
+	if (ls->seen[idx]) {
+		snprintf(ls->err, sizeof(ls->err), "%s:%d: key \"%s\" in [%s] given twice",
+		    ls->file, ls->line, name, section);
+		return 0;
+	}
+	ls->seen[idx] = 1;
+	ls->last_key = k;
+	if (set_value(ls->cfg, k, value, err, sizeof(err)) != 0) {
+		snprintf(ls->err, sizeof(ls->err), "%s:%d: [%s] %s", ls->file, ls->line, section, err);
+		return 0;
+	}
+	return 1;
+}
+
+/* inih reader: like fgets, but counts lines and notices overlong ones. */
+static char *
+cfg_reader(char *str, int num, void *stream)
+{
+	struct load_state *ls = stream;
+	size_t len;
+
+	if (fgets(str, num, ls->fp) == NULL)
+		return NULL;
+	len = strlen(str);
+	ls->line++;
+	ls->continuation = (str[0] == ' ' || str[0] == '\t');
+	if (len > 0 && str[len - 1] != '\n' && !feof(ls->fp)) {
+		int c;
+
+		ls->toolong = 1;
+		while ((c = fgetc(ls->fp)) != EOF && c != '\n')
+			;
+	}
+	return str;
+}
+
+static void
+config_free(struct kms_config *cfg)
+{
+	if (cfg == NULL)
+		return;
+	for (size_t i = 0; i < NKEYS; i++) {
+		switch (schema[i].type) {
+		case T_STRING: case T_PATH: case T_CHOICE: case T_LIST:
+			free(*field_str(cfg, &schema[i]));
+			break;
+		default:
+			break;
+		}
+	}
+	free(cfg->file);
+	free(cfg);
+}
+
+static int
+set_default_path(char **field, const char *dir, const char *name)
+{
+	if (*field != NULL && (*field)[0] != '\0')
+		return 0;
+	free(*field);
+	*field = kms_path_join(dir, name);
+	return *field ? 0 : KMS_ERR_NOMEM;
+}
+
+static int
+valid_name(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 64)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '-')
+			return 0;
+	return s[0] != '.';
+}
+
+static int
+valid_milter_socket(const char *s)
+{
+	const char *p;
+	char *end;
+	long port;
+
+	if (strncmp(s, "unix:", 5) == 0 || strncmp(s, "local:", 6) == 0)
+		return s[strcspn(s, ":") + 1] == '/';
+	if (strncmp(s, "inet:", 5) == 0)
+		p = s + 5;
+	else if (strncmp(s, "inet6:", 6) == 0)
+		p = s + 6;
+	else
+		return 0;
+	port = strtol(p, &end, 10);
+	return end != p && port > 0 && port < 65536 && (*end == '\0' || (*end == '@' && end[1] != '\0'));
+}
+
+/* Fill the defaults that depend on other keys and check cross-key rules. */
+static int
+derive(struct kms_config *cfg, const char *file, char *err, size_t errlen)
+{
+	const char *where = file ? file : "built-in defaults";
+	char host[256];
+
+	if (cfg->kmsd.state_dir[0] == '\0') {
+		snprintf(err, errlen, "%s: [kmsd] state_dir must not be empty", where);
+		return KMS_ERR_CONFIG;
+	}
+	if (set_default_path(&cfg->kmsd.control_socket, cfg->kmsd.state_dir, "control.sock") ||
+	    set_default_path(&cfg->kmsd.pid_file, cfg->kmsd.state_dir, "kmsd.pid") ||
+	    set_default_path(&cfg->ca.passphrase_file, cfg->kmsd.state_dir, "ca-passphrase") ||
+	    set_default_path(&cfg->crl.publish_dir, cfg->kmsd.state_dir, "crl") ||
+	    set_default_path(&cfg->escrow.share_dir, cfg->kmsd.state_dir, "recovery-shares") ||
+	    set_default_path(&cfg->milter.tempdir, cfg->kmsd.state_dir, ""))
+		return KMS_ERR_NOMEM;
+	if (strlen(cfg->kmsd.control_socket) >= 108) {
+		snprintf(err, errlen, "%s: [kmsd] control_socket path is longer than a socket address allows (107)", where);
+		return KMS_ERR_CONFIG;
+	}
+	if (cfg->kmsd.milter_socket[0] == '\0') {
+		char *p = kms_path_join(cfg->kmsd.state_dir, "milter.sock");
+
+		if (p == NULL)
+			return KMS_ERR_NOMEM;
+		free(cfg->kmsd.milter_socket);
+		cfg->kmsd.milter_socket = malloc(strlen(p) + 6);
+		if (cfg->kmsd.milter_socket == NULL) {
+			free(p);
+			return KMS_ERR_NOMEM;
+		}
+		memcpy(cfg->kmsd.milter_socket, "unix:", 5);
+		memcpy(cfg->kmsd.milter_socket + 5, p, strlen(p) + 1);
+		free(p);
+	} else if (!valid_milter_socket(cfg->kmsd.milter_socket)) {
+		snprintf(err, errlen, "%s: [kmsd] milter_socket \"%.64s\" is not unix:/PATH or inet:PORT@HOST",
+		    where, cfg->kmsd.milter_socket);
+		return KMS_ERR_CONFIG;
+	}
+	if (cfg->kmsd.authserv_id[0] == '\0') {
+		if (gethostname(host, sizeof(host)) != 0 || host[0] == '\0')
+			snprintf(host, sizeof(host), "localhost");
+		host[sizeof(host) - 1] = '\0';
+		free(cfg->kmsd.authserv_id);
+		cfg->kmsd.authserv_id = strdup(host);
+		if (cfg->kmsd.authserv_id == NULL)
+			return KMS_ERR_NOMEM;
+	}
+	for (const char *p = cfg->kmsd.authserv_id; *p; p++) {
+		if (!isgraph((unsigned char)*p) || *p == ';' || *p == '(' || *p == ')') {
+			snprintf(err, errlen, "%s: [kmsd] authserv_id must be a token (no spaces, ';' or parentheses)", where);
+			return KMS_ERR_CONFIG;
+		}
+	}
+	if (cfg->kmsd.group[0] != '\0' && cfg->kmsd.user[0] == '\0') {
+		/* A group alone is fine: it owns the control socket. */
+	}
+	if (!valid_name(cfg->ca.name)) {
+		snprintf(err, errlen, "%s: [ca] name \"%.64s\" must be 1-64 of A-Z a-z 0-9 . _ -", where, cfg->ca.name);
+		return KMS_ERR_CONFIG;
+	}
+	if (cfg->crl.url[0] == '\0' && cfg->http.listen[0] != '\0') {
+		size_t n = strlen(cfg->http.listen) + strlen(cfg->ca.name) + 32;
+
+		free(cfg->crl.url);
+		cfg->crl.url = malloc(n);
+		if (cfg->crl.url == NULL)
+			return KMS_ERR_NOMEM;
+		snprintf(cfg->crl.url, n, "http://%s/crl/%s.crl", cfg->http.listen, cfg->ca.name);
+	}
+	if (cfg->crl.url[0] != '\0' && strncmp(cfg->crl.url, "http://", 7) != 0 &&
+	    strncmp(cfg->crl.url, "https://", 8) != 0) {
+		snprintf(err, errlen, "%s: [crl] url must be an http:// or https:// URL", where);
+		return KMS_ERR_CONFIG;
+	}
+	if (cfg->crl.source[0] != '\0' && strncmp(cfg->crl.source, "http://", 7) != 0 &&
+	    strncmp(cfg->crl.source, "https://", 8) != 0) {
+		snprintf(err, errlen, "%s: [crl] source must be an http:// or https:// URL", where);
+		return KMS_ERR_CONFIG;
+	}
+	if (cfg->http.listen[0] != '\0') {
+		const char *colon = strrchr(cfg->http.listen, ':');
+		char *end;
+		long port = colon ? strtol(colon + 1, &end, 10) : 0;
+
+		if (colon == NULL || colon == cfg->http.listen || port <= 0 || port > 65535 || *end != '\0') {
+			snprintf(err, errlen, "%s: [http] listen \"%.64s\" is not HOST:PORT", where, cfg->http.listen);
+			return KMS_ERR_CONFIG;
+		}
+	}
+	if (cfg->escrow.threshold > cfg->escrow.shares) {
+		snprintf(err, errlen, "%s: [escrow] threshold (%lld) is larger than shares (%lld)",
+		    where, cfg->escrow.threshold, cfg->escrow.shares);
+		return KMS_ERR_CONFIG;
+	}
+	if (cfg->policy.on_error == KMS_ACT_WARN || cfg->policy.on_error == KMS_ACT_QUARANTINE) {
+		snprintf(err, errlen, "%s: [policy] on_error must be tempfail, reject or accept", where);
+		return KMS_ERR_CONFIG;
+	}
+	if (cfg->milter.max_memory > cfg->milter.max_message_size) {
+		snprintf(err, errlen, "%s: [milter] max_memory is larger than max_message_size", where);
+		return KMS_ERR_CONFIG;
+	}
+	return 0;
+}
+
+int
+kms_config_load(const char *path, struct kms_config **out)
+{
+	struct load_state ls;
+	struct kms_config *cfg;
+	int rc, r;
+
+	*out = NULL;
+	memset(&ls, 0, sizeof(ls));
+	cfg = calloc(1, sizeof(*cfg));
+	if (cfg == NULL)
+		return KMS_ERR_NOMEM;
+	cfg->refs = 1;
+	for (size_t i = 0; i < NKEYS; i++) {
+		char err[400];
+
+		if (set_value(cfg, &schema[i], schema[i].def, err, sizeof(err)) != 0) {
+			rc = kms_fail(KMS_ERR_CONFIG, "built-in default: %s", err);
+			goto out;
+		}
+	}
+	if (path != NULL) {
+		cfg->file = make_absolute(path);
+		ls.fp = fopen(path, "r");
+		if (ls.fp == NULL) {
+			rc = kms_fail(KMS_ERR_CONFIG, "%s: cannot open: %s", path, strerror(errno));
+			goto out;
+		}
+		ls.cfg = cfg;
+		ls.file = path;
+		r = ini_parse_stream(cfg_reader, &ls, cfg_handler, &ls);
+		fclose(ls.fp);
+		if (ls.err[0] != '\0') {
+			rc = kms_fail(KMS_ERR_CONFIG, "%s", ls.err);
+			goto out;
+		}
+		if (r != 0) {
+			rc = kms_fail(KMS_ERR_CONFIG, "%s:%d: syntax error (expected [section] or key = value)",
+			    path, r > 0 ? r : 0);
+			goto out;
+		}
+	}
+	{
+		char err[512];
+
+		if ((r = derive(cfg, path, err, sizeof(err))) != 0) {
+			rc = r == KMS_ERR_NOMEM ? kms_fail(r, "out of memory") : kms_fail(r, "%s", err);
+			goto out;
+		}
+	}
+	*out = cfg;
+	cfg = NULL;
+	rc = 0;
+out:
+	config_free(cfg);
+	return rc;
+}
+
+struct kms_config *
+kms_config_ref(struct kms_config *cfg)
+{
+	if (cfg)
+		__atomic_add_fetch(&cfg->refs, 1, __ATOMIC_SEQ_CST);
+	return cfg;
+}
+
+void
+kms_config_unref(struct kms_config *cfg)
+{
+	if (cfg && __atomic_sub_fetch(&cfg->refs, 1, __ATOMIC_SEQ_CST) == 0)
+		config_free(cfg);
+}
+
+const char *
+kms_action_name(int action)
+{
+	for (int i = 0; actions[i].name; i++)
+		if (actions[i].value == action)
+			return actions[i].name;
+	return "accept";
+}
+
+void
+kms_config_dump_schema(FILE *fp)
+{
+	const char *section = "";
+
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct cfg_key *k = &schema[i];
+		char range[256];
+
+		if (strcmp(section, k->section) != 0) {
+			fprintf(fp, "%s[%s]\n", i ? "\n" : "", k->section);
+			section = k->section;
+		}
+		range_text(k, range, sizeof(range));
+		fprintf(fp, "%-22s %s; default \"%s\"; %s\n", k->name, range,
+		    strchr(k->def, '\n') ? "(multi-line text)" : k->def, k->help);
+	}
+}
+
+char **
+kms_split_list(const char *s)
+{
+	size_t n = 1, i = 0;
+	char **v;
+	const char *p = s;
+
+	for (const char *q = s; *q; q++)
+		if (*q == ',')
+			n++;
+	v = calloc(n + 1, sizeof(*v));
+	if (v == NULL)
+		return NULL;
+	while (*p) {
+		const char *e = p + strcspn(p, ",");
+		const char *a = p, *b = e;
+
+		while (a < b && isspace((unsigned char)*a))
+			a++;
+		while (b > a && isspace((unsigned char)b[-1]))
+			b--;
+		if (b > a) {
+			v[i] = strndup(a, (size_t)(b - a));
+			if (v[i] == NULL) {
+				kms_strv_free(v);
+				return NULL;
+			}
+			i++;
+		}
+		p = *e ? e + 1 : e;
+	}
+	return v;
+}
+
+void
+kms_strv_free(char **v)
+{
+	if (v == NULL)
+		return;
+	for (size_t i = 0; v[i]; i++)
+		free(v[i]);
+	free(v);
+}

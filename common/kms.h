@@ -1,0 +1,341 @@
+/*
+ * kms.h - the public header of libkmscommon: helpers shared by two or more
+ * smime-kms modules.
+ *
+ *   errors     KMS_ERR_* codes, kms_strerror(), a per-thread detail message
+ *   logging    kms_log() to syslog (and stderr in the foreground)
+ *   config     the kmsd.conf schema, loader and refcounted config object
+ *   store      the SQLite store: open, migrate, integrity check, transactions
+ *   audit      the tamper-evident audit chain kept in the store
+ *   protocol   control-socket framing (JSON lines, 1 MiB bound) and replies
+ *   files      exclusive and atomic file writes, bounded reads
+ *   secrets    wiping, locked memory, core dumps off
+ *   encoding   hex, base64, time stamps, random passwords
+ *
+ * Functions that can fail return 0 or a negative KMS_ERR_* code and leave a
+ * human-readable detail in kms_last_error() (per thread).  Output pointers are
+ * set to NULL on entry and filled only on success.
+ */
+#ifndef KMS_H
+#define KMS_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <sqlite3.h>
+
+/* ------------------------------------------------------------------ errors */
+
+enum kms_err {
+	KMS_OK = 0,
+	KMS_ERR_NOMEM = -1,     /* out of memory */
+	KMS_ERR_IO = -2,        /* file or socket I/O failed */
+	KMS_ERR_INVALID = -3,   /* bad argument or malformed input */
+	KMS_ERR_CRYPTO = -4,    /* an OpenSSL operation failed */
+	KMS_ERR_DB = -5,        /* the SQLite store failed */
+	KMS_ERR_NOTFOUND = -6,  /* no such object */
+	KMS_ERR_EXISTS = -7,    /* object already exists */
+	KMS_ERR_TOOBIG = -8,    /* input over its bound */
+	KMS_ERR_CORRUPT = -9,   /* stored or supplied data fails its checks */
+	KMS_ERR_PERM = -10,     /* not allowed */
+	KMS_ERR_STATE = -11,    /* wrong state for this operation */
+	KMS_ERR_CONFIG = -12,   /* configuration error */
+	KMS_ERR_TIMEOUT = -13,  /* timed out */
+	KMS_ERR_PROTO = -14,    /* protocol violation by the peer */
+	KMS_ERR_EXPIRED = -15,  /* request or object expired */
+};
+
+/* Static text for a KMS_ERR_* code. */
+const char *kms_strerror(int err);
+/* Record a printf-style detail for the current thread and return err. */
+int kms_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Like kms_fail() but appends the drained OpenSSL error queue. */
+int kms_fail_openssl(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The detail recorded by the last kms_fail() in this thread ("" if none). */
+const char *kms_last_error(void);
+/* Forget the recorded detail. */
+void kms_clear_error(void);
+/* Stable wire name of a code for the control protocol ("not_found", ...). */
+const char *kms_err_code_name(int err);
+
+/* ----------------------------------------------------------------- logging */
+
+enum kms_log_level {
+	KMS_LOG_ERR = 3,
+	KMS_LOG_WARNING = 4,
+	KMS_LOG_INFO = 6,
+	KMS_LOG_DEBUG = 7,
+};
+
+/* Open syslog under ident; to_stderr also copies every line to stderr. */
+void kms_log_open(const char *ident, int facility, int to_stderr, int level);
+void kms_log_set_level(int level);
+int kms_log_get_level(void);
+void kms_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void kms_vlog(int level, const char *fmt, va_list ap);
+/* Log what, then every entry of the OpenSSL error queue, and empty it. */
+void kms_log_openssl(int level, const char *what);
+/*
+ * Copy at most inlen bytes of untrusted text into out (outlen bytes,
+ * NUL-terminated), replacing non-printable bytes with '?' and truncating
+ * with "..." when it does not fit.  Returns out.
+ */
+char *kms_sanitize(const char *in, size_t inlen, char *out, size_t outlen);
+
+/* ------------------------------------------------------------------ config */
+
+enum kms_action {
+	KMS_ACT_ACCEPT = 0,
+	KMS_ACT_WARN,
+	KMS_ACT_REJECT,
+	KMS_ACT_TEMPFAIL,
+	KMS_ACT_QUARANTINE,
+};
+
+/*
+ * The whole configuration, typed.  Built by kms_config_load() from the
+ * schema table in config.c; immutable once built, shared by reference.
+ * Paths are absolute after loading (relative ones are taken from the
+ * directory kmsd started in).
+ */
+struct kms_config {
+	int refs;
+	char *file;                     /* file it came from, NULL for defaults */
+
+	struct {
+		char *state_dir;
+		char *control_socket;
+		char *milter_socket;
+		char *pid_file;
+		char *authserv_id;
+		char *user;
+		char *group;
+		long long max_control_clients;
+		long long control_idle_timeout;   /* seconds */
+		long long log_level;              /* KMS_LOG_* */
+		long long syslog_facility;        /* LOG_* facility */
+	} kmsd;
+	struct {
+		int enabled;
+		char *name;
+		char *organization;
+		char *key;                        /* "rsa:3072", "ec:p384", ... */
+		char *user_key;
+		char *passphrase_file;
+		long long ca_validity_days;
+		long long user_validity_days;
+		char *pkcs12_format;              /* "modern" or "compat" */
+		long long pkcs12_iterations;
+	} ca;
+	struct {
+		char *url;
+		char *publish_dir;
+		long long next_update_hours;
+		int delta;
+		char *external;                   /* comma-separated files and URLs */
+		char *external_ca;                /* PEM trust anchors for external CRLs */
+		long long external_refresh;       /* seconds */
+		char *source;                     /* replica: the primary's CRL URL */
+	} crl;
+	struct {
+		char *listen;                     /* "HOST:PORT", "" disables */
+		long long max_connections;
+		long long longpoll_timeout;       /* seconds */
+	} http;
+	struct {
+		long long request_ttl;            /* seconds */
+		char *krk_key;
+		long long shares;
+		long long threshold;
+		char *share_dir;
+	} escrow;
+	struct {
+		long long max_memory;             /* bytes */
+		long long max_message_size;       /* bytes */
+		char *trust_file;
+		char *tempdir;
+		long long max_headers;
+		long long max_parts;
+		long long max_depth;
+	} milter;
+	struct {
+		long long on_pass, on_fail, on_revoked, on_expired, on_untrusted;
+		long long on_mismatch, on_encrypted, on_none, on_error;  /* enum kms_action */
+		char *subject_tag;
+		char *notice;                     /* template, see kmsd.conf(5) */
+	} policy;
+	struct {
+		char *admin;
+		char *officer;
+		char *compliance;
+		char *auditor;
+	} roles;
+};
+
+/*
+ * Load path (NULL: embedded defaults only).  On error returns
+ * KMS_ERR_CONFIG with a detail naming the file, line and key.
+ */
+int kms_config_load(const char *path, struct kms_config **out);
+struct kms_config *kms_config_ref(struct kms_config *cfg);
+/* Directory that relative paths in the config are taken from (default: cwd at load). */
+void kms_config_set_basedir(const char *dir);
+void kms_config_unref(struct kms_config *cfg);
+/* Print the schema (section, key, type, default, bounds) for kmsd.conf(5). */
+void kms_config_dump_schema(FILE *fp);
+/* Parse "5s", "10m", "1h", "2d" or plain seconds; 0 or KMS_ERR_INVALID. */
+int kms_parse_duration(const char *s, long long *out);
+/* Parse "512", "64K", "1M", "2G"; 0 or KMS_ERR_INVALID. */
+int kms_parse_size(const char *s, long long *out);
+const char *kms_action_name(int action);
+/* Split a comma-separated list into a NULL-terminated, trimmed array (free with kms_strv_free). */
+char **kms_split_list(const char *s);
+void kms_strv_free(char **v);
+
+/* ------------------------------------------------------------------- store */
+
+#define KMS_STORE_FILE "kms.db"
+
+struct kms_store;
+
+enum kms_store_flags {
+	KMS_STORE_CREATE = 1,      /* create the file if absent */
+	KMS_STORE_READONLY = 2,    /* open read-only, no migration */
+	KMS_STORE_CHECK = 4,       /* run PRAGMA integrity_check */
+};
+
+/*
+ * Open (and migrate) the store at path: WAL, synchronous=FULL, busy timeout,
+ * foreign keys on.  A corrupt file gives KMS_ERR_CORRUPT; a file written by a
+ * newer smime-kms gives KMS_ERR_STATE.  *out is the caller's to close.
+ */
+int kms_store_open(const char *path, int flags, struct kms_store **out);
+/* Open, migrating only up to version (tests of migrations). */
+int kms_store_open_version(const char *path, int flags, int version, struct kms_store **out);
+void kms_store_close(struct kms_store *st);
+sqlite3 *kms_store_db(struct kms_store *st);
+int kms_store_version(struct kms_store *st);
+/* Schema version this build writes. */
+int kms_store_latest_version(void);
+/* BEGIN IMMEDIATE / COMMIT / ROLLBACK. */
+int kms_store_begin(struct kms_store *st);
+int kms_store_commit(struct kms_store *st);
+void kms_store_rollback(struct kms_store *st);
+/* Record a DB failure detail from sqlite3_errmsg() and return KMS_ERR_DB. */
+int kms_store_fail(struct kms_store *st, const char *what);
+/* Small key/value table for counters and settings. */
+int kms_store_meta_get(struct kms_store *st, const char *key, char **out);
+int kms_store_meta_set(struct kms_store *st, const char *key, const char *value);
+
+/* ------------------------------------------------------------------- audit */
+
+struct kms_audit_rec {
+	time_t time;
+	uid_t uid;
+	const char *user;        /* peer's user name (or the uid as text) */
+	const char *role;        /* role the command ran under, "" if none */
+	const char *cmd;
+	const char *target;      /* address, serial, request id, ... */
+	const char *outcome;     /* "ok" or an error code name */
+	const char *request_id;  /* recovery request, or NULL */
+	const char *detail;      /* free text (officers that approved, ...) */
+};
+
+/* Append one row, chained to the previous one (own transaction if none open). */
+int kms_audit_append(struct kms_store *st, const struct kms_audit_rec *rec);
+/*
+ * Recompute the chain.  Returns 0 when every row matches; KMS_ERR_CORRUPT
+ * with *bad_seq set to the first row that does not match otherwise.
+ */
+int kms_audit_verify(struct kms_store *st, long long *bad_seq, long long *rows);
+
+/* ---------------------------------------------------------------- protocol */
+
+#define KMS_PROTO_MAX_REQUEST (1024 * 1024)
+#define KMS_PROTO_MAX_REPLY (512 * 1024 * 1024)
+
+/*
+ * Line reader for JSON-lines framing.  kms_lines_read() returns the next
+ * line, calling readfn for more bytes as needed.  A line longer than max is
+ * read to its end and thrown away, and KMS_ERR_TOOBIG is returned once for
+ * it, so one hostile request never costs more than the bound in memory and
+ * the stream stays usable.
+ */
+struct kms_lines {
+	char *buf;
+	size_t len;       /* bytes held */
+	size_t start;     /* first byte not yet handed out */
+	size_t cap, max;
+};
+/* Read up to n bytes into buf: >0 bytes, 0 at end of stream, <0 KMS_ERR_*. */
+typedef ssize_t (*kms_read_fn)(void *ctx, char *buf, size_t n);
+void kms_lines_init(struct kms_lines *lb, size_t max);
+void kms_lines_free(struct kms_lines *lb);
+/*
+ * 1 with *line (NUL-terminated, CR/LF cut, valid until the next call) and
+ * *len; 0 at a clean end of stream; KMS_ERR_TOOBIG for a skipped line;
+ * KMS_ERR_PROTO for a stream that ends inside a line; other errors from readfn.
+ */
+int kms_lines_read(struct kms_lines *lb, kms_read_fn readfn, void *ctx, char **line, size_t *len);
+/* A kms_read_fn over a plain file descriptor (ctx points to the int fd). */
+ssize_t kms_read_fd(void *ctx, char *buf, size_t n);
+
+/* Build replies ({"ok":true,"result":...} / {"ok":false,"error":{...}}). */
+json_t *kms_reply_ok(json_t *result);     /* steals result; NULL gives {} */
+json_t *kms_reply_error(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Serialise obj compactly with a trailing newline and write it all. */
+int kms_send_json(int fd, const json_t *obj);
+/* Write all of buf (EINTR, short writes; no SIGPIPE). */
+int kms_write_all(int fd, const void *buf, size_t len);
+
+/* ------------------------------------------------------------------- files */
+
+/* Create path exclusively (O_EXCL|O_NOFOLLOW) with mode, write, fsync. */
+int kms_write_file_excl(const char *path, const void *data, size_t len, mode_t mode);
+/* Write to a temp name in the same directory, fsync, rename, fsync the directory. */
+int kms_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
+/* Read a whole regular file of at most max bytes; *out is NUL-terminated. */
+int kms_read_file(const char *path, size_t max, unsigned char **out, size_t *outlen);
+/* Read a secret file (passphrase, password): first line, trailing CR/LF cut; wipe and free with kms_secret_free(). */
+int kms_read_secret_file(const char *path, char **out);
+/* mkdir -p with mode for the directories it creates. */
+int kms_mkdir_p(const char *path, mode_t mode);
+/* Join a directory and a name into a new string. */
+char *kms_path_join(const char *dir, const char *name);
+
+/* ----------------------------------------------------------------- secrets */
+
+/* Wipe n bytes that the compiler may not optimise away. */
+void kms_wipe(void *p, size_t n);
+/* Wipe a NUL-terminated string and free it (NULL is fine). */
+void kms_secret_free(char *s);
+/* Start OpenSSL's secure heap (locked, guarded) for private keys; 0 or error. */
+int kms_secmem_init(size_t size);
+/* RLIMIT_CORE 0 and PR_SET_DUMPABLE 0. */
+int kms_disable_core_dumps(void);
+
+/* ---------------------------------------------------------------- encoding */
+
+/* Lowercase hex of n bytes into a new string. */
+char *kms_hex(const unsigned char *p, size_t n);
+/* Decode hex (upper or lower case, optional ':' separators); *out malloc'd. */
+int kms_unhex(const char *s, unsigned char **out, size_t *outlen);
+/* Base64 without line breaks into a new string. */
+char *kms_b64_encode(const unsigned char *p, size_t n);
+/* Decode base64 (whitespace ignored); *out malloc'd. */
+int kms_b64_decode(const char *s, size_t slen, unsigned char **out, size_t *outlen);
+/* "2026-11-25T01:18:52Z" into buf (at least 21 bytes). */
+char *kms_time_format(time_t t, char *buf, size_t buflen);
+/* Accept "YYYY-MM-DD", "YYYY-MM-DDTHH:MM[:SS][Z]", "@EPOCH" or "now". */
+int kms_time_parse(const char *s, time_t *out);
+/* A random password of len characters (at least 22 for 128 bits). */
+int kms_random_password(char *out, size_t len);
+/* Hex SHA-256 of p into a new string. */
+char *kms_sha256_hex(const unsigned char *p, size_t n);
+
+#endif /* KMS_H */

@@ -1,0 +1,376 @@
+/*
+ * store.c - the SQLite store: one file in the state directory.
+ *
+ * Opening sets WAL, synchronous=FULL (a commit is on disk when it returns),
+ * a busy timeout and foreign keys, runs PRAGMA integrity_check when asked,
+ * and applies forward migrations up to the version this build writes.
+ * Writers use BEGIN IMMEDIATE so that two writers never deadlock on upgrade.
+ * Each thread that needs the store opens its own connection.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kms.h"
+
+struct kms_store {
+	sqlite3 *db;
+	int version;
+	int readonly;
+};
+
+/*
+ * Forward migrations.  Entry i takes the schema from version i to i + 1.
+ * Never edit a released step: add a new one.
+ */
+static const char *const migrations[] = {
+	/* 1: the CA, issued certificates and the audit trail. */
+	"CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+	"CREATE TABLE ca("
+	"  id INTEGER PRIMARY KEY CHECK (id = 1),"
+	"  name TEXT NOT NULL, subject TEXT NOT NULL, cert BLOB NOT NULL,"
+	"  key BLOB NOT NULL, key_type TEXT NOT NULL, created INTEGER NOT NULL);"
+	"CREATE TABLE certs("
+	"  serial TEXT PRIMARY KEY,"
+	"  email TEXT NOT NULL COLLATE NOCASE,"
+	"  name TEXT NOT NULL DEFAULT '',"
+	"  usage TEXT NOT NULL CHECK (usage IN ('sign', 'enc', 'krk')),"
+	"  key_type TEXT NOT NULL,"
+	"  origin TEXT NOT NULL CHECK (origin IN ('enroll', 'csr', 'init')),"
+	"  subject TEXT NOT NULL,"
+	"  not_before INTEGER NOT NULL, not_after INTEGER NOT NULL,"
+	"  cert BLOB NOT NULL, issued INTEGER NOT NULL, issued_by TEXT NOT NULL DEFAULT '');"
+	"CREATE INDEX certs_email ON certs(email);"
+	"CREATE TABLE audit("
+	"  seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, uid INTEGER NOT NULL,"
+	"  user TEXT NOT NULL, role TEXT NOT NULL, cmd TEXT NOT NULL, target TEXT NOT NULL,"
+	"  outcome TEXT NOT NULL, request_id TEXT, detail TEXT,"
+	"  prev_hash TEXT NOT NULL, hash TEXT NOT NULL);",
+
+	/* 2: revocation and the CRLs we signed. */
+	"ALTER TABLE certs ADD COLUMN revoked_at INTEGER;"
+	"ALTER TABLE certs ADD COLUMN reason INTEGER;"
+	"ALTER TABLE certs ADD COLUMN invalidity INTEGER;"
+	"CREATE INDEX certs_revoked ON certs(revoked_at) WHERE revoked_at IS NOT NULL;"
+	"CREATE TABLE crls("
+	"  number INTEGER PRIMARY KEY,"
+	"  kind TEXT NOT NULL CHECK (kind IN ('full', 'delta')),"
+	"  base INTEGER,"
+	"  this_update INTEGER NOT NULL, next_update INTEGER NOT NULL,"
+	"  der BLOB NOT NULL);",
+
+	/* 3: key escrow, recovery requests and their approvals. */
+	"CREATE TABLE krk("
+	"  id INTEGER PRIMARY KEY, cert BLOB NOT NULL, fingerprint TEXT NOT NULL UNIQUE,"
+	"  shares INTEGER NOT NULL, threshold INTEGER NOT NULL,"
+	"  created INTEGER NOT NULL, retired INTEGER);"
+	"CREATE TABLE krk_shares("
+	"  krk_id INTEGER NOT NULL REFERENCES krk(id), idx INTEGER NOT NULL,"
+	"  digest TEXT NOT NULL, PRIMARY KEY (krk_id, idx));"
+	"CREATE TABLE escrow("
+	"  serial TEXT PRIMARY KEY REFERENCES certs(serial),"
+	"  krk_id INTEGER NOT NULL REFERENCES krk(id),"
+	"  envelope BLOB NOT NULL, created INTEGER NOT NULL);"
+	"CREATE TABLE recovery("
+	"  id TEXT PRIMARY KEY,"
+	"  purpose TEXT NOT NULL CHECK (purpose IN ('key', 'archive', 'rotate')),"
+	"  email TEXT NOT NULL COLLATE NOCASE, why TEXT NOT NULL,"
+	"  requester_uid INTEGER NOT NULL, requester TEXT NOT NULL,"
+	"  krk_id INTEGER NOT NULL REFERENCES krk(id),"
+	"  created INTEGER NOT NULL, expires INTEGER NOT NULL,"
+	"  state TEXT NOT NULL, state_time INTEGER NOT NULL, detail TEXT NOT NULL DEFAULT '');"
+	"CREATE TABLE approvals("
+	"  request_id TEXT NOT NULL REFERENCES recovery(id),"
+	"  officer_uid INTEGER NOT NULL, officer TEXT NOT NULL,"
+	"  share_idx INTEGER NOT NULL, time INTEGER NOT NULL,"
+	"  PRIMARY KEY (request_id, officer_uid), UNIQUE (request_id, share_idx));",
+};
+
+#define LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+int
+kms_store_latest_version(void)
+{
+	return LATEST;
+}
+
+int
+kms_store_fail(struct kms_store *st, const char *what)
+{
+	return kms_fail(KMS_ERR_DB, "%s: %s", what, st && st->db ? sqlite3_errmsg(st->db) : "no database");
+}
+
+static int
+exec(struct kms_store *st, const char *sql, const char *what)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		int rc = kms_fail(KMS_ERR_DB, "%s: %s", what, msg ? msg : sqlite3_errmsg(st->db));
+
+		sqlite3_free(msg);
+		return rc;
+	}
+	return 0;
+}
+
+static int
+pragma_int(struct kms_store *st, const char *sql, int *out)
+{
+	sqlite3_stmt *s = NULL;
+	int rc;
+
+	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
+		return kms_store_fail(st, sql);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		*out = sqlite3_column_int(s, 0);
+		rc = 0;
+	} else {
+		rc = kms_store_fail(st, sql);
+	}
+	sqlite3_finalize(s);
+	return rc;
+}
+
+static int
+integrity_check(struct kms_store *st, const char *path)
+{
+	sqlite3_stmt *s = NULL;
+	int rc;
+	const unsigned char *res;
+
+	if (sqlite3_prepare_v2(st->db, "PRAGMA integrity_check(1)", -1, &s, NULL) != SQLITE_OK) {
+		rc = sqlite3_errcode(st->db);
+		if (rc == SQLITE_CORRUPT || rc == SQLITE_NOTADB)
+			return kms_fail(KMS_ERR_CORRUPT, "store %s is corrupt (%s); restore it from a backup",
+			    path, sqlite3_errmsg(st->db));
+		return kms_store_fail(st, "integrity check");
+	}
+	rc = sqlite3_step(s);
+	if (rc != SQLITE_ROW) {
+		int ec = sqlite3_errcode(st->db);
+
+		sqlite3_finalize(s);
+		if (ec == SQLITE_CORRUPT || ec == SQLITE_NOTADB)
+			return kms_fail(KMS_ERR_CORRUPT, "store %s is corrupt (%s); restore it from a backup",
+			    path, sqlite3_errmsg(st->db));
+		return kms_store_fail(st, "integrity check");
+	}
+	res = sqlite3_column_text(s, 0);
+	if (res == NULL || strcmp((const char *)res, "ok") != 0) {
+		char clean[200];
+
+		kms_sanitize(res ? (const char *)res : "no answer", 400, clean, sizeof(clean));
+		rc = kms_fail(KMS_ERR_CORRUPT, "store %s is corrupt (integrity check: %s); "
+		    "kmsd will not start on it: restore it from a backup", path, clean);
+		sqlite3_finalize(s);
+		return rc;
+	}
+	sqlite3_finalize(s);
+	return 0;
+}
+
+static int
+migrate(struct kms_store *st, int target)
+{
+	int rc, from = st->version;
+
+	while (st->version < target) {
+		char sql[64];
+
+		if ((rc = exec(st, "BEGIN IMMEDIATE", "begin migration")) != 0)
+			return rc;
+		/* Another process may have migrated while we waited for the lock. */
+		if ((rc = pragma_int(st, "PRAGMA user_version", &st->version)) != 0)
+			goto fail;
+		if (st->version >= target) {
+			exec(st, "COMMIT", "commit");
+			break;
+		}
+		if ((rc = exec(st, migrations[st->version], "schema migration")) != 0)
+			goto fail;
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", st->version + 1);
+		if ((rc = exec(st, sql, "set schema version")) != 0)
+			goto fail;
+		if ((rc = exec(st, "COMMIT", "commit migration")) != 0)
+			goto fail;
+		st->version++;
+	}
+	if (from == 0)
+		kms_log(KMS_LOG_DEBUG, "store: created with schema version %d", st->version);
+	else if (st->version > from)
+		kms_log(KMS_LOG_INFO, "store: migrated from schema version %d to %d", from, st->version);
+	return 0;
+fail:
+	sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+	return rc;
+}
+
+int
+kms_store_open_version(const char *path, int flags, int version, struct kms_store **out)
+{
+	struct kms_store *st;
+	int oflags, rc;
+
+	*out = NULL;
+	if (version < 0 || version > LATEST)
+		return kms_fail(KMS_ERR_INVALID, "no schema version %d", version);
+	st = calloc(1, sizeof(*st));
+	if (st == NULL)
+		return KMS_ERR_NOMEM;
+	st->readonly = (flags & KMS_STORE_READONLY) != 0;
+	if (st->readonly)
+		oflags = SQLITE_OPEN_READONLY;
+	else
+		oflags = SQLITE_OPEN_READWRITE | ((flags & KMS_STORE_CREATE) ? SQLITE_OPEN_CREATE : 0);
+	oflags |= SQLITE_OPEN_NOMUTEX;
+	if (sqlite3_open_v2(path, &st->db, oflags, NULL) != SQLITE_OK) {
+		rc = kms_fail(access(path, F_OK) == 0 ? KMS_ERR_DB : KMS_ERR_NOTFOUND,
+		    "cannot open store %s: %s", path, st->db ? sqlite3_errmsg(st->db) : "out of memory");
+		goto out;
+	}
+	sqlite3_extended_result_codes(st->db, 1);
+	sqlite3_busy_timeout(st->db, 15000);
+	if (!st->readonly) {
+		int ec;
+		char *msg = NULL;
+
+		if (sqlite3_exec(st->db, "PRAGMA journal_mode=WAL", NULL, NULL, &msg) != SQLITE_OK) {
+			ec = sqlite3_errcode(st->db) & 0xff;
+			rc = kms_fail(ec == SQLITE_CORRUPT || ec == SQLITE_NOTADB ? KMS_ERR_CORRUPT : KMS_ERR_DB,
+			    "store %s: %s%s", path, msg ? msg : sqlite3_errmsg(st->db),
+			    ec == SQLITE_NOTADB || ec == SQLITE_CORRUPT ? "; the file is corrupt or not an smime-kms store" : "");
+			sqlite3_free(msg);
+			goto out;
+		}
+	}
+	if ((rc = exec(st, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON",
+	    "store settings")) != 0)
+		goto out;
+	if (flags & KMS_STORE_CHECK) {
+		if ((rc = integrity_check(st, path)) != 0)
+			goto out;
+	}
+	if ((rc = pragma_int(st, "PRAGMA user_version", &st->version)) != 0) {
+		int ec = sqlite3_errcode(st->db) & 0xff;
+
+		if (ec == SQLITE_CORRUPT || ec == SQLITE_NOTADB)
+			rc = kms_fail(KMS_ERR_CORRUPT, "store %s is corrupt or not an smime-kms store", path);
+		goto out;
+	}
+	if (st->version > LATEST) {
+		rc = kms_fail(KMS_ERR_STATE, "store %s has schema version %d, newer than this build (%d); "
+		    "run a newer smime-kms", path, st->version, LATEST);
+		goto out;
+	}
+	if (!st->readonly && st->version < version) {
+		if ((rc = migrate(st, version)) != 0)
+			goto out;
+	}
+	*out = st;
+	st = NULL;
+	rc = 0;
+out:
+	kms_store_close(st);
+	return rc;
+}
+
+int
+kms_store_open(const char *path, int flags, struct kms_store **out)
+{
+	return kms_store_open_version(path, flags, LATEST, out);
+}
+
+void
+kms_store_close(struct kms_store *st)
+{
+	if (st == NULL)
+		return;
+	if (st->db) {
+		sqlite3_stmt *s;
+
+		while ((s = sqlite3_next_stmt(st->db, NULL)) != NULL)
+			sqlite3_finalize(s);
+		sqlite3_close(st->db);
+	}
+	free(st);
+}
+
+sqlite3 *
+kms_store_db(struct kms_store *st)
+{
+	return st->db;
+}
+
+int
+kms_store_version(struct kms_store *st)
+{
+	return st->version;
+}
+
+int
+kms_store_begin(struct kms_store *st)
+{
+	return exec(st, "BEGIN IMMEDIATE", "begin transaction");
+}
+
+int
+kms_store_commit(struct kms_store *st)
+{
+	int rc = exec(st, "COMMIT", "commit");
+
+	if (rc != 0)
+		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+	return rc;
+}
+
+void
+kms_store_rollback(struct kms_store *st)
+{
+	if (st && st->db && !sqlite3_get_autocommit(st->db))
+		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+int
+kms_store_meta_get(struct kms_store *st, const char *key, char **out)
+{
+	sqlite3_stmt *s = NULL;
+	int rc;
+
+	*out = NULL;
+	if (sqlite3_prepare_v2(st->db, "SELECT value FROM meta WHERE key = ?", -1, &s, NULL) != SQLITE_OK)
+		return kms_store_fail(st, "read setting");
+	sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		*out = strdup((const char *)sqlite3_column_text(s, 0));
+		rc = *out ? 0 : KMS_ERR_NOMEM;
+	} else if (rc == SQLITE_DONE) {
+		rc = KMS_ERR_NOTFOUND;
+	} else {
+		rc = kms_store_fail(st, "read setting");
+	}
+	sqlite3_finalize(s);
+	return rc;
+}
+
+int
+kms_store_meta_set(struct kms_store *st, const char *key, const char *value)
+{
+	sqlite3_stmt *s = NULL;
+	int rc = 0;
+
+	if (sqlite3_prepare_v2(st->db, "INSERT INTO meta(key, value) VALUES (?, ?) "
+	    "ON CONFLICT(key) DO UPDATE SET value = excluded.value", -1, &s, NULL) != SQLITE_OK)
+		return kms_store_fail(st, "write setting");
+	sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 2, value, -1, SQLITE_STATIC);
+	if (sqlite3_step(s) != SQLITE_DONE)
+		rc = kms_store_fail(st, "write setting");
+	sqlite3_finalize(s);
+	return rc;
+}

@@ -151,6 +151,8 @@ static const struct cfg_key schema[] = {
 	  "how often external CRLs are fetched again" },
 	{ "crl", "source", T_STRING, "", 0, 0, NULL, NULL, OFF(crl.source),
 	  "replica: the primary's CRL URL to follow" },
+	{ "crl", "source_ca", T_PATH, "", 0, 0, NULL, NULL, OFF(crl.source_ca),
+	  "replica: PEM file of the primary's CA certificate, to check its CRLs" },
 
 	{ "http", "listen", T_STRING, "127.0.0.1:8480", 0, 0, NULL, NULL, OFF(http.listen),
 	  "HOST:PORT of the distribution point; empty disables it" },
@@ -696,6 +698,10 @@ derive(struct kms_config *cfg, const char *file, char *err, size_t errlen)
 	if (cfg->crl.url[0] != '\0' && strncmp(cfg->crl.url, "http://", 7) != 0 &&
 	    strncmp(cfg->crl.url, "https://", 8) != 0) {
 		snprintf(err, errlen, "%s: [crl] url must be an http:// or https:// URL", where);
+		return KMS_ERR_CONFIG;
+	}
+	if (cfg->crl.source[0] != '\0' && cfg->crl.source_ca[0] == '\0') {
+		snprintf(err, errlen, "%s: [crl] source needs [crl] source_ca (the primary's CA certificate)", where);
 		return KMS_ERR_CONFIG;
 	}
 	if (cfg->crl.source[0] != '\0' && strncmp(cfg->crl.source, "http://", 7) != 0 &&

@@ -141,6 +141,7 @@ struct kms_config {
 		char *external_ca;                /* PEM trust anchors for external CRLs */
 		long long external_refresh;       /* seconds */
 		char *source;                     /* replica: the primary's CRL URL */
+		char *source_ca;                  /* replica: PEM of the primary's CA, to check its CRLs */
 	} crl;
 	struct {
 		char *listen;                     /* "HOST:PORT", "" disables */

@@ -1,0 +1,295 @@
+/*
+ * ca.h - the public header of libkmsca: the organisation's certificate
+ * authority.
+ *
+ *   keys        key generation for every supported type
+ *   the CA      the self-signed root, its key encrypted at rest
+ *   issuing     user signing and encryption certificates, the KRK
+ *               certificate, signing certificates from a user's CSR
+ *   certs       the certs table: add, find, list, revoke
+ *   PKCS#12     security files in the modern and compat encodings
+ *   CRL         build and sign full and delta CRLs, publish them
+ *   index       the immutable in-memory revocation index the milter reads
+ *
+ * Conventions: 0 or a negative KMS_ERR_* code with kms_last_error() set;
+ * output pointers NULL on entry and filled only on success; OpenSSL's
+ * get0/get1/set0 ownership words.
+ */
+#ifndef KMS_CA_H
+#define KMS_CA_H
+
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "common/kms.h"
+
+/* ==================================================================== keys */
+
+/* Is type one of "rsa:2048", "rsa:3072", "rsa:4096", "ec:p256", "ec:p384"? */
+int ca_key_type_valid(const char *type);
+/* Generate a new key pair of type.  *out is the caller's (EVP_PKEY_free). */
+int ca_keygen(const char *type, EVP_PKEY **out);
+/* Describe a key as "rsa:2048", "ec:p256", ... into buf. */
+const char *ca_key_type_of(const EVP_PKEY *key, char *buf, size_t len);
+
+/*
+ * Encrypt a private key as PEM PKCS#8 under passphrase (AES-256-CBC with
+ * scrypt, N=2^15 r=8 p=1), and back.  *pem is malloc'd; wipe-free is not
+ * needed (it is ciphertext).  ca_key_decrypt gives KMS_ERR_PERM on a wrong
+ * passphrase.
+ */
+int ca_key_encrypt(EVP_PKEY *key, const char *passphrase, char **pem, size_t *len);
+int ca_key_decrypt(const char *pem, size_t len, const char *passphrase, EVP_PKEY **out);
+
+/* ================================================================== the CA */
+
+struct ca {
+	X509 *cert;          /* the root certificate */
+	EVP_PKEY *key;       /* its private key; NULL when loaded without passphrase */
+	char *name;          /* short name ([ca] name): file names and URLs */
+};
+
+/*
+ * Make a new self-signed root: subject "O=<org>, CN=<org> S/MIME CA",
+ * basicConstraints critical CA:TRUE, keyUsage critical keyCertSign+cRLSign,
+ * SKI, AKI, 128-bit random serial, validity days from now.
+ */
+int ca_create_root(const char *org, const char *name, const char *key_type, int days, struct ca **out);
+void ca_free(struct ca *ca);
+
+/* Save the CA (certificate, encrypted key) into the ca table; KMS_ERR_EXISTS if there is one. */
+int ca_store_save(struct kms_store *st, const struct ca *ca, const char *encrypted_key_pem, const char *key_type);
+/*
+ * Load the CA.  passphrase NULL loads the certificate only (key NULL).
+ * KMS_ERR_NOTFOUND when the CA was never initialised; KMS_ERR_PERM on a
+ * wrong passphrase.
+ */
+int ca_store_load(struct kms_store *st, const char *name, const char *passphrase, struct ca **out);
+
+/* ================================================================= issuing */
+
+enum ca_usage {
+	CA_USAGE_SIGN = 0,   /* digitalSignature, nonRepudiation; EKU emailProtection */
+	CA_USAGE_ENC,        /* keyEncipherment (RSA) or keyAgreement (EC); EKU emailProtection */
+	CA_USAGE_KRK,        /* the key-recovery key: keyEncipherment only, no EKU, no SAN */
+};
+const char *ca_usage_name(enum ca_usage u);     /* "sign", "enc", "krk" */
+
+struct ca_issue_req {
+	enum ca_usage usage;
+	EVP_PKEY *pubkey;       /* borrowed: the key to certify */
+	const char *email;      /* SAN rfc822Name (and subject emailAddress); NULL for the KRK */
+	const char *name;       /* subject CN; NULL or "" uses the address */
+	int days;               /* validity from now */
+	const char *crl_url;    /* CRL distribution point; NULL or "" for none */
+};
+
+/*
+ * Issue a certificate signed by ca (which must hold its key): X.509 v3,
+ * 128-bit random positive serial, SHA-256 (RSA) or SHA-384 (P-384 CA)
+ * signature, subject O=<CA org>, CN=<name>, emailAddress=<email>, and the
+ * extensions of DESIGN section 4: basicConstraints CA:FALSE (critical),
+ * keyUsage (critical), extendedKeyUsage emailProtection, subjectAltName
+ * rfc822Name, SKI, AKI (keyid), crlDistributionPoints.
+ */
+int ca_issue(const struct ca *ca, const struct ca_issue_req *req, X509 **out);
+
+/*
+ * Issue a signing certificate for a user's own CSR: checks the CSR's
+ * self-signature, takes the address from its requested SAN rfc822Name
+ * (else subject emailAddress) and its key (RSA >= 2048, P-256/P-384).
+ * *email_out (malloc'd) is the address found, for the caller to check
+ * against the addresses we manage.  KMS_ERR_INVALID with a clear detail
+ * on a bad CSR.
+ */
+int ca_issue_csr(const struct ca *ca, X509_REQ *csr, int days, const char *crl_url, X509 **out, char **email_out);
+
+/* Lowercase hex of a serial, no leading zeros (the certs table key). */
+char *ca_serial_hex(const ASN1_INTEGER *serial);
+/* Lowercase hex SHA-256 of a certificate's DER. */
+char *ca_cert_fingerprint(X509 *cert);
+/* First rfc822Name of the SAN, else subject emailAddress; malloc'd or NULL. */
+char *ca_cert_email(X509 *cert);
+
+/* =================================================================== certs */
+
+struct ca_cert_row {
+	char *serial;          /* lowercase hex */
+	char *email;
+	char *name;
+	char *usage;           /* "sign", "enc", "krk" */
+	char *key_type;
+	char *origin;          /* "enroll", "csr", "init" */
+	char *subject;         /* one-line RFC 2253 */
+	char *issued_by;       /* user who ran the command */
+	time_t not_before, not_after, issued;
+	time_t revoked_at;     /* 0 when not revoked */
+	int reason;            /* RFC 5280 CRLReason, -1 when not revoked */
+	time_t invalidity;     /* 0 when not given */
+	unsigned char *der;
+	size_t der_len;
+};
+void ca_cert_rows_free(struct ca_cert_row *rows, size_t n);
+
+/* Insert an issued certificate (within the caller's transaction if one is open). */
+int ca_store_add_cert(struct kms_store *st, X509 *cert, const char *email, const char *name,
+    enum ca_usage usage, const char *origin, const char *issued_by);
+/*
+ * Rows for an address (all of its certificates, newest first) or for one
+ * serial (hex, any case, optional colons).  KMS_ERR_NOTFOUND if none.
+ */
+int ca_store_find(struct kms_store *st, const char *email_or_serial, struct ca_cert_row **rows, size_t *n);
+/* All rows (revoked_only: revoked ones), ordered by email then issue time. */
+int ca_store_list(struct kms_store *st, int revoked_only, struct ca_cert_row **rows, size_t *n);
+/* 1 if email has an unrevoked, unexpired certificate at now, 0 if not. */
+int ca_store_has_valid(struct kms_store *st, const char *email, time_t now);
+/* Does the store know this address at all (any certificate)?  1 or 0. */
+int ca_store_knows_email(struct kms_store *st, const char *email);
+/* Find an issued certificate by issuer-and-serial or by SKI (either may be NULL); *out get1. */
+int ca_store_find_cert(struct kms_store *st, const X509_NAME *issuer, const ASN1_INTEGER *serial,
+    const ASN1_OCTET_STRING *skid, X509 **out);
+
+/* ============================================================== revocation */
+
+/* RFC 5280 CRLReason names ("keyCompromise", ...) and codes. */
+int ca_reason_from_name(const char *name);      /* code, or -1 if unknown */
+const char *ca_reason_name(int code);           /* "unspecified" for unknown */
+
+/*
+ * Revoke one certificate by serial.  *already is set to 1 (and nothing
+ * changes) if it was revoked before.  Within the caller's transaction.
+ */
+int ca_store_revoke(struct kms_store *st, const char *serial, time_t when, int reason,
+    time_t invalidity, int *already);
+
+/* ===================================================================== CRL */
+
+struct ca_crl_opts {
+	int next_update_hours;
+	int delta;                  /* also make a delta CRL */
+	const char *full_url;       /* the full CRL's URL (IDP; base for Freshest CRL) */
+	const char *delta_url;      /* Freshest CRL pointer in the full CRL; NULL if no delta */
+};
+
+struct ca_crl_set {
+	unsigned char *full_der;    /* the full CRL */
+	size_t full_len;
+	long long full_number;
+	unsigned char *delta_der;   /* the delta, NULL without opts.delta */
+	size_t delta_len;
+	long long delta_number;
+	time_t this_update, next_update;
+};
+void ca_crl_set_free(struct ca_crl_set *set);
+
+/*
+ * Build and sign a new full CRL (and delta) from the store: the next CRL
+ * number (monotonic, shared by full and delta), AKI, one entry per revoked
+ * unexpired certificate with reason code and invalidity date, thisUpdate
+ * now, nextUpdate now + hours.  Records the CRLs in the crls table.  The
+ * delta lists the revocations since the previous full CRL, carries the
+ * Delta CRL Indicator naming that base.  Runs its own transaction.
+ */
+int ca_crl_issue(struct kms_store *st, const struct ca *ca, const struct ca_crl_opts *opts, struct ca_crl_set **out);
+/* The newest CRLs in the store (NOTFOUND if none yet). */
+int ca_crl_latest(struct kms_store *st, struct ca_crl_set **out);
+/*
+ * Write <dir>/<name>.crl (DER), <dir>/<name>.crl.pem, and the delta as
+ * <name>-delta.crl/.crl.pem, and the CA certificate as <name>.crt and
+ * <name>.crt.pem, each atomically.
+ */
+int ca_crl_publish(const char *dir, const char *name, const struct ca_crl_set *set, X509 *ca_cert);
+
+/* ============================================================ revocation index */
+
+struct ca_rev_info {
+	time_t revoked_at;
+	int reason;             /* RFC 5280 code */
+	time_t invalidity;      /* 0 when not given */
+	int stale;              /* the list it came from is past its nextUpdate */
+};
+
+/*
+ * An immutable snapshot of revoked (issuer, serial) pairs.  Lookups cost
+ * the same at 10 and at 1,000,000 entries and never check a signature.
+ * Snapshots are reference counted: readers take one, use it, drop it.
+ */
+struct ca_revidx;
+
+struct ca_revidx_builder;
+int ca_revidx_builder_new(struct ca_revidx_builder **out);
+void ca_revidx_builder_free(struct ca_revidx_builder *b);
+/* Add every revoked certificate of our own CA from the store. */
+int ca_revidx_add_store(struct ca_revidx_builder *b, struct kms_store *st, X509 *ca_cert);
+/*
+ * Add a CRL after checking its signature against issuer (once, here) and
+ * its validity; a CRL past nextUpdate is added with every entry marked
+ * stale.  KMS_ERR_CORRUPT for a bad signature (nothing added).
+ */
+int ca_revidx_add_crl(struct ca_revidx_builder *b, X509_CRL *crl, X509 *issuer, time_t now);
+/* Note that the issuer's revocation data is stale (kept last good copy). */
+int ca_revidx_mark_stale(struct ca_revidx_builder *b, const X509_NAME *issuer);
+int ca_revidx_build(struct ca_revidx_builder *b, struct ca_revidx **out);
+
+/* 1 revoked (info filled), 0 not revoked. */
+int ca_revidx_lookup(const struct ca_revidx *idx, const X509_NAME *issuer, const ASN1_INTEGER *serial,
+    struct ca_rev_info *info);
+/* Is any revocation data for this issuer loaded, and is it stale?  -1 none, 0 fresh, 1 stale. */
+int ca_revidx_issuer_state(const struct ca_revidx *idx, const X509_NAME *issuer);
+size_t ca_revidx_count(const struct ca_revidx *idx);
+/*
+ * A new snapshot equal to base plus one more revoked entry, sharing base's
+ * bulk: O(entries added since base's bulk), so a revocation is visible to
+ * the next lookup without a full rebuild.
+ */
+int ca_revidx_with(const struct ca_revidx *base, const X509_NAME *issuer, const ASN1_INTEGER *serial,
+    const struct ca_rev_info *info, struct ca_revidx **out);
+struct ca_revidx *ca_revidx_ref(struct ca_revidx *idx);
+void ca_revidx_unref(struct ca_revidx *idx);
+
+/*
+ * The current snapshot, swapped atomically.  Readers never wait for a
+ * rebuild: get takes a reference under a short lock; set replaces it.
+ */
+struct ca_revholder;
+int ca_revholder_new(struct ca_revholder **out);
+void ca_revholder_free(struct ca_revholder *h);
+struct ca_revidx *ca_revholder_get(struct ca_revholder *h);     /* get1; NULL if none */
+void ca_revholder_set(struct ca_revholder *h, struct ca_revidx *idx);   /* takes the reference */
+
+/* ================================================================= PKCS#12 */
+
+enum ca_p12_format {
+	CA_P12_MODERN = 0,   /* AES-256-CBC + PBKDF2-SHA256 for keys and certs, SHA-256 MAC */
+	CA_P12_COMPAT,       /* pbeWithSHAAnd3-KeyTripleDES-CBC keys, plain certs, SHA-1 MAC (gpgsm 2.2) */
+};
+int ca_p12_format_from_name(const char *name, enum ca_p12_format *out);
+
+struct ca_p12_item {
+	EVP_PKEY *key;              /* borrowed; NULL for a certificate without key */
+	X509 *cert;                 /* borrowed */
+	const char *friendly_name;  /* shown by mail clients */
+};
+
+/*
+ * Build a PKCS#12 holding every item (key and certificate linked by a
+ * localKeyID) and the chain certificates, under password.
+ * *der is malloc'd.
+ */
+int ca_p12_build(const struct ca_p12_item *items, size_t n, STACK_OF(X509) *chain, const char *password,
+    enum ca_p12_format fmt, int iterations, unsigned char **der, size_t *len);
+
+struct ca_p12_contents {
+	EVP_PKEY **keys;            /* keys[i] belongs to certs[i] (NULL if none) */
+	X509 **certs;
+	char **names;               /* friendly names (may be NULL entries) */
+	size_t n;
+	STACK_OF(X509) *others;     /* certificates without a key (chain) */
+};
+void ca_p12_contents_free(struct ca_p12_contents *c);
+/* Read every key and certificate of a PKCS#12 (KMS_ERR_PERM: wrong password). */
+int ca_p12_read(const unsigned char *der, size_t len, const char *password, struct ca_p12_contents **out);
+
+#endif /* KMS_CA_H */

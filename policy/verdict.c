@@ -1,0 +1,71 @@
+/*
+ * verdict.c - verdict names, their order of severity, the action configured
+ * for each, and the RFC 8601 result keyword each maps to.
+ */
+#include "config.h"
+
+#include <string.h>
+
+#include "policy/pol.h"
+
+static const struct {
+	const char *name;
+	const char *ar;         /* RFC 8601 / RFC 7281 result */
+} verdicts[POL_V_COUNT] = {
+	[POL_V_FAIL] = { "fail", "fail" },
+	[POL_V_REVOKED] = { "revoked", "fail" },
+	[POL_V_UNTRUSTED] = { "untrusted", "neutral" },
+	[POL_V_EXPIRED] = { "expired", "neutral" },
+	[POL_V_MISMATCH] = { "mismatch", "policy" },
+	[POL_V_PASS] = { "pass", "pass" },
+	[POL_V_ENCRYPTED] = { "encrypted", "none" },
+	[POL_V_NONE] = { "none", "none" },
+	[POL_V_ERROR] = { "error", "temperror" },
+};
+
+const char *
+pol_verdict_name(enum pol_verdict v)
+{
+	return (unsigned)v < POL_V_COUNT ? verdicts[v].name : "error";
+}
+
+int
+pol_verdict_from_name(const char *name)
+{
+	for (int i = 0; i < POL_V_COUNT; i++)
+		if (strcmp(verdicts[i].name, name) == 0)
+			return i;
+	return -1;
+}
+
+const char *
+pol_verdict_ar_result(enum pol_verdict v)
+{
+	return (unsigned)v < POL_V_COUNT ? verdicts[v].ar : "temperror";
+}
+
+enum pol_verdict
+pol_verdict_worst(enum pol_verdict a, enum pol_verdict b)
+{
+	/*
+	 * Only signature verdicts (fail .. pass) rank against each other; a
+	 * message with any signature outranks "encrypted", "none" and "error".
+	 */
+	return a < b ? a : b;
+}
+
+int
+pol_decide(const struct kms_config *cfg, enum pol_verdict v)
+{
+	switch (v) {
+	case POL_V_PASS: return (int)cfg->policy.on_pass;
+	case POL_V_FAIL: return (int)cfg->policy.on_fail;
+	case POL_V_REVOKED: return (int)cfg->policy.on_revoked;
+	case POL_V_EXPIRED: return (int)cfg->policy.on_expired;
+	case POL_V_UNTRUSTED: return (int)cfg->policy.on_untrusted;
+	case POL_V_MISMATCH: return (int)cfg->policy.on_mismatch;
+	case POL_V_ENCRYPTED: return (int)cfg->policy.on_encrypted;
+	case POL_V_NONE: return (int)cfg->policy.on_none;
+	default: return (int)cfg->policy.on_error;
+	}
+}

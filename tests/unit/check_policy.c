@@ -1,0 +1,184 @@
+/*
+ * check_policy.c - unit suite for libkmspolicy: verdict severity and the
+ * action for each, roles from [roles], the command table, and the M-of-N
+ * approval rules (distinct officers, distinct shares, expiry, closing).
+ */
+#include "config.h"
+
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kms.h"
+#include "policy/pol.h"
+#include "tests/unit/testutil.h"
+
+START_TEST(test_worst_verdict_follows_severity_order)
+{
+	/* fail > revoked > untrusted > expired > mismatch > pass */
+	static const enum pol_verdict order[] = { POL_V_FAIL, POL_V_REVOKED, POL_V_UNTRUSTED,
+		POL_V_EXPIRED, POL_V_MISMATCH, POL_V_PASS };
+
+	for (size_t i = 0; i < 6; i++)
+		for (size_t j = 0; j < 6; j++)
+			ck_assert_int_eq(pol_verdict_worst(order[i], order[j]), order[i < j ? i : j]);
+	ck_assert_str_eq(pol_verdict_name(POL_V_REVOKED), "revoked");
+	ck_assert_int_eq(pol_verdict_from_name("mismatch"), POL_V_MISMATCH);
+	ck_assert_int_eq(pol_verdict_from_name("bogus"), -1);
+	ck_assert_str_eq(pol_verdict_ar_result(POL_V_PASS), "pass");
+	ck_assert_str_eq(pol_verdict_ar_result(POL_V_REVOKED), "fail");
+	ck_assert_str_eq(pol_verdict_ar_result(POL_V_ERROR), "temperror");
+}
+END_TEST
+
+START_TEST(test_decide_uses_configured_action_per_verdict)
+{
+	struct kms_config *cfg;
+	char *dir = tu_tmpdir(), *p;
+
+	ck_assert_int_eq(kms_config_load(NULL, &cfg), 0);
+	ck_assert_int_eq(pol_decide(cfg, POL_V_REVOKED), KMS_ACT_WARN);
+	ck_assert_int_eq(pol_decide(cfg, POL_V_PASS), KMS_ACT_ACCEPT);
+	ck_assert_int_eq(pol_decide(cfg, POL_V_FAIL), KMS_ACT_ACCEPT);
+	ck_assert_int_eq(pol_decide(cfg, POL_V_ERROR), KMS_ACT_TEMPFAIL);
+	kms_config_unref(cfg);
+	p = tu_write(dir, "k.conf", "[policy]\non_revoked = reject\non_fail = quarantine\non_error = accept\n"
+	    "on_untrusted = tempfail\n");
+	ck_assert_int_eq(kms_config_load(p, &cfg), 0);
+	ck_assert_int_eq(pol_decide(cfg, POL_V_REVOKED), KMS_ACT_REJECT);
+	ck_assert_int_eq(pol_decide(cfg, POL_V_FAIL), KMS_ACT_QUARANTINE);
+	ck_assert_int_eq(pol_decide(cfg, POL_V_UNTRUSTED), KMS_ACT_TEMPFAIL);
+	ck_assert_int_eq(pol_decide(cfg, POL_V_ERROR), KMS_ACT_ACCEPT);
+	kms_config_unref(cfg);
+	free(p);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+static struct pol_roles *
+roles_from(const char *text)
+{
+	char *dir = tu_tmpdir(), *p = tu_write(dir, "k.conf", text);
+	struct kms_config *cfg;
+	struct pol_roles *r = NULL;
+
+	ck_assert_int_eq(kms_config_load(p, &cfg), 0);
+	if (pol_roles_compile(cfg, 4242, &r) != 0)
+		r = NULL;
+	kms_config_unref(cfg);
+	free(p);
+	tu_rmtree(dir);
+	free(dir);
+	return r;
+}
+
+START_TEST(test_roles_by_name_uid_group_and_self)
+{
+	struct pol_roles *r = roles_from("[roles]\nadmin = root, self\nofficer = 1001, 1002\n"
+	    "compliance = @root\nauditor = 1003\n");
+
+	ck_assert_ptr_nonnull(r);
+	/* root: admin by name, compliance through group 0. */
+	ck_assert_uint_eq(pol_roles_of(r, 0, 0), POL_ROLE_ADMIN | POL_ROLE_COMPLIANCE);
+	ck_assert_uint_eq(pol_roles_of(r, 4242, 4242), POL_ROLE_ADMIN);
+	ck_assert_uint_eq(pol_roles_of(r, 1001, 5000), POL_ROLE_OFFICER);
+	ck_assert_uint_eq(pol_roles_of(r, 1003, 5000), POL_ROLE_AUDITOR);
+	/* A stranger in group 0 is compliance only through the group. */
+	ck_assert_uint_eq(pol_roles_of(r, 54321, 0), POL_ROLE_COMPLIANCE);
+	ck_assert_uint_eq(pol_roles_of(r, 54321, 54321), 0);
+	pol_roles_free(r);
+}
+END_TEST
+
+START_TEST(test_roles_unknown_user_or_group_is_config_error)
+{
+	ck_assert_ptr_null(roles_from("[roles]\nofficer = no-such-user-kms\n"));
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "no-such-user-kms"));
+	ck_assert_ptr_null(roles_from("[roles]\nofficer = @no-such-group-kms\n"));
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "no-such-group-kms"));
+}
+END_TEST
+
+START_TEST(test_command_table_names_roles)
+{
+	const struct pol_cmd *c;
+	const char *role;
+
+	ck_assert_ptr_null(pol_cmd_find("format-disk"));
+	c = pol_cmd_find("recover.approve");
+	ck_assert_ptr_nonnull(c);
+	ck_assert_int_eq(pol_authorize(c, POL_ROLE_ADMIN, &role), KMS_ERR_PERM);
+	ck_assert_int_eq(pol_authorize(c, POL_ROLE_ADMIN | POL_ROLE_OFFICER, &role), 0);
+	ck_assert_str_eq(role, "officer");
+	c = pol_cmd_find("enroll");
+	ck_assert_int_eq(pol_authorize(c, POL_ROLE_AUDITOR, &role), KMS_ERR_PERM);
+	ck_assert_int_eq(pol_authorize(c, POL_ROLE_ADMIN, &role), 0);
+	ck_assert_str_eq(role, "admin");
+	c = pol_cmd_find("audit.verify");
+	ck_assert_int_eq(pol_authorize(c, POL_ROLE_ADMIN, &role), KMS_ERR_PERM);
+	ck_assert_int_eq(pol_authorize(c, POL_ROLE_AUDITOR, &role), 0);
+	c = pol_cmd_find("status");
+	ck_assert_int_eq(pol_authorize(c, 0, &role), KMS_ERR_PERM);
+	ck_assert_int_eq(pol_authorize(c, POL_ROLE_OFFICER, &role), 0);
+}
+END_TEST
+
+START_TEST(test_approvals_need_distinct_officers_and_shares)
+{
+	struct pol_approval a[3] = { { 1001, 1 } };
+	struct pol_request req = { .expires = 1000, .threshold = 3, .approvals = a, .napprovals = 1 };
+
+	ck_assert_int_eq(pol_approval_check(&req, 1001, 2, 10), KMS_ERR_EXISTS);   /* same officer */
+	ck_assert_int_eq(pol_approval_check(&req, 1002, 1, 10), KMS_ERR_EXISTS);   /* same share */
+	ck_assert_int_eq(pol_approval_check(&req, 1002, 2, 10), 0);
+	a[1] = (struct pol_approval){ 1002, 2 };
+	req.napprovals = 2;
+	ck_assert_int_eq(pol_approval_complete(&req), 0);
+	ck_assert_int_eq(pol_approval_check(&req, 1003, 3, 10), 0);
+	a[2] = (struct pol_approval){ 1003, 3 };
+	req.napprovals = 3;
+	ck_assert_int_eq(pol_approval_complete(&req), 1);
+	ck_assert_int_eq(pol_approval_check(&req, 1004, 4, 10), KMS_ERR_STATE);     /* already complete */
+}
+END_TEST
+
+START_TEST(test_approvals_refused_after_expiry_or_close)
+{
+	struct pol_request req = { .expires = 1000, .threshold = 2 };
+
+	ck_assert_int_eq(pol_approval_check(&req, 1001, 1, 999), 0);
+	ck_assert_int_eq(pol_approval_check(&req, 1001, 1, 1000), KMS_ERR_EXPIRED);
+	req.closed = 1;
+	ck_assert_int_eq(pol_approval_check(&req, 1001, 1, 10), KMS_ERR_STATE);
+}
+END_TEST
+
+static Suite *
+policy_suite(void)
+{
+	Suite *s = suite_create("policy");
+	TCase *tc = tcase_create("policy");
+
+	tcase_add_test(tc, test_worst_verdict_follows_severity_order);
+	tcase_add_test(tc, test_decide_uses_configured_action_per_verdict);
+	tcase_add_test(tc, test_roles_by_name_uid_group_and_self);
+	tcase_add_test(tc, test_roles_unknown_user_or_group_is_config_error);
+	tcase_add_test(tc, test_command_table_names_roles);
+	tcase_add_test(tc, test_approvals_need_distinct_officers_and_shares);
+	tcase_add_test(tc, test_approvals_refused_after_expiry_or_close);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(policy_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? 0 : 1;
+}

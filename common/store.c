@@ -87,6 +87,9 @@ static const char *const migrations[] = {
 	"  officer_uid INTEGER NOT NULL, officer TEXT NOT NULL,"
 	"  share_idx INTEGER NOT NULL, time INTEGER NOT NULL,"
 	"  PRIMARY KEY (request_id, officer_uid), UNIQUE (request_id, share_idx));",
+
+	/* 4: the number of the first CRL that listed a revocation (what a delta CRL carries). */
+	"ALTER TABLE certs ADD COLUMN crl_number INTEGER;",
 };
 
 #define LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -90,6 +90,14 @@ static const char *const migrations[] = {
 
 	/* 4: the number of the first CRL that listed a revocation (what a delta CRL carries). */
 	"ALTER TABLE certs ADD COLUMN crl_number INTEGER;",
+
+	/*
+	 * 5: the subject key identifier of each issued certificate (lowercase
+	 * hex), to find a CMS signer or recipient named by SKI.  Rows from
+	 * older versions keep NULL; ca_store_find_cert() scans only those.
+	 */
+	"ALTER TABLE certs ADD COLUMN ski TEXT;"
+	"CREATE INDEX certs_ski ON certs(ski) WHERE ski IS NOT NULL;",
 };
 
 #define LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))

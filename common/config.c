@@ -34,6 +34,7 @@ enum cfg_type {
 	T_CHOICE,       /* string out of a fixed list, kept as string */
 	T_ENUM,         /* name out of a fixed list, kept as its number */
 	T_LIST,         /* comma-separated items */
+	T_MODE,         /* octal file mode in [min, max] */
 };
 
 struct enum_val {
@@ -97,6 +98,8 @@ static const struct cfg_key schema[] = {
 	  "control socket path (default <state_dir>/control.sock)" },
 	{ "kmsd", "milter_socket", T_STRING, "", 0, 0, NULL, NULL, OFF(kmsd.milter_socket),
 	  "unix:PATH or inet:PORT@HOST (default unix:<state_dir>/milter.sock)" },
+	{ "kmsd", "milter_socket_mode", T_MODE, "0660", 0, 0777, NULL, NULL, OFF(kmsd.milter_socket_mode),
+	  "permissions of a unix milter socket (the MTA must be able to write to it)" },
 	{ "kmsd", "pid_file", T_PATH, "", 0, 0, NULL, NULL, OFF(kmsd.pid_file),
 	  "pid file (default <state_dir>/kmsd.pid)" },
 	{ "kmsd", "authserv_id", T_STRING, "", 0, 0, NULL, NULL, OFF(kmsd.authserv_id),
@@ -358,6 +361,9 @@ range_text(const struct cfg_key *k, char *buf, size_t len)
 	case T_BOOL:
 		snprintf(buf, len, "yes or no");
 		break;
+	case T_MODE:
+		snprintf(buf, len, "an octal mode from %04llo to %04llo", k->min, k->max);
+		break;
 	case T_CHOICE: {
 		size_t o = 0;
 
@@ -420,6 +426,17 @@ set_value(struct kms_config *cfg, const struct cfg_key *k, const char *value, ch
 
 		errno = 0;
 		v = strtoll(value, &end, 10);
+		if (errno == 0 && end != value && *end == '\0' && v >= k->min && v <= k->max) {
+			*field_ll(cfg, k) = v;
+			return 0;
+		}
+		break;
+	}
+	case T_MODE: {
+		char *end;
+
+		errno = 0;
+		v = strtoll(value, &end, 8);
 		if (errno == 0 && end != value && *end == '\0' && v >= k->min && v <= k->max) {
 			*field_ll(cfg, k) = v;
 			return 0;

@@ -111,6 +111,7 @@ struct kms_config {
 		char *state_dir;
 		char *control_socket;
 		char *milter_socket;
+		long long milter_socket_mode;     /* permissions of a unix milter socket */
 		char *pid_file;
 		char *authserv_id;
 		char *user;

@@ -17,12 +17,14 @@
 
 #include "ca/ca.h"
 #include "common/kms.h"
+#include "policy/pol.h"
 
 struct kmsd_env {
 	int refs;
 	struct kms_config *cfg;     /* the config in force */
 	X509_STORE *trust;          /* our CA plus [milter] trust_file; never NULL, may be empty */
 	X509 *ca_cert;              /* our CA certificate; NULL before init (or on a replica without one) */
+	struct pol_roles *roles;    /* [roles] compiled */
 };
 
 /* Take a reference to the current environment (never NULL once kmsd runs). */
@@ -40,5 +42,39 @@ void kmsd_revidx_set(struct ca_revidx *idx);
  * For signatures sent without certificates (openssl smime -nocerts).
  */
 int kmsd_find_cert(const X509_NAME *issuer, const ASN1_INTEGER *serial, const ASN1_OCTET_STRING *skid, X509 **out);
+
+/* ------------------------------------------------------------- runtime */
+
+/*
+ * Build the first environment from cfg (takes the reference).  The store
+ * must be open; the CA certificate is loaded from it if initialised.
+ */
+int kmsd_runtime_start(struct kms_config *cfg, struct kms_store *st);
+void kmsd_runtime_stop(void);
+/* Load path, and swap it in only when it is valid: 0, or the error (old config kept). */
+int kmsd_reload(const char *path);
+/* Rebuild the environment from the current config (after init). */
+int kmsd_env_refresh(struct kms_store *st);
+/* The CA with its key (borrowed; NULL before init or when the key cannot be loaded). */
+const struct ca *kmsd_ca(void);
+/* Install the CA after init (takes ownership). */
+void kmsd_ca_install(struct ca *ca);
+/* Load the CA and its key from the store with the configured passphrase file. */
+int kmsd_ca_load(struct kms_store *st, const struct kms_config *cfg);
+/* The current KRK certificate (get1) and its id; KMS_ERR_NOTFOUND before init. */
+int kmsd_krk_get(struct kms_store *st, X509 **cert, long long *id);
+void kmsd_krk_forget(void);
+/* Seconds since start. */
+long long kmsd_uptime(void);
+
+/*
+ * After a change of revocation state: rebuild (or extend) the index, sign
+ * and publish a new CRL.  Called by revoke, init and the timer.
+ */
+int kmsd_crl_publish_new(struct kms_store *st, const char *why);
+/* Rebuild the revocation index from the store (and external CRLs). */
+int kmsd_revidx_rebuild(struct kms_store *st);
+/* Timer work: re-sign the CRL before nextUpdate, expire recovery requests. */
+void kmsd_periodic(struct kms_store *st, time_t now);
 
 #endif

@@ -1,0 +1,70 @@
+/*
+ * ctl.h - internal header of kmsctl, the control client.
+ *
+ * kmsctl turns a command line into one JSON request, sends it over the
+ * control socket, and prints the reply for people (or, with --json, the
+ * reply object as is).  Exit status: 0 success, 1 error reply, 2 usage or
+ * connection error.
+ */
+#ifndef KMSCTL_H
+#define KMSCTL_H
+
+#include <jansson.h>
+
+#include "common/kms.h"
+
+enum {
+	CTL_OK = 0,
+	CTL_ERR_REPLY = 1,
+	CTL_ERR_USAGE = 2,
+};
+
+struct ctl {
+	const char *socket;         /* control socket path */
+	const char *config;         /* -c FILE, for commands that read it */
+	int json;                   /* --json: print the reply object */
+	int fd;                     /* connected socket, -1 until used */
+	struct kms_lines lines;
+};
+
+/*
+ * Send {"cmd": cmd, "args": args} (steals args) and read the reply.
+ * Returns the reply object, or NULL after printing a connection error.
+ */
+json_t *ctl_call(struct ctl *ctl, const char *cmd, json_t *args);
+/*
+ * Finish a command: with --json print the reply; on an error reply print
+ * "kmsctl: <message>" on stderr.  Returns the exit status (0 or 1).  On
+ * success the caller prints its human output when ok_out is set.
+ */
+int ctl_finish(struct ctl *ctl, json_t *reply, int *ok_human);
+/* Print "kmsctl: ..." on stderr and return CTL_ERR_USAGE. */
+int ctl_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print "kmsctl: ..." with kms_last_error() and return status. */
+int ctl_fail(int status, const char *what);
+/* Read a secret (password) file's first line. */
+int ctl_read_password_file(const char *path, char **out);
+/* Make an absolute path from a command-line path (malloc'd). */
+char *ctl_abspath(const char *path);
+/* Reserve an output file (O_EXCL, mode) before the server does anything; returns fd or -1. */
+int ctl_reserve_output(const char *path, mode_t mode);
+/* Write and close a reserved output file; unlinks it on failure. */
+int ctl_write_output(int fd, const char *path, const void *data, size_t len);
+/* String member of an object ("" when absent). */
+const char *ctl_str(json_t *obj, const char *key);
+
+/* Subcommands: argc/argv start at the subcommand name. */
+int ctl_cmd_status(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_init(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_enroll(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_issue(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_list(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_show(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_revoke(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_crl(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_recover(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_escrow(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_archive(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_audit(struct ctl *ctl, int argc, char **argv);
+
+#endif

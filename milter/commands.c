@@ -1,0 +1,224 @@
+/*
+ * commands.c - the table from command names to handlers, and the argument
+ * helpers every handler uses so that bad arguments always get the same
+ * clear bad_args reply.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "milter/commands.h"
+
+static const struct {
+	const char *name;
+	kmsd_handler_fn fn;
+} handlers[] = {
+	{ "status", cmd_status },
+	{ "init", cmd_init },
+	{ "enroll", cmd_enroll },
+	{ "issue", cmd_issue },
+	{ "list", cmd_list },
+	{ "show", cmd_show },
+	{ "audit", cmd_audit },
+	{ "audit.verify", cmd_audit_verify },
+};
+
+kmsd_handler_fn
+kmsd_handler_find(const char *cmd)
+{
+	for (size_t i = 0; i < sizeof(handlers) / sizeof(handlers[0]); i++)
+		if (strcmp(handlers[i].name, cmd) == 0)
+			return handlers[i].fn;
+	return NULL;
+}
+
+void
+kmsd_req_target_from_args(struct kmsd_req *req)
+{
+	static const char *const names[] = { "email", "target", "serial", "id", "request", NULL };
+
+	for (int i = 0; names[i]; i++) {
+		json_t *v = json_object_get(req->args, names[i]);
+
+		if (json_is_string(v)) {
+			kms_sanitize(json_string_value(v), 200, req->target, sizeof(req->target));
+			return;
+		}
+	}
+}
+
+json_t *
+kmsd_reply_fail(int err)
+{
+	const char *msg = kms_last_error();
+
+	return kms_reply_error(kms_err_code_name(err), "%s", msg[0] ? msg : kms_strerror(err));
+}
+
+const char *
+kmsd_arg_str(struct kmsd_req *req, const char *name, int required, size_t maxlen, json_t **reply)
+{
+	json_t *v = json_object_get(req->args, name);
+	const char *s;
+
+	if (v == NULL || json_is_null(v)) {
+		if (required)
+			*reply = kms_reply_error("bad_args", "%s: missing argument \"%s\"", req->cmd, name);
+		return NULL;
+	}
+	if (!json_is_string(v)) {
+		*reply = kms_reply_error("bad_args", "%s: argument \"%s\" must be a string", req->cmd, name);
+		return NULL;
+	}
+	s = json_string_value(v);
+	if (strlen(s) != json_string_length(v)) {
+		*reply = kms_reply_error("bad_args", "%s: argument \"%s\" contains a NUL byte", req->cmd, name);
+		return NULL;
+	}
+	if (json_string_length(v) > maxlen) {
+		*reply = kms_reply_error("bad_args", "%s: argument \"%s\" is longer than %zu bytes", req->cmd, name, maxlen);
+		return NULL;
+	}
+	if (required && *s == '\0') {
+		*reply = kms_reply_error("bad_args", "%s: argument \"%s\" is empty", req->cmd, name);
+		return NULL;
+	}
+	return s;
+}
+
+int
+kmsd_arg_int(struct kmsd_req *req, const char *name, long long def, long long min, long long max,
+    long long *out, json_t **reply)
+{
+	json_t *v = json_object_get(req->args, name);
+
+	if (v == NULL || json_is_null(v)) {
+		*out = def;
+		return 0;
+	}
+	if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+		*reply = kms_reply_error("bad_args", "%s: argument \"%s\" must be an integer from %lld to %lld",
+		    req->cmd, name, min, max);
+		return KMS_ERR_INVALID;
+	}
+	*out = json_integer_value(v);
+	return 0;
+}
+
+int
+kmsd_arg_bool(struct kmsd_req *req, const char *name, int def, int *out, json_t **reply)
+{
+	json_t *v = json_object_get(req->args, name);
+
+	if (v == NULL || json_is_null(v)) {
+		*out = def;
+		return 0;
+	}
+	if (!json_is_boolean(v)) {
+		*reply = kms_reply_error("bad_args", "%s: argument \"%s\" must be true or false", req->cmd, name);
+		return KMS_ERR_INVALID;
+	}
+	*out = json_is_true(v);
+	return 0;
+}
+
+int
+kmsd_args_only(struct kmsd_req *req, const char *const *names, json_t **reply)
+{
+	const char *key;
+	json_t *v;
+
+	json_object_foreach(req->args, key, v) {
+		int known = 0;
+
+		for (int i = 0; names[i] && !known; i++)
+			known = strcmp(key, names[i]) == 0;
+		if (!known) {
+			char clean[64];
+
+			*reply = kms_reply_error("bad_args", "%s: unknown argument \"%s\"", req->cmd,
+			    kms_sanitize(key, 60, clean, sizeof(clean)));
+			return KMS_ERR_INVALID;
+		}
+	}
+	return 0;
+}
+
+int
+kmsd_valid_email(const char *s)
+{
+	const char *at = strrchr(s, '@');
+	size_t n = strlen(s);
+
+	if (n < 3 || n > 254 || at == NULL || at == s || at[1] == '\0' || (size_t)(at - s) > 64)
+		return 0;
+	for (const char *p = s; *p; p++) {
+		unsigned char c = (unsigned char)*p;
+
+		if (c <= 0x20 || c >= 0x7f || c == '<' || c == '>' || c == '(' || c == ')' || c == ',' ||
+		    c == ';' || c == ':' || c == '\\' || c == '"' || c == '[' || c == ']')
+			return 0;
+		if (c == '@' && p != at)
+			return 0;
+	}
+	/* The domain: dot-separated labels of letters, digits and hyphens. */
+	for (const char *p = at + 1; *p; p++)
+		if (!isalnum((unsigned char)*p) && *p != '.' && *p != '-')
+			return 0;
+	return at[1] != '.' && s[n - 1] != '.' && strstr(at, "..") == NULL;
+}
+
+json_t *
+kmsd_cert_json(const struct ca_cert_row *r, int full)
+{
+	char nb[32], na[32], is[32], rv[32], iv[32];
+	json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s}",
+	    "serial", r->serial, "email", r->email, "name", r->name, "usage", r->usage,
+	    "key_type", r->key_type, "origin", r->origin,
+	    "not_before", kms_time_format(r->not_before, nb, sizeof(nb)),
+	    "not_after", kms_time_format(r->not_after, na, sizeof(na)),
+	    "issued", kms_time_format(r->issued, is, sizeof(is)));
+
+	if (o == NULL)
+		return NULL;
+	if (r->revoked_at) {
+		json_object_set_new(o, "revoked_at", json_string(kms_time_format(r->revoked_at, rv, sizeof(rv))));
+		json_object_set_new(o, "reason", json_string(ca_reason_name(r->reason)));
+		if (r->invalidity)
+			json_object_set_new(o, "invalidity_date", json_string(kms_time_format(r->invalidity, iv, sizeof(iv))));
+		json_object_set_new(o, "status", json_string("revoked"));
+	} else {
+		json_object_set_new(o, "status", json_string(r->not_after < time(NULL) ? "expired" : "valid"));
+	}
+	if (full) {
+		const unsigned char *p = r->der;
+		X509 *x = d2i_X509(NULL, &p, (long)r->der_len);
+
+		json_object_set_new(o, "subject", json_string(r->subject));
+		json_object_set_new(o, "issued_by", json_string(r->issued_by));
+		if (x) {
+			char *fp = ca_cert_fingerprint(x);
+			BIO *b = BIO_new(BIO_s_mem());
+			char *issuer = X509_NAME_oneline(X509_get_issuer_name(x), NULL, 0);
+
+			if (fp)
+				json_object_set_new(o, "sha256", json_string(fp));
+			if (issuer)
+				json_object_set_new(o, "issuer", json_string(issuer));
+			if (b && PEM_write_bio_X509(b, x)) {
+				char *data;
+				long len = BIO_get_mem_data(b, &data);
+
+				json_object_set_new(o, "pem", json_stringn(data, (size_t)len));
+			}
+			OPENSSL_free(issuer);
+			BIO_free(b);
+			free(fp);
+			X509_free(x);
+		}
+	}
+	return o;
+}

@@ -1,0 +1,80 @@
+/*
+ * commands.h - control command handlers (internal to kmsd).
+ *
+ * A handler gets the parsed request with the peer's identity and role, its
+ * own store connection, and the environment; it returns the reply object
+ * (kms_reply_ok / kms_reply_error) and fills target, request_id and
+ * detail for the audit row the server writes.
+ */
+#ifndef KMSD_COMMANDS_H
+#define KMSD_COMMANDS_H
+
+#include <jansson.h>
+#include <sys/types.h>
+
+#include "milter/kmsd.h"
+
+struct kmsd_req {
+	const char *cmd;
+	json_t *args;               /* always an object */
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+	char user[64];              /* peer's user name, or the uid */
+	unsigned roles;             /* every role the peer holds */
+	const char *role;           /* the role this command runs under */
+	struct kmsd_env *env;
+	struct kms_store *st;
+	/* for the audit row */
+	char target[256];
+	char request_id[64];
+	char detail[512];
+};
+
+typedef json_t *(*kmsd_handler_fn)(struct kmsd_req *req);
+
+kmsd_handler_fn kmsd_handler_find(const char *cmd);
+/* Fill req->target from the usual argument names, for refused requests. */
+void kmsd_req_target_from_args(struct kmsd_req *req);
+
+/* An error reply from a KMS_ERR_* code and kms_last_error(). */
+json_t *kmsd_reply_fail(int err);
+/*
+ * A string argument: NULL and *reply set to a bad_args error when it is
+ * required and missing, not a string, empty or longer than maxlen.
+ */
+const char *kmsd_arg_str(struct kmsd_req *req, const char *name, int required, size_t maxlen, json_t **reply);
+/* An integer argument in [min, max] (def when absent). */
+int kmsd_arg_int(struct kmsd_req *req, const char *name, long long def, long long min, long long max,
+    long long *out, json_t **reply);
+/* A boolean argument (def when absent). */
+int kmsd_arg_bool(struct kmsd_req *req, const char *name, int def, int *out, json_t **reply);
+/* Refuse any argument not in the NULL-terminated list. */
+int kmsd_args_only(struct kmsd_req *req, const char *const *names, json_t **reply);
+
+/* Handlers, by file. */
+json_t *cmd_status(struct kmsd_req *req);
+json_t *cmd_init(struct kmsd_req *req);
+json_t *cmd_enroll(struct kmsd_req *req);
+json_t *cmd_issue(struct kmsd_req *req);
+json_t *cmd_list(struct kmsd_req *req);
+json_t *cmd_show(struct kmsd_req *req);
+json_t *cmd_revoke(struct kmsd_req *req);
+json_t *cmd_crl(struct kmsd_req *req);
+json_t *cmd_recover_request(struct kmsd_req *req);
+json_t *cmd_recover_approve(struct kmsd_req *req);
+json_t *cmd_recover_list(struct kmsd_req *req);
+json_t *cmd_recover_close(struct kmsd_req *req);
+json_t *cmd_recover_fetch(struct kmsd_req *req);
+json_t *cmd_escrow_rotate(struct kmsd_req *req);
+json_t *cmd_archive_release(struct kmsd_req *req);
+json_t *cmd_audit(struct kmsd_req *req);
+json_t *cmd_audit_verify(struct kmsd_req *req);
+
+/* Helpers shared by handlers. */
+/* Is s a plausible mailbox address (ASCII local@domain, at most 254)? */
+int kmsd_valid_email(const char *s);
+/* JSON description of a certificate row. */
+json_t *kmsd_cert_json(const struct ca_cert_row *row, int full);
+
+#endif

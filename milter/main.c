@@ -1,0 +1,468 @@
+/*
+ * main.c - kmsd: the smime-kms daemon.  One process holds the CA, key
+ * escrow, the CRL distribution point and the milter.
+ *
+ * Start-up, in order: load and check the config; fork into the background
+ * (the parent waits until the child is ready, or prints why it is not);
+ * lock memory for keys and turn core dumps off; make the state directory;
+ * open the sockets that may need privilege (control, milter, HTTP); write
+ * the pid file; drop to [kmsd] user/group; open and check the store; start
+ * the threads.  The main thread then handles signals: SIGHUP reloads the
+ * config (a bad one is refused, the old one kept), SIGTERM/SIGINT stop
+ * cleanly (running control commands finish, the store is closed).
+ *
+ * libmilter's own signal thread waits for SIGHUP/SIGTERM/SIGINT with
+ * sigwait() and stops the milter on any of them.  So that SIGHUP means
+ * reload, every thread but this one blocks those signals and this thread,
+ * the thread group leader, keeps them unblocked with handlers: Linux gives
+ * a process-directed signal to the leader first when it accepts it.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <libmilter/mfapi.h>
+#include <openssl/crypto.h>
+
+#include "milter/http.h"
+#include "milter/kmsd.h"
+#include "milter/server.h"
+#include "milter/smime.h"
+
+#define SECURE_HEAP_SIZE (2 * 1024 * 1024)
+
+static int sig_pipe[2] = { -1, -1 };
+static volatile sig_atomic_t got_hup, got_term;
+static int ready_fd = -1;
+static int milter_running;
+static volatile int milter_exited;
+
+static void
+usage(FILE *fp)
+{
+	fprintf(fp,
+	    "usage: kmsd [-f] [-c FILE]          run the daemon (-f: foreground, log to stderr too)\n"
+	    "       kmsd -n [-c FILE]            check the configuration and exit\n"
+	    "       kmsd -t [-c FILE] [--trust PEM]... [--crl FILE]... MESSAGE...\n"
+	    "                                    check S/MIME signatures of message files offline\n"
+	    "       kmsd --schema                print every configuration key with its default\n"
+	    "       kmsd -V                      print the version\n"
+	    "Without -c, kmsd runs on built-in defaults with its state in ./kmsd-state.\n"
+	    "See kmsd(8) and kmsd.conf(5).\n");
+}
+
+static void
+on_signal(int sig)
+{
+	int saved = errno;
+	char c = (char)sig;
+
+	if (sig == SIGHUP)
+		got_hup = 1;
+	else
+		got_term = 1;
+	if (write(sig_pipe[1], &c, 1) < 0) {
+		/* The pipe is full: a wake-up is already pending. */
+	}
+	errno = saved;
+}
+
+/* Report a fatal start-up error to the waiting parent (or stderr) and exit. */
+static void __attribute__((noreturn))
+die(const char *what)
+{
+	const char *detail = kms_last_error();
+	char msg[1200];
+
+	snprintf(msg, sizeof(msg), "kmsd: %s%s%s\n", what, detail[0] ? ": " : "", detail);
+	kms_log(KMS_LOG_ERR, "%s%s%s", what, detail[0] ? ": " : "", detail);
+	if (ready_fd >= 0) {
+		if (write(ready_fd, msg, strlen(msg)) < 0) {
+			/* The parent is gone; syslog has it. */
+		}
+	} else {
+		fputs(msg, stderr);
+	}
+	exit(1);
+}
+
+/*
+ * Fork into the background.  The parent stays until the child writes
+ * "OK" (exit 0) or an error (printed, exit 1) to the pipe.
+ */
+static void
+daemonize(void)
+{
+	int p[2], fd;
+	pid_t pid;
+
+	if (pipe2(p, O_CLOEXEC) != 0) {
+		perror("kmsd: pipe");
+		exit(1);
+	}
+	pid = fork();
+	if (pid < 0) {
+		perror("kmsd: fork");
+		exit(1);
+	}
+	if (pid > 0) {
+		char buf[1200];
+		size_t n = 0;
+		ssize_t r;
+
+		close(p[1]);
+		while (n < sizeof(buf) - 1 && (r = read(p[0], buf + n, sizeof(buf) - 1 - n)) != 0) {
+			if (r < 0) {
+				if (errno == EINTR)
+					continue;
+				break;
+			}
+			n += (size_t)r;
+		}
+		buf[n] = '\0';
+		if (strcmp(buf, "OK\n") == 0)
+			exit(0);
+		fputs(n ? buf : "kmsd: the daemon exited during start-up; see the system log\n", stderr);
+		exit(1);
+	}
+	close(p[0]);
+	ready_fd = p[1];
+	if (setsid() < 0)
+		die("setsid failed");
+	fd = open("/dev/null", O_RDWR);
+	if (fd >= 0) {
+		dup2(fd, STDIN_FILENO);
+		dup2(fd, STDOUT_FILENO);
+		dup2(fd, STDERR_FILENO);
+		if (fd > STDERR_FILENO)
+			close(fd);
+	}
+}
+
+struct ids {
+	uid_t uid;          /* -1: keep */
+	gid_t gid;
+	int drop;
+};
+
+static void
+resolve_ids(const struct kms_config *cfg, struct ids *ids)
+{
+	ids->uid = (uid_t)-1;
+	ids->gid = (gid_t)-1;
+	ids->drop = 0;
+	if (cfg->kmsd.user[0] != '\0') {
+		struct passwd *pw = getpwnam(cfg->kmsd.user);
+
+		if (pw == NULL) {
+			kms_fail(KMS_ERR_CONFIG, "[kmsd] user \"%s\" does not exist", cfg->kmsd.user);
+			die("cannot start");
+		}
+		if (geteuid() == 0) {
+			ids->uid = pw->pw_uid;
+			ids->gid = pw->pw_gid;
+			ids->drop = pw->pw_uid != 0;
+		} else if (pw->pw_uid != geteuid()) {
+			kms_log(KMS_LOG_WARNING, "not started as root: cannot switch to user %s; running as uid %u",
+			    cfg->kmsd.user, (unsigned)geteuid());
+		}
+	}
+	if (cfg->kmsd.group[0] != '\0') {
+		struct group *gr = getgrnam(cfg->kmsd.group);
+
+		if (gr == NULL) {
+			kms_fail(KMS_ERR_CONFIG, "[kmsd] group \"%s\" does not exist", cfg->kmsd.group);
+			die("cannot start");
+		}
+		ids->gid = gr->gr_gid;
+	}
+}
+
+static void
+drop_privileges(const struct kms_config *cfg, const struct ids *ids)
+{
+	if (!ids->drop)
+		return;
+	if (initgroups(cfg->kmsd.user, ids->gid) != 0 || setgid(ids->gid) != 0 || setuid(ids->uid) != 0) {
+		kms_fail(KMS_ERR_PERM, "cannot switch to user %s: %s", cfg->kmsd.user, strerror(errno));
+		die("cannot start");
+	}
+	if (setuid(0) == 0) {
+		kms_fail(KMS_ERR_PERM, "could regain root after dropping privileges");
+		die("cannot start");
+	}
+	kms_log(KMS_LOG_INFO, "running as %s (uid %u, gid %u)", cfg->kmsd.user, (unsigned)ids->uid, (unsigned)ids->gid);
+}
+
+static void
+write_pid_file(const char *path)
+{
+	char buf[32];
+
+	snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+	if (kms_write_file_atomic(path, buf, strlen(buf), 0644) != 0)
+		die("cannot write the pid file");
+}
+
+/* Open the milter socket now, while we may still hold privilege. */
+static void
+open_milter_socket(const struct kms_config *cfg, const struct ids *ids)
+{
+	const char *conn = cfg->kmsd.milter_socket;
+
+	if (mlt_milter_register() != 0)
+		die("cannot register the milter");
+	if (smfi_setconn((char *)conn) != MI_SUCCESS) {
+		kms_fail(KMS_ERR_CONFIG, "libmilter refuses milter_socket %s", conn);
+		die("cannot start");
+	}
+	if (smfi_opensocket(1) != MI_SUCCESS) {
+		kms_fail(KMS_ERR_IO, "cannot open milter socket %s (in use, or no permission?)", conn);
+		die("cannot start");
+	}
+	if (strncmp(conn, "unix:", 5) == 0 || strncmp(conn, "local:", 6) == 0) {
+		const char *path = strchr(conn, ':') + 1;
+
+		if (chown(path, ids->uid, ids->gid) != 0 && (ids->uid != (uid_t)-1 || ids->gid != (gid_t)-1))
+			kms_log(KMS_LOG_WARNING, "chown %s: %s", path, strerror(errno));
+		if (chmod(path, (mode_t)cfg->kmsd.milter_socket_mode) != 0)
+			kms_log(KMS_LOG_WARNING, "chmod %s: %s", path, strerror(errno));
+	}
+}
+
+static void *
+milter_thread(void *arg)
+{
+	int r;
+
+	(void)arg;
+	r = smfi_main();
+	if (r != MI_SUCCESS)
+		kms_log(KMS_LOG_ERR, "milter: the listener stopped with an error");
+	milter_exited = 1;
+	if (write(sig_pipe[1], "m", 1) < 0) {
+		/* a wake-up is pending anyway */
+	}
+	return NULL;
+}
+
+static void
+block_signals(int how)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(how, &set, NULL);
+}
+
+static void
+install_handlers(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGPIPE, &sa, NULL);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGHUP, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+}
+
+static int
+run(const char *config_path, struct kms_config *cfg, int foreground)
+{
+	struct ids ids;
+	struct kms_store *st = NULL;
+	struct http_server *http = NULL;
+	int ctl_fd = -1, http_fd = -1, rc;
+	char *dbpath;
+	pthread_t mt;
+	time_t last_tick = 0;
+
+	if (kms_secmem_init(SECURE_HEAP_SIZE) != 0)
+		kms_log(KMS_LOG_WARNING, "%s; private keys will use ordinary memory", kms_last_error());
+	if (kms_disable_core_dumps() != 0)
+		die("cannot disable core dumps");
+	if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+		die("cannot make the signal pipe");
+	install_handlers();
+	/* Threads created from here on inherit a mask without HUP/TERM/INT. */
+	block_signals(SIG_BLOCK);
+
+	resolve_ids(cfg, &ids);
+	if (kms_mkdir_p(cfg->kmsd.state_dir, 0750) != 0)
+		die("cannot make the state directory");
+	if (ids.drop && chown(cfg->kmsd.state_dir, ids.uid, ids.gid) != 0)
+		die("cannot give the state directory to the kmsd user");
+	if (ctl_server_listen(cfg->kmsd.control_socket, ids.drop ? ids.uid : (uid_t)-1, ids.gid, &ctl_fd) != 0)
+		die("cannot open the control socket");
+	open_milter_socket(cfg, &ids);
+	if (cfg->http.listen[0] != '\0' && http_listen(cfg->http.listen, &http_fd) != 0)
+		die("cannot open the HTTP distribution point");
+	write_pid_file(cfg->kmsd.pid_file);
+	drop_privileges(cfg, &ids);
+	if (ids.drop)
+		kms_disable_core_dumps();       /* setuid resets the dumpable flag */
+
+	dbpath = kms_path_join(cfg->kmsd.state_dir, KMS_STORE_FILE);
+	if (dbpath == NULL)
+		die("out of memory");
+	rc = kms_store_open(dbpath, KMS_STORE_CREATE | KMS_STORE_CHECK, &st);
+	free(dbpath);
+	if (rc != 0)
+		die("cannot open the store");
+	if (kmsd_runtime_start(kms_config_ref(cfg), st) != 0)
+		die("cannot start");
+	if (cfg->http.listen[0] != '\0' && kmsd_http_start(http_fd, &http) != 0)
+		die("cannot start the HTTP distribution point");
+	if (kmsd_revidx_rebuild(st) != 0)
+		kms_log(KMS_LOG_ERR, "revocation index: %s", kms_last_error());
+	kmsd_periodic(st, time(NULL));
+	if (ctl_server_start(ctl_fd, cfg->kmsd.control_socket) != 0)
+		die("cannot start the control server");
+	if (pthread_create(&mt, NULL, milter_thread, NULL) != 0) {
+		kms_fail(KMS_ERR_IO, "pthread_create");
+		die("cannot start the milter");
+	}
+	milter_running = 1;
+	if (kmsd_sync_start() != 0)
+		kms_log(KMS_LOG_ERR, "CRL synchronisation: %s", kms_last_error());
+	block_signals(SIG_UNBLOCK);
+
+	kms_log(KMS_LOG_INFO, "kmsd %s started: control %s, milter %s%s%s, config %s", PACKAGE_VERSION,
+	    cfg->kmsd.control_socket, cfg->kmsd.milter_socket, cfg->http.listen[0] ? ", http " : "",
+	    cfg->http.listen, config_path ? config_path : "built-in defaults");
+	if (ready_fd >= 0) {
+		if (write(ready_fd, "OK\n", 3) < 0) {
+			/* the parent is gone */
+		}
+		close(ready_fd);
+		ready_fd = -1;
+	}
+	(void)foreground;
+
+	while (!got_term) {
+		struct pollfd pfd = { sig_pipe[0], POLLIN, 0 };
+		char buf[64];
+		time_t now;
+
+		if (poll(&pfd, 1, 1000) > 0) {
+			while (read(sig_pipe[0], buf, sizeof(buf)) > 0)
+				;
+		}
+		if (got_hup) {
+			got_hup = 0;
+			kms_log(KMS_LOG_INFO, "SIGHUP: reloading %s", config_path ? config_path : "built-in defaults");
+			if (kmsd_reload(config_path) != 0)
+				kms_log(KMS_LOG_ERR, "reload refused, the running configuration is kept: %s", kms_last_error());
+			else
+				kms_log(KMS_LOG_INFO, "configuration reloaded");
+		}
+		if (milter_exited) {
+			kms_log(KMS_LOG_ERR, "the milter listener stopped; shutting down so that the service manager can restart kmsd");
+			break;
+		}
+		now = time(NULL);
+		if (now != last_tick) {
+			last_tick = now;
+			kmsd_periodic(st, now);
+		}
+	}
+
+	kms_log(KMS_LOG_INFO, "shutting down");
+	block_signals(SIG_BLOCK);
+	ctl_server_stop(30);
+	kmsd_sync_stop();
+	if (milter_running) {
+		smfi_stop();
+		pthread_join(mt, NULL);
+	}
+	kmsd_http_stop(http);
+	kmsd_runtime_stop();
+	kms_store_close(st);
+	unlink(cfg->kmsd.pid_file);
+	kms_log(KMS_LOG_INFO, "stopped");
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "foreground", no_argument, NULL, 'f' },
+		{ "check", no_argument, NULL, 'n' },
+		{ "schema", no_argument, NULL, 'S' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *config_path = NULL;
+	struct kms_config *cfg;
+	int foreground = 0, check = 0, c, rc;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "-t") == 0)
+			return mlt_offline_main(argc, argv);
+		if (strcmp(argv[i], "--") == 0)
+			break;
+	}
+	while ((c = getopt_long(argc, argv, "c:fnVh", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'c': config_path = optarg; break;
+		case 'f': foreground = 1; break;
+		case 'n': check = 1; break;
+		case 'S': kms_config_dump_schema(stdout); return 0;
+		case 'V': printf("kmsd (smime-kms) %s\n", PACKAGE_VERSION); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind < argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (kms_config_load(config_path, &cfg) != 0) {
+		fprintf(stderr, "kmsd: %s\n", kms_last_error());
+		return 1;
+	}
+	if (check) {
+		struct pol_roles *roles = NULL;
+
+		rc = pol_roles_compile(cfg, geteuid(), &roles);
+		pol_roles_free(roles);
+		if (rc != 0) {
+			fprintf(stderr, "kmsd: %s: %s\n", config_path ? config_path : "built-in defaults", kms_last_error());
+			kms_config_unref(cfg);
+			return 1;
+		}
+		printf("kmsd: configuration %s is valid\n", config_path ? config_path : "(built-in defaults)");
+		kms_config_unref(cfg);
+		return 0;
+	}
+	kms_log_open("kmsd", (int)cfg->kmsd.syslog_facility, foreground, (int)cfg->kmsd.log_level);
+	if (!foreground)
+		daemonize();
+	rc = run(config_path, cfg, foreground);
+	kms_config_unref(cfg);
+	return rc;
+}

@@ -1,0 +1,255 @@
+/*
+ * envelope.c - escrowed keys as CMS AuthEnvelopedData addressed to the
+ * key-recovery key (KRK), and the KRK private key as a secret to split.
+ *
+ * Entry points: esc_wrap_key(), esc_unwrap_key(), esc_key_to_secret(),
+ * esc_key_from_secret(), esc_key_matches_cert().
+ *
+ * An envelope is AES-256-GCM content (the PKCS#8 DER of the key) whose
+ * content-encryption key goes to the KRK certificate by RSAES-OAEP with
+ * SHA-256 and MGF1-SHA-256.  Wrapping needs only the KRK certificate, so
+ * kmsd archives keys without holding the KRK private key.  Every clear
+ * copy of a private key made here lives in the secure heap and is wiped.
+ */
+#include "config.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bio.h>
+#include <openssl/buffer.h>
+#include <openssl/cms.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
+
+#include "archive/esc.h"
+
+/* The largest PKCS#8 we expect: RSA-16384 is about 9.5 KiB. */
+#define MAX_PKCS8 (32 * 1024)
+/* An envelope is the PKCS#8 plus a few hundred bytes per recipient. */
+#define MAX_ENVELOPE (64 * 1024)
+
+int
+esc_key_to_secret(EVP_PKEY *key, unsigned char **secret, size_t *len)
+{
+	PKCS8_PRIV_KEY_INFO *p8 = NULL;
+	unsigned char *buf = NULL, *p;
+	int n, rc;
+
+	*secret = NULL;
+	*len = 0;
+	if (key == NULL)
+		return kms_fail(KMS_ERR_INVALID, "no key");
+	p8 = EVP_PKEY2PKCS8(key);
+	if (p8 == NULL)
+		return kms_fail_openssl(KMS_ERR_CRYPTO, "cannot encode the private key as PKCS#8");
+	n = i2d_PKCS8_PRIV_KEY_INFO(p8, NULL);
+	if (n <= 0 || n > MAX_PKCS8) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "cannot encode the private key as PKCS#8");
+		goto out;
+	}
+	buf = OPENSSL_secure_malloc((size_t)n);
+	if (buf == NULL) {
+		rc = kms_fail(KMS_ERR_NOMEM, "out of locked memory for a private key");
+		goto out;
+	}
+	p = buf;
+	if (i2d_PKCS8_PRIV_KEY_INFO(p8, &p) != n) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "cannot encode the private key as PKCS#8");
+		goto out;
+	}
+	*secret = buf;
+	*len = (size_t)n;
+	buf = NULL;
+	rc = 0;
+out:
+	if (buf != NULL)
+		OPENSSL_secure_clear_free(buf, (size_t)n);
+	PKCS8_PRIV_KEY_INFO_free(p8);   /* wipes its copy of the key */
+	return rc;
+}
+
+/* Is key a usable private key (not just a public one)? */
+static int
+is_private_key(EVP_PKEY *key)
+{
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+	int ok;
+
+	if (ctx == NULL)
+		return 0;
+	ok = EVP_PKEY_private_check(ctx) == 1;
+	EVP_PKEY_CTX_free(ctx);
+	return ok;
+}
+
+int
+esc_key_from_secret(const unsigned char *secret, size_t len, EVP_PKEY **key)
+{
+	PKCS8_PRIV_KEY_INFO *p8;
+	const unsigned char *p = secret;
+	EVP_PKEY *k;
+
+	*key = NULL;
+	if (secret == NULL || len == 0 || len > MAX_PKCS8)
+		return kms_fail(KMS_ERR_CORRUPT, "not a private key (bad length)");
+	p8 = d2i_PKCS8_PRIV_KEY_INFO(NULL, &p, (long)len);
+	if (p8 == NULL || p != secret + len) {
+		PKCS8_PRIV_KEY_INFO_free(p8);
+		ERR_clear_error();
+		return kms_fail(KMS_ERR_CORRUPT, "not a PKCS#8 private key");
+	}
+	k = EVP_PKCS82PKEY(p8);
+	PKCS8_PRIV_KEY_INFO_free(p8);
+	if (k == NULL) {
+		ERR_clear_error();
+		return kms_fail(KMS_ERR_CORRUPT, "PKCS#8 structure holds no usable private key");
+	}
+	if (!is_private_key(k)) {
+		EVP_PKEY_free(k);
+		ERR_clear_error();
+		return kms_fail(KMS_ERR_CORRUPT, "PKCS#8 structure holds no valid private key");
+	}
+	*key = k;
+	return 0;
+}
+
+int
+esc_key_matches_cert(EVP_PKEY *key, X509 *cert)
+{
+	EVP_PKEY *pub;
+	int r;
+
+	if (key == NULL || cert == NULL)
+		return 0;
+	pub = X509_get0_pubkey(cert);
+	if (pub == NULL) {
+		ERR_clear_error();
+		return 0;
+	}
+	r = EVP_PKEY_eq(key, pub);
+	ERR_clear_error();
+	return r == 1;
+}
+
+int
+esc_wrap_key(X509 *krk_cert, EVP_PKEY *key, unsigned char **der, size_t *len)
+{
+	CMS_ContentInfo *cms = NULL;
+	CMS_RecipientInfo *ri;
+	EVP_PKEY_CTX *pctx;
+	EVP_PKEY *krk_pub;
+	BIO *in = NULL;
+	unsigned char *secret = NULL, *buf = NULL, *p;
+	size_t slen = 0;
+	int n, rc;
+
+	*der = NULL;
+	*len = 0;
+	if (krk_cert == NULL || key == NULL)
+		return kms_fail(KMS_ERR_INVALID, "no KRK certificate or no key to escrow");
+	krk_pub = X509_get0_pubkey(krk_cert);
+	if (krk_pub == NULL || !EVP_PKEY_is_a(krk_pub, "RSA")) {
+		ERR_clear_error();
+		return kms_fail(KMS_ERR_INVALID, "the KRK certificate must hold an RSA key");
+	}
+	if ((rc = esc_key_to_secret(key, &secret, &slen)) != 0)
+		return rc;
+
+	cms = CMS_AuthEnvelopedData_create(EVP_aes_256_gcm());
+	if (cms == NULL) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "cannot create the envelope");
+		goto out;
+	}
+	ri = CMS_add1_recipient_cert(cms, krk_cert, CMS_KEY_PARAM);
+	if (ri == NULL || (pctx = CMS_RecipientInfo_get0_pkey_ctx(ri)) == NULL ||
+	    EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
+	    EVP_PKEY_CTX_set_rsa_oaep_md(pctx, EVP_sha256()) <= 0 ||
+	    EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) <= 0) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "cannot address the envelope to the KRK (RSA-OAEP)");
+		goto out;
+	}
+	/* A read-only memory BIO reads the secret in place: no copy. */
+	in = BIO_new_mem_buf(secret, (int)slen);
+	if (in == NULL || CMS_final(cms, in, NULL, CMS_BINARY) != 1) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "cannot encrypt the key to the KRK");
+		goto out;
+	}
+	n = i2d_CMS_ContentInfo(cms, NULL);
+	if (n <= 0) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "cannot encode the envelope");
+		goto out;
+	}
+	buf = malloc((size_t)n);
+	if (buf == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	p = buf;
+	if (i2d_CMS_ContentInfo(cms, &p) != n) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "cannot encode the envelope");
+		goto out;
+	}
+	*der = buf;
+	*len = (size_t)n;
+	buf = NULL;
+	rc = 0;
+out:
+	free(buf);
+	BIO_free(in);
+	CMS_ContentInfo_free(cms);
+	OPENSSL_secure_clear_free(secret, slen);
+	return rc;
+}
+
+int
+esc_unwrap_key(EVP_PKEY *krk_key, X509 *krk_cert, const unsigned char *der, size_t len, EVP_PKEY **key)
+{
+	CMS_ContentInfo *cms = NULL;
+	const unsigned char *p = der;
+	BIO *out = NULL;
+	BUF_MEM *bm = NULL;
+	int rc;
+
+	*key = NULL;
+	if (krk_key == NULL || der == NULL || len == 0)
+		return kms_fail(KMS_ERR_INVALID, "no KRK key or no envelope");
+	if (len > MAX_ENVELOPE)
+		return kms_fail(KMS_ERR_CORRUPT, "escrow envelope too large (%zu bytes)", len);
+	cms = d2i_CMS_ContentInfo(NULL, &p, (long)len);
+	if (cms == NULL || p != der + len) {
+		ERR_clear_error();
+		rc = kms_fail(KMS_ERR_CORRUPT, "escrow envelope is not a valid CMS structure");
+		goto out;
+	}
+	if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_id_smime_ct_authEnvelopedData) {
+		rc = kms_fail(KMS_ERR_CORRUPT, "escrow envelope is not AuthEnvelopedData");
+		goto out;
+	}
+	/* Decrypted bytes go to a secure-heap memory BIO, wiped when freed. */
+	out = BIO_new(BIO_s_secmem());
+	if (out == NULL) {
+		rc = kms_fail_openssl(KMS_ERR_NOMEM, "memory BIO");
+		goto out;
+	}
+	if (CMS_decrypt(cms, krk_key, krk_cert, NULL, out, CMS_BINARY) != 1) {
+		ERR_clear_error();
+		rc = kms_fail(KMS_ERR_CORRUPT, "escrow envelope does not open with this KRK "
+		    "(wrong key-recovery key, or the envelope was altered)");
+		goto out;
+	}
+	if (BIO_get_mem_ptr(out, &bm) != 1 || bm == NULL || bm->length == 0) {
+		rc = kms_fail(KMS_ERR_CORRUPT, "escrow envelope is empty");
+		goto out;
+	}
+	if ((rc = esc_key_from_secret((const unsigned char *)bm->data, bm->length, key)) != 0)
+		kms_fail(rc, "escrow envelope does not hold a private key");
+out:
+	BIO_free(out);
+	CMS_ContentInfo_free(cms);
+	return rc;
+}

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/pem.h>
+
 #include "milter/commands.h"
 
 static const struct {
@@ -22,6 +24,15 @@ static const struct {
 	{ "issue", cmd_issue },
 	{ "list", cmd_list },
 	{ "show", cmd_show },
+	{ "revoke", cmd_revoke },
+	{ "crl", cmd_crl },
+	{ "recover.request", cmd_recover_request },
+	{ "recover.approve", cmd_recover_approve },
+	{ "recover.list", cmd_recover_list },
+	{ "recover.close", cmd_recover_close },
+	{ "recover.fetch", cmd_recover_fetch },
+	{ "escrow.rotate", cmd_escrow_rotate },
+	{ "archive.release", cmd_archive_release },
 	{ "audit", cmd_audit },
 	{ "audit.verify", cmd_audit_verify },
 };

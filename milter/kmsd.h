@@ -74,6 +74,10 @@ long long kmsd_uptime(void);
 int kmsd_crl_publish_new(struct kms_store *st, const char *why);
 /* Rebuild the revocation index from the store (and external CRLs). */
 int kmsd_revidx_rebuild(struct kms_store *st);
+/* Expire recovery requests past their time: wipe their shares and keys. */
+void kmsd_recovery_expire(struct kms_store *st, time_t now);
+/* Wipe every pending recovery (start-up, shutdown) and mark open ones failed. */
+void kmsd_recovery_abort_all(struct kms_store *st, const char *why);
 /* Timer work: re-sign the CRL before nextUpdate, expire recovery requests. */
 void kmsd_periodic(struct kms_store *st, time_t now);
 

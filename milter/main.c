@@ -336,6 +336,8 @@ run(const char *config_path, struct kms_config *cfg, int foreground)
 		die("cannot start the HTTP distribution point");
 	if (kmsd_revidx_rebuild(st) != 0)
 		kms_log(KMS_LOG_ERR, "revocation index: %s", kms_last_error());
+	/* Shares and recovered keys lived only in the memory of a previous run. */
+	kmsd_recovery_abort_all(st, NULL);
 	kmsd_periodic(st, time(NULL));
 	if (ctl_server_start(ctl_fd, cfg->kmsd.control_socket) != 0)
 		die("cannot start the control server");
@@ -397,6 +399,7 @@ run(const char *config_path, struct kms_config *cfg, int foreground)
 		pthread_join(mt, NULL);
 	}
 	kmsd_http_stop(http);
+	kmsd_recovery_abort_all(st, "kmsd stopped: open requests failed, their shares and keys wiped");
 	kmsd_runtime_stop();
 	kms_store_close(st);
 	unlink(cfg->kmsd.pid_file);

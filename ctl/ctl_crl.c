@@ -1,0 +1,168 @@
+/*
+ * ctl_crl.c - kmsctl revoke, kmsctl crl (the current CRL), and kmsctl crl
+ * fetch (a client-side replica of a published CRL for offline checking).
+ */
+#include "config.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ca/ca.h"
+#include "ctl/ctl.h"
+
+static void
+print_revoke(json_t *r)
+{
+	json_t *v;
+	size_t i;
+
+	json_array_foreach(json_object_get(r, "revoked"), i, v)
+		printf("revoked %s (%s)\n", json_string_value(v), ctl_str(r, "reason"));
+	json_array_foreach(json_object_get(r, "already_revoked"), i, v)
+		printf("already revoked %s on %s (%s); nothing changed\n", ctl_str(v, "serial"), ctl_str(v, "revoked_at"),
+		    ctl_str(v, "reason"));
+	if (json_array_size(json_object_get(r, "revoked")) == 0 && json_array_size(json_object_get(r, "already_revoked")) == 0)
+		printf("%s has no valid certificate to revoke\n", ctl_str(r, "target"));
+	else if (json_array_size(json_object_get(r, "revoked")) > 0)
+		printf("a new CRL has been signed and published\n");
+}
+
+int
+ctl_cmd_revoke(struct ctl *ctl, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "reason", required_argument, NULL, 'r' },
+		{ "invalidity-date", required_argument, NULL, 'i' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *reason = NULL, *inv = NULL;
+	json_t *args, *reply;
+	int c, human, rc;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'r': reason = optarg; break;
+		case 'i': inv = optarg; break;
+		default: return CTL_ERR_USAGE;
+		}
+	}
+	if (optind != argc - 1)
+		return ctl_usage_error("revoke: give one address or serial");
+	if (reason && ca_reason_from_name(reason) < 0)
+		return ctl_usage_error("revoke: unknown reason \"%s\" (keyCompromise, affiliationChanged, superseded, "
+		    "cessationOfOperation, ...)", reason);
+	args = json_pack("{s:s}", "target", argv[optind]);
+	if (reason)
+		json_object_set_new(args, "reason", json_string(reason));
+	if (inv)
+		json_object_set_new(args, "invalidity_date", json_string(inv));
+	reply = ctl_call(ctl, "revoke", args);
+	if (reply == NULL)
+		return CTL_ERR_USAGE;
+	rc = ctl_finish(ctl, reply, &human);
+	if (human)
+		print_revoke(json_object_get(reply, "result"));
+	json_decref(reply);
+	return rc;
+}
+
+static int
+crl_fetch(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "ca", required_argument, NULL, 'c' },
+		{ "out", required_argument, NULL, 'o' },
+		{ "timeout", required_argument, NULL, 't' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *cafile = NULL, *outdir = NULL;
+	long timeout = 30;
+	struct ca_fetch_result res;
+	int c, rc;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c': cafile = optarg; break;
+		case 'o': outdir = optarg; break;
+		case 't': timeout = strtol(optarg, NULL, 10); break;
+		default: return CTL_ERR_USAGE;
+		}
+	}
+	if (optind != argc - 1 || cafile == NULL || outdir == NULL)
+		return ctl_usage_error("crl fetch: give the URL, --ca CAFILE and --out DIR");
+	if (timeout < 1 || timeout > 600)
+		return ctl_usage_error("crl fetch: --timeout is 1 to 600 seconds");
+	rc = ca_crl_replicate(argv[optind], cafile, outdir, timeout, &res);
+	if (rc != 0) {
+		fprintf(stderr, "kmsctl: crl fetch: %s%s\n", kms_last_error(),
+		    res.kept_previous ? " (the previous good copy is kept)" : "");
+		return CTL_ERR_REPLY;
+	}
+	printf("CRL number %lld from %s checked against %s and saved as %s (next update %s)%s\n", res.number,
+	    argv[optind], cafile, res.path, res.next_update, res.stale ? ": WARNING, it is past its next update" : "");
+	return CTL_OK;
+}
+
+int
+ctl_cmd_crl(struct ctl *ctl, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "out", required_argument, NULL, 'o' },
+		{ "new", no_argument, NULL, 'n' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *out = NULL;
+	json_t *reply, *r;
+	int c, human, rc, fresh = 0, fd = -1;
+
+	if (argc > 1 && strcmp(argv[1], "fetch") == 0)
+		return crl_fetch(argc - 1, argv + 1);
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'o': out = optarg; break;
+		case 'n': fresh = 1; break;
+		default: return CTL_ERR_USAGE;
+		}
+	}
+	if (optind < argc)
+		return ctl_usage_error("crl: unexpected argument \"%s\"", argv[optind]);
+	if (out && (fd = ctl_reserve_output(out, 0644)) < 0)
+		return CTL_ERR_USAGE;
+	reply = ctl_call(ctl, "crl", json_pack("{s:b}", "new", fresh));
+	if (reply == NULL) {
+		if (fd >= 0) {
+			close(fd);
+			unlink(out);
+		}
+		return CTL_ERR_USAGE;
+	}
+	r = json_object_get(reply, "result");
+	if (fd >= 0) {
+		const char *pem = ctl_str(r, "pem");
+
+		if (!json_is_true(json_object_get(reply, "ok"))) {
+			close(fd);
+			unlink(out);
+		} else if (ctl_write_output(fd, out, pem, strlen(pem)) != 0) {
+			json_decref(reply);
+			return CTL_ERR_REPLY;
+		}
+	}
+	rc = ctl_finish(ctl, reply, &human);
+	if (human) {
+		if (out)
+			printf("CRL number %lld (%lld entries, next update %s) written to %s\n",
+			    (long long)json_integer_value(json_object_get(r, "number")),
+			    (long long)json_integer_value(json_object_get(r, "entries")), ctl_str(r, "next_update"), out);
+		else
+			fputs(ctl_str(r, "pem"), stdout);
+	}
+	json_decref(reply);
+	return rc;
+}

@@ -1,0 +1,569 @@
+/*
+ * ctl_recover.c - kmsctl recover request/approve/list/close/fetch, escrow
+ * rotate, and offline recovery (recover --offline) straight from the
+ * database and the share files, for when kmsd is down.
+ */
+#include "config.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "archive/esc.h"
+#include "ca/ca.h"
+#include "ctl/ctl.h"
+
+#define MAX_SHARE_FILE (64 * 1024)
+
+/* Ask for a passphrase on the terminal without echo; NULL when there is none. */
+static char *
+prompt_secret(const char *prompt)
+{
+	struct termios old, quiet;
+	char buf[1024];
+	FILE *tty = fopen("/dev/tty", "r+");
+	char *s = NULL;
+
+	if (tty == NULL)
+		return NULL;
+	fputs(prompt, tty);
+	fflush(tty);
+	if (tcgetattr(fileno(tty), &old) == 0) {
+		quiet = old;
+		quiet.c_lflag &= ~(tcflag_t)ECHO;
+		tcsetattr(fileno(tty), TCSAFLUSH, &quiet);
+	}
+	if (fgets(buf, sizeof(buf), tty) != NULL) {
+		buf[strcspn(buf, "\r\n")] = '\0';
+		s = strdup(buf);
+	}
+	tcsetattr(fileno(tty), TCSAFLUSH, &old);
+	fputc('\n', tty);
+	fclose(tty);
+	kms_wipe(buf, sizeof(buf));
+	return s;
+}
+
+/* Read a share file, and its passphrase when it is encrypted. */
+static int
+read_share(const char *path, const char *pass_file, char **text, char **pass, struct esc_share_meta *meta)
+{
+	unsigned char *data = NULL;
+	size_t len = 0;
+
+	*text = NULL;
+	*pass = NULL;
+	if (kms_read_file(path, MAX_SHARE_FILE, &data, &len) != 0)
+		return ctl_fail(CTL_ERR_USAGE, "cannot read the share file");
+	if (esc_share_peek((char *)data, len, meta) != 0) {
+		kms_wipe(data, len);
+		free(data);
+		fprintf(stderr, "kmsctl: %s is not a recovery share file: %s\n", path, kms_last_error());
+		return CTL_ERR_USAGE;
+	}
+	if (meta->encrypted) {
+		if (pass_file) {
+			if (kms_read_secret_file(pass_file, pass) != 0) {
+				kms_wipe(data, len);
+				free(data);
+				return ctl_fail(CTL_ERR_USAGE, "cannot read the passphrase file");
+			}
+		} else {
+			char prompt[300];
+
+			snprintf(prompt, sizeof(prompt), "Passphrase for share %d (%s): ", meta->index, path);
+			*pass = prompt_secret(prompt);
+			if (*pass == NULL) {
+				kms_wipe(data, len);
+				free(data);
+				fprintf(stderr, "kmsctl: %s is encrypted: give --passphrase-file or run on a terminal\n", path);
+				return CTL_ERR_USAGE;
+			}
+		}
+	}
+	*text = (char *)data;
+	return 0;
+}
+
+static void
+print_request(json_t *r)
+{
+	printf("Request %s opened (%s of %s), expires %s.\n", ctl_str(r, "id"), ctl_str(r, "purpose"),
+	    ctl_str(r, "email")[0] ? ctl_str(r, "email") : "the key-recovery key", ctl_str(r, "expires"));
+	printf("It needs %lld officers to run: kmsctl recover approve %s --share FILE\n",
+	    (long long)json_integer_value(json_object_get(r, "threshold")), ctl_str(r, "id"));
+}
+
+static int
+simple_call(struct ctl *ctl, const char *cmd, json_t *args, void (*print)(json_t *))
+{
+	json_t *reply = ctl_call(ctl, cmd, args);
+	int human, rc;
+
+	if (reply == NULL)
+		return CTL_ERR_USAGE;
+	rc = ctl_finish(ctl, reply, &human);
+	if (human && print)
+		print(json_object_get(reply, "result"));
+	json_decref(reply);
+	return rc;
+}
+
+static int
+recover_request(struct ctl *ctl, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "why", required_argument, NULL, 'w' },
+		{ "purpose", required_argument, NULL, 'p' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *why = NULL, *purpose = "key";
+	int c;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'w': why = optarg; break;
+		case 'p': purpose = optarg; break;
+		default: return CTL_ERR_USAGE;
+		}
+	}
+	if (optind != argc - 1 || why == NULL)
+		return ctl_usage_error("recover request: give one address and --why TEXT");
+	if (strcmp(purpose, "key") != 0 && strcmp(purpose, "archive") != 0)
+		return ctl_usage_error("recover request: --purpose is key or archive");
+	return simple_call(ctl, "recover.request", json_pack("{s:s,s:s,s:s}", "email", argv[optind], "why", why,
+	    "purpose", purpose), print_request);
+}
+
+static void
+print_approve(json_t *r)
+{
+	if (strcmp(ctl_str(r, "state"), "open") == 0)
+		printf("Share accepted for %s: %lld of %lld approvals.\n", ctl_str(r, "id"),
+		    (long long)json_integer_value(json_object_get(r, "approvals")),
+		    (long long)json_integer_value(json_object_get(r, "threshold")));
+	else
+		printf("Share accepted for %s: threshold reached, request %s.\n  %s\n", ctl_str(r, "id"),
+		    ctl_str(r, "state"), ctl_str(r, "summary"));
+}
+
+static int
+recover_approve(struct ctl *ctl, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "share", required_argument, NULL, 's' },
+		{ "passphrase-file", required_argument, NULL, 'p' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *share = NULL, *pfile = NULL;
+	char *text = NULL, *pass = NULL;
+	struct esc_share_meta meta;
+	json_t *args;
+	int c, rc;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 's': share = optarg; break;
+		case 'p': pfile = optarg; break;
+		default: return CTL_ERR_USAGE;
+		}
+	}
+	if (optind != argc - 1 || share == NULL)
+		return ctl_usage_error("recover approve: give the request id and --share FILE");
+	if ((rc = read_share(share, pfile, &text, &pass, &meta)) != 0)
+		return rc;
+	args = json_pack("{s:s,s:s}", "id", argv[optind], "share", text);
+	if (pass)
+		json_object_set_new(args, "passphrase", json_string(pass));
+	kms_wipe(text, strlen(text));
+	free(text);
+	kms_secret_free(pass);
+	return simple_call(ctl, "recover.approve", args, print_approve);
+}
+
+static void
+print_list(json_t *r)
+{
+	json_t *q;
+	size_t i;
+
+	if (json_array_size(json_object_get(r, "requests")) == 0) {
+		printf("no recovery requests\n");
+		return;
+	}
+	json_array_foreach(json_object_get(r, "requests"), i, q) {
+		printf("%s  %-8s %-9s %s  by %s, %lld/%lld approvals%s%s, expires %s\n", ctl_str(q, "id"),
+		    ctl_str(q, "purpose"), ctl_str(q, "state"), ctl_str(q, "email")[0] ? ctl_str(q, "email") : "(KRK)",
+		    ctl_str(q, "requester"), (long long)json_integer_value(json_object_get(q, "approvals")),
+		    (long long)json_integer_value(json_object_get(q, "threshold")),
+		    ctl_str(q, "officers")[0] ? " from " : "", ctl_str(q, "officers"), ctl_str(q, "expires"));
+		printf("    why: %s\n", ctl_str(q, "why"));
+		if (ctl_str(q, "detail")[0])
+			printf("    %s\n", ctl_str(q, "detail"));
+	}
+}
+
+static void
+print_closed(json_t *r)
+{
+	printf("Request %s closed; any recovered keys were wiped from kmsd's memory.\n", ctl_str(r, "id"));
+}
+
+static int
+recover_fetch(struct ctl *ctl, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "out", required_argument, NULL, 'o' },
+		{ "password-file", required_argument, NULL, 'p' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *out = NULL, *pfile = NULL;
+	char *password = NULL;
+	json_t *args, *reply, *r;
+	unsigned char *p12 = NULL;
+	size_t len = 0;
+	int c, fd, human, rc;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'o': out = optarg; break;
+		case 'p': pfile = optarg; break;
+		default: return CTL_ERR_USAGE;
+		}
+	}
+	if (optind != argc - 1 || out == NULL)
+		return ctl_usage_error("recover fetch: give the request id and --out FILE.p12");
+	if (pfile && ctl_read_password_file(pfile, &password) != 0)
+		return CTL_ERR_USAGE;
+	if ((fd = ctl_reserve_output(out, 0600)) < 0) {
+		kms_secret_free(password);
+		return CTL_ERR_USAGE;
+	}
+	args = json_pack("{s:s}", "id", argv[optind]);
+	if (password)
+		json_object_set_new(args, "password", json_string(password));
+	kms_secret_free(password);
+	reply = ctl_call(ctl, "recover.fetch", args);
+	if (reply == NULL) {
+		close(fd);
+		unlink(out);
+		return CTL_ERR_USAGE;
+	}
+	r = json_object_get(reply, "result");
+	if (json_is_true(json_object_get(reply, "ok"))) {
+		const char *b64 = ctl_str(r, "pkcs12");
+
+		if (kms_b64_decode(b64, strlen(b64), &p12, &len) != 0 || ctl_write_output(fd, out, p12, len) != 0) {
+			fprintf(stderr, "kmsctl: the recovered file could not be written, and kmsd gives it only once: "
+			    "open a new request\n");
+			rc = CTL_ERR_REPLY;
+			goto out;
+		}
+		json_object_set_new(r, "pkcs12", json_string("(written to file)"));
+	} else {
+		close(fd);
+		unlink(out);
+	}
+	rc = ctl_finish(ctl, reply, &human);
+	if (human) {
+		printf("Recovered %lld encryption key(s) of %s into %s\n",
+		    (long long)json_integer_value(json_object_get(r, "keys")), ctl_str(r, "email"), out);
+		if (json_object_get(r, "password"))
+			printf("Password: %s\n  (shown once)\n", ctl_str(r, "password"));
+	}
+out:
+	if (p12) {
+		kms_wipe(p12, len);
+		free(p12);
+	}
+	json_decref(reply);
+	return rc;
+}
+
+/* ----------------------------------------------------------------- offline */
+
+static int
+offline_recover(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "offline", no_argument, NULL, 'O' },
+		{ "db", required_argument, NULL, 'd' },
+		{ "share", required_argument, NULL, 's' },
+		{ "passphrase-file", required_argument, NULL, 'p' },
+		{ "out", required_argument, NULL, 'o' },
+		{ "password-file", required_argument, NULL, 'w' },
+		{ "format", required_argument, NULL, 'f' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *db = NULL, *out = NULL, *pwfile = NULL, *format = "modern", *shares_path[255];
+	const char *pass_files[255];
+	size_t nshares = 0, npass = 0;
+	struct kms_store *st = NULL;
+	struct esc_krk *krk = NULL;
+	struct esc_share *shares = NULL;
+	struct esc_entry *e = NULL;
+	size_t ne = 0;
+	unsigned char *secret = NULL, *p12 = NULL;
+	size_t slen = 0, p12len = 0;
+	EVP_PKEY *krkkey = NULL, **keys = NULL;
+	struct ca_p12_item *items = NULL;
+	char **names = NULL, genpw[25] = "", *password = NULL;
+	enum ca_p12_format fmt;
+	int c, fd = -1, rc = CTL_ERR_REPLY;
+	const char *email;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'O': break;
+		case 'd': db = optarg; break;
+		case 's':
+			if (nshares == 255)
+				return ctl_usage_error("recover --offline: too many shares");
+			shares_path[nshares++] = optarg;
+			break;
+		case 'p':
+			if (npass == 255)
+				return ctl_usage_error("recover --offline: too many passphrase files");
+			pass_files[npass++] = optarg;
+			break;
+		case 'o': out = optarg; break;
+		case 'w': pwfile = optarg; break;
+		case 'f': format = optarg; break;
+		default: return CTL_ERR_USAGE;
+		}
+	}
+	if (optind != argc - 1 || db == NULL || out == NULL || nshares == 0)
+		return ctl_usage_error("recover --offline: give --db FILE, one --share per share, EMAIL and --out FILE");
+	if (npass != 0 && npass != nshares)
+		return ctl_usage_error("recover --offline: give one --passphrase-file per --share, in the same order, or none");
+	if (ca_p12_format_from_name(format, &fmt) != 0)
+		return ctl_usage_error("recover --offline: --format is modern or compat");
+	email = argv[optind];
+	kms_secmem_init(1024 * 1024);
+	kms_disable_core_dumps();
+	if (pwfile && ctl_read_password_file(pwfile, &password) != 0)
+		return CTL_ERR_USAGE;
+	if (kms_store_open(db, KMS_STORE_READONLY | KMS_STORE_CHECK, &st) != 0) {
+		rc = ctl_fail(CTL_ERR_USAGE, "cannot open the database");
+		goto out;
+	}
+	if (esc_store_current_krk(st, &krk) != 0) {
+		rc = ctl_fail(CTL_ERR_REPLY, "no key-recovery key in the database");
+		goto out;
+	}
+	if (nshares < (size_t)krk->threshold) {
+		fprintf(stderr, "kmsctl: %zu share(s) given; this key-recovery key needs %d\n", nshares, krk->threshold);
+		rc = CTL_ERR_USAGE;
+		goto out;
+	}
+	shares = calloc(nshares, sizeof(*shares));
+	if (shares == NULL)
+		goto out;
+	for (size_t i = 0; i < nshares; i++) {
+		struct esc_share_meta meta;
+		char *text = NULL, *pass = NULL, *digest;
+
+		if ((rc = read_share(shares_path[i], npass ? pass_files[i] : NULL, &text, &pass, &meta)) != 0)
+			goto out;
+		rc = esc_share_decode(text, strlen(text), pass, &shares[i], &meta);
+		kms_wipe(text, strlen(text));
+		free(text);
+		kms_secret_free(pass);
+		if (rc != 0) {
+			fprintf(stderr, "kmsctl: %s: %s\n", shares_path[i], kms_last_error());
+			rc = CTL_ERR_REPLY;
+			goto out;
+		}
+		if (strcmp(meta.krk_fingerprint, krk->fingerprint) != 0) {
+			fprintf(stderr, "kmsctl: %s belongs to another key-recovery key\n", shares_path[i]);
+			rc = CTL_ERR_REPLY;
+			goto out;
+		}
+		digest = esc_share_digest(&shares[i]);
+		rc = digest ? esc_store_check_share(st, krk->id, shares[i].index, digest) : KMS_ERR_NOMEM;
+		free(digest);
+		if (rc != 0) {
+			fprintf(stderr, "kmsctl: %s does not match the share made for this key-recovery key\n", shares_path[i]);
+			rc = CTL_ERR_REPLY;
+			goto out;
+		}
+		for (size_t j = 0; j < i; j++) {
+			if (shares[j].index == shares[i].index) {
+				fprintf(stderr, "kmsctl: share %d given twice\n", shares[i].index);
+				rc = CTL_ERR_USAGE;
+				goto out;
+			}
+		}
+	}
+	rc = CTL_ERR_REPLY;
+	if (esc_combine(shares, nshares, &secret, &slen) != 0 || esc_key_from_secret(secret, slen, &krkkey) != 0 ||
+	    !esc_key_matches_cert(krkkey, krk->cert)) {
+		fprintf(stderr, "kmsctl: the shares do not rebuild the key-recovery key\n");
+		goto out;
+	}
+	if (esc_store_get_user(st, email, &e, &ne) != 0) {
+		rc = ctl_fail(CTL_ERR_REPLY, "no escrowed key");
+		goto out;
+	}
+	keys = calloc(ne, sizeof(*keys));
+	items = calloc(ne, sizeof(*items));
+	names = calloc(ne, sizeof(*names));
+	if (keys == NULL || items == NULL || names == NULL)
+		goto out;
+	for (size_t i = 0; i < ne; i++) {
+		char *serial;
+		size_t n = strlen(email) + 64;
+
+		if (e[i].krk_id != krk->id || esc_unwrap_key(krkkey, krk->cert, e[i].envelope, e[i].len, &keys[i]) != 0 ||
+		    !esc_key_matches_cert(keys[i], e[i].cert)) {
+			fprintf(stderr, "kmsctl: escrowed key %s cannot be recovered: %s\n", e[i].serial, kms_last_error());
+			goto out;
+		}
+		serial = ca_serial_hex(X509_get0_serialNumber(e[i].cert));
+		names[i] = malloc(n);
+		if (names[i])
+			snprintf(names[i], n, "%s (encryption%s, %s)", email, i == 0 ? ", current" : "", serial ? serial : "");
+		free(serial);
+		items[i].key = keys[i];
+		items[i].cert = e[i].cert;
+		items[i].friendly_name = names[i];
+	}
+	EVP_PKEY_free(krkkey);
+	krkkey = NULL;
+	if (password == NULL) {
+		if (kms_random_password(genpw, sizeof(genpw)) != 0)
+			goto out;
+	}
+	if ((fd = ctl_reserve_output(out, 0600)) < 0) {
+		rc = CTL_ERR_USAGE;
+		goto out;
+	}
+	{
+		struct ca *ca = NULL;
+		STACK_OF(X509) *chain = sk_X509_new_null();
+
+		if (ca_store_load(st, NULL, NULL, &ca) == 0 && chain)
+			sk_X509_push(chain, ca->cert);
+		rc = ca_p12_build(items, ne, chain, password ? password : genpw, fmt, 10000, &p12, &p12len);
+		sk_X509_free(chain);
+		ca_free(ca);
+		if (rc != 0) {
+			rc = ctl_fail(CTL_ERR_REPLY, "cannot build the PKCS#12");
+			close(fd);
+			unlink(out);
+			goto out;
+		}
+	}
+	if (ctl_write_output(fd, out, p12, p12len) != 0) {
+		rc = CTL_ERR_REPLY;
+		goto out;
+	}
+	printf("Recovered %zu encryption key(s) of %s offline into %s\n", ne, email, out);
+	if (!password)
+		printf("Password: %s\n  (shown once)\n", genpw);
+	rc = CTL_OK;
+out:
+	kms_wipe(genpw, sizeof(genpw));
+	kms_secret_free(password);
+	if (p12) {
+		kms_wipe(p12, p12len);
+		free(p12);
+	}
+	if (secret)
+		OPENSSL_secure_clear_free(secret, slen);
+	esc_shares_free(shares, nshares);
+	EVP_PKEY_free(krkkey);
+	for (size_t i = 0; keys && i < ne; i++)
+		EVP_PKEY_free(keys[i]);
+	for (size_t i = 0; names && i < ne; i++)
+		free(names[i]);
+	free(keys);
+	free(items);
+	free(names);
+	esc_entries_free(e, ne);
+	esc_krk_free(krk);
+	kms_store_close(st);
+	return rc;
+}
+
+int
+ctl_cmd_recover(struct ctl *ctl, int argc, char **argv)
+{
+	const char *sub = argc > 1 ? argv[1] : "";
+
+	for (int i = 1; i < argc; i++)
+		if (strcmp(argv[i], "--offline") == 0)
+			return offline_recover(argc, argv);
+	if (strcmp(sub, "request") == 0)
+		return recover_request(ctl, argc - 1, argv + 1);
+	if (strcmp(sub, "approve") == 0)
+		return recover_approve(ctl, argc - 1, argv + 1);
+	if (strcmp(sub, "fetch") == 0)
+		return recover_fetch(ctl, argc - 1, argv + 1);
+	if (strcmp(sub, "list") == 0) {
+		int all = argc == 3 && strcmp(argv[2], "--all") == 0;
+
+		if (argc > 2 && !all)
+			return ctl_usage_error("recover list: unexpected argument");
+		return simple_call(ctl, "recover.list", json_pack("{s:b}", "all", all), print_list);
+	}
+	if (strcmp(sub, "close") == 0) {
+		if (argc != 3)
+			return ctl_usage_error("recover close: give the request id");
+		return simple_call(ctl, "recover.close", json_pack("{s:s}", "id", argv[2]), print_closed);
+	}
+	return ctl_usage_error("recover: use request, approve, list, close, fetch or --offline");
+}
+
+int
+ctl_cmd_escrow(struct ctl *ctl, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "share-dir", required_argument, NULL, 'd' },
+		{ "share-passphrase-dir", required_argument, NULL, 'p' },
+		{ "why", required_argument, NULL, 'w' },
+		{ NULL, 0, NULL, 0 },
+	};
+	json_t *args;
+	char *dir = NULL, *pdir = NULL;
+	const char *why = NULL;
+	int c;
+
+	if (argc < 2 || strcmp(argv[1], "rotate") != 0)
+		return ctl_usage_error("escrow: the only subcommand is rotate");
+	argc--;
+	argv++;
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'd': free(dir); dir = ctl_abspath(optarg); break;
+		case 'p': free(pdir); pdir = ctl_abspath(optarg); break;
+		case 'w': why = optarg; break;
+		default: free(dir); free(pdir); return CTL_ERR_USAGE;
+		}
+	}
+	if (optind < argc) {
+		free(dir);
+		free(pdir);
+		return ctl_usage_error("escrow rotate: unexpected argument \"%s\"", argv[optind]);
+	}
+	args = json_object();
+	if (dir)
+		json_object_set_new(args, "share_dir", json_string(dir));
+	if (pdir)
+		json_object_set_new(args, "share_passphrase_dir", json_string(pdir));
+	if (why)
+		json_object_set_new(args, "why", json_string(why));
+	free(dir);
+	free(pdir);
+	return simple_call(ctl, "escrow.rotate", args, print_request);
+}

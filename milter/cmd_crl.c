@@ -1,0 +1,171 @@
+/*
+ * cmd_crl.c - revoke and crl: mark certificates revoked, make the very
+ * next lookup in this process see it, then sign and publish a new CRL.
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/pem.h>
+
+#include "milter/commands.h"
+
+/* Extend the current index with one revocation; no full rebuild. */
+static void
+index_add(X509 *ca_cert, const struct ca_cert_row *row, time_t when, int reason, time_t invalidity)
+{
+	struct ca_revidx *cur = kmsd_revidx_get(), *next = NULL;
+	struct ca_rev_info info = { .revoked_at = when, .reason = reason, .invalidity = invalidity };
+	const unsigned char *p = row->der;
+	X509 *x = d2i_X509(NULL, &p, (long)row->der_len);
+
+	if (x != NULL && cur != NULL &&
+	    ca_revidx_with(cur, X509_get_issuer_name(x), X509_get0_serialNumber(x), &info, &next) == 0)
+		kmsd_revidx_set(next);
+	else
+		kms_log(KMS_LOG_ERR, "revocation index: cannot add %s: %s", row->serial, kms_last_error());
+	(void)ca_cert;
+	X509_free(x);
+	ca_revidx_unref(cur);
+}
+
+json_t *
+cmd_revoke(struct kmsd_req *req)
+{
+	static const char *const allowed[] = { "target", "reason", "invalidity_date", NULL };
+	const struct ca *ca = kmsd_ca();
+	const char *target, *reason_name, *inv;
+	json_t *reply = NULL, *done, *already;
+	struct ca_cert_row *rows = NULL;
+	size_t n = 0, nrev = 0;
+	time_t now = time(NULL), invalidity = 0;
+	int reason = 0, rc, by_email, in_tx = 0;
+	unsigned char *revoked_now = NULL;
+
+	if (kmsd_args_only(req, allowed, &reply) != 0)
+		return reply;
+	target = kmsd_arg_str(req, "target", 1, 254, &reply);
+	reason_name = kmsd_arg_str(req, "reason", 0, 64, &reply);
+	inv = kmsd_arg_str(req, "invalidity_date", 0, 64, &reply);
+	if (reply)
+		return reply;
+	kms_sanitize(target, 254, req->target, sizeof(req->target));
+	if (reason_name && (reason = ca_reason_from_name(reason_name)) < 0)
+		return kms_reply_error("bad_args", "revoke: unknown reason \"%.64s\"; use one of unspecified, "
+		    "keyCompromise, cACompromise, affiliationChanged, superseded, cessationOfOperation, "
+		    "certificateHold, privilegeWithdrawn, aACompromise", reason_name);
+	if (reason == 8)
+		return kms_reply_error("bad_args", "revoke: removeFromCRL is only for delta CRLs, not a reason to revoke");
+	if (inv && (rc = kms_time_parse(inv, &invalidity)) != 0)
+		return kmsd_reply_fail(rc);
+	if (invalidity > now)
+		return kms_reply_error("bad_args", "revoke: the invalidity date is in the future");
+	if (ca == NULL || ca->key == NULL)
+		return kms_reply_error("bad_state", "revoke: the CA is not initialised or its key is not loaded");
+	if ((rc = ca_store_find(req->st, target, &rows, &n)) != 0) {
+		if (rc == KMS_ERR_NOTFOUND)
+			return kms_reply_error("not_found", "revoke: no certificate for \"%s\"", req->target);
+		return kmsd_reply_fail(rc);
+	}
+	by_email = strchr(target, '@') != NULL;
+	if (!by_email && n == 1 && strcmp(rows[0].usage, "krk") == 0) {
+		ca_cert_rows_free(rows, n);
+		return kms_reply_error("bad_args", "revoke: that is the key-recovery key; replace it with `kmsctl escrow rotate`");
+	}
+	revoked_now = calloc(n ? n : 1, 1);
+	if (revoked_now == NULL) {
+		ca_cert_rows_free(rows, n);
+		return kms_reply_error("internal", "out of memory");
+	}
+	done = json_array();
+	already = json_array();
+	if ((rc = kms_store_begin(req->st)) != 0)
+		goto fail;
+	in_tx = 1;
+	for (size_t i = 0; i < n; i++) {
+		int was = 0;
+
+		if (strcmp(rows[i].usage, "krk") == 0)
+			continue;
+		/* By address: the user's valid certificates; expired ones are left alone. */
+		if (by_email && rows[i].revoked_at == 0 && rows[i].not_after < now)
+			continue;
+		if ((rc = ca_store_revoke(req->st, rows[i].serial, now, reason, invalidity, &was)) != 0)
+			goto fail;
+		if (was) {
+			char t[32];
+
+			json_array_append_new(already, json_pack("{s:s,s:s,s:s}", "serial", rows[i].serial,
+			    "revoked_at", kms_time_format(rows[i].revoked_at, t, sizeof(t)),
+			    "reason", ca_reason_name(rows[i].reason)));
+		} else {
+			json_array_append_new(done, json_string(rows[i].serial));
+			revoked_now[i] = 1;
+			nrev++;
+		}
+	}
+	if ((rc = kms_store_commit(req->st)) != 0)
+		goto fail;
+	in_tx = 0;
+	for (size_t i = 0; i < n; i++)
+		if (revoked_now[i])
+			index_add(ca->cert, &rows[i], now, reason, invalidity);
+	if (nrev > 0 && kmsd_crl_publish_new(req->st, "revocation") != 0) {
+		/* The revocation stands and the index has it; the timer retries the CRL. */
+		kms_log(KMS_LOG_ERR, "revoke: the new CRL could not be published yet: %s", kms_last_error());
+	}
+	snprintf(req->detail, sizeof(req->detail), "%zu certificate(s) revoked, reason %s%s", nrev,
+	    ca_reason_name(reason), json_array_size(already) ? "; some were already revoked" : "");
+	reply = kms_reply_ok(json_pack("{s:s,s:o,s:o,s:s}", "target", target, "revoked", done,
+	    "already_revoked", already, "reason", ca_reason_name(reason)));
+	goto out;
+fail:
+	if (in_tx)
+		kms_store_rollback(req->st);
+	json_decref(done);
+	json_decref(already);
+	reply = kmsd_reply_fail(rc);
+out:
+	free(revoked_now);
+	ca_cert_rows_free(rows, n);
+	return reply;
+}
+
+json_t *
+cmd_crl(struct kmsd_req *req)
+{
+	static const char *const allowed[] = { "new", NULL };
+	struct ca_crl_set *set = NULL;
+	json_t *reply = NULL;
+	int fresh, rc;
+	char tu[32], nu[32];
+
+	if (kmsd_args_only(req, allowed, &reply) != 0 || kmsd_arg_bool(req, "new", 0, &fresh, &reply) != 0)
+		return reply;
+	snprintf(req->target, sizeof(req->target), "CRL");
+	if (fresh && (rc = kmsd_crl_publish_new(req->st, "requested")) != 0)
+		return kmsd_reply_fail(rc);
+	if ((rc = ca_crl_latest(req->st, &set)) != 0)
+		return rc == KMS_ERR_NOTFOUND ? kms_reply_error("not_found", "no CRL has been signed yet") :
+		    kmsd_reply_fail(rc);
+	{
+		const unsigned char *p = set->full_der;
+		X509_CRL *crl = d2i_X509_CRL(NULL, &p, (long)set->full_len);
+		BIO *b = BIO_new(BIO_s_mem());
+		char *data = NULL;
+		long len = 0;
+
+		if (crl && b && PEM_write_bio_X509_CRL(b, crl))
+			len = BIO_get_mem_data(b, &data);
+		reply = kms_reply_ok(json_pack("{s:I,s:s,s:s,s:I,s:s%}", "number", (json_int_t)set->full_number,
+		    "this_update", kms_time_format(set->this_update, tu, sizeof(tu)),
+		    "next_update", kms_time_format(set->next_update, nu, sizeof(nu)),
+		    "entries", (json_int_t)(crl && X509_CRL_get_REVOKED(crl) ? sk_X509_REVOKED_num(X509_CRL_get_REVOKED(crl)) : 0),
+		    "pem", data ? data : "", (size_t)len));
+		X509_CRL_free(crl);
+		BIO_free(b);
+	}
+	ca_crl_set_free(set);
+	return reply;
+}

@@ -1,0 +1,1019 @@
+/*
+ * cmd_escrow.c - recovery requests and their approvals, fetching recovered
+ * keys, KRK rotation, and releasing single content-encryption keys for
+ * compliance decryption.
+ *
+ * A request's record and its approvals are in the store; the shares given
+ * so far, and after completion the recovered keys, live only in this
+ * process's locked memory (struct pending), wiped on expiry, close, fetch,
+ * failure and shutdown.  When a request reaches M distinct shares the KRK
+ * is rebuilt, checked against its certificate, used, and wiped at once.
+ *
+ * Entry points: the cmd_recover_*, cmd_escrow_rotate and
+ * cmd_archive_release handlers, kmsd_recovery_expire(), kmsd_recovery_abort_all().
+ */
+#include "config.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "archive/esc.h"
+#include "milter/commands.h"
+
+#define MAX_WHY 1024
+#define MAX_SHARE_TEXT (64 * 1024)
+
+/* What only memory holds about a request. */
+struct pending {
+	char id[32];
+	struct esc_share *shares;       /* given so far */
+	size_t nshares;
+	EVP_PKEY **keys;                /* recovered keys, current first */
+	X509 **certs;
+	size_t nkeys;
+	char *share_dir;                /* rotation: where the new shares go */
+	char *pass_dir;
+	struct pending *next;
+};
+
+static pthread_mutex_t rec_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pending *pendings;
+
+/* A request as the store has it. */
+struct request {
+	char id[32];
+	char purpose[16];
+	char email[256];
+	char why[MAX_WHY + 1];
+	uid_t requester_uid;
+	char requester[64];
+	long long krk_id;
+	time_t created, expires, state_time;
+	char state[16];
+	char detail[512];
+	struct pol_approval approvals[255];
+	char officers[255][64];
+	size_t napprovals;
+};
+
+/* ---------------------------------------------------------------- memory */
+
+static void
+pending_wipe(struct pending *p)
+{
+	esc_shares_free(p->shares, p->nshares);
+	p->shares = NULL;
+	p->nshares = 0;
+	for (size_t i = 0; i < p->nkeys; i++) {
+		EVP_PKEY_free(p->keys[i]);
+		X509_free(p->certs[i]);
+	}
+	free(p->keys);
+	free(p->certs);
+	p->keys = NULL;
+	p->certs = NULL;
+	p->nkeys = 0;
+}
+
+static struct pending *
+pending_find(const char *id, int create)
+{
+	struct pending *p;
+
+	for (p = pendings; p; p = p->next)
+		if (strcmp(p->id, id) == 0)
+			return p;
+	if (!create)
+		return NULL;
+	p = calloc(1, sizeof(*p));
+	if (p == NULL)
+		return NULL;
+	snprintf(p->id, sizeof(p->id), "%s", id);
+	p->next = pendings;
+	pendings = p;
+	return p;
+}
+
+static void
+pending_drop(const char *id)
+{
+	struct pending **pp = &pendings;
+
+	while (*pp) {
+		if (strcmp((*pp)->id, id) == 0) {
+			struct pending *p = *pp;
+
+			*pp = p->next;
+			pending_wipe(p);
+			free(p->share_dir);
+			free(p->pass_dir);
+			free(p);
+			return;
+		}
+		pp = &(*pp)->next;
+	}
+}
+
+/* ----------------------------------------------------------------- store */
+
+static int
+request_load(struct kms_store *st, const char *id, struct request *rq)
+{
+	sqlite3 *db = kms_store_db(st);
+	sqlite3_stmt *s = NULL;
+	int rc;
+
+	memset(rq, 0, sizeof(*rq));
+	if (sqlite3_prepare_v2(db, "SELECT id, purpose, email, why, requester_uid, requester, krk_id, created, "
+	    "expires, state, state_time, detail FROM recovery WHERE id = ?", -1, &s, NULL) != SQLITE_OK)
+		return kms_store_fail(st, "recovery request");
+	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(s);
+	if (rc != SQLITE_ROW) {
+		sqlite3_finalize(s);
+		return rc == SQLITE_DONE ? kms_fail(KMS_ERR_NOTFOUND, "no recovery request %s", id) :
+		    kms_store_fail(st, "recovery request");
+	}
+	snprintf(rq->id, sizeof(rq->id), "%s", sqlite3_column_text(s, 0));
+	snprintf(rq->purpose, sizeof(rq->purpose), "%s", sqlite3_column_text(s, 1));
+	snprintf(rq->email, sizeof(rq->email), "%s", sqlite3_column_text(s, 2));
+	snprintf(rq->why, sizeof(rq->why), "%s", sqlite3_column_text(s, 3));
+	rq->requester_uid = (uid_t)sqlite3_column_int64(s, 4);
+	snprintf(rq->requester, sizeof(rq->requester), "%s", sqlite3_column_text(s, 5));
+	rq->krk_id = sqlite3_column_int64(s, 6);
+	rq->created = (time_t)sqlite3_column_int64(s, 7);
+	rq->expires = (time_t)sqlite3_column_int64(s, 8);
+	snprintf(rq->state, sizeof(rq->state), "%s", sqlite3_column_text(s, 9));
+	rq->state_time = (time_t)sqlite3_column_int64(s, 10);
+	snprintf(rq->detail, sizeof(rq->detail), "%s", sqlite3_column_text(s, 11));
+	sqlite3_finalize(s);
+	if (sqlite3_prepare_v2(db, "SELECT officer_uid, officer, share_idx FROM approvals WHERE request_id = ? "
+	    "ORDER BY time, share_idx", -1, &s, NULL) != SQLITE_OK)
+		return kms_store_fail(st, "approvals");
+	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+	while (sqlite3_step(s) == SQLITE_ROW && rq->napprovals < 255) {
+		rq->approvals[rq->napprovals].officer = (uid_t)sqlite3_column_int64(s, 0);
+		snprintf(rq->officers[rq->napprovals], sizeof(rq->officers[0]), "%s", sqlite3_column_text(s, 1));
+		rq->approvals[rq->napprovals].share_index = sqlite3_column_int(s, 2);
+		rq->napprovals++;
+	}
+	sqlite3_finalize(s);
+	return 0;
+}
+
+static int
+request_set_state(struct kms_store *st, const char *id, const char *state, const char *detail)
+{
+	sqlite3_stmt *s = NULL;
+	int rc = 0;
+
+	if (sqlite3_prepare_v2(kms_store_db(st), "UPDATE recovery SET state = ?, state_time = ?, "
+	    "detail = coalesce(?, detail) WHERE id = ?", -1, &s, NULL) != SQLITE_OK)
+		return kms_store_fail(st, "recovery state");
+	sqlite3_bind_text(s, 1, state, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 2, (long long)time(NULL));
+	if (detail)
+		sqlite3_bind_text(s, 3, detail, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 4, id, -1, SQLITE_STATIC);
+	if (sqlite3_step(s) != SQLITE_DONE)
+		rc = kms_store_fail(st, "recovery state");
+	sqlite3_finalize(s);
+	return rc;
+}
+
+static void
+officer_list(const struct request *rq, char *buf, size_t len)
+{
+	size_t o = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < rq->napprovals && o < len; i++)
+		o += (size_t)snprintf(buf + o, len - o, "%s%s (share %d)", i ? ", " : "", rq->officers[i],
+		    rq->approvals[i].share_index);
+}
+
+/* ---------------------------------------------------------------- request */
+
+static int
+new_request_id(char *buf, size_t len)
+{
+	unsigned char r[6];
+
+	if (RAND_bytes(r, sizeof(r)) != 1)
+		return kms_fail_openssl(KMS_ERR_CRYPTO, "random");
+	snprintf(buf, len, "R-%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
+	return 0;
+}
+
+static json_t *
+open_request(struct kmsd_req *req, const char *purpose, const char *email, const char *why,
+    const char *share_dir, const char *pass_dir)
+{
+	const struct kms_config *cfg = req->env->cfg;
+	struct esc_krk *krk = NULL;
+	sqlite3_stmt *s = NULL;
+	char id[32], t[32];
+	time_t now = time(NULL), expires = now + (time_t)cfg->escrow.request_ttl;
+	int rc;
+	json_t *reply;
+
+	if ((rc = esc_store_current_krk(req->st, &krk)) != 0)
+		return rc == KMS_ERR_NOTFOUND ? kms_reply_error("bad_state", "escrow is not initialised (kmsctl init)") :
+		    kmsd_reply_fail(rc);
+	if ((rc = new_request_id(id, sizeof(id))) != 0)
+		goto fail;
+	if (sqlite3_prepare_v2(kms_store_db(req->st), "INSERT INTO recovery(id, purpose, email, why, requester_uid, "
+	    "requester, krk_id, created, expires, state, state_time) VALUES (?,?,?,?,?,?,?,?,?,'open',?)",
+	    -1, &s, NULL) != SQLITE_OK) {
+		rc = kms_store_fail(req->st, "recovery request");
+		goto fail;
+	}
+	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 2, purpose, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 3, email, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 4, why, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 5, (long long)req->uid);
+	sqlite3_bind_text(s, 6, req->user, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 7, krk->id);
+	sqlite3_bind_int64(s, 8, (long long)now);
+	sqlite3_bind_int64(s, 9, (long long)expires);
+	sqlite3_bind_int64(s, 10, (long long)now);
+	if (sqlite3_step(s) != SQLITE_DONE) {
+		rc = kms_store_fail(req->st, "recovery request");
+		goto fail;
+	}
+	if (share_dir) {
+		struct pending *p;
+
+		pthread_mutex_lock(&rec_lock);
+		p = pending_find(id, 1);
+		if (p) {
+			p->share_dir = strdup(share_dir);
+			p->pass_dir = pass_dir ? strdup(pass_dir) : NULL;
+		}
+		pthread_mutex_unlock(&rec_lock);
+	}
+	snprintf(req->request_id, sizeof(req->request_id), "%s", id);
+	snprintf(req->detail, sizeof(req->detail), "%s request; why: %.400s", purpose, why);
+	reply = kms_reply_ok(json_pack("{s:s,s:s,s:s,s:s,s:I,s:s}", "id", id, "purpose", purpose, "email", email,
+	    "expires", kms_time_format(expires, t, sizeof(t)), "threshold", (json_int_t)krk->threshold,
+	    "state", "open"));
+	sqlite3_finalize(s);
+	esc_krk_free(krk);
+	return reply;
+fail:
+	sqlite3_finalize(s);
+	esc_krk_free(krk);
+	return kmsd_reply_fail(rc);
+}
+
+json_t *
+cmd_recover_request(struct kmsd_req *req)
+{
+	static const char *const allowed[] = { "email", "why", "purpose", NULL };
+	const char *email, *why, *purpose;
+	json_t *reply = NULL;
+	struct esc_entry *e = NULL;
+	size_t n = 0;
+	int rc;
+
+	if (kmsd_args_only(req, allowed, &reply) != 0)
+		return reply;
+	email = kmsd_arg_str(req, "email", 1, 254, &reply);
+	why = kmsd_arg_str(req, "why", 1, MAX_WHY, &reply);
+	purpose = kmsd_arg_str(req, "purpose", 0, 16, &reply);
+	if (reply)
+		return reply;
+	kms_sanitize(email, 254, req->target, sizeof(req->target));
+	if (purpose == NULL || *purpose == '\0')
+		purpose = "key";
+	if (strcmp(purpose, "key") != 0 && strcmp(purpose, "archive") != 0)
+		return kms_reply_error("bad_args", "recover request: --purpose is key or archive");
+	rc = esc_store_get_user(req->st, email, &e, &n);
+	esc_entries_free(e, n);
+	if (rc == KMS_ERR_NOTFOUND)
+		return kms_reply_error("not_found", "recover request: no escrowed key for %s", req->target);
+	if (rc != 0)
+		return kmsd_reply_fail(rc);
+	return open_request(req, purpose, email, why, NULL, NULL);
+}
+
+json_t *
+cmd_escrow_rotate(struct kmsd_req *req)
+{
+	static const char *const allowed[] = { "share_dir", "share_passphrase_dir", "why", NULL };
+	const char *dir, *pdir, *why;
+	json_t *reply = NULL;
+
+	if (kmsd_args_only(req, allowed, &reply) != 0)
+		return reply;
+	dir = kmsd_arg_str(req, "share_dir", 0, 1024, &reply);
+	pdir = kmsd_arg_str(req, "share_passphrase_dir", 0, 1024, &reply);
+	why = kmsd_arg_str(req, "why", 0, MAX_WHY, &reply);
+	if (reply)
+		return reply;
+	if ((dir && dir[0] != '/') || (pdir && pdir[0] != '/'))
+		return kms_reply_error("bad_args", "escrow rotate: directories must be absolute paths");
+	snprintf(req->target, sizeof(req->target), "key-recovery key");
+	return open_request(req, "rotate", "", why && *why ? why : "KRK rotation",
+	    dir && *dir ? dir : req->env->cfg->escrow.share_dir, pdir && *pdir ? pdir : NULL);
+}
+
+/* ---------------------------------------------------------------- approve */
+
+/* Rebuild the KRK from the shares; check it against its certificate. */
+static int
+rebuild_krk(struct pending *p, X509 *krk_cert, EVP_PKEY **krk)
+{
+	unsigned char *secret = NULL;
+	size_t len = 0;
+	int rc;
+
+	*krk = NULL;
+	if ((rc = esc_combine(p->shares, p->nshares, &secret, &len)) != 0)
+		return rc;
+	rc = esc_key_from_secret(secret, len, krk);
+	OPENSSL_secure_clear_free(secret, len);
+	if (rc != 0 || !esc_key_matches_cert(*krk, krk_cert)) {
+		EVP_PKEY_free(*krk);
+		*krk = NULL;
+		return kms_fail(KMS_ERR_CORRUPT, "the shares do not rebuild the key-recovery key "
+		    "(a share is wrong); nothing was decrypted");
+	}
+	return 0;
+}
+
+/* Decrypt every escrowed key of email into p (current first). */
+static int
+recover_user_keys(struct kms_store *st, const char *email, EVP_PKEY *krk, X509 *krk_cert, long long krk_id,
+    struct pending *p)
+{
+	struct esc_entry *e = NULL;
+	size_t n = 0;
+	int rc;
+
+	if ((rc = esc_store_get_user(st, email, &e, &n)) != 0)
+		return rc;
+	p->keys = calloc(n, sizeof(*p->keys));
+	p->certs = calloc(n, sizeof(*p->certs));
+	if (p->keys == NULL || p->certs == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (e[i].krk_id != krk_id) {
+			rc = kms_fail(KMS_ERR_STATE, "key %s is escrowed under another key-recovery key", e[i].serial);
+			goto out;
+		}
+		if ((rc = esc_unwrap_key(krk, krk_cert, e[i].envelope, e[i].len, &p->keys[p->nkeys])) != 0)
+			goto out;
+		if (!esc_key_matches_cert(p->keys[p->nkeys], e[i].cert)) {
+			EVP_PKEY_free(p->keys[p->nkeys]);
+			p->keys[p->nkeys] = NULL;
+			rc = kms_fail(KMS_ERR_CORRUPT, "escrowed key %s does not match its certificate", e[i].serial);
+			goto out;
+		}
+		X509_up_ref(e[i].cert);
+		p->certs[p->nkeys] = e[i].cert;
+		p->nkeys++;
+	}
+	rc = 0;
+out:
+	if (rc != 0)
+		pending_wipe(p);
+	esc_entries_free(e, n);
+	return rc;
+}
+
+/* Rotation: a new KRK and shares; every envelope re-wrapped in one transaction. */
+static int
+rotate_krk(struct kmsd_req *req, EVP_PKEY *old_krk, X509 *old_cert, long long old_id, struct pending *p,
+    char *summary, size_t sumlen)
+{
+	const struct kms_config *cfg = req->env->cfg;
+	const struct ca *ca = kmsd_ca();
+	EVP_PKEY *krk = NULL;
+	X509 *cert = NULL;
+	struct esc_entry *e = NULL;
+	size_t n = 0;
+	unsigned char *secret = NULL;
+	size_t slen = 0;
+	struct esc_share *shares = NULL;
+	char **digests = NULL, **paths = NULL, *fp = NULL;
+	int total = (int)cfg->escrow.shares, m = (int)cfg->escrow.threshold, rc, in_tx = 0, written = 0;
+	long long new_id = 0;
+
+	if (ca == NULL || ca->key == NULL)
+		return kms_fail(KMS_ERR_STATE, "the CA key is not loaded: cannot certify a new KRK");
+	if ((rc = ca_keygen(cfg->escrow.krk_key, &krk)) != 0)
+		goto out;
+	{
+		struct ca_issue_req ir = { .usage = CA_USAGE_KRK, .pubkey = krk, .name = "Key Recovery Key",
+			.days = (int)cfg->ca.ca_validity_days, .crl_url = cfg->crl.url };
+
+		if ((rc = ca_issue(ca, &ir, &cert)) != 0)
+			goto out;
+	}
+	fp = ca_cert_fingerprint(cert);
+	digests = calloc((size_t)total, sizeof(char *));
+	paths = calloc((size_t)total, sizeof(char *));
+	if (fp == NULL || digests == NULL || paths == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	if ((rc = kms_mkdir_p(p->share_dir, 0700)) != 0 || (rc = esc_key_to_secret(krk, &secret, &slen)) != 0 ||
+	    (rc = esc_split(secret, slen, total, m, &shares)) != 0)
+		goto out;
+	for (int i = 0; i < total; i++) {
+		struct esc_share_meta meta = { .index = shares[i].index, .threshold = m, .total = total };
+		char name[64], *text = NULL, *pass = NULL;
+		size_t tlen = 0;
+
+		snprintf(meta.krk_fingerprint, sizeof(meta.krk_fingerprint), "%s", fp);
+		if (p->pass_dir) {
+			char pname[64], *pp;
+
+			snprintf(pname, sizeof(pname), "share-%d.passphrase", shares[i].index);
+			pp = kms_path_join(p->pass_dir, pname);
+			rc = pp ? kms_read_secret_file(pp, &pass) : KMS_ERR_NOMEM;
+			free(pp);
+			if (rc != 0)
+				goto out;
+		}
+		rc = esc_share_encode(&shares[i], &meta, pass, &text, &tlen);
+		kms_secret_free(pass);
+		if (rc != 0)
+			goto out;
+		snprintf(name, sizeof(name), "krk-%.8s-share-%d-of-%d.txt", fp, shares[i].index, total);
+		paths[i] = kms_path_join(p->share_dir, name);
+		rc = paths[i] ? kms_write_file_excl(paths[i], text, tlen, 0600) : KMS_ERR_NOMEM;
+		kms_wipe(text, tlen);
+		free(text);
+		if (rc != 0) {
+			free(paths[i]);
+			paths[i] = NULL;
+			goto out;
+		}
+		written++;
+		if ((digests[i] = esc_share_digest(&shares[i])) == NULL) {
+			rc = KMS_ERR_NOMEM;
+			goto out;
+		}
+	}
+	if ((rc = esc_store_get_all(req->st, &e, &n)) != 0 && rc != KMS_ERR_NOTFOUND)
+		goto out;
+	if ((rc = kms_store_begin(req->st)) != 0)
+		goto out;
+	in_tx = 1;
+	if ((rc = ca_store_add_cert(req->st, cert, "", "Key Recovery Key", CA_USAGE_KRK, "init", req->user)) != 0 ||
+	    (rc = esc_store_retire_krk(req->st, old_id, time(NULL))) != 0 ||
+	    (rc = esc_store_add_krk(req->st, cert, total, m, digests, &new_id)) != 0)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		EVP_PKEY *k = NULL;
+		unsigned char *env = NULL;
+		size_t envlen = 0;
+
+		if (e[i].krk_id != old_id) {
+			rc = kms_fail(KMS_ERR_STATE, "key %s is escrowed under a retired key-recovery key", e[i].serial);
+			goto out;
+		}
+		rc = esc_unwrap_key(old_krk, old_cert, e[i].envelope, e[i].len, &k);
+		if (rc == 0)
+			rc = esc_wrap_key(cert, k, &env, &envlen);
+		EVP_PKEY_free(k);
+		if (rc == 0)
+			rc = esc_store_rewrap(req->st, e[i].serial, new_id, env, envlen);
+		free(env);
+		if (rc != 0)
+			goto out;
+	}
+	if ((rc = kms_store_commit(req->st)) != 0)
+		goto out;
+	in_tx = 0;
+	kmsd_krk_forget();
+	snprintf(summary, sumlen, "new key-recovery key %.16s..., %zu escrowed keys re-wrapped, %d new shares in %s",
+	    fp, n, total, p->share_dir);
+	rc = 0;
+out:
+	if (in_tx)
+		kms_store_rollback(req->st);
+	if (rc != 0 && paths) {
+		for (int i = 0; i < total; i++)
+			if (paths[i])
+				unlink(paths[i]);
+	}
+	(void)written;
+	if (paths) {
+		for (int i = 0; i < total; i++)
+			free(paths[i]);
+		free(paths);
+	}
+	if (digests) {
+		for (int i = 0; i < total; i++)
+			free(digests[i]);
+		free(digests);
+	}
+	esc_shares_free(shares, (size_t)total);
+	if (secret)
+		OPENSSL_secure_clear_free(secret, slen);
+	esc_entries_free(e, n);
+	EVP_PKEY_free(krk);
+	X509_free(cert);
+	free(fp);
+	return rc;
+}
+
+/* At M shares: rebuild, use, wipe.  Returns the reply. */
+static json_t *
+complete(struct kmsd_req *req, struct request *rq, struct pending *p)
+{
+	struct esc_krk *krk = NULL;
+	EVP_PKEY *key = NULL;
+	char officers[400], summary[400] = "";
+	int rc;
+
+	officer_list(rq, officers, sizeof(officers));
+	if ((rc = esc_store_krk_by_id(req->st, rq->krk_id, &krk)) != 0)
+		goto fail;
+	rc = rebuild_krk(p, krk->cert, &key);
+	/* The shares have done their job either way. */
+	esc_shares_free(p->shares, p->nshares);
+	p->shares = NULL;
+	p->nshares = 0;
+	if (rc != 0)
+		goto fail;
+	if (strcmp(rq->purpose, "rotate") == 0) {
+		rc = rotate_krk(req, key, krk->cert, krk->id, p, summary, sizeof(summary));
+	} else {
+		rc = recover_user_keys(req->st, rq->email, key, krk->cert, krk->id, p);
+		if (rc == 0)
+			snprintf(summary, sizeof(summary), "%zu key(s) of %s recovered into locked memory", p->nkeys, rq->email);
+	}
+	EVP_PKEY_free(key);         /* the rebuilt KRK is gone from here on */
+	key = NULL;
+	if (rc != 0)
+		goto fail;
+	request_set_state(req->st, rq->id, strcmp(rq->purpose, "rotate") == 0 ? "done" : "approved", summary);
+	snprintf(req->detail, sizeof(req->detail), "threshold reached; approved by %s; %s", officers, summary);
+	kms_log(KMS_LOG_INFO, "recovery %s: %s", rq->id, summary);
+	{
+		json_t *r = json_pack("{s:s,s:s,s:I,s:I,s:s}", "id", rq->id,
+		    "state", strcmp(rq->purpose, "rotate") == 0 ? "done" : "approved",
+		    "approvals", (json_int_t)rq->napprovals, "threshold", (json_int_t)krk->threshold, "summary", summary);
+
+		esc_krk_free(krk);
+		return kms_reply_ok(r);
+	}
+fail:
+	{
+		char why[300];
+
+		snprintf(why, sizeof(why), "%s", kms_last_error());
+		request_set_state(req->st, rq->id, "failed", why);
+		snprintf(req->detail, sizeof(req->detail), "approved by %s; failed: %s", officers, why);
+	}
+	pending_wipe(p);
+	EVP_PKEY_free(key);
+	esc_krk_free(krk);
+	return kmsd_reply_fail(rc);
+}
+
+json_t *
+cmd_recover_approve(struct kmsd_req *req)
+{
+	static const char *const allowed[] = { "id", "share", "passphrase", NULL };
+	const char *id, *text, *pass;
+	json_t *reply = NULL;
+	struct request rq;
+	struct esc_krk *krk = NULL;
+	struct esc_share share = { 0 };
+	struct esc_share_meta meta;
+	struct pending *p;
+	char *digest = NULL, officers[400];
+	int rc;
+
+	if (kmsd_args_only(req, allowed, &reply) != 0)
+		return reply;
+	id = kmsd_arg_str(req, "id", 1, 31, &reply);
+	text = kmsd_arg_str(req, "share", 1, MAX_SHARE_TEXT, &reply);
+	pass = kmsd_arg_str(req, "passphrase", 0, 1024, &reply);
+	if (reply)
+		return reply;
+	kms_sanitize(id, 31, req->target, sizeof(req->target));
+	snprintf(req->request_id, sizeof(req->request_id), "%s", req->target);
+	pthread_mutex_lock(&rec_lock);
+	if ((rc = request_load(req->st, id, &rq)) != 0)
+		goto fail;
+	{
+		struct pol_request pr = { .expires = rq.expires, .approvals = rq.approvals, .napprovals = rq.napprovals,
+			.closed = strcmp(rq.state, "open") != 0 };
+
+		if ((rc = esc_store_krk_by_id(req->st, rq.krk_id, &krk)) != 0)
+			goto fail;
+		pr.threshold = krk->threshold;
+		if (strcmp(rq.state, "open") != 0 && strcmp(rq.state, "expired") != 0) {
+			rc = kms_fail(KMS_ERR_STATE, "request %s is %s: it takes no more approvals", rq.id, rq.state);
+			goto fail;
+		}
+		if ((rc = esc_share_decode(text, strlen(text), pass, &share, &meta)) != 0)
+			goto fail;
+		if (strcmp(meta.krk_fingerprint, krk->fingerprint) != 0) {
+			rc = kms_fail(KMS_ERR_CORRUPT, "this share belongs to another key-recovery key (%.16s...), "
+			    "not to the one of request %s (%.16s...)", meta.krk_fingerprint, rq.id, krk->fingerprint);
+			goto fail;
+		}
+		digest = esc_share_digest(&share);
+		if (digest == NULL) {
+			rc = KMS_ERR_NOMEM;
+			goto fail;
+		}
+		if ((rc = esc_store_check_share(req->st, krk->id, share.index, digest)) != 0) {
+			rc = kms_fail(KMS_ERR_CORRUPT, "share %d does not match the share made for this key-recovery "
+			    "key (edited or damaged file)", share.index);
+			goto fail;
+		}
+		if ((rc = pol_approval_check(&pr, req->uid, share.index, time(NULL))) != 0)
+			goto fail;
+	}
+	p = pending_find(rq.id, 1);
+	if (p == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto fail;
+	}
+	{
+		struct esc_share *ns = realloc(p->shares, (p->nshares + 1) * sizeof(*ns));
+		sqlite3_stmt *s = NULL;
+
+		if (ns == NULL) {
+			rc = KMS_ERR_NOMEM;
+			goto fail;
+		}
+		p->shares = ns;
+		if (sqlite3_prepare_v2(kms_store_db(req->st), "INSERT INTO approvals(request_id, officer_uid, officer, "
+		    "share_idx, time) VALUES (?,?,?,?,?)", -1, &s, NULL) != SQLITE_OK) {
+			rc = kms_store_fail(req->st, "approval");
+			goto fail;
+		}
+		sqlite3_bind_text(s, 1, rq.id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 2, (long long)req->uid);
+		sqlite3_bind_text(s, 3, req->user, -1, SQLITE_STATIC);
+		sqlite3_bind_int(s, 4, share.index);
+		sqlite3_bind_int64(s, 5, (long long)time(NULL));
+		rc = sqlite3_step(s) == SQLITE_DONE ? 0 : kms_store_fail(req->st, "approval");
+		sqlite3_finalize(s);
+		if (rc != 0)
+			goto fail;
+		p->shares[p->nshares++] = share;       /* the pending entry owns it now */
+		memset(&share, 0, sizeof(share));
+		rq.approvals[rq.napprovals].officer = req->uid;
+		rq.approvals[rq.napprovals].share_index = p->shares[p->nshares - 1].index;
+		snprintf(rq.officers[rq.napprovals], sizeof(rq.officers[0]), "%s", req->user);
+		rq.napprovals++;
+	}
+	if ((int)rq.napprovals >= krk->threshold) {
+		reply = complete(req, &rq, p);
+		if (!json_is_true(json_object_get(reply, "ok")) || strcmp(rq.purpose, "rotate") == 0)
+			pending_drop(rq.id);
+	} else {
+		officer_list(&rq, officers, sizeof(officers));
+		snprintf(req->detail, sizeof(req->detail), "share %d accepted (%zu of %d); approved so far by %s",
+		    rq.approvals[rq.napprovals - 1].share_index, rq.napprovals, krk->threshold, officers);
+		reply = kms_reply_ok(json_pack("{s:s,s:s,s:I,s:I}", "id", rq.id, "state", "open",
+		    "approvals", (json_int_t)rq.napprovals, "threshold", (json_int_t)krk->threshold));
+	}
+	pthread_mutex_unlock(&rec_lock);
+	esc_krk_free(krk);
+	free(digest);
+	return reply;
+fail:
+	pthread_mutex_unlock(&rec_lock);
+	esc_share_clear(&share);
+	esc_krk_free(krk);
+	free(digest);
+	return kmsd_reply_fail(rc);
+}
+
+/* ------------------------------------------------------ list, close, fetch */
+
+json_t *
+cmd_recover_list(struct kmsd_req *req)
+{
+	static const char *const allowed[] = { "all", NULL };
+	sqlite3_stmt *s = NULL;
+	json_t *reply = NULL, *arr;
+	int all;
+
+	if (kmsd_args_only(req, allowed, &reply) != 0 || kmsd_arg_bool(req, "all", 0, &all, &reply) != 0)
+		return reply;
+	snprintf(req->target, sizeof(req->target), "requests");
+	if (sqlite3_prepare_v2(kms_store_db(req->st), "SELECT r.id, r.purpose, r.email, r.why, r.requester, r.created, "
+	    "r.expires, r.state, r.detail, k.threshold, (SELECT group_concat(officer, ', ') FROM approvals a "
+	    "WHERE a.request_id = r.id), (SELECT count(*) FROM approvals a WHERE a.request_id = r.id) "
+	    "FROM recovery r JOIN krk k ON k.id = r.krk_id WHERE ? OR r.state IN ('open', 'approved') "
+	    "OR r.state_time > ? ORDER BY r.created", -1, &s, NULL) != SQLITE_OK)
+		return kmsd_reply_fail(kms_store_fail(req->st, "recovery list"));
+	sqlite3_bind_int(s, 1, all);
+	sqlite3_bind_int64(s, 2, (long long)time(NULL) - 7 * 86400);
+	arr = json_array();
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		char c[32], e[32];
+		const char *officers = (const char *)sqlite3_column_text(s, 10);
+
+		json_array_append_new(arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:s}",
+		    "id", sqlite3_column_text(s, 0), "purpose", sqlite3_column_text(s, 1),
+		    "email", sqlite3_column_text(s, 2), "why", sqlite3_column_text(s, 3),
+		    "requester", sqlite3_column_text(s, 4),
+		    "created", kms_time_format((time_t)sqlite3_column_int64(s, 5), c, sizeof(c)),
+		    "expires", kms_time_format((time_t)sqlite3_column_int64(s, 6), e, sizeof(e)),
+		    "state", sqlite3_column_text(s, 7), "detail", sqlite3_column_text(s, 8),
+		    "threshold", (json_int_t)sqlite3_column_int(s, 9),
+		    "approvals", (json_int_t)sqlite3_column_int(s, 11), "officers", officers ? officers : ""));
+	}
+	sqlite3_finalize(s);
+	return kms_reply_ok(json_pack("{s:o}", "requests", arr));
+}
+
+json_t *
+cmd_recover_close(struct kmsd_req *req)
+{
+	static const char *const allowed[] = { "id", NULL };
+	const char *id;
+	json_t *reply = NULL;
+	struct request rq;
+	int rc;
+
+	if (kmsd_args_only(req, allowed, &reply) != 0)
+		return reply;
+	id = kmsd_arg_str(req, "id", 1, 31, &reply);
+	if (reply)
+		return reply;
+	kms_sanitize(id, 31, req->target, sizeof(req->target));
+	snprintf(req->request_id, sizeof(req->request_id), "%s", req->target);
+	pthread_mutex_lock(&rec_lock);
+	if ((rc = request_load(req->st, id, &rq)) != 0) {
+		pthread_mutex_unlock(&rec_lock);
+		return kmsd_reply_fail(rc);
+	}
+	if (rq.requester_uid != req->uid && !(req->roles & POL_ROLE_ADMIN)) {
+		pthread_mutex_unlock(&rec_lock);
+		return kms_reply_error("forbidden", "request %s belongs to %s: only they or an admin may close it",
+		    rq.id, rq.requester);
+	}
+	if (strcmp(rq.state, "open") != 0 && strcmp(rq.state, "approved") != 0) {
+		pthread_mutex_unlock(&rec_lock);
+		return kms_reply_error("bad_state", "request %s is already %s", rq.id, rq.state);
+	}
+	pending_drop(rq.id);
+	rc = request_set_state(req->st, rq.id, "closed", "closed by its owner");
+	pthread_mutex_unlock(&rec_lock);
+	if (rc != 0)
+		return kmsd_reply_fail(rc);
+	snprintf(req->detail, sizeof(req->detail), "closed; recovered keys wiped");
+	return kms_reply_ok(json_pack("{s:s,s:s}", "id", rq.id, "state", "closed"));
+}
+
+/* Load a request that the caller may use for its purpose; lock held on success. */
+static int
+usable_request(struct kmsd_req *req, const char *id, const char *purpose, struct request *rq, struct pending **p)
+{
+	int rc;
+
+	pthread_mutex_lock(&rec_lock);
+	if ((rc = request_load(req->st, id, rq)) != 0)
+		goto fail;
+	if (rq->requester_uid != req->uid) {
+		rc = kms_fail(KMS_ERR_PERM, "request %s belongs to %s: only the requester may use it", rq->id, rq->requester);
+		goto fail;
+	}
+	if (strcmp(rq->purpose, purpose) != 0) {
+		rc = kms_fail(KMS_ERR_STATE, "request %s is a %s request, not %s", rq->id, rq->purpose,
+		    strcmp(purpose, "key") == 0 ? "a key recovery (recover fetch)" : "an archive request");
+		goto fail;
+	}
+	if (time(NULL) >= rq->expires && strcmp(rq->state, "approved") == 0) {
+		pending_drop(rq->id);
+		request_set_state(req->st, rq->id, "expired", NULL);
+		snprintf(rq->state, sizeof(rq->state), "expired");
+	}
+	if (strcmp(rq->state, "approved") != 0) {
+		rc = kms_fail(strcmp(rq->state, "expired") == 0 ? KMS_ERR_EXPIRED : KMS_ERR_STATE,
+		    "request %s is %s%s", rq->id, rq->state,
+		    strcmp(rq->state, "open") == 0 ? " (waiting for officer approvals)" :
+		    strcmp(rq->state, "fetched") == 0 ? " (its keys were already fetched once)" : "");
+		goto fail;
+	}
+	*p = pending_find(rq->id, 0);
+	if (*p == NULL || (*p)->nkeys == 0) {
+		request_set_state(req->st, rq->id, "failed", "recovered keys lost (kmsd restarted)");
+		rc = kms_fail(KMS_ERR_STATE, "request %s has lost its recovered keys (kmsd restarted): open a new one", rq->id);
+		goto fail;
+	}
+	return 0;
+fail:
+	pthread_mutex_unlock(&rec_lock);
+	return rc;
+}
+
+json_t *
+cmd_recover_fetch(struct kmsd_req *req)
+{
+	static const char *const allowed[] = { "id", "password", NULL };
+	const struct kms_config *cfg = req->env->cfg;
+	const struct ca *ca = kmsd_ca();
+	const char *id, *password;
+	json_t *reply = NULL;
+	struct request rq;
+	struct pending *p;
+	struct ca_p12_item *items = NULL;
+	char **names = NULL, genpw[25] = "", *b64 = NULL, officers[400];
+	unsigned char *p12 = NULL;
+	size_t p12len = 0, nkeys = 0;
+	enum ca_p12_format fmt = CA_P12_MODERN;
+	STACK_OF(X509) *chain = NULL;
+	int rc;
+
+	if (kmsd_args_only(req, allowed, &reply) != 0)
+		return reply;
+	id = kmsd_arg_str(req, "id", 1, 31, &reply);
+	password = kmsd_arg_str(req, "password", 0, 1024, &reply);
+	if (reply)
+		return reply;
+	kms_sanitize(id, 31, req->target, sizeof(req->target));
+	snprintf(req->request_id, sizeof(req->request_id), "%s", req->target);
+	if (password && strlen(password) < 8)
+		return kms_reply_error("bad_args", "recover fetch: the password must have at least 8 characters");
+	if ((rc = usable_request(req, id, "key", &rq, &p)) != 0)
+		return kmsd_reply_fail(rc);
+	nkeys = p->nkeys;
+	items = calloc(nkeys, sizeof(*items));
+	names = calloc(nkeys, sizeof(*names));
+	chain = sk_X509_new_null();
+	if (items == NULL || names == NULL || chain == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto fail;
+	}
+	for (size_t i = 0; i < nkeys; i++) {
+		char *serial = ca_serial_hex(X509_get0_serialNumber(p->certs[i]));
+		size_t n = strlen(rq.email) + 64;
+
+		names[i] = malloc(n);
+		if (names[i])
+			snprintf(names[i], n, "%s (encryption%s, %s)", rq.email, i == 0 ? ", current" : "",
+			    serial ? serial : "");
+		free(serial);
+		items[i].key = p->keys[i];
+		items[i].cert = p->certs[i];
+		items[i].friendly_name = names[i];
+	}
+	if (ca)
+		sk_X509_push(chain, ca->cert);
+	if (password == NULL) {
+		if ((rc = kms_random_password(genpw, sizeof(genpw))) != 0)
+			goto fail;
+		password = genpw;
+	}
+	ca_p12_format_from_name(cfg->ca.pkcs12_format, &fmt);
+	if ((rc = ca_p12_build(items, nkeys, chain, password, fmt, (int)cfg->ca.pkcs12_iterations, &p12, &p12len)) != 0)
+		goto fail;
+	b64 = kms_b64_encode(p12, p12len);
+	if (b64 == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto fail;
+	}
+	/* Given once: the keys leave memory now. */
+	pending_drop(rq.id);
+	request_set_state(req->st, rq.id, "fetched", NULL);
+	officer_list(&rq, officers, sizeof(officers));
+	snprintf(req->detail, sizeof(req->detail), "%zu key(s) of %s handed over as PKCS#12; approved by %s",
+	    nkeys, rq.email, officers);
+	pthread_mutex_unlock(&rec_lock);
+	reply = kms_reply_ok(json_pack("{s:s,s:s,s:I,s:s}", "id", rq.id, "email", rq.email, "keys", (json_int_t)nkeys,
+	    "pkcs12", b64));
+	if (reply && genpw[0])
+		json_object_set_new(json_object_get(reply, "result"), "password", json_string(genpw));
+	goto out;
+fail:
+	pthread_mutex_unlock(&rec_lock);
+	reply = kmsd_reply_fail(rc);
+out:
+	kms_wipe(genpw, sizeof(genpw));
+	if (b64) {
+		kms_wipe(b64, strlen(b64));
+		free(b64);
+	}
+	if (p12) {
+		kms_wipe(p12, p12len);
+		free(p12);
+	}
+	for (size_t i = 0; names && i < nkeys; i++)
+		free(names[i]);
+	free(names);
+	free(items);
+	sk_X509_free(chain);
+	return reply;
+}
+
+/* ---------------------------------------------------------------- release */
+
+json_t *
+cmd_archive_release(struct kmsd_req *req)
+{
+	static const char *const allowed[] = { "id", "recipient_info", "message_id", "date", NULL };
+	const char *id, *ri64, *msgid, *date;
+	json_t *reply = NULL;
+	struct request rq;
+	struct pending *p;
+	unsigned char *ri = NULL, *cek = NULL;
+	size_t rilen = 0, ceklen = 0, which = 0;
+	char *cek64 = NULL, *serial = NULL, clean_msgid[200];
+	int rc;
+
+	if (kmsd_args_only(req, allowed, &reply) != 0)
+		return reply;
+	id = kmsd_arg_str(req, "id", 1, 31, &reply);
+	ri64 = kmsd_arg_str(req, "recipient_info", 1, 64 * 1024, &reply);
+	msgid = kmsd_arg_str(req, "message_id", 0, 998, &reply);
+	date = kmsd_arg_str(req, "date", 0, 200, &reply);
+	if (reply)
+		return reply;
+	kms_sanitize(id, 31, req->request_id, sizeof(req->request_id));
+	kms_sanitize(msgid ? msgid : "(no Message-ID)", 998, clean_msgid, sizeof(clean_msgid));
+	snprintf(req->target, sizeof(req->target), "%s", clean_msgid);
+	if ((rc = kms_b64_decode(ri64, strlen(ri64), &ri, &rilen)) != 0)
+		return kms_reply_error("bad_args", "archive release: recipient_info is not base64");
+	if ((rc = usable_request(req, id, "archive", &rq, &p)) != 0) {
+		free(ri);
+		return kmsd_reply_fail(rc);
+	}
+	rc = esc_release_cek(ri, rilen, p->keys, p->certs, p->nkeys, &cek, &ceklen, &which);
+	if (rc == 0)
+		serial = ca_serial_hex(X509_get0_serialNumber(p->certs[which]));
+	pthread_mutex_unlock(&rec_lock);
+	free(ri);
+	if (rc != 0) {
+		snprintf(req->detail, sizeof(req->detail), "no key released: %.300s", kms_last_error());
+		return kmsd_reply_fail(rc);
+	}
+	cek64 = kms_b64_encode(cek, ceklen);
+	OPENSSL_secure_clear_free(cek, ceklen);
+	{
+		char cd[200];
+
+		kms_sanitize(date ? date : "", 200, cd, sizeof(cd));
+		snprintf(req->detail, sizeof(req->detail), "key release for %s with key %s; message date %s",
+		    rq.email, serial ? serial : "", cd);
+	}
+	reply = kms_reply_ok(json_pack("{s:s,s:s}", "cek", cek64 ? cek64 : "", "key_serial", serial ? serial : ""));
+	if (cek64) {
+		kms_wipe(cek64, strlen(cek64));
+		free(cek64);
+	}
+	free(serial);
+	return reply;
+}
+
+/* ----------------------------------------------------------------- timers */
+
+void
+kmsd_recovery_expire(struct kms_store *st, time_t now)
+{
+	sqlite3_stmt *s = NULL;
+	char ids[64][32];
+	int n = 0;
+
+	if (sqlite3_prepare_v2(kms_store_db(st), "SELECT id FROM recovery WHERE state IN ('open', 'approved') "
+	    "AND expires <= ? LIMIT 64", -1, &s, NULL) != SQLITE_OK)
+		return;
+	sqlite3_bind_int64(s, 1, (long long)now);
+	while (n < 64 && sqlite3_step(s) == SQLITE_ROW)
+		snprintf(ids[n++], sizeof(ids[0]), "%s", sqlite3_column_text(s, 0));
+	sqlite3_finalize(s);
+	for (int i = 0; i < n; i++) {
+		pthread_mutex_lock(&rec_lock);
+		pending_drop(ids[i]);
+		request_set_state(st, ids[i], "expired", NULL);
+		pthread_mutex_unlock(&rec_lock);
+		kms_log(KMS_LOG_INFO, "recovery %s expired: shares and recovered keys wiped", ids[i]);
+	}
+}
+
+void
+kmsd_recovery_abort_all(struct kms_store *st, const char *why)
+{
+	pthread_mutex_lock(&rec_lock);
+	while (pendings)
+		pending_drop(pendings->id);
+	if (st)
+		sqlite3_exec(kms_store_db(st), "UPDATE recovery SET state = 'failed', detail = 'kmsd stopped: shares "
+		    "and recovered keys were only in memory' WHERE state IN ('open', 'approved')", NULL, NULL, NULL);
+	pthread_mutex_unlock(&rec_lock);
+	if (why)
+		kms_log(KMS_LOG_INFO, "recovery requests: %s", why);
+}

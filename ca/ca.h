@@ -36,7 +36,8 @@ const char *ca_key_type_of(const EVP_PKEY *key, char *buf, size_t len);
 
 /*
  * Encrypt a private key as PEM PKCS#8 under passphrase (AES-256-CBC with
- * scrypt, N=2^15 r=8 p=1), and back.  *pem is malloc'd; wipe-free is not
+ * scrypt, N=2^14 r=8 p=1: 16 MiB per guess; N=2^15 exceeds the 32 MiB
+ * scrypt cap of OpenSSL's PKCS#8 reader), and back.  *pem is malloc'd; wipe-free is not
  * needed (it is ciphertext).  ca_key_decrypt gives KMS_ERR_PERM on a wrong
  * passphrase.
  */
@@ -201,6 +202,57 @@ int ca_crl_latest(struct kms_store *st, struct ca_crl_set **out);
  * <name>.crt.pem, each atomically.
  */
 int ca_crl_publish(const char *dir, const char *name, const struct ca_crl_set *set, X509 *ca_cert);
+
+/* ------------------------------------------------- CRLs from elsewhere */
+
+/* Bound on a fetched or read CRL. */
+#define CA_CRL_FETCH_MAX (64 * 1024 * 1024)
+
+/*
+ * Get a CRL (DER or PEM) from an http:// or https:// URL, or from a local
+ * file (a path or file://).  after >= 0 asks our own distribution point to
+ * long-poll (GET url?after=N: answered when a CRL numbered above N exists,
+ * else 304 after its timeout); -1 for a plain GET.  timeout bounds the
+ * whole transfer in seconds; max bounds the size (0: CA_CRL_FETCH_MAX).
+ * 0 with *crl set; 0 with *crl NULL when the server answered 304.  der
+ * (may be NULL) receives the CRL's DER (malloc'd).  Errors: KMS_ERR_IO
+ * (connection), KMS_ERR_TIMEOUT, KMS_ERR_TOOBIG, KMS_ERR_NOTFOUND (404 or
+ * no file), KMS_ERR_PROTO (other HTTP status), KMS_ERR_CORRUPT (not a CRL).
+ * The signature is not checked here: see ca_crl_check().
+ */
+int ca_crl_fetch(const char *url, int timeout, long long after, size_t max, X509_CRL **crl,
+    unsigned char **der, size_t *derlen);
+/* Parse DER or PEM (KMS_ERR_CORRUPT if neither). */
+int ca_crl_parse(const unsigned char *buf, size_t len, X509_CRL **out);
+/* The CRL number extension, or -1 if absent. */
+long long ca_crl_number(X509_CRL *crl);
+/*
+ * Check a CRL against its CA certificate: issuer name, cRLSign key usage,
+ * signature, no unknown critical extension, thisUpdate not in the future.
+ * *stale is 1 when nextUpdate has passed (the CRL is still usable).
+ * KMS_ERR_CORRUPT with the reason otherwise.
+ */
+int ca_crl_check(X509_CRL *crl, X509 *issuer, time_t now, int *stale);
+/* Read every certificate of a PEM file (trust anchors for CRLs). */
+int ca_crl_load_cas(const char *path, STACK_OF(X509) **out);
+/* Find which of cas issued crl and check it (ca_crl_check); *issuer get0. */
+int ca_crl_find_issuer(X509_CRL *crl, STACK_OF(X509) *cas, time_t now, X509 **issuer, int *stale);
+/*
+ * Write crl as <dir>/<name> (DER) and <dir>/<name>.pem, each atomically.
+ * With issuer, refuses (KMS_ERR_STATE) to replace a good copy of the same
+ * CA's CRL that has a higher CRL number (a replayed old CRL).
+ */
+int ca_crl_save(const char *dir, const char *name, X509_CRL *crl, X509 *issuer);
+/* The local file name for a CRL URL: its last path segment, cleaned, ending in ".crl". */
+int ca_crl_file_name(const char *url, char *out, size_t outlen);
+/*
+ * kmsctl crl fetch URL --ca CAFILE --out DIR: fetch, check against cas
+ * (refusing a bad signature and a CRL past its nextUpdate), and replace
+ * <dir>/<name>.crl and .crl.pem atomically.  On any failure the files in
+ * dir are left as they were (the last good copy).  *number is the new
+ * CRL's number.
+ */
+int ca_crl_fetch_to_dir(const char *url, STACK_OF(X509) *cas, const char *dir, int timeout, long long *number);
 
 /* ============================================================ revocation index */
 

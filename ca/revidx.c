@@ -1,0 +1,925 @@
+/*
+ * revidx.c - the in-memory revocation index the milter reads.
+ *
+ * Entry points: the builder (ca_revidx_builder_new, _add_store, _add_crl,
+ * _mark_stale, ca_revidx_build), lookups (ca_revidx_lookup,
+ * ca_revidx_issuer_state, ca_revidx_count), ca_revidx_with() for a
+ * revocation made in this process, reference counting, and the holder
+ * (ca_revholder_*) that swaps the current snapshot.
+ *
+ * A snapshot is immutable.  Its entries live in an open-addressing hash
+ * table keyed by (issuer, serial): each slot holds 32 bits of the key's
+ * SipHash and the entry's index, so a lookup touches one or two cache lines
+ * whatever the size, and never checks a signature (CRL signatures are
+ * checked once, when a CRL is added to a builder).  The issuer part of the
+ * key is the issuer's position in the snapshot's small issuer table, found
+ * by the full DER of the name (with OpenSSL's canonical comparison as a
+ * fallback for differently encoded names), so two CAs never collide.
+ *
+ * ca_revidx_with() shares the big table ("bulk", reference counted) of its
+ * base and copies only the small overlay of entries added since, plus the
+ * new one; when the overlay outgrows a sixteenth of the bulk the two are
+ * merged into a new bulk.  The holder hands out references under a mutex
+ * held for a pointer copy and an atomic increment, so readers never wait
+ * for a rebuild, which happens outside it.
+ */
+#include "config.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#include "ca/ca.h"
+#include "ca/crlint.h"
+
+#define ENT_NEG 0x80            /* in len_flags: negative serial */
+#define ENT_STALE 0x8000        /* in issuer: came from a stale list */
+#define MAX_ISSUERS 0x7fff
+/* Tolerated clock skew for a CRL's thisUpdate. */
+#define CRL_SKEW 300
+
+struct rev_ent {
+	uint64_t hash;
+	int64_t revoked_at;
+	int64_t invalidity;
+	uint32_t serial_off;    /* into the table's serials */
+	uint16_t issuer;        /* issuer index | ENT_STALE */
+	uint8_t len_flags;      /* serial length | ENT_NEG */
+	int8_t reason;
+};
+
+struct rev_table {
+	uint64_t *slots;        /* 0 empty, else (hash >> 32) << 32 | (entry index + 1) */
+	size_t mask;            /* slot count - 1; slots NULL when empty */
+	struct rev_ent *ents;
+	size_t n, cap;
+	unsigned char *serials;
+	size_t slen, scap;
+};
+
+struct rev_bulk {
+	atomic_long refs;
+	struct rev_table t;
+};
+
+struct rev_issuer {
+	unsigned char *der;
+	size_t len;
+	uint64_t hash;
+	X509_NAME *name;
+	time_t next_update;     /* 0: live data (our store) or no nextUpdate */
+	int stale;
+};
+
+struct ca_revidx {
+	atomic_long refs;
+	struct rev_bulk *bulk;
+	struct rev_table over;
+	struct rev_issuer *issuers;
+	size_t nissuers;
+	size_t count;
+};
+
+struct ca_revidx_builder {
+	struct rev_table t;
+	struct rev_issuer *issuers;
+	size_t nissuers;
+	int err;
+};
+
+struct ca_revholder {
+	pthread_mutex_t mu;
+	struct ca_revidx *cur;
+};
+
+/* ---------------------------------------------------------------- hashing */
+
+static uint64_t sipkey[2];
+static pthread_once_t sipkey_once = PTHREAD_ONCE_INIT;
+
+static void
+sipkey_init(void)
+{
+	if (RAND_bytes((unsigned char *)sipkey, sizeof(sipkey)) != 1) {
+		/* Not secret for correctness; only flooding resistance suffers. */
+		sipkey[0] = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL;
+		sipkey[1] = (uint64_t)(uintptr_t)&sipkey;
+	}
+}
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND do { \
+	v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32); \
+	v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2; \
+	v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0; \
+	v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32); \
+} while (0)
+
+/* SipHash-2-4 under the process key. */
+static uint64_t
+siphash(const unsigned char *in, size_t len)
+{
+	uint64_t v0 = 0x736f6d6570736575ULL ^ sipkey[0], v1 = 0x646f72616e646f6dULL ^ sipkey[1];
+	uint64_t v2 = 0x6c7967656e657261ULL ^ sipkey[0], v3 = 0x7465646279746573ULL ^ sipkey[1];
+	uint64_t m, b = (uint64_t)len << 56;
+	size_t i, full = len - len % 8;
+
+	for (i = 0; i < full; i += 8) {
+		m = 0;
+		for (int j = 7; j >= 0; j--)
+			m = m << 8 | in[i + (size_t)j];
+		v3 ^= m;
+		SIPROUND;
+		SIPROUND;
+		v0 ^= m;
+	}
+	for (size_t j = 0; i + j < len; j++)
+		b |= (uint64_t)in[i + j] << (8 * j);
+	v3 ^= b;
+	SIPROUND;
+	SIPROUND;
+	v0 ^= b;
+	v2 ^= 0xff;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static uint64_t
+key_hash(unsigned issuer, int neg, const unsigned char *s, size_t n)
+{
+	unsigned char buf[3 + CA_SERIAL_MAX];
+
+	buf[0] = (unsigned char)(issuer & 0xff);
+	buf[1] = (unsigned char)(issuer >> 8);
+	buf[2] = (unsigned char)(neg ? 1 : 0);
+	memcpy(buf + 3, s, n);
+	return siphash(buf, n + 3);
+}
+
+/* ------------------------------------------------------------------ table */
+
+static void
+table_free(struct rev_table *t)
+{
+	free(t->slots);
+	free(t->ents);
+	free(t->serials);
+	memset(t, 0, sizeof(*t));
+}
+
+static int
+ent_match(const struct rev_table *t, const struct rev_ent *e, uint64_t h, unsigned issuer, int neg,
+    const unsigned char *s, size_t n)
+{
+	return e->hash == h && (e->issuer & ~ENT_STALE) == issuer && (e->len_flags & 0x7f) == n &&
+	    !!(e->len_flags & ENT_NEG) == !!neg && memcmp(t->serials + e->serial_off, s, n) == 0;
+}
+
+/* Index of the entry with this key, or -1. */
+static long
+table_find(const struct rev_table *t, uint64_t h, unsigned issuer, int neg, const unsigned char *s, size_t n)
+{
+	size_t i;
+	uint32_t tag = (uint32_t)(h >> 32);
+
+	if (t->slots == NULL)
+		return -1;
+	for (i = (size_t)h & t->mask;; i = (i + 1) & t->mask) {
+		uint64_t v = t->slots[i];
+
+		if (v == 0)
+			return -1;
+		if ((uint32_t)(v >> 32) == tag) {
+			size_t k = (size_t)(uint32_t)v - 1;
+
+			if (ent_match(t, &t->ents[k], h, issuer, neg, s, n))
+				return (long)k;
+		}
+	}
+}
+
+static void
+slot_put(uint64_t *slots, size_t mask, uint64_t h, size_t k)
+{
+	size_t i = (size_t)h & mask;
+
+	while (slots[i] != 0)
+		i = (i + 1) & mask;
+	slots[i] = (h >> 32) << 32 | (uint64_t)(k + 1);
+}
+
+/* Keep the load factor at or under one half. */
+static int
+table_reserve(struct rev_table *t, size_t n)
+{
+	size_t want = 16;
+	uint64_t *slots;
+
+	if (n > UINT32_MAX - 1)
+		return KMS_ERR_TOOBIG;
+	while (want < 2 * n)
+		want *= 2;
+	if (t->slots != NULL && want <= t->mask + 1)
+		return 0;
+	if ((slots = calloc(want, sizeof(*slots))) == NULL)
+		return KMS_ERR_NOMEM;
+	for (size_t k = 0; k < t->n; k++)
+		slot_put(slots, want - 1, t->ents[k].hash, k);
+	free(t->slots);
+	t->slots = slots;
+	t->mask = want - 1;
+	return 0;
+}
+
+static int
+grow(void **p, size_t *cap, size_t need, size_t size)
+{
+	size_t nc;
+	void *np;
+
+	if (need <= *cap)
+		return 0;
+	nc = *cap ? *cap : 64;
+	while (nc < need)
+		nc *= 2;
+	if ((np = realloc(*p, nc * size)) == NULL)
+		return KMS_ERR_NOMEM;
+	*p = np;
+	*cap = nc;
+	return 0;
+}
+
+/*
+ * Add an entry; an entry with the same key is kept (replace 0) or
+ * overwritten (replace 1).  *added tells whether the key was new.
+ */
+static int
+table_add(struct rev_table *t, unsigned issuer, int neg, const unsigned char *s, size_t n,
+    const struct ca_rev_info *info, int stale, int replace, int *added)
+{
+	uint64_t h = key_hash(issuer, neg, s, n);
+	struct rev_ent *e;
+	long k;
+	int rc;
+
+	if (added)
+		*added = 0;
+	if ((k = table_find(t, h, issuer, neg, s, n)) >= 0) {
+		if (!replace)
+			return 0;
+		e = &t->ents[k];
+	} else {
+		if ((rc = table_reserve(t, t->n + 1)) != 0 ||
+		    (rc = grow((void **)&t->ents, &t->cap, t->n + 1, sizeof(*t->ents))) != 0 ||
+		    (rc = grow((void **)&t->serials, &t->scap, t->slen + n, 1)) != 0)
+			return rc;
+		e = &t->ents[t->n];
+		e->hash = h;
+		e->serial_off = (uint32_t)t->slen;
+		e->len_flags = (uint8_t)(n | (neg ? ENT_NEG : 0));
+		memcpy(t->serials + t->slen, s, n);
+		t->slen += n;
+		slot_put(t->slots, t->mask, h, t->n);
+		t->n++;
+		if (added)
+			*added = 1;
+	}
+	e->issuer = (uint16_t)(issuer | (stale ? ENT_STALE : 0));
+	e->revoked_at = (int64_t)info->revoked_at;
+	e->invalidity = (int64_t)info->invalidity;
+	e->reason = (int8_t)info->reason;
+	return 0;
+}
+
+static int
+table_copy(struct rev_table *dst, const struct rev_table *src, size_t extra)
+{
+	memset(dst, 0, sizeof(*dst));
+	if (src->n == 0 && extra == 0)
+		return 0;
+	if (grow((void **)&dst->ents, &dst->cap, src->n + extra, sizeof(*dst->ents)) != 0 ||
+	    grow((void **)&dst->serials, &dst->scap, src->slen + extra * 20 + 1, 1) != 0)
+		goto nomem;
+	if (src->n > 0) {
+		memcpy(dst->ents, src->ents, src->n * sizeof(*src->ents));
+		memcpy(dst->serials, src->serials, src->slen);
+	}
+	dst->n = src->n;
+	dst->slen = src->slen;
+	if (table_reserve(dst, src->n + extra) != 0)
+		goto nomem;
+	return 0;
+nomem:
+	table_free(dst);
+	return KMS_ERR_NOMEM;
+}
+
+static void
+ent_info(const struct rev_ent *e, struct ca_rev_info *info)
+{
+	info->revoked_at = (time_t)e->revoked_at;
+	info->invalidity = (time_t)e->invalidity;
+	info->reason = e->reason;
+	info->stale = (e->issuer & ENT_STALE) ? 1 : 0;
+}
+
+/* ---------------------------------------------------------------- issuers */
+
+static void
+issuers_free(struct rev_issuer *is, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(is[i].der);
+		X509_NAME_free(is[i].name);
+	}
+	free(is);
+}
+
+static int
+issuer_fill(struct rev_issuer *dst, const X509_NAME *name)
+{
+	const unsigned char *der;
+	size_t len;
+
+	memset(dst, 0, sizeof(*dst));
+	if (!X509_NAME_get0_der(name, &der, &len) || len == 0)
+		return kms_fail_openssl(KMS_ERR_INVALID, "issuer name");
+	if ((dst->der = malloc(len)) == NULL || (dst->name = X509_NAME_dup(name)) == NULL) {
+		free(dst->der);
+		dst->der = NULL;
+		return KMS_ERR_NOMEM;
+	}
+	memcpy(dst->der, der, len);
+	dst->len = len;
+	dst->hash = siphash(der, len);
+	/* Settle the copy's cached encodings now: lookups must only read it. */
+	(void)X509_NAME_get0_der(dst->name, &der, &len);
+	return 0;
+}
+
+static int
+issuers_copy(struct rev_issuer **dst, const struct rev_issuer *src, size_t n, size_t extra)
+{
+	struct rev_issuer *a;
+
+	*dst = NULL;
+	if ((a = calloc(n + extra + 1, sizeof(*a))) == NULL)
+		return KMS_ERR_NOMEM;
+	for (size_t i = 0; i < n; i++) {
+		a[i] = src[i];
+		a[i].der = malloc(src[i].len);
+		a[i].name = X509_NAME_dup(src[i].name);
+		if (a[i].der == NULL || a[i].name == NULL) {
+			issuers_free(a, i + 1);
+			return KMS_ERR_NOMEM;
+		}
+		memcpy(a[i].der, src[i].der, src[i].len);
+	}
+	*dst = a;
+	return 0;
+}
+
+static long
+issuer_find(const struct rev_issuer *is, size_t n, const X509_NAME *name)
+{
+	const unsigned char *der;
+	size_t len;
+	uint64_t h;
+
+	if (n == 0 || name == NULL || !X509_NAME_get0_der(name, &der, &len))
+		return -1;
+	h = siphash(der, len);
+	for (size_t i = 0; i < n; i++)
+		if (is[i].hash == h && is[i].len == len && memcmp(is[i].der, der, len) == 0)
+			return (long)i;
+	/* The same name in another string encoding (RFC 5280 7.1 comparison). */
+	for (size_t i = 0; i < n; i++)
+		if (X509_NAME_cmp(is[i].name, name) == 0)
+			return (long)i;
+	return -1;
+}
+
+static int
+issuer_stale(const struct rev_issuer *is, time_t now)
+{
+	return is->stale || (is->next_update > 0 && now > is->next_update);
+}
+
+/* ---------------------------------------------------------------- builder */
+
+int
+ca_revidx_builder_new(struct ca_revidx_builder **out)
+{
+	*out = NULL;
+	pthread_once(&sipkey_once, sipkey_init);
+	if ((*out = calloc(1, sizeof(**out))) == NULL)
+		return KMS_ERR_NOMEM;
+	return 0;
+}
+
+void
+ca_revidx_builder_free(struct ca_revidx_builder *b)
+{
+	if (b == NULL)
+		return;
+	table_free(&b->t);
+	issuers_free(b->issuers, b->nissuers);
+	free(b);
+}
+
+static long
+builder_issuer(struct ca_revidx_builder *b, const X509_NAME *name)
+{
+	long i = issuer_find(b->issuers, b->nissuers, name);
+	struct rev_issuer *na;
+
+	if (i >= 0)
+		return i;
+	if (b->nissuers >= MAX_ISSUERS)
+		return kms_fail(KMS_ERR_TOOBIG, "too many CRL issuers");
+	if ((na = realloc(b->issuers, (b->nissuers + 1) * sizeof(*na))) == NULL)
+		return KMS_ERR_NOMEM;
+	b->issuers = na;
+	if (issuer_fill(&na[b->nissuers], name) != 0)
+		return KMS_ERR_NOMEM;
+	return (long)b->nissuers++;
+}
+
+/* Serial magnitude and sign of an ASN1_INTEGER, leading zero octets cut. */
+static int
+serial_key(const ASN1_INTEGER *serial, const unsigned char **s, size_t *n, int *neg)
+{
+	const unsigned char *p = ASN1_STRING_get0_data(serial);
+	int len = ASN1_STRING_length(serial);
+
+	if (p == NULL || len <= 0) {
+		static const unsigned char zero[1] = { 0 };
+
+		*s = zero;
+		*n = 1;
+		*neg = 0;
+		return 0;
+	}
+	while (len > 1 && p[0] == 0) {
+		p++;
+		len--;
+	}
+	if (len > CA_SERIAL_MAX)
+		return KMS_ERR_TOOBIG;
+	*s = p;
+	*n = (size_t)len;
+	*neg = ASN1_STRING_type(serial) == V_ASN1_NEG_INTEGER;
+	return 0;
+}
+
+int
+ca_revidx_add_store(struct ca_revidx_builder *b, struct kms_store *st, X509 *ca_cert)
+{
+	sqlite3_stmt *s = NULL;
+	long issuer;
+	int rc, step;
+
+	if (b->err)
+		return KMS_ERR_NOMEM;
+	if (ca_cert == NULL)
+		return kms_fail(KMS_ERR_INVALID, "no CA certificate");
+	if ((issuer = builder_issuer(b, X509_get_subject_name(ca_cert))) < 0)
+		return (int)issuer;
+	if (sqlite3_prepare_v2(kms_store_db(st),
+	    "SELECT serial, revoked_at, reason, invalidity FROM certs WHERE revoked_at IS NOT NULL",
+	    -1, &s, NULL) != SQLITE_OK)
+		return kms_store_fail(st, "read revoked certificates");
+	while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+		unsigned char mag[CA_SERIAL_MAX];
+		size_t n;
+		const char *hex = (const char *)sqlite3_column_text(s, 0);
+		struct ca_rev_info info;
+
+		if (hex == NULL || ca_serial_hex_bytes(hex, mag, sizeof(mag), &n) != 0) {
+			kms_log(KMS_LOG_WARNING, "revocation index: bad serial in the certs table skipped");
+			continue;
+		}
+		info.revoked_at = (time_t)sqlite3_column_int64(s, 1);
+		info.reason = sqlite3_column_type(s, 2) == SQLITE_NULL ? 0 : sqlite3_column_int(s, 2);
+		info.invalidity = sqlite3_column_type(s, 3) == SQLITE_NULL ? 0 : (time_t)sqlite3_column_int64(s, 3);
+		info.stale = 0;
+		if ((rc = table_add(&b->t, (unsigned)issuer, 0, mag, n, &info, 0, 1, NULL)) != 0) {
+			b->err = 1;
+			goto out;
+		}
+	}
+	rc = step == SQLITE_DONE ? 0 : kms_store_fail(st, "read revoked certificates");
+out:
+	sqlite3_finalize(s);
+	return rc;
+}
+
+static time_t
+asn1_time_t(const ASN1_TIME *t, int *ok)
+{
+	struct tm tm;
+
+	*ok = 0;
+	if (t == NULL || !ASN1_TIME_to_tm(t, &tm))
+		return 0;
+	*ok = 1;
+	return timegm(&tm);
+}
+
+static int
+crl_ext_known(int nid)
+{
+	return nid == NID_crl_number || nid == NID_authority_key_identifier || nid == NID_delta_crl ||
+	    nid == NID_issuing_distribution_point || nid == NID_freshest_crl;
+}
+
+int
+ca_crl_check(X509_CRL *crl, X509 *issuer, time_t now, int *stale)
+{
+	EVP_PKEY *pub;
+	time_t tu, nu;
+	int ok, n;
+
+	*stale = 0;
+	if (crl == NULL || issuer == NULL)
+		return kms_fail(KMS_ERR_INVALID, "no CRL or no issuer certificate");
+	if (X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_subject_name(issuer)) != 0)
+		return kms_fail(KMS_ERR_CORRUPT, "CRL issuer does not match the CA certificate's subject");
+	if ((X509_get_extension_flags(issuer) & EXFLAG_KUSAGE) && !(X509_get_key_usage(issuer) & KU_CRL_SIGN))
+		return kms_fail(KMS_ERR_CORRUPT, "the CA certificate may not sign CRLs (no cRLSign key usage)");
+	if ((pub = X509_get0_pubkey(issuer)) == NULL)
+		return kms_fail_openssl(KMS_ERR_CRYPTO, "CA public key");
+	if (X509_CRL_verify(crl, pub) != 1)
+		return kms_fail_openssl(KMS_ERR_CORRUPT, "CRL signature does not verify with the CA's key");
+	n = X509_CRL_get_ext_count(crl);
+	for (int i = 0; i < n; i++) {
+		X509_EXTENSION *ext = X509_CRL_get_ext(crl, i);
+
+		if (X509_EXTENSION_get_critical(ext) &&
+		    !crl_ext_known(OBJ_obj2nid(X509_EXTENSION_get_object(ext))))
+			return kms_fail(KMS_ERR_CORRUPT, "CRL has an unknown critical extension");
+	}
+	tu = asn1_time_t(X509_CRL_get0_lastUpdate(crl), &ok);
+	if (!ok)
+		return kms_fail(KMS_ERR_CORRUPT, "CRL thisUpdate unreadable");
+	if (tu > now + CRL_SKEW)
+		return kms_fail(KMS_ERR_CORRUPT, "CRL thisUpdate is in the future");
+	if (X509_CRL_get0_nextUpdate(crl) != NULL) {
+		nu = asn1_time_t(X509_CRL_get0_nextUpdate(crl), &ok);
+		if (!ok)
+			return kms_fail(KMS_ERR_CORRUPT, "CRL nextUpdate unreadable");
+		if (now > nu)
+			*stale = 1;
+	}
+	return 0;
+}
+
+int
+ca_revidx_add_crl(struct ca_revidx_builder *b, X509_CRL *crl, X509 *issuer_cert, time_t now)
+{
+	STACK_OF(X509_REVOKED) *revs;
+	struct rev_issuer *is;
+	long issuer;
+	time_t nu = 0;
+	int rc, stale, ok;
+
+	if (b->err)
+		return KMS_ERR_NOMEM;
+	if ((rc = ca_crl_check(crl, issuer_cert, now, &stale)) != 0)
+		return rc;
+	if (X509_CRL_get0_nextUpdate(crl) != NULL)
+		nu = asn1_time_t(X509_CRL_get0_nextUpdate(crl), &ok);
+	if ((issuer = builder_issuer(b, X509_CRL_get_issuer(crl))) < 0)
+		return (int)issuer;
+	is = &b->issuers[issuer];
+	if (stale)
+		is->stale = 1;
+	if (nu > 0 && (is->next_update == 0 || nu < is->next_update))
+		is->next_update = nu;
+
+	revs = X509_CRL_get_REVOKED(crl);
+	for (int i = 0; i < sk_X509_REVOKED_num(revs); i++) {
+		X509_REVOKED *r = sk_X509_REVOKED_value(revs, i);
+		ASN1_ENUMERATED *reason;
+		ASN1_GENERALIZEDTIME *inval;
+		struct ca_rev_info info = { 0 };
+		const unsigned char *s;
+		size_t n;
+		int neg;
+
+		if (serial_key(X509_REVOKED_get0_serialNumber(r), &s, &n, &neg) != 0) {
+			kms_log(KMS_LOG_WARNING, "CRL entry with an oversized serial number skipped");
+			continue;
+		}
+		info.revoked_at = asn1_time_t(X509_REVOKED_get0_revocationDate(r), &ok);
+		if ((reason = X509_REVOKED_get_ext_d2i(r, NID_crl_reason, NULL, NULL)) != NULL) {
+			info.reason = (int)ASN1_ENUMERATED_get(reason);
+			ASN1_ENUMERATED_free(reason);
+		}
+		/* A delta's removeFromCRL entry: the certificate is no longer on hold. */
+		if (info.reason == 8)
+			continue;
+		if ((inval = X509_REVOKED_get_ext_d2i(r, NID_invalidity_date, NULL, NULL)) != NULL) {
+			info.invalidity = asn1_time_t(inval, &ok);
+			ASN1_GENERALIZEDTIME_free(inval);
+		}
+		if ((rc = table_add(&b->t, (unsigned)issuer, neg, s, n, &info, stale, 0, NULL)) != 0) {
+			b->err = 1;
+			return rc;
+		}
+	}
+	return 0;
+}
+
+int
+ca_revidx_mark_stale(struct ca_revidx_builder *b, const X509_NAME *issuer)
+{
+	long i;
+
+	if (b->err)
+		return KMS_ERR_NOMEM;
+	if ((i = builder_issuer(b, issuer)) < 0)
+		return (int)i;
+	b->issuers[i].stale = 1;
+	return 0;
+}
+
+static struct rev_bulk *
+bulk_new(void)
+{
+	struct rev_bulk *bk = calloc(1, sizeof(*bk));
+
+	if (bk != NULL)
+		atomic_init(&bk->refs, 1);
+	return bk;
+}
+
+static void
+bulk_unref(struct rev_bulk *bk)
+{
+	if (bk == NULL || atomic_fetch_sub_explicit(&bk->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	table_free(&bk->t);
+	free(bk);
+}
+
+static struct ca_revidx *
+idx_new(void)
+{
+	struct ca_revidx *idx = calloc(1, sizeof(*idx));
+
+	if (idx != NULL)
+		atomic_init(&idx->refs, 1);
+	return idx;
+}
+
+int
+ca_revidx_build(struct ca_revidx_builder *b, struct ca_revidx **out)
+{
+	struct ca_revidx *idx;
+
+	*out = NULL;
+	if (b->err)
+		return kms_fail(KMS_ERR_NOMEM, "out of memory building the revocation index");
+	if ((idx = idx_new()) == NULL || (idx->bulk = bulk_new()) == NULL) {
+		free(idx);
+		return KMS_ERR_NOMEM;
+	}
+	idx->bulk->t = b->t;
+	idx->count = b->t.n;
+	idx->issuers = b->issuers;
+	idx->nissuers = b->nissuers;
+	memset(&b->t, 0, sizeof(b->t));
+	b->issuers = NULL;
+	b->nissuers = 0;
+	*out = idx;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- lookups */
+
+int
+ca_revidx_lookup(const struct ca_revidx *idx, const X509_NAME *issuer, const ASN1_INTEGER *serial,
+    struct ca_rev_info *info)
+{
+	const unsigned char *s;
+	size_t n;
+	int neg;
+	long i, k;
+	uint64_t h;
+	const struct rev_ent *e = NULL;
+
+	if (idx == NULL || issuer == NULL || serial == NULL)
+		return 0;
+	if ((i = issuer_find(idx->issuers, idx->nissuers, issuer)) < 0)
+		return 0;
+	if (serial_key(serial, &s, &n, &neg) != 0)
+		return 0;
+	h = key_hash((unsigned)i, neg, s, n);
+	if ((k = table_find(&idx->over, h, (unsigned)i, neg, s, n)) >= 0)
+		e = &idx->over.ents[k];
+	else if ((k = table_find(&idx->bulk->t, h, (unsigned)i, neg, s, n)) >= 0)
+		e = &idx->bulk->t.ents[k];
+	if (e == NULL)
+		return 0;
+	if (info != NULL) {
+		ent_info(e, info);
+		if (issuer_stale(&idx->issuers[i], time(NULL)))
+			info->stale = 1;
+	}
+	return 1;
+}
+
+int
+ca_revidx_issuer_state(const struct ca_revidx *idx, const X509_NAME *issuer)
+{
+	long i;
+
+	if (idx == NULL || (i = issuer_find(idx->issuers, idx->nissuers, issuer)) < 0)
+		return -1;
+	return issuer_stale(&idx->issuers[i], time(NULL)) ? 1 : 0;
+}
+
+size_t
+ca_revidx_count(const struct ca_revidx *idx)
+{
+	return idx ? idx->count : 0;
+}
+
+/* Merge bulk and overlay into a new bulk (the overlay wins on equal keys). */
+static int
+merge_bulk(const struct rev_table *bulk, const struct rev_table *over, struct rev_bulk **out)
+{
+	struct rev_bulk *bk;
+	int rc;
+
+	*out = NULL;
+	if ((bk = bulk_new()) == NULL)
+		return KMS_ERR_NOMEM;
+	if ((rc = table_copy(&bk->t, bulk, over->n)) != 0)
+		goto fail;
+	for (size_t k = 0; k < over->n; k++) {
+		const struct rev_ent *e = &over->ents[k];
+		struct ca_rev_info info;
+
+		ent_info(e, &info);
+		if ((rc = table_add(&bk->t, e->issuer & ~ENT_STALE, e->len_flags & ENT_NEG,
+		    over->serials + e->serial_off, e->len_flags & 0x7f, &info, info.stale, 1, NULL)) != 0)
+			goto fail;
+	}
+	*out = bk;
+	return 0;
+fail:
+	bulk_unref(bk);
+	return rc;
+}
+
+int
+ca_revidx_with(const struct ca_revidx *base, const X509_NAME *issuer, const ASN1_INTEGER *serial,
+    const struct ca_rev_info *info, struct ca_revidx **out)
+{
+	struct ca_revidx *idx = NULL;
+	const unsigned char *s;
+	size_t n, nis;
+	int neg, rc, added;
+	long i;
+	uint64_t h;
+
+	*out = NULL;
+	pthread_once(&sipkey_once, sipkey_init);
+	if (issuer == NULL || serial == NULL || info == NULL)
+		return kms_fail(KMS_ERR_INVALID, "revocation index: missing issuer, serial or info");
+	if (serial_key(serial, &s, &n, &neg) != 0)
+		return kms_fail(KMS_ERR_INVALID, "serial number too long");
+	if ((idx = idx_new()) == NULL)
+		return KMS_ERR_NOMEM;
+	nis = base ? base->nissuers : 0;
+	if ((rc = issuers_copy(&idx->issuers, base ? base->issuers : NULL, nis, 1)) != 0)
+		goto fail;
+	idx->nissuers = nis;
+	if ((i = issuer_find(idx->issuers, idx->nissuers, issuer)) < 0) {
+		if (idx->nissuers >= MAX_ISSUERS) {
+			rc = kms_fail(KMS_ERR_TOOBIG, "too many CRL issuers");
+			goto fail;
+		}
+		if ((rc = issuer_fill(&idx->issuers[idx->nissuers], issuer)) != 0)
+			goto fail;
+		i = (long)idx->nissuers++;
+	}
+	if (base != NULL && base->bulk != NULL) {
+		idx->bulk = base->bulk;
+		atomic_fetch_add_explicit(&idx->bulk->refs, 1, memory_order_relaxed);
+		if ((rc = table_copy(&idx->over, &base->over, 1)) != 0)
+			goto fail;
+		idx->count = base->count;
+	} else if ((idx->bulk = bulk_new()) == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto fail;
+	}
+	h = key_hash((unsigned)i, neg, s, n);
+	if ((rc = table_add(&idx->over, (unsigned)i, neg, s, n, info, info->stale, 1, &added)) != 0)
+		goto fail;
+	if (added && table_find(&idx->bulk->t, h, (unsigned)i, neg, s, n) < 0)
+		idx->count++;
+
+	/* Fold a grown overlay into a fresh bulk so lookups stay two probes. */
+	if (idx->over.n > 256 && idx->over.n > idx->bulk->t.n / 16) {
+		struct rev_bulk *nb;
+
+		if ((rc = merge_bulk(&idx->bulk->t, &idx->over, &nb)) != 0)
+			goto fail;
+		bulk_unref(idx->bulk);
+		idx->bulk = nb;
+		table_free(&idx->over);
+	}
+	*out = idx;
+	return 0;
+fail:
+	ca_revidx_unref(idx);
+	return rc;
+}
+
+struct ca_revidx *
+ca_revidx_ref(struct ca_revidx *idx)
+{
+	if (idx != NULL)
+		atomic_fetch_add_explicit(&idx->refs, 1, memory_order_relaxed);
+	return idx;
+}
+
+void
+ca_revidx_unref(struct ca_revidx *idx)
+{
+	if (idx == NULL || atomic_fetch_sub_explicit(&idx->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	bulk_unref(idx->bulk);
+	table_free(&idx->over);
+	issuers_free(idx->issuers, idx->nissuers);
+	free(idx);
+}
+
+/* ----------------------------------------------------------------- holder */
+
+int
+ca_revholder_new(struct ca_revholder **out)
+{
+	struct ca_revholder *h;
+
+	*out = NULL;
+	if ((h = calloc(1, sizeof(*h))) == NULL)
+		return KMS_ERR_NOMEM;
+	if (pthread_mutex_init(&h->mu, NULL) != 0) {
+		free(h);
+		return kms_fail(KMS_ERR_NOMEM, "mutex");
+	}
+	*out = h;
+	return 0;
+}
+
+void
+ca_revholder_free(struct ca_revholder *h)
+{
+	if (h == NULL)
+		return;
+	ca_revidx_unref(h->cur);
+	pthread_mutex_destroy(&h->mu);
+	free(h);
+}
+
+struct ca_revidx *
+ca_revholder_get(struct ca_revholder *h)
+{
+	struct ca_revidx *idx;
+
+	if (h == NULL)
+		return NULL;
+	pthread_mutex_lock(&h->mu);
+	idx = ca_revidx_ref(h->cur);
+	pthread_mutex_unlock(&h->mu);
+	return idx;
+}
+
+void
+ca_revholder_set(struct ca_revholder *h, struct ca_revidx *idx)
+{
+	struct ca_revidx *old;
+
+	if (h == NULL) {
+		ca_revidx_unref(idx);
+		return;
+	}
+	pthread_mutex_lock(&h->mu);
+	old = h->cur;
+	h->cur = idx;
+	pthread_mutex_unlock(&h->mu);
+	/* The last reader of old frees it, outside the lock. */
+	ca_revidx_unref(old);
+}

@@ -1,0 +1,602 @@
+/*
+ * issue.c - issuing end-entity certificates: the user's signing and
+ * encryption certificates, the key-recovery key's certificate, signing
+ * certificates for a user's own CSR; and reading a certificate's serial,
+ * fingerprint and address back.
+ *
+ * Entry points: ca_usage_name(), ca_issue(), ca_issue_csr(),
+ * ca_serial_hex(), ca_cert_fingerprint(), ca_cert_email().
+ *
+ * Profiles follow the CA/Browser Forum S/MIME Baseline Requirements,
+ * strict generation, where they apply to a private CA:
+ *   - X.509 v3; serial positive, 16 octets, 127 bits from the CSPRNG;
+ *   - RSA PKCS#1 v1.5 with SHA-256, ECDSA P-384 with SHA-384;
+ *   - subscriber keys RSA 2048 to 8192 bits (a multiple of 8, odd e) or
+ *     EC P-256/P-384, each passing OpenSSL's public key check;
+ *   - validity at most 825 days, never past the CA's own notAfter;
+ *   - basicConstraints cA FALSE; keyUsage critical: digitalSignature and
+ *     nonRepudiation for signing, keyEncipherment (RSA) or keyAgreement
+ *     (EC) for encryption, never both (no dual use in strict);
+ *   - extKeyUsage id-kp-emailProtection only;
+ *   - subjectAltName: exactly one rfc822Name (ASCII mailbox), not critical;
+ *     subject emailAddress equal to it;
+ *   - authorityKeyIdentifier keyIdentifier only, equal to the CA's SKI;
+ *     subjectKeyIdentifier present; cRLDistributionPoints with one HTTP
+ *     URI whenever a CRL URL is configured.
+ * The CABF certificatePolicies OIDs are left out: a private CA is not
+ * audited against the BR and must not claim it.
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "ca/ca.h"
+#include "ca/ca_local.h"
+
+/* S/MIME BR 6.3.2: subscriber certificates of the strict profiles. */
+#define MAX_USER_DAYS 825
+/* ub-emailaddress as OpenSSL applies it to the subject emailAddress. */
+#define MAX_EMAIL_LEN 128
+#define MAX_URL_LEN 2048
+#define MAX_RSA_BITS 8192
+
+const char *
+ca_usage_name(enum ca_usage u)
+{
+	switch (u) {
+	case CA_USAGE_SIGN:
+		return "sign";
+	case CA_USAGE_ENC:
+		return "enc";
+	case CA_USAGE_KRK:
+		return "krk";
+	}
+	return "unknown";
+}
+
+/*
+ * A mailbox we are willing to certify: ASCII, one '@', a dot-atom local
+ * part (RFC 5322 atext and dots) and a host name of letters, digits,
+ * hyphens and dots.  Quoted local parts and address literals are refused:
+ * no mail client needs them and they are where parsers disagree.
+ */
+static int
+email_valid(const char *s, size_t len)
+{
+	const char *at;
+	size_t local;
+
+	if (len == 0 || len > MAX_EMAIL_LEN || strlen(s) != len)
+		return 0;
+	if ((at = strchr(s, '@')) == NULL || strchr(at + 1, '@') != NULL)
+		return 0;
+	local = (size_t)(at - s);
+	if (local == 0 || local > 64 || s[0] == '.' || s[local - 1] == '.')
+		return 0;
+	for (size_t i = 0; i < local; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '.' && s[i + 1] == '.')
+			return 0;
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		    strchr(".!#$%&'*+/=?^_`{|}~-", c) != NULL))
+			return 0;
+	}
+	at++;
+	if (*at == '\0' || *at == '.' || *at == '-' || strchr(at, '.') == NULL)
+		return 0;
+	for (const char *p = at; *p; p++) {
+		unsigned char c = (unsigned char)*p;
+
+		if (c == '.' && (p[1] == '.' || p[1] == '\0' || p[1] == '-' || p[-1] == '-'))
+			return 0;
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		    c == '.' || c == '-'))
+			return 0;
+	}
+	return at[strlen(at) - 1] != '-';
+}
+
+static int
+url_valid(const char *url)
+{
+	size_t len = strlen(url);
+
+	if (len > MAX_URL_LEN)
+		return 0;
+	if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0)
+		return 0;
+	for (const char *p = url; *p; p++)
+		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+			return 0;
+	return 1;
+}
+
+/* Refuse keys the profiles do not allow, with a reason a user can act on. */
+static int
+key_acceptable(EVP_PKEY *key, enum ca_usage usage)
+{
+	EVP_PKEY_CTX *ctx = NULL;
+	int bits = EVP_PKEY_get_bits(key), nid, rc = 0;
+
+	switch (EVP_PKEY_get_base_id(key)) {
+	case EVP_PKEY_RSA:
+		if (bits < 2048)
+			return kms_fail(KMS_ERR_INVALID, "RSA key of %d bits is too weak (at least 2048)", bits);
+		if (bits > MAX_RSA_BITS || bits % 8 != 0)
+			return kms_fail(KMS_ERR_INVALID, "RSA key of %d bits not allowed (a multiple of 8, "
+			    "at most %d)", bits, MAX_RSA_BITS);
+		break;
+	case EVP_PKEY_EC:
+		if (usage == CA_USAGE_KRK)
+			return kms_fail(KMS_ERR_INVALID, "the key-recovery key must be RSA (key transport)");
+		nid = ca_ec_curve_nid(key);
+		if (nid != NID_X9_62_prime256v1 && nid != NID_secp384r1)
+			return kms_fail(KMS_ERR_INVALID, "EC curve %s not allowed (P-256 or P-384)",
+			    nid == NID_undef ? "(unnamed)" : OBJ_nid2sn(nid));
+		break;
+	default:
+		return kms_fail(KMS_ERR_INVALID, "key algorithm %s not allowed (RSA or EC P-256/P-384)",
+		    EVP_PKEY_get0_type_name(key) ? EVP_PKEY_get0_type_name(key) : "unknown");
+	}
+	if ((ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL)) == NULL)
+		return kms_fail_openssl(KMS_ERR_NOMEM, "key check");
+	if (EVP_PKEY_public_check(ctx) != 1)
+		rc = kms_fail_openssl(KMS_ERR_INVALID, "the public key fails its consistency check");
+	EVP_PKEY_CTX_free(ctx);
+	return rc;
+}
+
+/* The CA's key identifier: its SKI extension, else the RFC 5280 method 1 hash. */
+static ASN1_OCTET_STRING *
+issuer_key_id(X509 *ca_cert)
+{
+	const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(ca_cert);
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	ASN1_OCTET_STRING *id;
+
+	if (ski != NULL)
+		return ASN1_OCTET_STRING_dup(ski);
+	if (!X509_pubkey_digest(ca_cert, EVP_sha1(), md, &mdlen) || (id = ASN1_OCTET_STRING_new()) == NULL)
+		return NULL;
+	if (!ASN1_OCTET_STRING_set(id, md, (int)mdlen)) {
+		ASN1_OCTET_STRING_free(id);
+		return NULL;
+	}
+	return id;
+}
+
+/* O copied from the CA's subject, CN, and emailAddress unless email is NULL. */
+static int
+user_subject(X509 *ca_cert, const char *cn, const char *email, X509_NAME **out)
+{
+	const X509_NAME *ca_name = X509_get_subject_name(ca_cert);
+	X509_NAME *n;
+	int i, rc;
+
+	*out = NULL;
+	if ((n = X509_NAME_new()) == NULL)
+		return kms_fail_openssl(KMS_ERR_NOMEM, "subject");
+	if ((i = X509_NAME_get_index_by_NID(ca_name, NID_organizationName, -1)) >= 0 &&
+	    !X509_NAME_add_entry(n, X509_NAME_get_entry(ca_name, i), -1, 0)) {
+		rc = kms_fail_openssl(KMS_ERR_NOMEM, "subject organization");
+		goto out;
+	}
+	if (!X509_NAME_add_entry_by_NID(n, NID_commonName, MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0)) {
+		rc = kms_fail_openssl(KMS_ERR_INVALID, "subject common name");
+		goto out;
+	}
+	if (email != NULL && !X509_NAME_add_entry_by_NID(n, NID_pkcs9_emailAddress, MBSTRING_ASC,
+	    (const unsigned char *)email, -1, -1, 0)) {
+		rc = kms_fail_openssl(KMS_ERR_INVALID, "subject emailAddress");
+		goto out;
+	}
+	*out = n;
+	n = NULL;
+	rc = 0;
+out:
+	X509_NAME_free(n);
+	return rc;
+}
+
+/* A GENERAL_NAMES holding one IA5String name of type (GEN_EMAIL, GEN_URI). */
+static GENERAL_NAMES *
+one_general_name(int type, const char *value)
+{
+	GENERAL_NAMES *gens = GENERAL_NAMES_new();
+	GENERAL_NAME *g = GENERAL_NAME_new();
+	ASN1_IA5STRING *ia5 = ASN1_IA5STRING_new();
+
+	if (gens == NULL || g == NULL || ia5 == NULL || !ASN1_STRING_set(ia5, value, (int)strlen(value)))
+		goto fail;
+	GENERAL_NAME_set0_value(g, type, ia5);
+	ia5 = NULL;
+	if (!sk_GENERAL_NAME_push(gens, g))
+		goto fail;
+	return gens;
+fail:
+	ASN1_IA5STRING_free(ia5);
+	GENERAL_NAME_free(g);
+	GENERAL_NAMES_free(gens);
+	return NULL;
+}
+
+static int
+add_email_protection(X509 *x)
+{
+	EXTENDED_KEY_USAGE *eku = sk_ASN1_OBJECT_new_null();
+	int rc = 0;
+
+	if (eku == NULL || !sk_ASN1_OBJECT_push(eku, OBJ_nid2obj(NID_email_protect)))
+		rc = kms_fail_openssl(KMS_ERR_NOMEM, "extKeyUsage");
+	else if (X509_add1_ext_i2d(x, NID_ext_key_usage, eku, 0, X509V3_ADD_REPLACE) != 1)
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "adding extKeyUsage");
+	sk_ASN1_OBJECT_pop_free(eku, ASN1_OBJECT_free);
+	return rc;
+}
+
+static int
+add_san_email(X509 *x, const char *email)
+{
+	GENERAL_NAMES *gens = one_general_name(GEN_EMAIL, email);
+	int rc = 0;
+
+	if (gens == NULL)
+		return kms_fail_openssl(KMS_ERR_NOMEM, "subjectAltName");
+	if (X509_add1_ext_i2d(x, NID_subject_alt_name, gens, 0, X509V3_ADD_REPLACE) != 1)
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "adding subjectAltName");
+	GENERAL_NAMES_free(gens);
+	return rc;
+}
+
+static int
+add_crl_dp(X509 *x, const char *url)
+{
+	CRL_DIST_POINTS *cdp = CRL_DIST_POINTS_new();
+	DIST_POINT *dp = DIST_POINT_new();
+	int rc = 0;
+
+	if (cdp == NULL || dp == NULL || (dp->distpoint = DIST_POINT_NAME_new()) == NULL ||
+	    (dp->distpoint->name.fullname = one_general_name(GEN_URI, url)) == NULL) {
+		rc = kms_fail_openssl(KMS_ERR_NOMEM, "cRLDistributionPoints");
+		goto out;
+	}
+	dp->distpoint->type = 0;        /* fullName */
+	if (!sk_DIST_POINT_push(cdp, dp)) {
+		rc = kms_fail_openssl(KMS_ERR_NOMEM, "cRLDistributionPoints");
+		goto out;
+	}
+	dp = NULL;
+	if (X509_add1_ext_i2d(x, NID_crl_distribution_points, cdp, 0, X509V3_ADD_REPLACE) != 1)
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "adding cRLDistributionPoints");
+out:
+	DIST_POINT_free(dp);
+	CRL_DIST_POINTS_free(cdp);
+	return rc;
+}
+
+static int
+add_usage_extensions(X509 *x, const struct ca_issue_req *req)
+{
+	static const int ku_sign[] = { CA_KU_DIGITAL_SIGNATURE, CA_KU_NON_REPUDIATION };
+	static const int ku_ke[] = { CA_KU_KEY_ENCIPHERMENT };
+	static const int ku_ka[] = { CA_KU_KEY_AGREEMENT };
+	int rc;
+
+	if ((rc = ca_add_basic_constraints(x, 0)) != 0)
+		return rc;
+	switch (req->usage) {
+	case CA_USAGE_SIGN:
+		rc = ca_add_key_usage(x, ku_sign, 2);
+		break;
+	case CA_USAGE_ENC:
+		if (EVP_PKEY_get_base_id(req->pubkey) == EVP_PKEY_EC)
+			rc = ca_add_key_usage(x, ku_ka, 1);
+		else
+			rc = ca_add_key_usage(x, ku_ke, 1);
+		break;
+	case CA_USAGE_KRK:
+		return ca_add_key_usage(x, ku_ke, 1);
+	}
+	if (rc != 0)
+		return rc;
+	if ((rc = add_email_protection(x)) != 0)
+		return rc;
+	return add_san_email(x, req->email);
+}
+
+/* Check a request before anything is built; fills *cn with the common name to use. */
+static int
+check_request(const struct ca *ca, const struct ca_issue_req *req, const char **cn)
+{
+	long chars;
+	int rc;
+
+	*cn = NULL;
+	if (ca == NULL || ca->cert == NULL || ca->key == NULL)
+		return kms_fail(KMS_ERR_STATE, "the CA key is not loaded (no passphrase?)");
+	if (req == NULL || req->pubkey == NULL)
+		return kms_fail(KMS_ERR_INVALID, "no key to certify");
+	if (req->usage != CA_USAGE_SIGN && req->usage != CA_USAGE_ENC && req->usage != CA_USAGE_KRK)
+		return kms_fail(KMS_ERR_INVALID, "unknown certificate usage %d", (int)req->usage);
+	if (req->usage != CA_USAGE_KRK) {
+		if (req->email == NULL || !email_valid(req->email, strlen(req->email))) {
+			char clean[80];
+
+			return kms_fail(KMS_ERR_INVALID, "\"%s\" is not a mailbox address we can certify "
+			    "(ASCII local@domain, at most %d characters)",
+			    kms_sanitize(req->email ? req->email : "", 256, clean, sizeof(clean)), MAX_EMAIL_LEN);
+		}
+		if (req->days > MAX_USER_DAYS)
+			return kms_fail(KMS_ERR_INVALID, "validity of %d days is over the %d allowed for "
+			    "S/MIME certificates", req->days, MAX_USER_DAYS);
+	}
+	if (req->days < 1)
+		return kms_fail(KMS_ERR_INVALID, "validity of %d days", req->days);
+	if ((rc = key_acceptable(req->pubkey, req->usage)) != 0)
+		return rc;
+	*cn = req->name != NULL && *req->name != '\0' ? req->name : req->email;
+	if (*cn == NULL)
+		return kms_fail(KMS_ERR_INVALID, "the key-recovery certificate needs a name");
+	if ((chars = ca_utf8_chars(*cn)) <= 0 || chars > CA_UB_NAME)
+		return kms_fail(KMS_ERR_INVALID, "the name must be 1 to %d characters of UTF-8 text without "
+		    "control characters", CA_UB_NAME);
+	if (req->crl_url != NULL && *req->crl_url != '\0' && !url_valid(req->crl_url))
+		return kms_fail(KMS_ERR_INVALID, "the CRL URL must be an http:// or https:// URL of printable ASCII");
+	return 0;
+}
+
+int
+ca_issue(const struct ca *ca, const struct ca_issue_req *req, X509 **out)
+{
+	ASN1_OCTET_STRING *akid = NULL;
+	X509_NAME *subject = NULL;
+	X509 *x = NULL;
+	const char *cn;
+	int rc;
+
+	*out = NULL;
+	if ((rc = check_request(ca, req, &cn)) != 0)
+		return rc;
+	if ((rc = user_subject(ca->cert, cn, req->usage == CA_USAGE_KRK ? NULL : req->email, &subject)) != 0)
+		goto out;
+	if ((rc = ca_cert_begin(subject, req->pubkey, req->days, &x)) != 0)
+		goto out;
+	if (!X509_set_issuer_name(x, X509_get_subject_name(ca->cert))) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "issuer name");
+		goto out;
+	}
+	/* Never outlive the CA: a chain is only as valid as its shortest link. */
+	if (ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(ca->cert)) > 0 &&
+	    !X509_set1_notAfter(x, X509_get0_notAfter(ca->cert))) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "notAfter");
+		goto out;
+	}
+	if ((akid = issuer_key_id(ca->cert)) == NULL) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "the CA's key identifier");
+		goto out;
+	}
+	if ((rc = add_usage_extensions(x, req)) != 0 || (rc = ca_add_key_ids(x, akid)) != 0)
+		goto out;
+	if (req->crl_url != NULL && *req->crl_url != '\0' && (rc = add_crl_dp(x, req->crl_url)) != 0)
+		goto out;
+	if ((rc = ca_sign(x, ca->key)) != 0)
+		goto out;
+	/* A key that does not match the CA certificate must not produce a certificate. */
+	if (X509_verify(x, X509_get0_pubkey(ca->cert)) != 1) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "the CA key does not match the CA certificate");
+		goto out;
+	}
+	*out = x;
+	x = NULL;
+	rc = 0;
+out:
+	ASN1_OCTET_STRING_free(akid);
+	X509_NAME_free(subject);
+	X509_free(x);
+	return rc;
+}
+
+/* The first rfc822Name of a SAN as a new string; NULL if none.  *bad set when one is malformed. */
+static char *
+san_email(const GENERAL_NAMES *gens, int *bad)
+{
+	for (int i = 0; i < sk_GENERAL_NAME_num(gens); i++) {
+		const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+		int type;
+		const ASN1_IA5STRING *ia5 = GENERAL_NAME_get0_value(g, &type);
+		const char *data;
+		size_t len;
+		char *s;
+
+		if (type != GEN_EMAIL || ia5 == NULL)
+			continue;
+		data = (const char *)ASN1_STRING_get0_data(ia5);
+		len = (size_t)ASN1_STRING_length(ia5);
+		if (memchr(data, '\0', len) != NULL) {
+			*bad = 1;
+			return NULL;
+		}
+		if ((s = malloc(len + 1)) == NULL)
+			return NULL;
+		memcpy(s, data, len);
+		s[len] = '\0';
+		return s;
+	}
+	return NULL;
+}
+
+/* The subject emailAddress as a new string; NULL if none. */
+static char *
+subject_email(const X509_NAME *n, int *bad)
+{
+	int i = X509_NAME_get_index_by_NID(n, NID_pkcs9_emailAddress, -1);
+	unsigned char *utf8 = NULL;
+	int len;
+	char *s;
+
+	if (i < 0)
+		return NULL;
+	len = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(n, i)));
+	if (len < 0) {
+		ERR_clear_error();
+		*bad = 1;
+		return NULL;
+	}
+	if (memchr(utf8, '\0', (size_t)len) != NULL) {
+		*bad = 1;
+		OPENSSL_free(utf8);
+		return NULL;
+	}
+	s = strdup((char *)utf8);
+	OPENSSL_free(utf8);
+	return s;
+}
+
+char *
+ca_cert_email(X509 *cert)
+{
+	GENERAL_NAMES *gens = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+	char *s = NULL;
+	int bad = 0;
+
+	if (gens != NULL) {
+		s = san_email(gens, &bad);
+		GENERAL_NAMES_free(gens);
+	}
+	ERR_clear_error();
+	if (s == NULL && !bad)
+		s = subject_email(X509_get_subject_name(cert), &bad);
+	return s;
+}
+
+/* The address a CSR asks for: requested SAN rfc822Name, else subject emailAddress. */
+static int
+csr_email(X509_REQ *csr, char **out)
+{
+	STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(csr);
+	GENERAL_NAMES *gens = NULL;
+	char *s = NULL, clean[80];
+	int bad = 0, rc;
+
+	*out = NULL;
+	if (exts != NULL)
+		gens = X509V3_get_d2i(exts, NID_subject_alt_name, NULL, NULL);
+	ERR_clear_error();
+	if (gens != NULL)
+		s = san_email(gens, &bad);
+	if (s == NULL && !bad)
+		s = subject_email(X509_REQ_get_subject_name(csr), &bad);
+	if (bad) {
+		rc = kms_fail(KMS_ERR_INVALID, "the CSR's email address holds a NUL byte or bad text");
+		goto out;
+	}
+	if (s == NULL) {
+		rc = kms_fail(KMS_ERR_INVALID, "the CSR names no email address (neither a subjectAltName "
+		    "rfc822Name nor a subject emailAddress)");
+		goto out;
+	}
+	if (!email_valid(s, strlen(s))) {
+		rc = kms_fail(KMS_ERR_INVALID, "the CSR's address \"%s\" is not a mailbox we can certify",
+		    kms_sanitize(s, strlen(s), clean, sizeof(clean)));
+		goto out;
+	}
+	*out = s;
+	s = NULL;
+	rc = 0;
+out:
+	free(s);
+	GENERAL_NAMES_free(gens);
+	sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+	return rc;
+}
+
+int
+ca_issue_csr(const struct ca *ca, X509_REQ *csr, int days, const char *crl_url, X509 **out, char **email_out)
+{
+	struct ca_issue_req req;
+	EVP_PKEY *pub;
+	char *email = NULL;
+	int rc;
+
+	*out = NULL;
+	*email_out = NULL;
+	if (csr == NULL)
+		return kms_fail(KMS_ERR_INVALID, "no CSR");
+	if ((pub = X509_REQ_get0_pubkey(csr)) == NULL)
+		return kms_fail_openssl(KMS_ERR_INVALID, "the CSR holds no public key this CA can read");
+	if (X509_REQ_verify(csr, pub) != 1)
+		return kms_fail_openssl(KMS_ERR_INVALID, "the CSR's self-signature does not verify "
+		    "(corrupted, or made without the private key)");
+	if ((rc = key_acceptable(pub, CA_USAGE_SIGN)) != 0)
+		return rc;
+	if ((rc = csr_email(csr, &email)) != 0)
+		return rc;
+	/*
+	 * The common name is the verified address, not the CSR's subject:
+	 * only the mailbox is validated (the BR's mailbox-validated subject).
+	 */
+	memset(&req, 0, sizeof(req));
+	req.usage = CA_USAGE_SIGN;
+	req.pubkey = pub;
+	req.email = email;
+	req.name = NULL;
+	req.days = days;
+	req.crl_url = crl_url;
+	if ((rc = ca_issue(ca, &req, out)) != 0) {
+		free(email);
+		return rc;
+	}
+	*email_out = email;
+	return 0;
+}
+
+char *
+ca_serial_hex(const ASN1_INTEGER *serial)
+{
+	BIGNUM *bn = NULL;
+	char *hex = NULL, *s = NULL;
+	const char *p;
+	size_t i = 0, len;
+
+	if (serial == NULL || (bn = ASN1_INTEGER_to_BN(serial, NULL)) == NULL || (hex = BN_bn2hex(bn)) == NULL)
+		goto out;
+	if ((s = malloc(strlen(hex) + 1)) == NULL)
+		goto out;
+	p = hex;
+	if (*p == '-')
+		s[i++] = *p++;
+	while (p[0] == '0' && p[1] != '\0')
+		p++;
+	len = strlen(p);
+	for (size_t j = 0; j < len; j++)
+		s[i++] = (p[j] >= 'A' && p[j] <= 'F') ? (char)(p[j] - 'A' + 'a') : p[j];
+	s[i] = '\0';
+out:
+	ERR_clear_error();
+	OPENSSL_free(hex);
+	BN_free(bn);
+	return s;
+}
+
+char *
+ca_cert_fingerprint(X509 *cert)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int len = 0;
+
+	if (cert == NULL || !X509_digest(cert, EVP_sha256(), md, &len)) {
+		ERR_clear_error();
+		return NULL;
+	}
+	return kms_hex(md, len);
+}

@@ -75,6 +75,17 @@ cmd_status(struct kmsd_req *req)
 		    "key_loaded", ca != NULL && ca->key != NULL);
 		OPENSSL_free(subj);
 		free(fp);
+		{
+			BIO *b = BIO_new(BIO_s_mem());
+			char *data;
+			long len;
+
+			if (jca && b && PEM_write_bio_X509(b, env->ca_cert)) {
+				len = BIO_get_mem_data(b, &data);
+				json_object_set_new(jca, "pem", json_stringn(data, (size_t)len));
+			}
+			BIO_free(b);
+		}
 	} else {
 		jca = json_pack("{s:b,s:s}", "initialized", 0, "name", env->cfg->ca.name);
 	}

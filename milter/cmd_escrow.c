@@ -922,61 +922,115 @@ out:
 
 /* ---------------------------------------------------------------- release */
 
+#define MAX_RELEASE_BATCH 256
+
+/* One key release: the CEK of one RecipientInfo, audited on its own row. */
+static json_t *
+release_one(struct kmsd_req *req, struct request *rq, struct pending *p, json_t *item, int *released)
+{
+	const char *ri64 = json_string_value(json_object_get(item, "recipient_info"));
+	const char *msgid = json_string_value(json_object_get(item, "message_id"));
+	const char *date = json_string_value(json_object_get(item, "date"));
+	unsigned char *ri = NULL, *cek = NULL;
+	size_t rilen = 0, ceklen = 0, which = 0;
+	char cm[200], cd[100], detail[400], *serial = NULL, *cek64 = NULL;
+	struct kms_audit_rec rec = { .time = time(NULL), .uid = req->uid, .user = req->user, .role = req->role,
+		.cmd = "archive.release", .target = cm, .request_id = rq->id, .detail = detail };
+	json_t *res;
+	int rc;
+
+	kms_sanitize(msgid && *msgid ? msgid : "(no Message-ID)", 998, cm, sizeof(cm));
+	kms_sanitize(date ? date : "", 100, cd, sizeof(cd));
+	if (!json_is_object(item) || ri64 == NULL || strlen(ri64) > 64 * 1024 ||
+	    (msgid && strlen(msgid) > 998) || (date && strlen(date) > 200)) {
+		rc = kms_fail(KMS_ERR_INVALID, "each item is {recipient_info: base64, message_id, date}");
+		goto fail;
+	}
+	if ((rc = kms_b64_decode(ri64, strlen(ri64), &ri, &rilen)) != 0)
+		goto fail;
+	if ((rc = esc_release_cek(ri, rilen, p->keys, p->certs, p->nkeys, &cek, &ceklen, &which)) != 0)
+		goto fail;
+	serial = ca_serial_hex(X509_get0_serialNumber(p->certs[which]));
+	cek64 = kms_b64_encode(cek, ceklen);
+	OPENSSL_secure_clear_free(cek, ceklen);
+	if (serial == NULL || cek64 == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto fail;
+	}
+	snprintf(detail, sizeof(detail), "key release: %s's key %s; message date %s", rq->email, serial, cd);
+	rec.outcome = "ok";
+	if ((rc = kms_audit_append(req->st, &rec)) != 0)
+		goto fail;
+	res = json_pack("{s:b,s:s,s:s}", "ok", 1, "cek", cek64, "key_serial", serial);
+	(*released)++;
+	kms_wipe(cek64, strlen(cek64));
+	free(cek64);
+	free(serial);
+	free(ri);
+	return res;
+fail:
+	{
+		char msg[300];
+
+		snprintf(msg, sizeof(msg), "%s", kms_last_error()[0] ? kms_last_error() : kms_strerror(rc));
+		snprintf(detail, sizeof(detail), "no key released: %.300s", msg);
+		rec.outcome = kms_err_code_name(rc);
+		kms_audit_append(req->st, &rec);
+		if (cek64) {
+			kms_wipe(cek64, strlen(cek64));
+			free(cek64);
+		}
+		free(serial);
+		free(ri);
+		return json_pack("{s:b,s:s,s:s}", "ok", 0, "code", kms_err_code_name(rc), "message", msg);
+	}
+}
+
+/*
+ * Release the content-encryption keys of a batch of messages.  Each release
+ * gets its own audit row (request, Message-ID, date, key); the batch shares
+ * one transaction, so a long archive costs one disk sync per batch.
+ */
 json_t *
 cmd_archive_release(struct kmsd_req *req)
 {
-	static const char *const allowed[] = { "id", "recipient_info", "message_id", "date", NULL };
-	const char *id, *ri64, *msgid, *date;
-	json_t *reply = NULL;
+	static const char *const allowed[] = { "id", "items", NULL };
+	const char *id;
+	json_t *reply = NULL, *items, *results = NULL, *item;
 	struct request rq;
 	struct pending *p;
-	unsigned char *ri = NULL, *cek = NULL;
-	size_t rilen = 0, ceklen = 0, which = 0;
-	char *cek64 = NULL, *serial = NULL, clean_msgid[200];
-	int rc;
+	size_t i;
+	int rc, released = 0;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
 		return reply;
 	id = kmsd_arg_str(req, "id", 1, 31, &reply);
-	ri64 = kmsd_arg_str(req, "recipient_info", 1, 64 * 1024, &reply);
-	msgid = kmsd_arg_str(req, "message_id", 0, 998, &reply);
-	date = kmsd_arg_str(req, "date", 0, 200, &reply);
 	if (reply)
 		return reply;
+	items = json_object_get(req->args, "items");
+	if (!json_is_array(items) || json_array_size(items) == 0 || json_array_size(items) > MAX_RELEASE_BATCH)
+		return kms_reply_error("bad_args", "archive release: items must be an array of 1 to %d RecipientInfos",
+		    MAX_RELEASE_BATCH);
 	kms_sanitize(id, 31, req->request_id, sizeof(req->request_id));
-	kms_sanitize(msgid ? msgid : "(no Message-ID)", 998, clean_msgid, sizeof(clean_msgid));
-	snprintf(req->target, sizeof(req->target), "%s", clean_msgid);
-	if ((rc = kms_b64_decode(ri64, strlen(ri64), &ri, &rilen)) != 0)
-		return kms_reply_error("bad_args", "archive release: recipient_info is not base64");
-	if ((rc = usable_request(req, id, "archive", &rq, &p)) != 0) {
-		free(ri);
+	snprintf(req->target, sizeof(req->target), "%zu message(s)", json_array_size(items));
+	if ((rc = usable_request(req, id, "archive", &rq, &p)) != 0)
+		return kmsd_reply_fail(rc);
+	if ((rc = kms_store_begin(req->st)) != 0) {
+		pthread_mutex_unlock(&rec_lock);
 		return kmsd_reply_fail(rc);
 	}
-	rc = esc_release_cek(ri, rilen, p->keys, p->certs, p->nkeys, &cek, &ceklen, &which);
-	if (rc == 0)
-		serial = ca_serial_hex(X509_get0_serialNumber(p->certs[which]));
+	results = json_array();
+	json_array_foreach(items, i, item)
+		json_array_append_new(results, release_one(req, &rq, p, item, &released));
 	pthread_mutex_unlock(&rec_lock);
-	free(ri);
-	if (rc != 0) {
-		snprintf(req->detail, sizeof(req->detail), "no key released: %.300s", kms_last_error());
+	if ((rc = kms_store_commit(req->st)) != 0) {
+		/* Unaudited releases must not leave: drop the keys we computed. */
+		json_decref(results);
 		return kmsd_reply_fail(rc);
 	}
-	cek64 = kms_b64_encode(cek, ceklen);
-	OPENSSL_secure_clear_free(cek, ceklen);
-	{
-		char cd[200];
-
-		kms_sanitize(date ? date : "", 200, cd, sizeof(cd));
-		snprintf(req->detail, sizeof(req->detail), "key release for %s with key %s; message date %s",
-		    rq.email, serial ? serial : "", cd);
-	}
-	reply = kms_reply_ok(json_pack("{s:s,s:s}", "cek", cek64 ? cek64 : "", "key_serial", serial ? serial : ""));
-	if (cek64) {
-		kms_wipe(cek64, strlen(cek64));
-		free(cek64);
-	}
-	free(serial);
-	return reply;
+	snprintf(req->detail, sizeof(req->detail), "%d of %zu key release(s) for %s", released,
+	    json_array_size(items), rq.email);
+	return kms_reply_ok(json_pack("{s:o,s:s}", "results", results, "email", rq.email));
 }
 
 /* ----------------------------------------------------------------- timers */

@@ -1,0 +1,189 @@
+# lib.sh - shared helpers for the integration tests (sourced, POSIX sh + bash).
+#
+# Each test makes its own temp directory, starts kmsd in the foreground on
+# sockets and ports inside or chosen for it, drives it with kmsctl and real
+# clients (openssl, gpgsm, Postfix), and stops exactly the processes it
+# started, by pid.  Output is TAP-like: "ok N - what" / "not ok N - what".
+# Exit status: 0 all passed, 1 a check failed, 77 skipped.
+
+set -u
+
+: "${top_builddir:=$(pwd)}"
+: "${srcdir:=.}"
+KMSD="${KMSD:-$top_builddir/milter/kmsd}"
+KMSCTL="${KMSCTL:-$top_builddir/ctl/kmsctl}"
+CTLRAW="${CTLRAW:-$top_builddir/tests/integration/ctlraw}"
+DATA="${srcdir}/tests/data"
+
+T=""
+KMSD_PID=""
+PIDS=""
+N=0
+FAILED=0
+
+note() { printf '# %s\n' "$*"; }
+
+pass() {
+	N=$((N + 1))
+	printf 'ok %d - %s\n' "$N" "$1"
+}
+
+fail() {
+	N=$((N + 1))
+	FAILED=$((FAILED + 1))
+	printf 'not ok %d - %s\n' "$N" "$1"
+	[ -n "${2:-}" ] && printf '#   %s\n' "$2"
+	return 0
+}
+
+# check "what" command...: passes when the command succeeds.
+check() {
+	what=$1
+	shift
+	if out=$("$@" 2>&1); then
+		pass "$what"
+	else
+		fail "$what" "$(printf '%s' "$out" | tail -5 | tr '\n' ' ')"
+	fi
+}
+
+# check_fails "what" command...: passes when the command fails.
+check_fails() {
+	what=$1
+	shift
+	if out=$("$@" 2>&1); then
+		fail "$what" "unexpectedly succeeded: $(printf '%s' "$out" | tail -3 | tr '\n' ' ')"
+	else
+		pass "$what"
+	fi
+}
+
+# check_grep "what" PATTERN FILE: FILE contains PATTERN (extended regex).
+check_grep() {
+	if grep -Eq -- "$2" "$3" 2>/dev/null; then
+		pass "$1"
+	else
+		fail "$1" "no /$2/ in $3: $(tail -3 "$3" 2>/dev/null | tr '\n' ' ')"
+	fi
+}
+
+check_nogrep() {
+	if grep -Eq -- "$2" "$3" 2>/dev/null; then
+		fail "$1" "/$2/ found in $3"
+	else
+		pass "$1"
+	fi
+}
+
+skip_all() {
+	printf '1..0 # SKIP %s\n' "$*"
+	exit 77
+}
+
+need_root() {
+	[ "$(id -u)" = 0 ] || skip_all "needs root ($*)"
+}
+
+need_cmd() {
+	for c in "$@"; do
+		command -v "$c" >/dev/null 2>&1 || skip_all "needs $c"
+	done
+}
+
+# A TCP port on 127.0.0.1 that nothing listens on.
+free_port() {
+	while :; do
+		p=$(( ( $(od -An -N2 -tu2 /dev/urandom | tr -d ' ') % 30000 ) + 20000 ))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			echo "$p"
+			return
+		fi
+	done
+}
+
+cleanup() {
+	for p in $PIDS; do
+		kill -TERM "$p" 2>/dev/null
+	done
+	for p in $PIDS; do
+		for _ in 1 2 3 4 5 6 7 8 9 10; do
+			kill -0 "$p" 2>/dev/null || break
+			sleep 0.2
+		done
+		kill -KILL "$p" 2>/dev/null
+	done
+	if [ -n "$T" ] && [ -d "$T" ]; then
+		if [ "$FAILED" -gt 0 ] && [ -n "${KMS_KEEP_FAILED:-}" ]; then
+			note "kept $T"
+		else
+			rm -rf "$T"
+		fi
+	fi
+}
+
+setup() {
+	T=$(mktemp -d "${TMPDIR:-/tmp}/kmsit.XXXXXX")
+	# Postfix (and nobody) must be able to traverse it.
+	chmod 755 "$T"
+	trap cleanup EXIT
+	trap 'exit 1' INT TERM
+	HTTP_PORT=$(free_port)
+	STATE="$T/state"
+	SOCK="$STATE/control.sock"
+	CONF="$T/kmsd.conf"
+}
+
+# write_conf [extra lines...]: a config for this test's kmsd.
+write_conf() {
+	{
+		printf '[kmsd]\nstate_dir = %s\nauthserv_id = mx.test.example\nlog_level = debug\n' "$STATE"
+		printf 'milter_socket_mode = 0666\n'
+		printf '[ca]\nuser_key = %s\npkcs12_iterations = 2048\n' "${USER_KEY:-ec:p256}"
+		printf '[http]\nlisten = 127.0.0.1:%s\n' "$HTTP_PORT"
+		printf '[escrow]\nkrk_key = rsa:3072\n'
+		for l in "$@"; do
+			printf '%s\n' "$l"
+		done
+	} > "$CONF"
+}
+
+# start_kmsd [CONF]: start kmsd in the foreground and wait until it answers.
+start_kmsd() {
+	conf=${1:-$CONF}
+	"$KMSD" -f -c "$conf" >> "$T/kmsd.log" 2>&1 &
+	KMSD_PID=$!
+	PIDS="$PIDS $KMSD_PID"
+	for _ in $(seq 1 100); do
+		if "$KMSCTL" -s "$SOCK" status >/dev/null 2>&1; then
+			return 0
+		fi
+		if ! kill -0 "$KMSD_PID" 2>/dev/null; then
+			note "kmsd exited during start-up:"
+			sed 's/^/#   /' "$T/kmsd.log" | tail -20
+			return 1
+		fi
+		sleep 0.1
+	done
+	note "kmsd did not answer within 10 s"
+	return 1
+}
+
+stop_kmsd() {
+	[ -n "$KMSD_PID" ] || return 0
+	kill -TERM "$KMSD_PID" 2>/dev/null
+	wait "$KMSD_PID" 2>/dev/null
+	rc=$?
+	PIDS=$(printf '%s' "$PIDS" | sed "s/ $KMSD_PID\b//")
+	KMSD_PID=""
+	return $rc
+}
+
+ctl() {
+	"$KMSCTL" -s "$SOCK" "$@"
+}
+
+done_testing() {
+	printf '1..%d\n' "$N"
+	[ "$FAILED" -eq 0 ] || { note "$FAILED check(s) failed; kmsd log tail:"; tail -30 "$T/kmsd.log" 2>/dev/null | sed 's/^/#   /'; exit 1; }
+	exit 0
+}

@@ -328,7 +328,10 @@ struct ca_p12_item {
 /*
  * Build a PKCS#12 holding every item (key and certificate linked by a
  * localKeyID) and the chain certificates, under password.
- * *der is malloc'd.
+ * *der is malloc'd.  CA_P12_COMPAT: gpgsm 2.2 imports every certificate
+ * but only the first item's key, only RSA keys (it crashes on EC ones),
+ * and only passwords of at most 31 bytes (longer ones are refused here
+ * with KMS_ERR_INVALID).
  */
 int ca_p12_build(const struct ca_p12_item *items, size_t n, STACK_OF(X509) *chain, const char *password,
     enum ca_p12_format fmt, int iterations, unsigned char **der, size_t *len);
@@ -341,7 +344,11 @@ struct ca_p12_contents {
 	STACK_OF(X509) *others;     /* certificates without a key (chain) */
 };
 void ca_p12_contents_free(struct ca_p12_contents *c);
-/* Read every key and certificate of a PKCS#12 (KMS_ERR_PERM: wrong password). */
+/*
+ * Read every key and certificate of a PKCS#12 (KMS_ERR_PERM: wrong
+ * password).  A certificate with a key, or with a friendly name, is an
+ * item (keys[i] NULL when it has no key); bare certificates go to others.
+ */
 int ca_p12_read(const unsigned char *der, size_t len, const char *password, struct ca_p12_contents **out);
 
 #endif /* KMS_CA_H */

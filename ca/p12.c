@@ -5,8 +5,8 @@
  * Entry points: ca_p12_format_from_name(), ca_p12_build(), ca_p12_read(),
  * ca_p12_contents_free().
  *
- * Layout (the one OpenSSL and most clients write): an AuthenticatedSafe of
- * two ContentInfos, first the certificates, then the keys as
+ * Layout (the one OpenSSL and most clients write): an AuthenticatedSafe
+ * whose ContentInfos hold first the certificates, then the keys as
  * pkcs8ShroudedKeyBags in plain data, followed by the integrity MAC.  Each
  * key and its certificate share a localKeyID (the SHA-1 of the
  * certificate) and a friendlyName.
@@ -14,8 +14,11 @@
  *   modern: keys and the certificate safe under PBES2 (PBKDF2 with
  *           HMAC-SHA-256, AES-256-CBC); MAC HMAC-SHA-256.
  *   compat: keys under pbeWithSHAAnd3-KeyTripleDES-CBC, certificates in
- *           plain data, MAC HMAC-SHA-1.  What gpgsm 2.2 (Debian 12) and
- *           older mail clients import; the keys are still encrypted.
+ *           plain data, one safe each, MAC HMAC-SHA-1.  What gpgsm 2.2
+ *           (Debian 12) and older mail clients import; the keys are still
+ *           encrypted.  gpgsm 2.2 imports every certificate but only the
+ *           first key of a file, so the first item should be the one it
+ *           needs most (the signing key).
  *
  * Reading walks every safe and bag itself (PKCS12_parse returns only one
  * key): a certificate with a key, or with a friendlyName, is an item; a
@@ -37,6 +40,7 @@
 #define MAX_BAGS 1024       /* bags in a file we read */
 #define MAX_DEPTH 4         /* nesting of safeContentsBags */
 #define MAX_P12_LEN (16 * 1024 * 1024)
+#define COMPAT_MAX_PASSWORD 31
 
 int
 ca_p12_format_from_name(const char *name, enum ca_p12_format *out)
@@ -95,6 +99,39 @@ add_items(const struct ca_p12_item *items, size_t n, const char *password, int k
 	return 0;
 }
 
+/*
+ * The certificates' safes.  compat gives each certificate a plain data safe
+ * of its own: gpgsm 2.2 reads only the first bag of a plain data safe, so
+ * three certificates in one safe would import as one.
+ */
+static int
+add_cert_safes(STACK_OF(PKCS7) **safes, STACK_OF(PKCS12_SAFEBAG) *certs, enum ca_p12_format fmt,
+    int safe_nid, int iter, const char *password)
+{
+	if (certs == NULL)
+		return 0;
+	if (fmt != CA_P12_COMPAT) {
+		if (!PKCS12_add_safe_ex(safes, certs, safe_nid, iter, password, NULL, NULL))
+			return kms_fail_openssl(KMS_ERR_CRYPTO, "PKCS#12 certificate safe");
+		return 0;
+	}
+	for (int i = 0; i < sk_PKCS12_SAFEBAG_num(certs); i++) {
+		STACK_OF(PKCS12_SAFEBAG) *one = sk_PKCS12_SAFEBAG_new_null();
+		int ok;
+
+		if (one == NULL || !sk_PKCS12_SAFEBAG_push(one, sk_PKCS12_SAFEBAG_value(certs, i))) {
+			sk_PKCS12_SAFEBAG_free(one);
+			return kms_fail(KMS_ERR_NOMEM, "PKCS#12 certificate safe");
+		}
+		/* The bag stays owned by certs: free only the one-element stack. */
+		ok = PKCS12_add_safe_ex(safes, one, -1, 0, NULL, NULL, NULL);
+		sk_PKCS12_SAFEBAG_free(one);
+		if (!ok)
+			return kms_fail_openssl(KMS_ERR_CRYPTO, "PKCS#12 certificate safe");
+	}
+	return 0;
+}
+
 int
 ca_p12_build(const struct ca_p12_item *items, size_t n, STACK_OF(X509) *chain, const char *password,
     enum ca_p12_format fmt, int iterations, unsigned char **der, size_t *len)
@@ -121,6 +158,10 @@ ca_p12_build(const struct ca_p12_item *items, size_t n, STACK_OF(X509) *chain, c
 		mac_md = EVP_sha256();
 		break;
 	case CA_P12_COMPAT:
+		/* gpgsm 2.2 derives PKCS#12 keys from at most 31 bytes of password. */
+		if (strlen(password) > COMPAT_MAX_PASSWORD)
+			return kms_fail(KMS_ERR_INVALID, "a compat PKCS#12 password may have at most %d "
+			    "characters (gpgsm 2.2 cannot use a longer one)", COMPAT_MAX_PASSWORD);
 		key_nid = NID_pbe_WithSHA1And3_Key_TripleDES_CBC;
 		safe_nid = -1;                  /* certificates in plain data */
 		mac_md = EVP_sha1();
@@ -136,10 +177,8 @@ ca_p12_build(const struct ca_p12_item *items, size_t n, STACK_OF(X509) *chain, c
 			goto out;
 		}
 	}
-	if (certs != NULL && !PKCS12_add_safe_ex(&safes, certs, safe_nid, iterations, password, NULL, NULL)) {
-		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "PKCS#12 certificate safe");
+	if ((rc = add_cert_safes(&safes, certs, fmt, safe_nid, iterations, password)) != 0)
 		goto out;
-	}
 	if (keys != NULL && !PKCS12_add_safe_ex(&safes, keys, -1, 0, NULL, NULL, NULL)) {
 		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "PKCS#12 key safe");
 		goto out;

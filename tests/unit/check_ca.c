@@ -1404,6 +1404,7 @@ struct p12_layout {
 	int cert_bags_plain, cert_bags_encrypted;
 	int key_bags, key_alg_nid;
 	int key_bags_linked;            /* key bags whose localKeyID matches a certificate bag's */
+	int max_bags_per_plain_cert_safe;
 };
 
 /* Walk the file as a client would and note what protects what. */
@@ -1442,6 +1443,9 @@ p12_inspect(const unsigned char *der, size_t len, const char *pw, struct p12_lay
 			bags = PKCS12_unpack_p7data(p7);
 		}
 		ck_assert_ptr_nonnull(bags);
+		if (!enc && PKCS12_SAFEBAG_get_nid(sk_PKCS12_SAFEBAG_value(bags, 0)) == NID_certBag &&
+		    sk_PKCS12_SAFEBAG_num(bags) > l->max_bags_per_plain_cert_safe)
+			l->max_bags_per_plain_cert_safe = sk_PKCS12_SAFEBAG_num(bags);
 		ck_assert_int_lt(nall, 8);
 		all_bags[nall++] = bags;
 		for (int j = 0; j < sk_PKCS12_SAFEBAG_num(bags); j++) {
@@ -1562,8 +1566,9 @@ START_TEST(test_p12_compat_round_trips_with_3des_keys_plain_certs_sha1_mac)
 	p12_inspect(der, len, "s3cret pass", &l);
 	ck_assert_int_eq(l.mac_nid, NID_sha1);
 	ck_assert_int_eq(l.encrypted_safes, 0);         /* certificates are not encrypted */
-	ck_assert_int_eq(l.plain_safes, 2);
+	ck_assert_int_eq(l.plain_safes, 4);             /* one per certificate (gpgsm 2.2), one for the keys */
 	ck_assert_int_eq(l.cert_bags_plain, 3);
+	ck_assert_int_eq(l.max_bags_per_plain_cert_safe, 1);
 	ck_assert_int_eq(l.key_bags, 2);
 	ck_assert_int_eq(l.key_alg_nid, NID_pbe_WithSHA1And3_Key_TripleDES_CBC);
 	ck_assert_int_eq(l.key_bags_linked, 2);
@@ -1629,6 +1634,27 @@ START_TEST(test_p12_refuses_key_that_does_not_match_its_cert)
 	ck_assert_int_eq(ca_p12_build(f.items, 2, f.chain, "pw", CA_P12_MODERN, 0, &der, &len), KMS_ERR_INVALID);
 	ck_assert_ptr_null(der);
 	ck_assert_int_eq(ca_p12_build(f.items, 2, f.chain, NULL, CA_P12_MODERN, 0, &der, &len), KMS_ERR_INVALID);
+	p12_done(&f);
+}
+END_TEST
+
+START_TEST(test_p12_compat_password_limited_to_31_bytes_for_gpgsm)
+{
+	struct p12_fixture f;
+	unsigned char *der = NULL;
+	size_t len = 0;
+	const char *pw31 = "0123456789012345678901234567890", *pw32 = "01234567890123456789012345678901";
+
+	p12_make(&f, rsa_user_a, rsa_user_b);
+	ck_assert_int_eq(ca_p12_build(f.items, 2, f.chain, pw32, CA_P12_COMPAT, 0, &der, &len), KMS_ERR_INVALID);
+	ck_assert_ptr_null(der);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "31"));
+	ck_assert_int_eq(ca_p12_build(f.items, 2, f.chain, pw31, CA_P12_COMPAT, 0, &der, &len), 0);
+	check_read_back(&f, der, len, pw31);
+	free(der);
+	/* modern has no such limit. */
+	ck_assert_int_eq(ca_p12_build(f.items, 2, f.chain, pw32, CA_P12_MODERN, 0, &der, &len), 0);
+	free(der);
 	p12_done(&f);
 }
 END_TEST
@@ -1739,6 +1765,7 @@ ca_suite(void)
 	tcase_add_test(tc, test_p12_ec_keys_round_trip_in_both_encodings);
 	tcase_add_test(tc, test_p12_wrong_password_fails);
 	tcase_add_test(tc, test_p12_refuses_key_that_does_not_match_its_cert);
+	tcase_add_test(tc, test_p12_compat_password_limited_to_31_bytes_for_gpgsm);
 	tcase_add_test(tc, test_p12_cert_without_key_and_garbage);
 	suite_add_tcase(s, tc);
 	return s;

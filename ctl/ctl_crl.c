@@ -80,8 +80,10 @@ crl_fetch(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *cafile = NULL, *outdir = NULL;
+	STACK_OF(X509) *cas = NULL;
 	long timeout = 30;
-	struct ca_fetch_result res;
+	long long number = -1;
+	char name[256];
 	int c, rc;
 
 	optind = 0;
@@ -97,14 +99,18 @@ crl_fetch(int argc, char **argv)
 		return ctl_usage_error("crl fetch: give the URL, --ca CAFILE and --out DIR");
 	if (timeout < 1 || timeout > 600)
 		return ctl_usage_error("crl fetch: --timeout is 1 to 600 seconds");
-	rc = ca_crl_replicate(argv[optind], cafile, outdir, timeout, &res);
+	if (ca_crl_load_cas(cafile, &cas) != 0)
+		return ctl_fail(CTL_ERR_USAGE, "crl fetch: cannot read the CA certificates");
+	if (ca_crl_file_name(argv[optind], name, sizeof(name)) != 0)
+		snprintf(name, sizeof(name), "crl");
+	rc = ca_crl_fetch_to_dir(argv[optind], cas, outdir, (int)timeout, &number);
+	sk_X509_pop_free(cas, X509_free);
 	if (rc != 0) {
-		fprintf(stderr, "kmsctl: crl fetch: %s%s\n", kms_last_error(),
-		    res.kept_previous ? " (the previous good copy is kept)" : "");
+		fprintf(stderr, "kmsctl: crl fetch: %s; the previous copy in %s (if any) is kept\n", kms_last_error(), outdir);
 		return CTL_ERR_REPLY;
 	}
-	printf("CRL number %lld from %s checked against %s and saved as %s (next update %s)%s\n", res.number,
-	    argv[optind], cafile, res.path, res.next_update, res.stale ? ": WARNING, it is past its next update" : "");
+	printf("CRL number %lld from %s checked against %s and saved in %s as %s\n", number, argv[optind], cafile,
+	    outdir, name);
 	return CTL_OK;
 }
 

@@ -30,6 +30,7 @@
 #include <gmime/gmime.h>
 #include <openssl/cms.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
@@ -94,15 +95,16 @@ msg_clear(struct msg *m)
 	memset(m, 0, sizeof(*m));
 }
 
+/* Mark m failed with "what" or "what: detail". */
 static void
-msg_fail(struct msg *m, const char *fmt, const char *detail)
+msg_fail(struct msg *m, const char *what, const char *detail)
 {
-	size_t n = strlen(fmt) + (detail ? strlen(detail) : 0) + 8;
+	size_t n = strlen(what) + (detail ? strlen(detail) : 0) + 8;
 
 	free(m->why);
 	m->why = malloc(n);
 	if (m->why)
-		snprintf(m->why, n, fmt, detail ? detail : "");
+		snprintf(m->why, n, "%s%s%s", what, detail && *detail ? ": " : "", detail && *detail ? detail : "");
 	m->kind = MSG_BROKEN;
 }
 
@@ -188,7 +190,7 @@ examine(struct arc *a, struct msg *m)
 	size_t derlen = 0;
 
 	if (gm == NULL) {
-		msg_fail(m, "not a mail message%s", NULL);
+		msg_fail(m, "not a mail message", NULL);
 		return;
 	}
 	if (g_mime_message_get_message_id(gm))
@@ -211,7 +213,7 @@ examine(struct arc *a, struct msg *m)
 		goto out;
 	}
 	if (part_content(part, &der, &derlen) != 0) {
-		msg_fail(m, "cannot decode the S/MIME body%s", NULL);
+		msg_fail(m, "cannot decode the S/MIME body", NULL);
 		goto out;
 	}
 	if (esc_enveloped_parse(der, derlen, &m->env) != 0) {
@@ -219,7 +221,7 @@ examine(struct arc *a, struct msg *m)
 			m->kind = MSG_PLAIN;    /* a .p7m that is not enveloped */
 			kms_clear_error();
 		} else {
-			msg_fail(m, "broken CMS structure: %s", kms_last_error());
+			msg_fail(m, "broken CMS structure", kms_last_error());
 		}
 		goto out;
 	}
@@ -258,7 +260,7 @@ release_batch(struct arc *a)
 		if (m->kind != MSG_MINE)
 			continue;
 		if (esc_enveloped_ri(m->env, m->ri, &ri, &rilen) != 0 || (b64 = kms_b64_encode(ri, rilen)) == NULL) {
-			msg_fail(m, "cannot encode the RecipientInfo%s", NULL);
+			msg_fail(m, "cannot encode the RecipientInfo", NULL);
 			continue;
 		}
 		json_array_append_new(items, json_pack("{s:s,s:s,s:s}", "recipient_info", b64,
@@ -291,11 +293,11 @@ release_batch(struct arc *a)
 		size_t ceklen = 0;
 
 		if (!json_is_true(json_object_get(r, "ok"))) {
-			msg_fail(m, "kmsd released no key: %s", ctl_str(r, "message"));
+			msg_fail(m, "kmsd released no key", ctl_str(r, "message"));
 			continue;
 		}
 		if (kms_b64_decode(ctl_str(r, "cek"), strlen(ctl_str(r, "cek")), &cek, &ceklen) != 0) {
-			msg_fail(m, "malformed key from kmsd%s", NULL);
+			msg_fail(m, "malformed key from kmsd", NULL);
 			continue;
 		}
 		m->cek = OPENSSL_secure_malloc(ceklen ? ceklen : 1);
@@ -326,7 +328,7 @@ release_local(struct arc *a, struct msg *m)
 
 	if (esc_enveloped_ri(m->env, m->ri, &ri, &rilen) != 0 ||
 	    esc_release_cek(ri, rilen, a->keys, a->certs, a->ncerts, &m->cek, &m->ceklen, &which) != 0) {
-		msg_fail(m, "cannot open the message key: %s", kms_last_error());
+		msg_fail(m, "cannot open the message key", kms_last_error());
 		return;
 	}
 	m->key_serial = ca_serial_hex(X509_get0_serialNumber(a->certs[which]));
@@ -611,10 +613,10 @@ emit(struct arc *a, struct msg *m)
 		if (a->keys)
 			release_local(a, m);
 		if (m->kind == MSG_MINE && m->cek == NULL && m->why == NULL)
-			msg_fail(m, "no key released%s", NULL);
+			msg_fail(m, "no key released", NULL);
 		if (m->kind == MSG_MINE &&
 		    esc_enveloped_decrypt(m->env, m->cek, m->ceklen, &plain, &plainlen) != 0)
-			msg_fail(m, "decryption failed: %s", kms_last_error());
+			msg_fail(m, "decryption failed", kms_last_error());
 	}
 	switch (m->kind) {
 	case MSG_MINE: {
@@ -638,7 +640,8 @@ emit(struct arc *a, struct msg *m)
 	case MSG_BROKEN:
 		a->failed++;
 		add_reason(a, m);
-		/* fall through: broken messages are kept as they were */
+		/* Broken messages are kept as they were. */
+		__attribute__((fallthrough));
 	case MSG_PLAIN:
 	case MSG_ENCRYPTED_OTHER:
 		if (m->kind == MSG_PLAIN)
@@ -694,7 +697,7 @@ take(struct arc *a, unsigned char *raw, size_t len, const char *source)
 	snprintf(m->source, sizeof(m->source), "%s", source);
 	a->seen++;
 	if (len > MAX_MESSAGE)
-		msg_fail(m, "message larger than 100 MiB%s", NULL);
+		msg_fail(m, "message larger than 100 MiB", NULL);
 	else
 		examine(a, m);
 	if (m->kind == MSG_MINE)

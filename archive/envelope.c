@@ -33,6 +33,20 @@
 /* An envelope is the PKCS#8 plus a few hundred bytes per recipient. */
 #define MAX_ENVELOPE (64 * 1024)
 
+/* Is key a usable private key (not just a public one)? */
+static int
+is_private_key(EVP_PKEY *key)
+{
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+	int ok;
+
+	if (ctx == NULL)
+		return 0;
+	ok = EVP_PKEY_private_check(ctx) == 1;
+	EVP_PKEY_CTX_free(ctx);
+	return ok;
+}
+
 int
 esc_key_to_secret(EVP_PKEY *key, unsigned char **secret, size_t *len)
 {
@@ -44,6 +58,10 @@ esc_key_to_secret(EVP_PKEY *key, unsigned char **secret, size_t *len)
 	*len = 0;
 	if (key == NULL)
 		return kms_fail(KMS_ERR_INVALID, "no key");
+	if (!is_private_key(key)) {
+		ERR_clear_error();
+		return kms_fail(KMS_ERR_INVALID, "not a private key");
+	}
 	p8 = EVP_PKEY2PKCS8(key);
 	if (p8 == NULL)
 		return kms_fail_openssl(KMS_ERR_CRYPTO, "cannot encode the private key as PKCS#8");
@@ -71,20 +89,6 @@ out:
 		OPENSSL_secure_clear_free(buf, (size_t)n);
 	PKCS8_PRIV_KEY_INFO_free(p8);   /* wipes its copy of the key */
 	return rc;
-}
-
-/* Is key a usable private key (not just a public one)? */
-static int
-is_private_key(EVP_PKEY *key)
-{
-	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
-	int ok;
-
-	if (ctx == NULL)
-		return 0;
-	ok = EVP_PKEY_private_check(ctx) == 1;
-	EVP_PKEY_CTX_free(ctx);
-	return ok;
 }
 
 int
@@ -162,6 +166,11 @@ esc_wrap_key(X509 *krk_cert, EVP_PKEY *key, unsigned char **der, size_t *len)
 
 	cms = CMS_AuthEnvelopedData_create(EVP_aes_256_gcm());
 	if (cms == NULL) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "cannot create the envelope");
+		goto out;
+	}
+	/* A new AuthEnvelopedData is detached: we want the content inside. */
+	if (CMS_set_detached(cms, 0) != 1) {
 		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "cannot create the envelope");
 		goto out;
 	}

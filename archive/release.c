@@ -13,7 +13,8 @@
  *   KeyAgreeRecipientInfo   ephemeral-static ECDH (RFC 5753):
  *                           dhSinglePass-stdDH / cofactorDH with the X9.63
  *                           KDF over ECC-CMS-SharedInfo, then AES key wrap
- * Anything else is KMS_ERR_INVALID with the algorithm named.  The CEK and
+ * Unknown algorithms are KMS_ERR_INVALID with the algorithm named; KEK,
+ * password and other recipients name no key of ours (KMS_ERR_NOTFOUND).  The CEK and
  * every intermediate secret (ECDH output, key-encryption key) live in the
  * secure heap and are wiped.
  */
@@ -48,18 +49,26 @@ struct release_out {
 	size_t which;
 };
 
+/* "name (1.2.3)" or "1.2.3" for an algorithm in an error message. */
 static void
 oid_text(const ASN1_OBJECT *obj, char *buf, size_t size)
 {
-	if (obj == NULL || OBJ_obj2txt(buf, (int)size, obj, 0) <= 0)
+	char num[80];
+	int nid = obj ? OBJ_obj2nid(obj) : NID_undef;
+
+	if (obj == NULL || OBJ_obj2txt(num, sizeof(num), obj, 1) <= 0)
 		snprintf(buf, size, "(unknown)");
+	else if (nid != NID_undef)
+		snprintf(buf, size, "%s (%s)", OBJ_nid2sn(nid), num);
+	else
+		snprintf(buf, size, "%s", num);
 }
 
 static int
 unsupported(const char *what, const X509_ALGOR *alg)
 {
 	const ASN1_OBJECT *obj = NULL;
-	char txt[100];
+	char txt[160];
 
 	if (alg != NULL)
 		X509_ALGOR_get0(&obj, NULL, NULL, alg);
@@ -650,14 +659,15 @@ esc_release_cek(const unsigned char *ri_der, size_t ri_len, EVP_PKEY *const *key
 	case ESC_RI_KARI:
 		rc = release_kari(ri->d.kari, keys, certs, nkeys, &out);
 		break;
+	/* These name a shared key, a password or something else: never one of the user's keys. */
 	case ESC_RI_KEKRI:
-		rc = kms_fail(KMS_ERR_INVALID, "KEKRecipientInfo (a shared symmetric key) is not supported");
+		rc = kms_fail(KMS_ERR_NOTFOUND, "a KEK recipient (shared symmetric key) is not addressed to a user's key");
 		break;
 	case ESC_RI_PWRI:
-		rc = kms_fail(KMS_ERR_INVALID, "PasswordRecipientInfo is not supported");
+		rc = kms_fail(KMS_ERR_NOTFOUND, "a password recipient is not addressed to a user's key");
 		break;
 	default:
-		rc = kms_fail(KMS_ERR_INVALID, "OtherRecipientInfo is not supported");
+		rc = kms_fail(KMS_ERR_NOTFOUND, "an OtherRecipientInfo is not addressed to a user's key");
 		break;
 	}
 	ASN1_item_free((ASN1_VALUE *)ri, ASN1_ITEM_rptr(ESC_RI));

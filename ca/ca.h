@@ -214,14 +214,15 @@ int ca_crl_publish(const char *dir, const char *name, const struct ca_crl_set *s
  * long-poll (GET url?after=N: answered when a CRL numbered above N exists,
  * else 304 after its timeout); -1 for a plain GET.  timeout bounds the
  * whole transfer in seconds; max bounds the size (0: CA_CRL_FETCH_MAX).
- * 0 with *crl set; 0 with *crl NULL when the server answered 304.  der
- * (may be NULL) receives the CRL's DER (malloc'd).  Errors: KMS_ERR_IO
+ * cancel (may be NULL) is polled during the transfer: when it reads
+ * non-zero the fetch stops with KMS_ERR_STATE.  0 with *crl set; 0 with
+ * *crl NULL when the server answered 304.  der (may be NULL) receives the CRL's DER (malloc'd).  Errors: KMS_ERR_IO
  * (connection), KMS_ERR_TIMEOUT, KMS_ERR_TOOBIG, KMS_ERR_NOTFOUND (404 or
  * no file), KMS_ERR_PROTO (other HTTP status), KMS_ERR_CORRUPT (not a CRL).
  * The signature is not checked here: see ca_crl_check().
  */
-int ca_crl_fetch(const char *url, int timeout, long long after, size_t max, X509_CRL **crl,
-    unsigned char **der, size_t *derlen);
+int ca_crl_fetch(const char *url, int timeout, long long after, size_t max, const int *cancel,
+    X509_CRL **crl, unsigned char **der, size_t *derlen);
 /* Parse DER or PEM (KMS_ERR_CORRUPT if neither). */
 int ca_crl_parse(const unsigned char *buf, size_t len, X509_CRL **out);
 /* The CRL number extension, or -1 if absent. */
@@ -281,6 +282,12 @@ int ca_revidx_add_store(struct ca_revidx_builder *b, struct kms_store *st, X509 
  * stale.  KMS_ERR_CORRUPT for a bad signature (nothing added).
  */
 int ca_revidx_add_crl(struct ca_revidx_builder *b, X509_CRL *crl, X509 *issuer, time_t now);
+/*
+ * Add a CRL that ca_crl_check() accepted earlier (a kept last good copy):
+ * no second signature check; entries marked stale if now is past its
+ * nextUpdate.
+ */
+int ca_revidx_add_checked_crl(struct ca_revidx_builder *b, X509_CRL *crl, time_t now);
 /* Note that the issuer's revocation data is stale (kept last good copy). */
 int ca_revidx_mark_stale(struct ca_revidx_builder *b, const X509_NAME *issuer);
 int ca_revidx_build(struct ca_revidx_builder *b, struct ca_revidx **out);

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -121,8 +122,22 @@ ca_crl_number(X509_CRL *crl)
 	return v;
 }
 
+/* libcurl's progress callback: a non-zero return aborts the transfer. */
 static int
-fetch_http(const char *url, int timeout, long long after, size_t max, struct body *b, long *status)
+progress_cancel(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+	const int *cancel = arg;
+
+	(void)dltotal;
+	(void)dlnow;
+	(void)ultotal;
+	(void)ulnow;
+	return __atomic_load_n(cancel, __ATOMIC_ACQUIRE) ? 1 : 0;
+}
+
+static int
+fetch_http(const char *url, int timeout, long long after, size_t max, const int *cancel, struct body *b,
+    long *status)
 {
 	CURL *c = NULL;
 	CURLcode cc;
@@ -163,12 +178,19 @@ fetch_http(const char *url, int timeout, long long after, size_t max, struct bod
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, body_write);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+	if (cancel != NULL) {
+		curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+		curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, progress_cancel);
+		curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)(uintptr_t)cancel);
+	}
 	cc = curl_easy_perform(c);
 	if (cc == CURLE_OK) {
 		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
 		rc = 0;
 	} else if (b->toobig || cc == CURLE_FILESIZE_EXCEEDED) {
 		rc = kms_fail(KMS_ERR_TOOBIG, "%s: CRL larger than %zu bytes", url, max);
+	} else if (cc == CURLE_ABORTED_BY_CALLBACK) {
+		rc = kms_fail(KMS_ERR_STATE, "%s: cancelled", url);
 	} else if (cc == CURLE_OPERATION_TIMEDOUT) {
 		rc = kms_fail(KMS_ERR_TIMEOUT, "%s: timed out after %d s", url, timeout);
 	} else {
@@ -180,7 +202,7 @@ fetch_http(const char *url, int timeout, long long after, size_t max, struct bod
 }
 
 int
-ca_crl_fetch(const char *url, int timeout, long long after, size_t max, X509_CRL **crl,
+ca_crl_fetch(const char *url, int timeout, long long after, size_t max, const int *cancel, X509_CRL **crl,
     unsigned char **der, size_t *derlen)
 {
 	struct body b = { 0 };
@@ -198,7 +220,7 @@ ca_crl_fetch(const char *url, int timeout, long long after, size_t max, X509_CRL
 	if (max == 0 || max > CA_CRL_FETCH_MAX)
 		max = CA_CRL_FETCH_MAX;
 	if (is_http(url)) {
-		if ((rc = fetch_http(url, timeout, after, max, &b, &status)) != 0)
+		if ((rc = fetch_http(url, timeout, after, max, cancel, &b, &status)) != 0)
 			goto out;
 		if (status == 304) {
 			rc = 0;
@@ -221,7 +243,11 @@ ca_crl_fetch(const char *url, int timeout, long long after, size_t max, X509_CRL
 			goto out;
 	}
 	if ((rc = ca_crl_parse(b.p, b.len, crl)) != 0) {
-		rc = kms_fail(rc, "%s: %s", url, kms_last_error());
+		char why[512];
+
+		/* kms_fail() writes the buffer kms_last_error() returns: copy first. */
+		snprintf(why, sizeof(why), "%s", kms_last_error());
+		rc = kms_fail(rc, "%s: %s", url, why);
 		goto out;
 	}
 	if (der != NULL) {
@@ -416,12 +442,15 @@ ca_crl_fetch_to_dir(const char *url, STACK_OF(X509) *cas, const char *dir, int t
 	int rc, stale;
 
 	*number = -1;
-	if ((rc = ca_crl_fetch(url, timeout, -1, 0, &crl, NULL, NULL)) != 0)
+	if ((rc = ca_crl_fetch(url, timeout, -1, 0, NULL, &crl, NULL, NULL)) != 0)
 		return rc;
 	if (crl == NULL)
 		return kms_fail(KMS_ERR_PROTO, "%s: no CRL in the answer", url);
 	if ((rc = ca_crl_find_issuer(crl, cas, time(NULL), &issuer, &stale)) != 0) {
-		rc = kms_fail(rc, "%s: %s; the local copy is kept", url, kms_last_error());
+		char why[512];
+
+		snprintf(why, sizeof(why), "%s", kms_last_error());
+		rc = kms_fail(rc, "%s: %s; the local copy is kept", url, why);
 		goto out;
 	}
 	if (stale) {

@@ -582,19 +582,16 @@ ca_crl_check(X509_CRL *crl, X509 *issuer, time_t now, int *stale)
 	return 0;
 }
 
-int
-ca_revidx_add_crl(struct ca_revidx_builder *b, X509_CRL *crl, X509 *issuer_cert, time_t now)
+/* Add the entries of a CRL already checked against its issuer. */
+static int
+add_entries(struct ca_revidx_builder *b, X509_CRL *crl, int stale)
 {
 	STACK_OF(X509_REVOKED) *revs;
 	struct rev_issuer *is;
 	long issuer;
 	time_t nu = 0;
-	int rc, stale, ok;
+	int rc, ok;
 
-	if (b->err)
-		return KMS_ERR_NOMEM;
-	if ((rc = ca_crl_check(crl, issuer_cert, now, &stale)) != 0)
-		return rc;
 	if (X509_CRL_get0_nextUpdate(crl) != NULL)
 		nu = asn1_time_t(X509_CRL_get0_nextUpdate(crl), &ok);
 	if ((issuer = builder_issuer(b, X509_CRL_get_issuer(crl))) < 0)
@@ -637,6 +634,33 @@ ca_revidx_add_crl(struct ca_revidx_builder *b, X509_CRL *crl, X509 *issuer_cert,
 		}
 	}
 	return 0;
+}
+
+int
+ca_revidx_add_crl(struct ca_revidx_builder *b, X509_CRL *crl, X509 *issuer_cert, time_t now)
+{
+	int rc, stale;
+
+	if (b->err)
+		return KMS_ERR_NOMEM;
+	if ((rc = ca_crl_check(crl, issuer_cert, now, &stale)) != 0)
+		return rc;
+	return add_entries(b, crl, stale);
+}
+
+int
+ca_revidx_add_checked_crl(struct ca_revidx_builder *b, X509_CRL *crl, time_t now)
+{
+	const ASN1_TIME *nu;
+	int ok, stale = 0;
+
+	if (b->err)
+		return KMS_ERR_NOMEM;
+	if (crl == NULL)
+		return kms_fail(KMS_ERR_INVALID, "no CRL");
+	if ((nu = X509_CRL_get0_nextUpdate(crl)) != NULL && now > asn1_time_t(nu, &ok))
+		stale = 1;
+	return add_entries(b, crl, stale);
 }
 
 int

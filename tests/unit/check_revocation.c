@@ -1220,9 +1220,9 @@ START_TEST(test_fetch_bounds_size_and_names_files_safely)
 	X509_CRL *c = mk_ext_crl(ca, other_key, sers, 3, 1, time(NULL) - 60, time(NULL) + 3600), *got = NULL;
 	char *src = write_crl_file("b.crl", c, 0), name[64];
 
-	ck_assert_int_eq(ca_crl_fetch(src, 5, -1, 64, &got, NULL, NULL), KMS_ERR_TOOBIG);
+	ck_assert_int_eq(ca_crl_fetch(src, 5, -1, 64, NULL, &got, NULL, NULL), KMS_ERR_TOOBIG);
 	ck_assert_ptr_null(got);
-	ck_assert_int_eq(ca_crl_fetch(src, 5, -1, 0, &got, NULL, NULL), 0);
+	ck_assert_int_eq(ca_crl_fetch(src, 5, -1, 0, NULL, &got, NULL, NULL), 0);
 	ck_assert_ptr_nonnull(got);
 	X509_CRL_free(got);
 

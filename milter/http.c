@@ -1,0 +1,661 @@
+/*
+ * http.c - the HTTP distribution point: our CRLs and CA certificate over
+ * plain HTTP, served by libmicrohttpd from in-memory copies.
+ *
+ * Entry points: http_listen(), http_port(), http_start(), http_publish(),
+ * http_stop().  Owns the published copies ("blobs": immutable, reference
+ * counted, so a response in flight keeps the bytes it started with while
+ * kmsd publishes a newer CRL) and the long-poll waiters.
+ *
+ * libmicrohttpd runs one thread per connection, bounded by
+ * [http] max_connections, so a long poll (GET /crl/<name>.crl?after=N) can
+ * simply wait on a condition variable that http_publish() broadcasts.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "milter/http.h"
+
+#define CT_CRL "application/pkix-crl"
+#define CT_CERT "application/pkix-cert"
+#define CERT_MAX_AGE 86400
+
+struct blob {
+	atomic_long refs;
+	unsigned char *data;
+	size_t len;
+	long long number;           /* CRL number; -1 for the certificate */
+	time_t last_modified;
+	time_t next_update;         /* 0 for the certificate */
+	char etag[48];
+};
+
+struct site {
+	char *name;
+	struct blob *full, *delta, *cert;
+	struct site *next;
+};
+
+struct http_server {
+	struct MHD_Daemon *mhd;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;          /* broadcast on publish and on stop */
+	struct site *sites;
+	int stopping;
+	unsigned longpoll_ms;
+};
+
+/* ----------------------------------------------------------------- blobs */
+
+static void
+blob_unref(struct blob *b)
+{
+	if (b == NULL || atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	free(b->data);
+	free(b);
+}
+
+static struct blob *
+blob_ref(struct blob *b)
+{
+	if (b != NULL)
+		atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+	return b;
+}
+
+static void
+blob_free_cb(void *arg)
+{
+	blob_unref(arg);
+}
+
+static struct blob *
+blob_new(const unsigned char *data, size_t len, long long number, time_t lm, time_t nu)
+{
+	struct blob *b = calloc(1, sizeof(*b));
+	char *hex;
+
+	if (b == NULL || (b->data = malloc(len ? len : 1)) == NULL || (hex = kms_sha256_hex(data, len)) == NULL) {
+		if (b != NULL)
+			free(b->data);
+		free(b);
+		return NULL;
+	}
+	memcpy(b->data, data, len);
+	b->len = len;
+	b->number = number;
+	b->last_modified = lm;
+	b->next_update = nu;
+	if (number >= 0)
+		snprintf(b->etag, sizeof(b->etag), "\"%lld-%.16s\"", number, hex);
+	else
+		snprintf(b->etag, sizeof(b->etag), "\"%.24s\"", hex);
+	free(hex);
+	atomic_init(&b->refs, 1);
+	return b;
+}
+
+/* ------------------------------------------------------------ HTTP dates */
+
+static const char *const wdays[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
+static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep",
+	"Oct", "Nov", "Dec" };
+
+/* IMF-fixdate, independent of the locale. */
+static void
+http_date(time_t t, char *buf, size_t len)
+{
+	struct tm tm;
+
+	gmtime_r(&t, &tm);
+	snprintf(buf, len, "%s, %02d %s %04d %02d:%02d:%02d GMT", wdays[tm.tm_wday % 7], tm.tm_mday,
+	    months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+static int
+month_of(const char *m)
+{
+	for (int i = 0; i < 12; i++)
+		if (strcasecmp(m, months[i]) == 0)
+			return i;
+	return -1;
+}
+
+/* RFC 9110 5.6.7: IMF-fixdate, RFC 850 and asctime forms.  0 or -1. */
+static int
+parse_http_date(const char *s, time_t *out)
+{
+	struct tm tm;
+	char wd[16], mon[4];
+	int d, y, h, mi, sec, mo;
+
+	memset(&tm, 0, sizeof(tm));
+	if (sscanf(s, "%3s, %2d %3s %4d %2d:%2d:%2d GMT", wd, &d, mon, &y, &h, &mi, &sec) == 7) {
+		/* IMF-fixdate */
+	} else if (sscanf(s, "%15[A-Za-z], %2d-%3s-%2d %2d:%2d:%2d GMT", wd, &d, mon, &y, &h, &mi, &sec) == 7) {
+		y += y < 70 ? 2000 : 1900;
+	} else if (sscanf(s, "%3s %3s %2d %2d:%2d:%2d %4d", wd, mon, &d, &h, &mi, &sec, &y) == 7) {
+		/* asctime */
+	} else {
+		return -1;
+	}
+	if ((mo = month_of(mon)) < 0 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60 || y < 1970)
+		return -1;
+	tm.tm_year = y - 1900;
+	tm.tm_mon = mo;
+	tm.tm_mday = d;
+	tm.tm_hour = h;
+	tm.tm_min = mi;
+	tm.tm_sec = sec;
+	*out = timegm(&tm);
+	return 0;
+}
+
+/* Does an If-None-Match list name etag (weak comparison, RFC 9110 13.1.2)? */
+static int
+etag_listed(const char *list, const char *etag)
+{
+	size_t elen = strlen(etag);
+	const char *p = list;
+
+	while (*p != '\0') {
+		const char *end;
+
+		while (*p == ' ' || *p == '\t' || *p == ',')
+			p++;
+		if (*p == '*')
+			return 1;
+		if (strncmp(p, "W/", 2) == 0)
+			p += 2;
+		if (*p != '"')
+			return 0;
+		if ((end = strchr(p + 1, '"')) == NULL)
+			return 0;
+		if ((size_t)(end + 1 - p) == elen && strncmp(p, etag, elen) == 0)
+			return 1;
+		p = end + 1;
+	}
+	return 0;
+}
+
+/* --------------------------------------------------------------- replies */
+
+static enum MHD_Result
+reply_text(struct MHD_Connection *c, unsigned status, const char *text)
+{
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+
+	r = MHD_create_response_from_buffer(strlen(text), (void *)(uintptr_t)text, MHD_RESPMEM_PERSISTENT);
+	if (r == NULL)
+		return MHD_NO;
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+	ret = MHD_queue_response(c, status, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static void
+add_validators(struct MHD_Response *r, const struct blob *b)
+{
+	char date[64], cc[64];
+	time_t now = time(NULL);
+
+	MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, b->etag);
+	http_date(b->last_modified, date, sizeof(date));
+	MHD_add_response_header(r, MHD_HTTP_HEADER_LAST_MODIFIED, date);
+	if (b->next_update > 0) {
+		long long age = b->next_update > now ? (long long)(b->next_update - now) : 0;
+
+		snprintf(cc, sizeof(cc), "public, max-age=%lld, no-transform", age);
+		http_date(b->next_update, date, sizeof(date));
+		MHD_add_response_header(r, MHD_HTTP_HEADER_EXPIRES, date);
+	} else {
+		snprintf(cc, sizeof(cc), "public, max-age=%d, no-transform", CERT_MAX_AGE);
+	}
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, cc);
+}
+
+/* Queue b with status 200 or 304; takes the reference to b. */
+static enum MHD_Result
+reply_blob(struct MHD_Connection *c, struct blob *b, const char *ctype, unsigned status)
+{
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+
+	if (status == MHD_HTTP_NOT_MODIFIED) {
+		r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+		if (r == NULL) {
+			blob_unref(b);
+			return MHD_NO;
+		}
+		add_validators(r, b);
+		blob_unref(b);
+	} else {
+		r = MHD_create_response_from_buffer_with_free_callback_cls(b->len, b->data, blob_free_cb, b);
+		if (r == NULL) {
+			blob_unref(b);
+			return MHD_NO;
+		}
+		add_validators(r, b);
+		MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+	}
+	ret = MHD_queue_response(c, status, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+/* 304 when the client's copy is current (If-None-Match wins over If-Modified-Since). */
+static int
+not_modified(struct MHD_Connection *c, const struct blob *b)
+{
+	const char *inm = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
+	const char *ims;
+	time_t t;
+
+	if (inm != NULL)
+		return etag_listed(inm, b->etag);
+	ims = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_MODIFIED_SINCE);
+	return ims != NULL && parse_http_date(ims, &t) == 0 && b->last_modified <= t;
+}
+
+/* ---------------------------------------------------------------- routing */
+
+enum what { W_NONE, W_FULL, W_DELTA, W_CERT };
+
+static int
+name_ok(const char *s, size_t n)
+{
+	if (n == 0 || n > 128 || s[0] == '.')
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') ||
+		    s[i] == '-' || s[i] == '_' || s[i] == '.'))
+			return 0;
+	return 1;
+}
+
+static struct site *
+site_find(struct http_server *srv, const char *name, size_t n)
+{
+	for (struct site *s = srv->sites; s != NULL; s = s->next)
+		if (strlen(s->name) == n && memcmp(s->name, name, n) == 0)
+			return s;
+	return NULL;
+}
+
+static int
+ends_with(const char *s, size_t n, const char *suffix)
+{
+	size_t k = strlen(suffix);
+
+	return n >= k && memcmp(s + n - k, suffix, k) == 0;
+}
+
+/* Under mu: the site and what the URL asks of it. */
+static enum what
+route(struct http_server *srv, const char *url, struct site **site)
+{
+	size_t n;
+
+	*site = NULL;
+	if (strncmp(url, "/crl/", 5) == 0) {
+		url += 5;
+		n = strlen(url);
+		if (!ends_with(url, n, ".crl") || !name_ok(url, n - 4))
+			return W_NONE;
+		n -= 4;
+		/* A CA whose own name ends in "-delta" wins over another's delta. */
+		if ((*site = site_find(srv, url, n)) != NULL)
+			return W_FULL;
+		if (ends_with(url, n, "-delta") && (*site = site_find(srv, url, n - 6)) != NULL)
+			return W_DELTA;
+	} else if (strncmp(url, "/ca/", 4) == 0) {
+		url += 4;
+		n = strlen(url);
+		if (ends_with(url, n, ".crt") && name_ok(url, n - 4) && (*site = site_find(srv, url, n - 4)) != NULL)
+			return W_CERT;
+	}
+	return W_NONE;
+}
+
+static int
+parse_after(const char *s, long long *out)
+{
+	long long v = 0;
+
+	if (s == NULL || *s == '\0' || strlen(s) > 18)
+		return -1;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return -1;
+		v = v * 10 + (*s - '0');
+	}
+	*out = v;
+	return 0;
+}
+
+static void
+deadline_after(struct timespec *ts, unsigned ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+/*
+ * GET /crl/<name>.crl?after=N: wait (this connection's own thread) until
+ * the CRL's number exceeds N, the server stops, or the timeout passes.
+ */
+static enum MHD_Result
+long_poll(struct http_server *srv, struct MHD_Connection *c, const char *url, long long after)
+{
+	struct timespec deadline;
+	struct site *site;
+	struct blob *b = NULL;
+	int stopping;
+
+	deadline_after(&deadline, srv->longpoll_ms);
+	pthread_mutex_lock(&srv->mu);
+	if (route(srv, url, &site) != W_FULL) {
+		pthread_mutex_unlock(&srv->mu);
+		return reply_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
+	}
+	for (;;) {
+		if (srv->stopping)
+			break;
+		/* The site may have been republished; find it again after each wake-up. */
+		if (route(srv, url, &site) == W_FULL && site->full != NULL && site->full->number > after)
+			break;
+		if (pthread_cond_timedwait(&srv->cv, &srv->mu, &deadline) == ETIMEDOUT)
+			break;
+	}
+	stopping = srv->stopping;
+	if (!stopping && route(srv, url, &site) == W_FULL)
+		b = blob_ref(site->full);
+	pthread_mutex_unlock(&srv->mu);
+	if (stopping)
+		return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down\n");
+	if (b == NULL)
+		return reply_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
+	return reply_blob(c, b, CT_CRL, b->number > after ? MHD_HTTP_OK : MHD_HTTP_NOT_MODIFIED);
+}
+
+static enum MHD_Result
+handle(void *cls, struct MHD_Connection *c, const char *url, const char *method, const char *version,
+    const char *upload_data, size_t *upload_size, void **req_cls)
+{
+	struct http_server *srv = cls;
+	struct site *site;
+	struct blob *b = NULL;
+	enum what w;
+	const char *after_s, *ctype;
+	long long after;
+	int head;
+
+	(void)version;
+	(void)upload_data;
+	(void)upload_size;
+	(void)req_cls;
+	if (strcmp(method, MHD_HTTP_METHOD_GET) == 0)
+		head = 0;
+	else if (strcmp(method, MHD_HTTP_METHOD_HEAD) == 0)
+		head = 1;
+	else
+		return reply_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+
+	after_s = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "after");
+	if (after_s != NULL && !head) {
+		if (parse_after(after_s, &after) != 0)
+			return reply_text(c, MHD_HTTP_BAD_REQUEST, "after= takes a CRL number\n");
+		return long_poll(srv, c, url, after);
+	}
+
+	pthread_mutex_lock(&srv->mu);
+	w = route(srv, url, &site);
+	if (w == W_FULL)
+		b = blob_ref(site->full);
+	else if (w == W_DELTA)
+		b = blob_ref(site->delta);
+	else if (w == W_CERT)
+		b = blob_ref(site->cert);
+	pthread_mutex_unlock(&srv->mu);
+	if (b == NULL)
+		return reply_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
+	ctype = w == W_CERT ? CT_CERT : CT_CRL;
+	return reply_blob(c, b, ctype, not_modified(c, b) ? MHD_HTTP_NOT_MODIFIED : MHD_HTTP_OK);
+}
+
+static void
+mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	(void)cls;
+	kms_vlog(KMS_LOG_DEBUG, fmt, ap);
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+int
+http_listen(const char *hostport, int *fd)
+{
+	struct addrinfo hints, *res = NULL, *ai;
+	char host[256], port[16];
+	const char *colon, *h = hostport;
+	size_t hl;
+	int s = -1, one = 1, rc, err = 0;
+
+	*fd = -1;
+	if (hostport == NULL || (colon = strrchr(hostport, ':')) == NULL || colon[1] == '\0' ||
+	    strlen(colon + 1) >= sizeof(port))
+		return kms_fail(KMS_ERR_CONFIG, "HTTP listen address \"%.64s\" is not HOST:PORT", hostport ? hostport : "");
+	snprintf(port, sizeof(port), "%s", colon + 1);
+	hl = (size_t)(colon - hostport);
+	if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+		h++;
+		hl -= 2;
+	}
+	if (hl >= sizeof(host))
+		return kms_fail(KMS_ERR_CONFIG, "HTTP listen host too long");
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	if ((rc = getaddrinfo(host[0] == '\0' || strcmp(host, "*") == 0 ? NULL : host, port, &hints, &res)) != 0)
+		return kms_fail(KMS_ERR_CONFIG, "HTTP listen %s: %s", hostport, gai_strerror(rc));
+	for (ai = res; ai != NULL; ai = ai->ai_next) {
+		s = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+		if (s < 0) {
+			err = errno;
+			continue;
+		}
+		setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (ai->ai_family == AF_INET6)
+			setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		if (bind(s, ai->ai_addr, ai->ai_addrlen) == 0 && listen(s, 64) == 0)
+			break;
+		err = errno;
+		close(s);
+		s = -1;
+	}
+	freeaddrinfo(res);
+	if (s < 0)
+		return kms_fail(KMS_ERR_IO, "HTTP listen %s: %s", hostport, strerror(err));
+	*fd = s;
+	return 0;
+}
+
+int
+http_port(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+		return -1;
+	if (ss.ss_family == AF_INET)
+		return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	if (ss.ss_family == AF_INET6)
+		return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	return -1;
+}
+
+int
+http_start(int fd, const struct http_opts *opts, struct http_server **out)
+{
+	struct http_server *srv;
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	pthread_condattr_t ca;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_AUTO |
+	    MHD_USE_ERROR_LOG;
+	unsigned maxc = opts && opts->max_connections ? opts->max_connections : 64;
+	unsigned lp = opts && opts->longpoll_ms ? opts->longpoll_ms : 30000;
+
+	*out = NULL;
+	if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+		return kms_fail(KMS_ERR_INVALID, "HTTP: no listening socket");
+	if (ss.ss_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	if ((srv = calloc(1, sizeof(*srv))) == NULL)
+		return KMS_ERR_NOMEM;
+	srv->longpoll_ms = lp;
+	pthread_mutex_init(&srv->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&srv->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	srv->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handle, srv,
+	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+	    MHD_OPTION_CONNECTION_LIMIT, maxc,
+	    /* An idle client goes after this; a long poll is not idle (its thread is in our handler). */
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(lp / 1000 + 30),
+	    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+	    MHD_OPTION_END);
+	if (srv->mhd == NULL) {
+		pthread_cond_destroy(&srv->cv);
+		pthread_mutex_destroy(&srv->mu);
+		free(srv);
+		return kms_fail(KMS_ERR_IO, "HTTP: libmicrohttpd did not start");
+	}
+	*out = srv;
+	return 0;
+}
+
+void
+http_stop(struct http_server *srv)
+{
+	struct site *s, *next;
+
+	if (srv == NULL)
+		return;
+	pthread_mutex_lock(&srv->mu);
+	srv->stopping = 1;
+	pthread_cond_broadcast(&srv->cv);
+	pthread_mutex_unlock(&srv->mu);
+	/* Joins the connection threads; the long polls were just woken. */
+	MHD_stop_daemon(srv->mhd);
+	for (s = srv->sites; s != NULL; s = next) {
+		next = s->next;
+		blob_unref(s->full);
+		blob_unref(s->delta);
+		blob_unref(s->cert);
+		free(s->name);
+		free(s);
+	}
+	pthread_cond_destroy(&srv->cv);
+	pthread_mutex_destroy(&srv->mu);
+	free(srv);
+}
+
+int
+http_publish(struct http_server *srv, const char *name, const struct ca_crl_set *set, X509 *ca_cert)
+{
+	struct blob *full = NULL, *delta = NULL, *cert = NULL, *old[3] = { NULL, NULL, NULL };
+	struct site *site;
+	unsigned char *der = NULL;
+	int n, rc = 0;
+
+	if (srv == NULL)
+		return 0;
+	if (name == NULL || !name_ok(name, strlen(name)) || set == NULL || set->full_der == NULL)
+		return kms_fail(KMS_ERR_INVALID, "HTTP publish: bad name or no CRL");
+	if ((full = blob_new(set->full_der, set->full_len, set->full_number, set->this_update,
+	    set->next_update)) == NULL)
+		goto nomem;
+	if (set->delta_der != NULL && (delta = blob_new(set->delta_der, set->delta_len, set->delta_number,
+	    set->this_update, set->next_update)) == NULL)
+		goto nomem;
+	if (ca_cert != NULL) {
+		struct tm tm;
+		time_t nb = 0;
+
+		if ((n = i2d_X509(ca_cert, &der)) <= 0) {
+			rc = kms_fail_openssl(KMS_ERR_CRYPTO, "encode CA certificate");
+			goto out;
+		}
+		if (ASN1_TIME_to_tm(X509_get0_notBefore(ca_cert), &tm))
+			nb = timegm(&tm);
+		if ((cert = blob_new(der, (size_t)n, -1, nb, 0)) == NULL)
+			goto nomem;
+	}
+
+	pthread_mutex_lock(&srv->mu);
+	if ((site = site_find(srv, name, strlen(name))) == NULL) {
+		if ((site = calloc(1, sizeof(*site))) == NULL || (site->name = strdup(name)) == NULL) {
+			free(site);
+			pthread_mutex_unlock(&srv->mu);
+			goto nomem;
+		}
+		site->next = srv->sites;
+		srv->sites = site;
+	}
+	old[0] = site->full;
+	old[1] = site->delta;
+	site->full = full;
+	site->delta = delta;
+	full = delta = NULL;
+	if (cert != NULL) {
+		old[2] = site->cert;
+		site->cert = cert;
+		cert = NULL;
+	}
+	pthread_cond_broadcast(&srv->cv);
+	pthread_mutex_unlock(&srv->mu);
+	goto out;
+nomem:
+	rc = KMS_ERR_NOMEM;
+out:
+	for (int i = 0; i < 3; i++)
+		blob_unref(old[i]);
+	blob_unref(full);
+	blob_unref(delta);
+	blob_unref(cert);
+	OPENSSL_free(der);
+	return rc;
+}

@@ -1,0 +1,155 @@
+/*
+ * httpglue.c - binds the HTTP distribution point and CRL synchronisation
+ * (milter/http.c, milter/crlsync.c) to the running kmsd: settings from the
+ * current environment, the [ca] name for published CRLs, and an index
+ * rebuild (kmsd_revidx_rebuild) whenever a synchronised CRL changes.
+ *
+ * Entry points: kmsd_http_start(), kmsd_http_stop(), kmsd_http_publish(),
+ * kmsd_sync_start(), kmsd_sync_stop(), kmsd_sync_refresh(),
+ * kmsd_sync_add_to().  Kept apart from http.c and crlsync.c so that their
+ * unit suite links without the rest of kmsd.
+ */
+#include "config.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "milter/http.h"
+#include "milter/kmsd.h"
+
+static pthread_mutex_t http_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct http_server *cur_http;
+
+static pthread_mutex_t sync_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct crlsync *cur_sync;
+static char *sync_dbpath;
+
+int
+kmsd_http_start(int fd, struct http_server **out)
+{
+	struct kmsd_env *env = kmsd_env_get();
+	struct http_opts o;
+	int rc;
+
+	o.max_connections = (unsigned)env->cfg->http.max_connections;
+	o.longpoll_ms = (unsigned)env->cfg->http.longpoll_timeout * 1000u;
+	kmsd_env_put(env);
+	if ((rc = http_start(fd, &o, out)) != 0)
+		return rc;
+	pthread_mutex_lock(&http_mu);
+	cur_http = *out;
+	pthread_mutex_unlock(&http_mu);
+	return 0;
+}
+
+void
+kmsd_http_stop(struct http_server *srv)
+{
+	pthread_mutex_lock(&http_mu);
+	if (cur_http == srv)
+		cur_http = NULL;
+	pthread_mutex_unlock(&http_mu);
+	http_stop(srv);
+}
+
+void
+kmsd_http_publish(const struct ca_crl_set *set, X509 *ca_cert)
+{
+	struct kmsd_env *env;
+
+	pthread_mutex_lock(&http_mu);
+	if (cur_http != NULL) {
+		env = kmsd_env_get();
+		if (http_publish(cur_http, env->cfg->ca.name, set, ca_cert) != 0)
+			kms_log(KMS_LOG_ERR, "HTTP distribution point: %s", kms_last_error());
+		kmsd_env_put(env);
+	}
+	pthread_mutex_unlock(&http_mu);
+}
+
+/* A synchronised CRL changed: rebuild the index on a store connection of this thread. */
+static void
+sync_changed(void *arg)
+{
+	struct kms_store *st = NULL;
+
+	(void)arg;
+	if (kms_store_open(sync_dbpath, 0, &st) != 0) {
+		kms_log(KMS_LOG_ERR, "revocation index not rebuilt: %s", kms_last_error());
+		return;
+	}
+	if (kmsd_revidx_rebuild(st) != 0)
+		kms_log(KMS_LOG_ERR, "revocation index not rebuilt: %s", kms_last_error());
+	kms_store_close(st);
+}
+
+int
+kmsd_sync_start(void)
+{
+	struct kmsd_env *env = kmsd_env_get();
+	const struct kms_config *cfg = env->cfg;
+	struct crlsync_opts o = { 0 };
+	struct crlsync *s = NULL;
+	char *cache = NULL;
+	int rc = 0;
+
+	if (cfg->crl.source[0] == '\0' && cfg->crl.external[0] == '\0')
+		goto out;
+	if ((cache = kms_path_join(cfg->kmsd.state_dir, "crl-cache")) == NULL ||
+	    (sync_dbpath == NULL && (sync_dbpath = kms_path_join(cfg->kmsd.state_dir, KMS_STORE_FILE)) == NULL)) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	o.source = cfg->crl.source;
+	o.source_ca = cfg->crl.source_ca;
+	o.external = cfg->crl.external;
+	o.external_ca = cfg->crl.external_ca;
+	o.external_refresh = (int)cfg->crl.external_refresh;
+	o.longpoll_timeout = (int)cfg->http.longpoll_timeout;
+	o.cache_dir = cache;
+	o.changed = sync_changed;
+	pthread_mutex_lock(&sync_mu);
+	rc = crlsync_start(&o, &cur_sync);
+	s = cur_sync;
+	pthread_mutex_unlock(&sync_mu);
+	/* Copies kept by the previous run count from now on. */
+	if (rc == 0 && s != NULL)
+		sync_changed(NULL);
+out:
+	free(cache);
+	kmsd_env_put(env);
+	return rc;
+}
+
+void
+kmsd_sync_stop(void)
+{
+	struct crlsync *s;
+
+	pthread_mutex_lock(&sync_mu);
+	s = cur_sync;
+	cur_sync = NULL;
+	pthread_mutex_unlock(&sync_mu);
+	crlsync_stop(s);
+	free(sync_dbpath);
+	sync_dbpath = NULL;
+}
+
+void
+kmsd_sync_refresh(void)
+{
+	pthread_mutex_lock(&sync_mu);
+	crlsync_refresh(cur_sync);
+	pthread_mutex_unlock(&sync_mu);
+}
+
+int
+kmsd_sync_add_to(struct ca_revidx_builder *b)
+{
+	int rc;
+
+	pthread_mutex_lock(&sync_mu);
+	rc = crlsync_add_to(cur_sync, b, time(NULL));
+	pthread_mutex_unlock(&sync_mu);
+	return rc;
+}

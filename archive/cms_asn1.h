@@ -3,8 +3,9 @@
  * parts of CMS (RFC 5652, 5083, 5753, 8017) that OpenSSL parses but does
  * not expose: RecipientInfo in full, EnvelopedData and AuthEnvelopedData
  * with their encrypted content, RSAES-OAEP parameters and the
- * ECC-CMS-SharedInfo of the X9.63 KDF.  Used by release.c (kmsd side) and
- * enveloped.c (kmsctl side).  Not part of the module's public interface.
+ * ECC-CMS-SharedInfo of the X9.63 KDF.  Used by release.c (kmsd side),
+ * enveloped.c (kmsctl side) and envelope.c (opening escrow envelopes).
+ * Not part of the module's public interface.
  *
  * Type names follow the OpenSSL template macros, which need one identifier
  * per type; they are prefixed ESC_ to keep them ours.
@@ -209,5 +210,16 @@ int esc_asn1_params_empty(const X509_ALGOR *alg);
 int esc_iasn_matches(const ESC_ISSUER_SERIAL *iasn, X509 *cert);
 int esc_ski_matches(const ASN1_OCTET_STRING *ski, X509 *cert);
 int esc_ri_matches(const ESC_RI *ri, X509 *cert);
+
+/*
+ * Module-internal entry points of enveloped.c, for envelope.c: the
+ * content decrypted into the secure heap (free with
+ * OPENSSL_secure_clear_free), and whether the message is
+ * AuthEnvelopedData.
+ */
+struct esc_enveloped;
+int esc_enveloped_decrypt_secure(const struct esc_enveloped *e, const unsigned char *cek, size_t cek_len,
+    unsigned char **out, size_t *out_len);
+int esc_enveloped_is_auth(const struct esc_enveloped *e);
 
 #endif /* KMS_ARCHIVE_CMS_ASN1_H */

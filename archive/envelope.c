@@ -8,8 +8,11 @@
  * An envelope is AES-256-GCM content (the PKCS#8 DER of the key) whose
  * content-encryption key goes to the KRK certificate by RSAES-OAEP with
  * SHA-256 and MGF1-SHA-256.  Wrapping needs only the KRK certificate, so
- * kmsd archives keys without holding the KRK private key.  Every clear
- * copy of a private key made here lives in the secure heap and is wiped.
+ * kmsd archives keys without holding the KRK private key.  Opening goes
+ * through our own CMS code (release.c, enveloped.c) rather than
+ * CMS_decrypt(), so that the content-encryption key and the decrypted
+ * PKCS#8 only ever sit in the secure heap and are wiped; OpenSSL's copy
+ * loop would leave them in stack buffers.
  */
 #include "config.h"
 
@@ -18,7 +21,6 @@
 #include <string.h>
 
 #include <openssl/bio.h>
-#include <openssl/buffer.h>
 #include <openssl/cms.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -27,6 +29,7 @@
 #include <openssl/x509.h>
 
 #include "archive/esc.h"
+#include "archive/cms_asn1.h"
 
 /* The largest PKCS#8 we expect: RSA-16384 is about 9.5 KiB. */
 #define MAX_PKCS8 (32 * 1024)
@@ -218,47 +221,55 @@ out:
 int
 esc_unwrap_key(EVP_PKEY *krk_key, X509 *krk_cert, const unsigned char *der, size_t len, EVP_PKEY **key)
 {
-	CMS_ContentInfo *cms = NULL;
-	const unsigned char *p = der;
-	BIO *out = NULL;
-	BUF_MEM *bm = NULL;
+	struct esc_enveloped *e = NULL;
+	unsigned char *cek = NULL, *p8 = NULL;
+	size_t cek_len = 0, p8_len = 0, which, i, n;
 	int rc;
 
 	*key = NULL;
-	if (krk_key == NULL || der == NULL || len == 0)
-		return kms_fail(KMS_ERR_INVALID, "no KRK key or no envelope");
+	if (krk_key == NULL || krk_cert == NULL || der == NULL || len == 0)
+		return kms_fail(KMS_ERR_INVALID, "no KRK key and certificate, or no envelope");
 	if (len > MAX_ENVELOPE)
 		return kms_fail(KMS_ERR_CORRUPT, "escrow envelope too large (%zu bytes)", len);
-	cms = d2i_CMS_ContentInfo(NULL, &p, (long)len);
-	if (cms == NULL || p != der + len) {
-		ERR_clear_error();
+	if (esc_enveloped_parse(der, len, &e) != 0) {
 		rc = kms_fail(KMS_ERR_CORRUPT, "escrow envelope is not a valid CMS structure");
 		goto out;
 	}
-	if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_id_smime_ct_authEnvelopedData) {
+	if (!esc_enveloped_is_auth(e)) {
 		rc = kms_fail(KMS_ERR_CORRUPT, "escrow envelope is not AuthEnvelopedData");
 		goto out;
 	}
-	/* Decrypted bytes go to a secure-heap memory BIO, wiped when freed. */
-	out = BIO_new(BIO_s_secmem());
-	if (out == NULL) {
-		rc = kms_fail_openssl(KMS_ERR_NOMEM, "memory BIO");
+	/* The RecipientInfo for this KRK; its CEK is opened in the secure heap. */
+	n = esc_enveloped_count(e);
+	for (i = 0; i < n; i++)
+		if (esc_enveloped_ri_matches(e, i, krk_cert))
+			break;
+	if (i == n) {
+		rc = kms_fail(KMS_ERR_CORRUPT, "escrow envelope is not addressed to this key-recovery key");
 		goto out;
 	}
-	if (CMS_decrypt(cms, krk_key, krk_cert, NULL, out, CMS_BINARY) != 1) {
-		ERR_clear_error();
-		rc = kms_fail(KMS_ERR_CORRUPT, "escrow envelope does not open with this KRK "
-		    "(wrong key-recovery key, or the envelope was altered)");
+	{
+		const unsigned char *ri;
+		size_t rlen;
+
+		if ((rc = esc_enveloped_ri(e, i, &ri, &rlen)) != 0 ||
+		    (rc = esc_release_cek(ri, rlen, &krk_key, &krk_cert, 1, &cek, &cek_len, &which)) != 0) {
+			rc = kms_fail(KMS_ERR_CORRUPT, "escrow envelope does not open with this key-recovery key");
+			goto out;
+		}
+	}
+	if (esc_enveloped_decrypt_secure(e, cek, cek_len, &p8, &p8_len) != 0) {
+		rc = kms_fail(KMS_ERR_CORRUPT, "escrow envelope fails its authentication "
+		    "(altered, or not made for this key-recovery key)");
 		goto out;
 	}
-	if (BIO_get_mem_ptr(out, &bm) != 1 || bm == NULL || bm->length == 0) {
-		rc = kms_fail(KMS_ERR_CORRUPT, "escrow envelope is empty");
-		goto out;
-	}
-	if ((rc = esc_key_from_secret((const unsigned char *)bm->data, bm->length, key)) != 0)
+	if ((rc = esc_key_from_secret(p8, p8_len, key)) != 0)
 		kms_fail(rc, "escrow envelope does not hold a private key");
 out:
-	BIO_free(out);
-	CMS_ContentInfo_free(cms);
+	if (cek != NULL)
+		OPENSSL_secure_clear_free(cek, cek_len);
+	if (p8 != NULL)
+		OPENSSL_secure_clear_free(p8, p8_len);
+	esc_enveloped_free(e);
 	return rc;
 }

@@ -314,8 +314,22 @@ feed(EVP_CIPHER_CTX *c, unsigned char *out, const unsigned char *in, size_t len,
 	return 0;
 }
 
-int
-esc_enveloped_decrypt(const struct esc_enveloped *e, const unsigned char *cek, size_t cek_len,
+static void
+free_output(unsigned char *buf, size_t cap, int secure)
+{
+	if (buf == NULL)
+		return;
+	if (secure) {
+		OPENSSL_secure_clear_free(buf, cap);
+	} else {
+		OPENSSL_cleanse(buf, cap);
+		free(buf);
+	}
+}
+
+/* Decrypt into malloc'd memory, or into the secure heap when secure is set. */
+static int
+decrypt_content(const struct esc_enveloped *e, const unsigned char *cek, size_t cek_len, int secure,
     unsigned char **out, size_t *out_len)
 {
 	struct content_cipher cc;
@@ -351,7 +365,7 @@ esc_enveloped_decrypt(const struct esc_enveloped *e, const unsigned char *cek, s
 		goto out;
 	}
 	cap = clen + 32;
-	buf = malloc(cap);
+	buf = secure ? OPENSSL_secure_malloc(cap) : malloc(cap);
 	c = EVP_CIPHER_CTX_new();
 	if (buf == NULL || c == NULL) {
 		rc = KMS_ERR_NOMEM;
@@ -390,12 +404,29 @@ esc_enveloped_decrypt(const struct esc_enveloped *e, const unsigned char *cek, s
 	buf = NULL;
 	rc = 0;
 out:
-	if (buf != NULL) {
-		OPENSSL_cleanse(buf, cap);
-		free(buf);
-	}
+	free_output(buf, cap, secure);
 	OPENSSL_free(aad);
 	EVP_CIPHER_CTX_free(c);
 	ASN1_item_free((ASN1_VALUE *)cc.gcm, ASN1_ITEM_rptr(ESC_GCM_PARAMS));
 	return rc;
+}
+
+int
+esc_enveloped_decrypt(const struct esc_enveloped *e, const unsigned char *cek, size_t cek_len,
+    unsigned char **out, size_t *out_len)
+{
+	return decrypt_content(e, cek, cek_len, 0, out, out_len);
+}
+
+int
+esc_enveloped_decrypt_secure(const struct esc_enveloped *e, const unsigned char *cek, size_t cek_len,
+    unsigned char **out, size_t *out_len)
+{
+	return decrypt_content(e, cek, cek_len, 1, out, out_len);
+}
+
+int
+esc_enveloped_is_auth(const struct esc_enveloped *e)
+{
+	return e != NULL && e->auth;
 }

@@ -67,12 +67,16 @@ struct esc_share_meta {
  *   -----BEGIN SMIME-KMS RECOVERY SHARE-----
  *   KRK-Fingerprint: <hex>
  *   Share: <index> of <total>, threshold <m>
- *   Encryption: none | scrypt-aes-256-gcm
- *   Checksum: <hex sha-256 of the decoded payload>
+ *   Encryption: none | scrypt-aes-256-gcm N=131072 r=8 p=1
+ *   Checksum: <hex sha-256 of the three lines above and the decoded payload>
  *
  *   <base64, 64 columns>
  *   -----END SMIME-KMS RECOVERY SHARE-----
- * passphrase NULL writes the share in clear.  *text is malloc'd.
+ * The payload is the share, or salt (16) | nonce (12) | ciphertext | tag
+ * (16) with the key scrypt(passphrase, salt) and the three header lines
+ * as AAD.  passphrase NULL writes the share in clear.  *text is malloc'd
+ * (it holds the share: wipe it after writing).  meta->index must equal
+ * share->index; meta->encrypted is ignored.
  */
 int esc_share_encode(const struct esc_share *share, const struct esc_share_meta *meta,
     const char *passphrase, char **text, size_t *len);
@@ -95,7 +99,12 @@ char *esc_share_digest(const struct esc_share *share);
  * AES-256-GCM, RSA-OAEP (SHA-256) key transport to krk_cert.  *der malloc'd.
  */
 int esc_wrap_key(X509 *krk_cert, EVP_PKEY *key, unsigned char **der, size_t *len);
-/* Unwrap with the KRK private key; *key get1 (secure heap where OpenSSL allows). */
+/*
+ * Unwrap with the KRK private key and its certificate (which names the
+ * RecipientInfo to open); *key get1 (secure heap where OpenSSL allows).
+ * KMS_ERR_CORRUPT for an envelope that is damaged, altered, not
+ * AuthEnvelopedData or not addressed to this KRK.
+ */
 int esc_unwrap_key(EVP_PKEY *krk_key, X509 *krk_cert, const unsigned char *der, size_t len, EVP_PKEY **key);
 
 /* The KRK's private key as PKCS#8 DER in secure memory, and back. */
@@ -126,7 +135,12 @@ int esc_store_check_share(struct kms_store *st, long long krk_id, int index, con
 /* Mark a KRK retired (caller's transaction). */
 int esc_store_retire_krk(struct kms_store *st, long long id, time_t when);
 
-/* Store the escrowed envelope of the encryption certificate serial (caller's transaction). */
+/*
+ * Store the escrowed envelope of the encryption certificate serial (caller's
+ * transaction).  KMS_ERR_INVALID if serial is not an encryption certificate
+ * (signing keys are never escrowed), KMS_ERR_NOTFOUND for an unknown serial
+ * or KRK, KMS_ERR_EXISTS if it already has one.
+ */
 int esc_store_put(struct kms_store *st, const char *serial, long long krk_id, const unsigned char *env, size_t len);
 
 struct esc_entry {
@@ -153,7 +167,10 @@ int esc_store_rewrap(struct kms_store *st, const char *serial, long long krk_id,
  * keys with their certificates, find the key it is addressed to (issuer and
  * serial, or subject key identifier) and decrypt the content-encryption
  * key.  *cek is OPENSSL_secure_malloc'd; *which is the index into keys.
- * KMS_ERR_NOTFOUND when the RecipientInfo names none of the keys.
+ * KMS_ERR_NOTFOUND when the RecipientInfo names none of the keys (KEK,
+ * password and other recipients never do); KMS_ERR_INVALID for a
+ * malformed RecipientInfo or an algorithm we do not support (named in the
+ * detail); KMS_ERR_CRYPTO when the key does not decrypt.
  */
 int esc_release_cek(const unsigned char *ri_der, size_t ri_len, EVP_PKEY *const *keys, X509 *const *certs,
     size_t nkeys, unsigned char **cek, size_t *cek_len, size_t *which);

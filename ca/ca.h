@@ -64,8 +64,9 @@ void ca_free(struct ca *ca);
 int ca_store_save(struct kms_store *st, const struct ca *ca, const char *encrypted_key_pem, const char *key_type);
 /*
  * Load the CA.  passphrase NULL loads the certificate only (key NULL).
- * KMS_ERR_NOTFOUND when the CA was never initialised; KMS_ERR_PERM on a
- * wrong passphrase.
+ * name NULL accepts any.  KMS_ERR_NOTFOUND when the CA was never
+ * initialised; KMS_ERR_STATE when it was, under another name; KMS_ERR_PERM
+ * on a wrong passphrase.
  */
 int ca_store_load(struct kms_store *st, const char *name, const char *passphrase, struct ca **out);
 

@@ -212,8 +212,9 @@ ca_store_load(struct kms_store *st, const char *name, const char *passphrase, st
 		rc = kms_fail(KMS_ERR_NOMEM, "CA name");
 		goto out;
 	}
+	/* [ca] name changed after init: the CRL and certificate file names would no longer match. */
 	if (name != NULL && strcmp(name, stored_name) != 0) {
-		rc = kms_fail(KMS_ERR_NOTFOUND, "the store holds the CA \"%s\", not \"%s\" ([ca] name)",
+		rc = kms_fail(KMS_ERR_STATE, "the store holds the CA \"%s\", but [ca] name says \"%s\"",
 		    stored_name, name);
 		goto out;
 	}

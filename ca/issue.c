@@ -212,10 +212,15 @@ out:
 static GENERAL_NAMES *
 one_general_name(int type, const char *value)
 {
-	GENERAL_NAMES *gens = GENERAL_NAMES_new();
-	GENERAL_NAME *g = GENERAL_NAME_new();
-	ASN1_IA5STRING *ia5 = ASN1_IA5STRING_new();
+	GENERAL_NAMES *gens;
+	GENERAL_NAME *g;
+	ASN1_IA5STRING *ia5;
 
+	if (value == NULL)
+		return NULL;
+	gens = GENERAL_NAMES_new();
+	g = GENERAL_NAME_new();
+	ia5 = ASN1_IA5STRING_new();
 	if (gens == NULL || g == NULL || ia5 == NULL || !ASN1_STRING_set(ia5, value, (int)strlen(value)))
 		goto fail;
 	GENERAL_NAME_set0_value(g, type, ia5);

@@ -8,10 +8,9 @@
  * The CA key is kept as PEM "ENCRYPTED PRIVATE KEY" (PKCS#8, PBES2) with
  * scrypt (N=2^14, r=8, p=1) and AES-256-CBC.  scrypt rather than PBKDF2
  * because it is memory-hard: a stolen store costs an attacker 16 MiB of
- * memory per guess, not a few hash blocks.  N=2^15 would need 32 MiB and a
- * little more, just over the 32 MiB cap that OpenSSL's PKCS#8 reader
- * applies to scrypt, so files written with it could not be read back by
- * OpenSSL (ours or openssl(1)).
+ * memory per guess, not a few hash blocks.  N=2^15 would need a little
+ * over 32 MiB, past the cap OpenSSL applies to scrypt in PKCS#8: it
+ * refuses to write or read such a key (here and in openssl(1)).
  */
 #include "config.h"
 

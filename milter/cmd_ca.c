@@ -454,6 +454,10 @@ cmd_enroll(struct kmsd_req *req)
 		return kms_reply_error("bad_args", "enroll: \"%s\" is not a mailbox address (ASCII local@domain)", req->target);
 	if (password && strlen(password) < 8)
 		return kms_reply_error("bad_args", "enroll: the password must have at least 8 characters");
+	/* gpgsm 2.2 cannot open a compat file under a longer password: refuse before issuing. */
+	if (password && strlen(password) > 31 && strcmp(cfg->ca.pkcs12_format, "compat") == 0)
+		return kms_reply_error("bad_args", "enroll: with pkcs12_format = compat the password may have at most "
+		    "31 characters (gpgsm 2.2 fails on longer ones)");
 	if (ca == NULL || ca->key == NULL)
 		return kms_reply_error("bad_state", "enroll: the CA is not initialised (kmsctl init --org NAME)");
 	if (kmsd_krk_get(req->st, &krk, &krk_id) != 0)

@@ -12,9 +12,12 @@
  * cost is one pass and about twice the CRL's size in memory.
  *
  * Numbering: full and delta CRLs share one sequence (RFC 5280 5.2.3), kept in
- * the crls table.  certs.crl_number records the full CRL that first listed a
- * revocation; the delta issued with full CRL n names the previous full CRL as
- * its base and lists exactly the revocations no full CRL had listed before.
+ * the crls table.  ca_store_revoke() stamps each revocation with the number
+ * the next CRL will have (certs.crl_number), so a revocation is in full CRL
+ * B exactly when its stamp is at most B; the delta issued with full CRL n
+ * names the previous full CRL as its base B and lists the revocations
+ * stamped above B.  Rows revoked before stamps existed get the new full
+ * CRL's number here.  The rows come from the covering index certs_crl.
  * No issuingDistributionPoint is written: RFC 5280 makes it critical, and
  * dirmngr refuses CRLs with critical extensions other than AKI and CRL
  * number, while our CRLs are complete for the CA so they do not need one.
@@ -644,6 +647,10 @@ ca_crl_issue(struct kms_store *st, const struct ca *ca, const struct ca_crl_opts
 	set->this_update = cp.this_update;
 	set->next_update = cp.next_update;
 
+	/* Revocations made before stamps existed: listed from this full CRL on. */
+	if ((rc = exec_ll(st, "UPDATE certs SET crl_number = ?1 WHERE revoked_at IS NOT NULL AND crl_number IS NULL",
+	    set->full_number, "number old revocations")) != 0)
+		goto rollback;
 	if (opts->delta) {
 		/*
 		 * Base: the previous full CRL.  With none, the delta is based
@@ -652,17 +659,13 @@ ca_crl_issue(struct kms_store *st, const struct ca *ca, const struct ca_crl_opts
 		cp.number = set->full_number + 1;
 		cp.base = prev_full > 0 ? prev_full : set->full_number;
 		cp.freshest_url = NULL;
-		rc = build_from(st, prev_full > 0 ?
-		    ROWS_SQL " AND (crl_number IS NULL OR crl_number > ?2) ORDER BY serial" :
+		rc = build_from(st, prev_full > 0 ? ROWS_SQL " AND crl_number > ?2 ORDER BY serial" :
 		    ROWS_SQL " AND 0", now, cp.base, &cp, &set->delta_der, &set->delta_len);
 		if (rc != 0 || (rc = save_crl(st, cp.number, "delta", cp.base, cp.this_update, cp.next_update,
 		    set->delta_der, set->delta_len)) != 0)
 			goto rollback;
 		set->delta_number = cp.number;
 	}
-	if ((rc = exec_ll(st, "UPDATE certs SET crl_number = ?1 WHERE revoked_at IS NOT NULL AND crl_number IS NULL",
-	    set->full_number, "mark listed revocations")) != 0)
-		goto rollback;
 	/* Keep the base of the new delta and everything after it; the numbers stay monotonic. */
 	if ((rc = exec_ll(st, "DELETE FROM crls WHERE number < ?1",
 	    prev_full > 0 ? prev_full : set->full_number, "prune old CRLs")) != 0)

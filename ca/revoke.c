@@ -3,7 +3,10 @@
  *
  * Entry points: ca_reason_from_name(), ca_reason_name() (RFC 5280 CRLReason
  * names and codes) and ca_store_revoke(), which marks one row of the certs
- * table revoked inside the caller's transaction.  Also the serial helpers
+ * table revoked inside the caller's transaction.  The row also records the
+ * number the next CRL will carry (certs.crl_number): every CRL numbered
+ * below it was signed before the revocation, which is how a delta CRL
+ * knows what is new since its base without rewriting rows at issue time.  Also the serial helpers
  * shared with crl.c and revidx.c (ca/crlint.h): store serials are lowercase
  * hex without leading zeros, possibly of odd length.
  */
@@ -160,7 +163,8 @@ ca_store_revoke(struct kms_store *st, const char *serial, time_t when, int reaso
 	s = NULL;
 
 	if (sqlite3_prepare_v2(db,
-	    "UPDATE certs SET revoked_at = ?, reason = ?, invalidity = ?, crl_number = NULL "
+	    "UPDATE certs SET revoked_at = ?, reason = ?, invalidity = ?, "
+	    "  crl_number = (SELECT COALESCE(MAX(number), 0) + 1 FROM crls) "
 	    "WHERE serial = ? AND revoked_at IS NULL", -1, &s, NULL) != SQLITE_OK)
 		return kms_store_fail(st, "revoke certificate");
 	sqlite3_bind_int64(s, 1, (sqlite3_int64)when);

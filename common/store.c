@@ -98,6 +98,17 @@ static const char *const migrations[] = {
 	 */
 	"ALTER TABLE certs ADD COLUMN ski TEXT;"
 	"CREATE INDEX certs_ski ON certs(ski) WHERE ski IS NOT NULL;",
+
+	/*
+	 * 6: what a CRL needs of each revoked certificate, in serial order, in
+	 * one compact covering index (a million-entry CRL is then one
+	 * sequential read); and revocations no CRL has numbered yet (rows
+	 * revoked before step 4), normally none.  certs.crl_number is now set
+	 * when a certificate is revoked: the number the next CRL will have.
+	 */
+	"CREATE INDEX certs_crl ON certs(serial, revoked_at, reason, invalidity, not_after, crl_number) "
+	"  WHERE revoked_at IS NOT NULL;"
+	"CREATE INDEX certs_crl_pending ON certs(serial) WHERE revoked_at IS NOT NULL AND crl_number IS NULL;",
 };
 
 #define LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))

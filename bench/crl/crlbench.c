@@ -257,6 +257,7 @@ cmd_setup(const char *dir, long n, const char *keytype)
 	kms_write_file_atomic(p, "unique_subject = no\n", 20, 0644);
 	free(p);
 
+	/* Rows as ca_store_revoke() leaves them before any CRL (crl_number 1). */
 	st = open_store(dir, 1);
 	p = path_in(dir, "index.txt");
 	if ((idx = fopen(p, "w")) == NULL)
@@ -265,8 +266,8 @@ cmd_setup(const char *dir, long n, const char *keytype)
 	asn1_time_text(now + 86400L * 365, exp, sizeof(exp));
 	if (kms_store_begin(st) != 0 || sqlite3_prepare_v2(kms_store_db(st),
 	    "INSERT INTO certs(serial, email, usage, key_type, origin, subject, not_before, not_after, cert, issued, "
-	    "revoked_at, reason) VALUES (?, 'u@example.org', 'sign', 'rsa:2048', 'enroll', 'CN=user', ?, ?, x'00', ?, "
-	    "?, ?)", -1, &s, NULL) != SQLITE_OK)
+	    "revoked_at, reason, crl_number) VALUES (?, 'u@example.org', 'sign', 'rsa:2048', 'enroll', 'CN=user', ?, ?, "
+	    "x'00', ?, ?, ?, 1)", -1, &s, NULL) != SQLITE_OK)
 		die("insert");
 	for (long i = 0; i < n; i++) {
 		unsigned char r[16];

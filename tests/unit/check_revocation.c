@@ -564,6 +564,62 @@ START_TEST(test_delta_lists_exactly_the_new_revocations)
 }
 END_TEST
 
+START_TEST(test_delta_takes_revocations_older_than_their_stamp_once)
+{
+	struct ca *ca = mk_ca(p256_key, "Legacy Org");
+	struct ca_crl_set *set = NULL;
+	X509_CRL *delta;
+	time_t now = time(NULL);
+
+	add_row("b1", now + 86400);
+	add_row("b2", now + 86400);
+	ck_assert_int_eq(ca_crl_issue(st, ca, &opts_delta, &set), 0);
+	ca_crl_set_free(set);
+	/* A row revoked by an older version: no stamp. */
+	ck_assert_int_eq(sqlite3_exec(kms_store_db(st),
+	    "UPDATE certs SET revoked_at = 100, reason = 1, crl_number = NULL WHERE serial = 'b1'", NULL, NULL, NULL),
+	    SQLITE_OK);
+	do_revoke("b2", 4, now - 1, 0);
+	ck_assert_int_eq(ca_crl_issue(st, ca, &opts_delta, &set), 0);
+	delta = parse(set->delta_der, set->delta_len);
+	ck_assert_int_eq(nrev(delta), 2);
+	X509_CRL_free(delta);
+	ca_crl_set_free(set);
+	ck_assert_int_eq(ca_crl_issue(st, ca, &opts_delta, &set), 0);
+	delta = parse(set->delta_der, set->delta_len);
+	ck_assert_int_eq(nrev(delta), 0);
+	X509_CRL_free(delta);
+	{
+		X509_CRL *full = parse(set->full_der, set->full_len);
+
+		ck_assert_int_eq(nrev(full), 2);
+		X509_CRL_free(full);
+	}
+	ca_crl_set_free(set);
+	free_ca(ca);
+}
+END_TEST
+
+START_TEST(test_crl_query_reads_the_covering_index)
+{
+	sqlite3_stmt *s;
+	int covered = 0;
+
+	ck_assert_int_eq(sqlite3_prepare_v2(kms_store_db(st), "EXPLAIN QUERY PLAN "
+	    "SELECT serial, revoked_at, reason, invalidity FROM certs WHERE revoked_at IS NOT NULL AND not_after >= 0 "
+	    "ORDER BY serial", -1, &s, NULL), SQLITE_OK);
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		const char *d = (const char *)sqlite3_column_text(s, 3);
+
+		if (strstr(d, "COVERING INDEX certs_crl") != NULL)
+			covered = 1;
+		ck_assert_ptr_null(strstr(d, "TEMP B-TREE"));
+	}
+	sqlite3_finalize(s);
+	ck_assert_int_eq(covered, 1);
+}
+END_TEST
+
 START_TEST(test_openssl_crl_check_reports_revoked_user)
 {
 	struct ca *ca = mk_ca(p256_key, "Verify Org");
@@ -1291,6 +1347,8 @@ revocation_suite(void)
 	tcase_add_test(tc, test_crl_without_revocations_has_no_entry_list);
 	tcase_add_test(tc, test_crl_number_increases_across_issues);
 	tcase_add_test(tc, test_delta_lists_exactly_the_new_revocations);
+	tcase_add_test(tc, test_delta_takes_revocations_older_than_their_stamp_once);
+	tcase_add_test(tc, test_crl_query_reads_the_covering_index);
 	tcase_add_test(tc, test_openssl_crl_check_reports_revoked_user);
 	tcase_add_test(tc, test_crl_with_many_entries_lists_every_serial);
 	tcase_add_test(tc, test_crl_latest_and_publish_write_what_was_issued);

@@ -1061,13 +1061,16 @@ kmsd_recovery_expire(struct kms_store *st, time_t now)
 void
 kmsd_recovery_abort_all(struct kms_store *st, const char *why)
 {
+	int had;
+
 	pthread_mutex_lock(&rec_lock);
+	had = pendings != NULL;
 	while (pendings)
 		pending_drop(pendings->id);
 	if (st)
 		sqlite3_exec(kms_store_db(st), "UPDATE recovery SET state = 'failed', detail = 'kmsd stopped: shares "
 		    "and recovered keys were only in memory' WHERE state IN ('open', 'approved')", NULL, NULL, NULL);
 	pthread_mutex_unlock(&rec_lock);
-	if (why)
+	if (why && had)
 		kms_log(KMS_LOG_INFO, "recovery requests: %s", why);
 }

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libmilter/mfapi.h>
@@ -260,6 +261,52 @@ milter_thread(void *arg)
 }
 
 static void
+on_wake(int sig)
+{
+	(void)sig;
+}
+
+static void *
+smfi_stop_thread(void *arg)
+{
+	(void)arg;
+	smfi_stop();
+	return NULL;
+}
+
+/*
+ * Stop libmilter's listener.  smfi_stop() waits for a lock that the
+ * listener holds while it polls (seconds at a time), so it runs in its own
+ * thread while this one interrupts the poll with a signal (no SA_RESTART),
+ * repeated in case one lands just before the poll starts.
+ */
+static void
+stop_milter(pthread_t mt)
+{
+	struct sigaction sa;
+	pthread_t st;
+	int have_st;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_wake;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGUSR2, &sa, NULL);
+	have_st = pthread_create(&st, NULL, smfi_stop_thread, NULL) == 0;
+	if (!have_st)
+		smfi_stop();
+	for (int i = 0; i < 200 && !milter_exited; i++) {
+		struct timespec ts = { 0, 20 * 1000 * 1000 };
+
+		pthread_kill(mt, SIGUSR2);
+		nanosleep(&ts, NULL);
+	}
+	pthread_join(mt, NULL);
+	if (have_st)
+		pthread_join(st, NULL);
+	kms_log(KMS_LOG_DEBUG, "milter stopped");
+}
+
+static void
 block_signals(int how)
 {
 	sigset_t set;
@@ -297,6 +344,7 @@ run(const char *config_path, struct kms_config *cfg, int foreground)
 	char *dbpath;
 	pthread_t mt;
 	time_t last_tick = 0;
+	int exit_code = 0;
 
 	if (kms_secmem_init(SECURE_HEAP_SIZE) != 0)
 		kms_log(KMS_LOG_WARNING, "%s; private keys will use ordinary memory", kms_last_error());
@@ -381,6 +429,7 @@ run(const char *config_path, struct kms_config *cfg, int foreground)
 		}
 		if (milter_exited) {
 			kms_log(KMS_LOG_ERR, "the milter listener stopped; shutting down so that the service manager can restart kmsd");
+			exit_code = 1;
 			break;
 		}
 		now = time(NULL);
@@ -393,18 +442,19 @@ run(const char *config_path, struct kms_config *cfg, int foreground)
 	kms_log(KMS_LOG_INFO, "shutting down");
 	block_signals(SIG_BLOCK);
 	ctl_server_stop(30);
+	kms_log(KMS_LOG_DEBUG, "control server stopped");
 	kmsd_sync_stop();
-	if (milter_running) {
-		smfi_stop();
-		pthread_join(mt, NULL);
-	}
+	kms_log(KMS_LOG_DEBUG, "CRL sync stopped");
+	if (milter_running)
+		stop_milter(mt);
 	kmsd_http_stop(http);
+	kms_log(KMS_LOG_DEBUG, "HTTP server stopped");
 	kmsd_recovery_abort_all(st, "kmsd stopped: open requests failed, their shares and keys wiped");
 	kmsd_runtime_stop();
 	kms_store_close(st);
 	unlink(cfg->kmsd.pid_file);
 	kms_log(KMS_LOG_INFO, "stopped");
-	return 0;
+	return exit_code;
 }
 
 int

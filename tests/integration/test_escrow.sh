@@ -1,0 +1,153 @@
+#!/bin/bash
+# test_escrow.sh - key escrow and M-of-N recovery with real, distinct local
+# users as officers: enroll; a message encrypted to the user before
+# recovery; request, approvals (each officer once, each share once, edited
+# and foreign shares refused), fetch by the requester only and only once;
+# the recovered file holds the encryption key of the certificate and no
+# signing key, and decrypts the old message; offline recovery gives the
+# same key; KRK rotation keeps every key recoverable with the new shares
+# and none with the old; an edited audit row makes audit verify fail.
+. "${srcdir:-.}/tests/integration/lib.sh"
+need_root "creates officer accounts"
+need_cmd openssl sqlite3 setpriv useradd groupadd
+setup
+
+GROUP=kmsit
+getent group "$GROUP" >/dev/null || groupadd -r "$GROUP"
+for u in kmsoff1 kmsoff2 kmsoff3 kmscomp; do
+	id "$u" >/dev/null 2>&1 || useradd -r -M -d /nonexistent -s /usr/sbin/nologin -G "$GROUP" "$u"
+	id -nG "$u" | grep -qw "$GROUP" || usermod -a -G "$GROUP" "$u"
+done
+as() {
+	who=$1
+	shift
+	setpriv --reuid="$who" --regid="$GROUP" --init-groups "$KMSCTL" -s "$SOCK" "$@"
+}
+
+USER_KEY=rsa:2048
+write_conf "[kmsd]" "group = $GROUP" \
+	"[roles]" "officer = kmsoff1, kmsoff2, kmsoff3" "compliance = kmscomp" "admin = root" "auditor = root"
+start_kmsd || { fail "kmsd starts"; done_testing; }
+chgrp "$GROUP" "$STATE" && chmod 0750 "$STATE"
+
+ctl init --org "Escrow Test" --shares 5 --threshold 3 --share-dir "$T/shares" > "$T/init.out" 2>&1
+check_grep "init made 5 shares, threshold 3" "any 3 of 5" "$T/init.out"
+i=0
+for f in "$T"/shares/*-share-*; do
+	i=$((i + 1))
+	SHARE[$i]=$f
+done
+# Each officer gets their own copy of their share, readable only by them.
+for n in 1 2 3; do
+	install -m 0600 -o "kmsoff$n" "${SHARE[$n]}" "$T/officer$n.share"
+done
+
+printf 'hunter2hunter2\n' > "$T/pw"
+ctl enroll alice@example.org --password-file "$T/pw" --out "$T/alice.p12" >/dev/null 2>&1
+openssl pkcs12 -in "$T/alice.p12" -passin "file:$T/pw" -nodes -clcerts 2>/dev/null > "$T/alice.pem"
+awk '/friendlyName: .*\(encryption\)/{p=1} /friendlyName: .*\(signing\)/{p=0} p' "$T/alice.pem" | openssl x509 -out "$T/enc.crt" 2>/dev/null
+awk '/friendlyName: .*\(signing\)/{p=1} /friendlyName: .*\(encryption\)/{p=0} p' "$T/alice.pem" | openssl x509 -out "$T/sign.crt" 2>/dev/null
+printf 'To: alice@example.org\r\nSubject: secret\r\n\r\nthe quarterly numbers\r\n' > "$T/plain.txt"
+check "a message is encrypted to alice before any recovery" \
+	openssl smime -encrypt -aes256 -in "$T/plain.txt" -out "$T/enc.eml" "$T/enc.crt"
+
+# ------------------------------------------------------------ request
+check_fails "a request for an unknown address is refused" ctl recover request nobody@example.org --why test
+ctl recover request alice@example.org --why "lost laptop, ticket 4711" > "$T/req.out" 2>&1
+ID=$(sed -n 's/^Request \(R-[0-9a-f]*\) opened.*/\1/p' "$T/req.out")
+[ -n "$ID" ] && pass "a request is opened and its id printed ($ID)" || fail "request id printed" "$(cat "$T/req.out")"
+check_fails "an admin cannot approve (officer role needed)" ctl recover approve "$ID" --share "${SHARE[1]}"
+
+as kmsoff1 recover approve "$ID" --share "$T/officer1.share" > "$T/a1.out" 2>&1
+check_grep "officer 1's share is accepted (1 of 3)" "1 of 3 approvals" "$T/a1.out"
+check_fails "the same officer cannot approve twice" as kmsoff1 recover approve "$ID" --share "$T/officer1.share"
+install -m 0600 -o kmsoff2 "${SHARE[1]}" "$T/officer2-has-share1"
+check_fails "a share already given is refused" as kmsoff2 recover approve "$ID" --share "$T/officer2-has-share1"
+# An edited share: one base64 character of the payload changed.
+awk 'BEGIN{d=0} /^$/{body=1; print; next} body && !d && length($0) > 10 {c=substr($0,5,1); r=(c=="A")?"B":"A"; $0=substr($0,1,4) r substr($0,6); d=1} {print}' \
+	"${SHARE[2]}" > "$T/edited.share"
+chown kmsoff2 "$T/edited.share"
+as kmsoff2 recover approve "$ID" --share "$T/edited.share" > "$T/edited.out" 2>&1
+[ $? != 0 ] && pass "an edited share is refused" || fail "an edited share is refused" "$(cat "$T/edited.out")"
+check_grep "and the reason says so" "edited" "$T/edited.out"
+head -n 5 "${SHARE[2]}" > "$T/truncated.share"
+chown kmsoff2 "$T/truncated.share"
+check_fails "a truncated share is refused" as kmsoff2 recover approve "$ID" --share "$T/truncated.share"
+check_fails "fetch before the threshold is refused" ctl recover fetch "$ID" --out "$T/early.p12"
+as kmsoff2 recover approve "$ID" --share "$T/officer2.share" > "$T/a2.out" 2>&1
+check_grep "officer 2's share is accepted (2 of 3)" "2 of 3 approvals" "$T/a2.out"
+as kmsoff3 recover approve "$ID" --share "$T/officer3.share" > "$T/a3.out" 2>&1
+check_grep "the third share reaches the threshold" "threshold reached, request approved" "$T/a3.out"
+ctl recover list > "$T/list.out" 2>&1
+check_grep "recover list shows the approved request and its officers" "$ID +key +approved .*kmsoff1, kmsoff2, kmsoff3" "$T/list.out"
+
+# ------------------------------------------------------------ fetch
+check_fails "a compliance officer who did not ask cannot fetch" as kmscomp recover fetch "$ID" --out "$T/other.p12"
+ctl recover fetch "$ID" --password-file "$T/pw" --out "$T/recovered.p12" > "$T/fetch.out" 2>&1
+check_grep "the requester fetches the recovered file" "Recovered 1 encryption key" "$T/fetch.out"
+check_fails "a second fetch is refused" ctl recover fetch "$ID" --out "$T/again.p12"
+openssl pkcs12 -in "$T/recovered.p12" -passin "file:$T/pw" -nodes 2>/dev/null > "$T/recovered.pem"
+[ "$(grep -c 'BEGIN PRIVATE KEY' "$T/recovered.pem")" = 1 ] && pass "the recovered file holds exactly one private key" || fail "one private key"
+openssl pkey -in "$T/recovered.pem" -pubout 2>/dev/null > "$T/rec.pub"
+openssl x509 -in "$T/enc.crt" -pubkey -noout > "$T/enc.pub"
+openssl x509 -in "$T/sign.crt" -pubkey -noout > "$T/sign.pub"
+cmp -s "$T/rec.pub" "$T/enc.pub" && pass "its public key is the encryption certificate's" || fail "recovered key matches the encryption certificate"
+cmp -s "$T/rec.pub" "$T/sign.pub" && fail "the recovered file holds no signing key" || pass "the recovered file holds no signing key"
+openssl pkey -in "$T/recovered.pem" -out "$T/rec.key" 2>/dev/null
+openssl smime -decrypt -in "$T/enc.eml" -inkey "$T/rec.key" -out "$T/decrypted.txt" 2>/dev/null
+cmp -s <(tr -d '\r' < "$T/decrypted.txt") <(tr -d '\r' < "$T/plain.txt") && \
+	pass "the recovered key decrypts the message sent before the recovery" || fail "old message decrypts"
+
+# -------------------------------------------------- expiry and audit
+ctl recover request alice@example.org --why "expiry check" > "$T/req2.out" 2>&1
+ID2=$(sed -n 's/^Request \(R-[0-9a-f]*\) opened.*/\1/p' "$T/req2.out")
+sqlite3 "$STATE/kms.db" "UPDATE recovery SET expires = 1 WHERE id = '$ID2'"
+as kmsoff1 recover approve "$ID2" --share "$T/officer1.share" > "$T/exp.out" 2>&1
+check_grep "an approval after expiry is refused" "expired" "$T/exp.out"
+ctl audit > "$T/audit.out" 2>&1
+check_grep "the audit trail names every approving officer" "approved by kmsoff1 \(share [0-9]\), kmsoff2 \(share [0-9]\), kmsoff3" "$T/audit.out"
+check "audit verify passes on an untouched trail" ctl audit verify
+
+# ----------------------------------------------------- offline recovery
+stop_kmsd
+"$KMSCTL" recover --offline --db "$STATE/kms.db" --share "${SHARE[4]}" --share "${SHARE[2]}" --share "${SHARE[5]}" \
+	alice@example.org --password-file "$T/pw" --out "$T/offline.p12" > "$T/offline.out" 2>&1
+check_grep "offline recovery works with kmsd stopped" "Recovered 1 encryption key" "$T/offline.out"
+openssl pkcs12 -in "$T/offline.p12" -passin "file:$T/pw" -nodes -nocerts 2>/dev/null | openssl pkey -out "$T/off.key" 2>/dev/null
+cmp -s "$T/off.key" "$T/rec.key" && pass "offline recovery gives the same key" || fail "offline recovery gives the same key"
+check_fails "offline recovery with two shares is refused" "$KMSCTL" recover --offline --db "$STATE/kms.db" \
+	--share "${SHARE[1]}" --share "${SHARE[2]}" alice@example.org --out "$T/two.p12"
+
+# ------------------------------------------------------------ rotation
+start_kmsd || fail "kmsd restarts"
+ctl escrow rotate --share-dir "$T/newshares" > "$T/rot.out" 2>&1
+RID=$(sed -n 's/^Request \(R-[0-9a-f]*\) opened.*/\1/p' "$T/rot.out")
+for n in 1 2 3; do
+	as "kmsoff$n" recover approve "$RID" --share "$T/officer$n.share" > "$T/r$n.out" 2>&1
+done
+check_grep "rotation completes at the threshold" "request done" "$T/r3.out"
+[ "$(ls "$T/newshares" | wc -l)" = 5 ] && pass "rotation writes five new shares" || fail "five new shares"
+ctl enroll bob@example.org --password-file "$T/pw" --out "$T/bob.p12" >/dev/null 2>&1
+stop_kmsd
+set -- "$T"/newshares/*
+"$KMSCTL" recover --offline --db "$STATE/kms.db" --share "$1" --share "$2" --share "$3" \
+	alice@example.org --password-file "$T/pw" --out "$T/rot-alice.p12" > "$T/rot-a.out" 2>&1
+check_grep "after rotation the new shares recover a key escrowed before it" "Recovered 1" "$T/rot-a.out"
+"$KMSCTL" recover --offline --db "$STATE/kms.db" --share "$3" --share "$4" --share "$5" \
+	bob@example.org --password-file "$T/pw" --out "$T/rot-bob.p12" > "$T/rot-b.out" 2>&1
+check_grep "and one escrowed after it" "Recovered 1" "$T/rot-b.out"
+check_fails "the old shares recover nothing" "$KMSCTL" recover --offline --db "$STATE/kms.db" \
+	--share "${SHARE[1]}" --share "${SHARE[2]}" --share "${SHARE[3]}" alice@example.org --out "$T/old.p12"
+start_kmsd || fail "kmsd restarts"
+ctl recover request alice@example.org --why "old share check" > "$T/req3.out" 2>&1
+ID3=$(sed -n 's/^Request \(R-[0-9a-f]*\) opened.*/\1/p' "$T/req3.out")
+as kmsoff1 recover approve "$ID3" --share "$T/officer1.share" > "$T/old.out" 2>&1
+check_grep "an old share is refused as belonging to another key-recovery key" "another key-recovery key" "$T/old.out"
+
+# ------------------------------------------------------ audit tamper
+sqlite3 "$STATE/kms.db" "UPDATE audit SET user = 'mallory' WHERE seq = 3"
+ctl audit verify > "$T/verify.out" 2>&1
+rc=$?
+[ $rc = 1 ] && pass "audit verify fails after a row is edited" || fail "audit verify fails after a row is edited" "rc=$rc"
+check_grep "and names the row" "row 3" "$T/verify.out"
+done_testing

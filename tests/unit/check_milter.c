@@ -1092,7 +1092,8 @@ START_TEST(test_non_ascii_notice_goes_quoted_printable)
 	ck_assert_int_eq(mlt_rewrite_plan(cfg, AUTHSERV, res, in, inlen, &rw), 0);
 	ck_assert_int_eq(mlt_rewrite_apply(in, inlen, rw, &out, &outlen), 0);
 	ck_assert(memmem(out, outlen, "Content-Transfer-Encoding: quoted-printable", 43) != NULL);
-	ck_assert(memmem(out, outlen, "widerrufen =E2=80=93 bitte pr=C3=BCfen.", 39) != NULL);
+	ck_assert(memmem(out, outlen, "=E2=80=93", 9) != NULL);
+	ck_assert(memmem(out, outlen, "pr=C3=BCfen.", 12) != NULL);
 	free(out);
 	mlt_rewrite_free(rw);
 	mlt_result_free(res);

@@ -1,0 +1,665 @@
+/*
+ * smime.c - find every S/MIME entity of a message and verify each signer
+ * with OpenSSL CMS over the bytes as they arrived.
+ *
+ * Entry points: mlt_check_message (the whole check: bounds, From, the
+ * walk, the verdict and the Authentication-Results text), mlt_smime_init,
+ * mlt_result_free, mlt_limits_from_config.
+ *
+ * The walk visits the entity tree depth first, with [milter] max_parts,
+ * max_depth and max_headers as bounds.  What it recognises:
+ *   multipart/signed with protocol application/(x-)pkcs7-signature (or no
+ *     protocol and such a second part): the first body part, headers and
+ *     all, exactly as sent, is the signed content; the second is the
+ *     signature.  The walk goes on into the first part.
+ *   application/(x-)pkcs7-mime with smime-type signed-data, or with no
+ *     smime-type, or any part named *.p7m: a CMS blob, signed (verified,
+ *     and its content walked) or enveloped (counted as encrypted).
+ *   other multiparts: each part is walked.
+ * message/rfc822 parts are not walked: a forwarded message is another
+ * message, with its own From, and its signature says nothing about ours.
+ *
+ * Every CMS blob is parsed from its decoded bytes; signatures and content
+ * digests are checked per signer (CMS_SignerInfo_verify and
+ * CMS_SignerInfo_verify_content), so that one bad signer among several is
+ * named.  Certificates are judged in verdict.c.
+ */
+#include "config.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/cms.h>
+#include <openssl/err.h>
+#include <openssl/objects.h>
+
+#include "milter/mime.h"
+#include "milter/smime.h"
+#include "milter/smime_int.h"
+
+#define PATH_MAX_LEN 2048
+
+struct walk {
+	const struct mlt_check_ctx *ctx;
+	time_t now;
+	long parts;
+	char *bound;                    /* which bound was hit, NULL if none */
+	struct mlt_sig *sigs;
+	size_t nsigs, cap;
+	int nencrypted;
+	char **from;
+	size_t nfrom_fields;
+	char path[PATH_MAX_LEN];
+};
+
+static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
+
+static void
+gmime_init_once(void)
+{
+	g_mime_init();
+}
+
+void
+mlt_smime_init(void)
+{
+	pthread_once(&gmime_once, gmime_init_once);
+}
+
+void
+mlt_limits_from_config(const struct kms_config *cfg, struct mlt_limits *lim)
+{
+	lim->max_message_size = (size_t)cfg->milter.max_message_size;
+	lim->max_headers = (long)cfg->milter.max_headers;
+	lim->max_parts = (long)cfg->milter.max_parts;
+	lim->max_depth = (long)cfg->milter.max_depth;
+}
+
+static void
+sig_clear(struct mlt_sig *s)
+{
+	free(s->part);
+	free(s->detail);
+	free(s->signer);
+	free(s->serial);
+	free(s->issuer);
+}
+
+void
+mlt_result_free(struct mlt_result *res)
+{
+	if (res == NULL)
+		return;
+	for (size_t i = 0; i < res->nsigs; i++)
+		sig_clear(&res->sigs[i]);
+	free(res->sigs);
+	free(res->detail);
+	free(res->from);
+	free(res->ar_value);
+	free(res);
+}
+
+/* Note the first bound hit; the walk then stops. */
+static int
+hit_bound(struct walk *w, const char *what)
+{
+	if (w->bound == NULL && (w->bound = mlt_clean_text(what, strlen(what), MLT_MAX_TEXT)) == NULL)
+		return KMS_ERR_NOMEM;
+	return 0;
+}
+
+/* A new signature record at the current path, or NULL. */
+static struct mlt_sig *
+sig_new(struct walk *w, enum mlt_sig_kind kind)
+{
+	struct mlt_sig *s;
+
+	if (w->nsigs == w->cap) {
+		size_t ncap = w->cap ? w->cap * 2 : 4;
+		struct mlt_sig *nv = realloc(w->sigs, ncap * sizeof(*nv));
+
+		if (nv == NULL)
+			return NULL;
+		w->sigs = nv;
+		w->cap = ncap;
+	}
+	s = &w->sigs[w->nsigs];
+	memset(s, 0, sizeof(*s));
+	s->kind = kind;
+	s->verdict = POL_V_FAIL;
+	if ((s->part = strdup(w->path)) == NULL)
+		return NULL;
+	w->nsigs++;
+	return s;
+}
+
+/* Record a signed entity that could not be checked at all (bad CMS, bad structure). */
+static int
+sig_broken(struct walk *w, enum mlt_sig_kind kind, const char *why)
+{
+	struct mlt_sig *s = sig_new(w, kind);
+
+	if (s == NULL || (s->detail = mlt_clean_text(why, strlen(why), MLT_MAX_TEXT)) == NULL)
+		return kms_fail(KMS_ERR_NOMEM, "out of memory");
+	s->verdict = POL_V_FAIL;
+	return 0;
+}
+
+static int walk_entity(struct walk *w, const unsigned char *buf, size_t start, size_t end, long depth);
+
+/* Walk a child: extend the path with ".n" (or "n" at the top). */
+static int
+walk_child(struct walk *w, const unsigned char *buf, const struct mlt_span *sp, size_t n, long depth)
+{
+	size_t plen = strlen(w->path);
+	int rc;
+
+	if (plen + 16 < sizeof(w->path))
+		snprintf(w->path + plen, sizeof(w->path) - plen, "%s%zu", plen ? "." : "", n);
+	rc = walk_entity(w, buf, sp->start, sp->end, depth);
+	w->path[plen] = '\0';
+	return rc;
+}
+
+/* Read the whole chain of cmsbio (the digest BIOs fill as the content passes). */
+static int
+drain_bio(BIO *b)
+{
+	unsigned char tmp[16384];
+	int n;
+
+	while ((n = BIO_read(b, tmp, sizeof(tmp))) > 0)
+		;
+	return n < 0 && !BIO_should_retry(b) ? -1 : 0;
+}
+
+/* Last OpenSSL error as short text (the queue is emptied). */
+static void
+openssl_why(char *buf, size_t len, const char *what)
+{
+	unsigned long e = ERR_peek_last_error();
+	char tmp[160];
+
+	if (e != 0) {
+		ERR_error_string_n(e, tmp, sizeof(tmp));
+		snprintf(buf, len, "%s (%s)", what, tmp);
+	} else {
+		snprintf(buf, len, "%s", what);
+	}
+	ERR_clear_error();
+}
+
+/* Find the certificate of si among certs, else through ctx->find_cert.  get1 or NULL. */
+static X509 *
+signer_cert(const struct mlt_check_ctx *ctx, CMS_SignerInfo *si, STACK_OF(X509) *certs)
+{
+	ASN1_OCTET_STRING *keyid = NULL;
+	X509_NAME *issuer = NULL;
+	ASN1_INTEGER *sno = NULL;
+	X509 *x = NULL;
+
+	for (int i = 0; certs != NULL && i < sk_X509_num(certs); i++) {
+		X509 *c = sk_X509_value(certs, i);
+
+		if (CMS_SignerInfo_cert_cmp(si, c) == 0) {
+			X509_up_ref(c);
+			return c;
+		}
+	}
+	if (ctx->find_cert == NULL)
+		return NULL;
+	if (CMS_SignerInfo_get0_signer_id(si, &keyid, &issuer, &sno) != 1) {
+		ERR_clear_error();
+		return NULL;
+	}
+	if (ctx->find_cert(ctx->find_cert_arg, issuer, sno, keyid, &x) != 0)
+		x = NULL;
+	ERR_clear_error();
+	/* Only a certificate that really is the one named counts. */
+	if (x != NULL && CMS_SignerInfo_cert_cmp(si, x) != 0) {
+		X509_free(x);
+		x = NULL;
+	}
+	return x;
+}
+
+/*
+ * Verify the signed-data cms over content (detached; NULL for the
+ * encapsulated content) and judge each signer.
+ */
+static int
+verify_signed(struct walk *w, CMS_ContentInfo *cms, const unsigned char *content, size_t clen,
+    enum mlt_sig_kind kind)
+{
+	STACK_OF(CMS_SignerInfo) *sis;
+	STACK_OF(X509) *certs = NULL;
+	BIO *dcont = NULL, *cmsbio = NULL;
+	X509 **signers = NULL;
+	char why[320];
+	int n, rc = 0, data_ok = 0;
+
+	if ((sis = CMS_get0_SignerInfos(cms)) == NULL || (n = sk_CMS_SignerInfo_num(sis)) <= 0) {
+		ERR_clear_error();
+		return sig_broken(w, kind, "signature has no signer");
+	}
+	if (n > 64)
+		n = 64;         /* a bound on work; more signers than this are not looked at */
+	if (content == NULL && CMS_is_detached(cms)) {
+		ERR_clear_error();
+		return sig_broken(w, kind, "signed-data without content");
+	}
+	certs = CMS_get1_certs(cms);
+	ERR_clear_error();
+	if ((signers = calloc((size_t)n, sizeof(*signers))) == NULL) {
+		rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		CMS_SignerInfo *si = sk_CMS_SignerInfo_value(sis, i);
+
+		if ((signers[i] = signer_cert(w->ctx, si, certs)) != NULL)
+			CMS_SignerInfo_set1_signer_cert(si, signers[i]);
+	}
+	if (clen > (size_t)0x7fffffff) {
+		rc = sig_broken(w, kind, "signed content too large");
+		goto out;
+	}
+	if (content != NULL && (dcont = BIO_new_mem_buf(content, (int)clen)) == NULL) {
+		rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((cmsbio = CMS_dataInit(cms, dcont)) == NULL || drain_bio(cmsbio) != 0)
+		openssl_why(why, sizeof(why), "cannot digest the signed content");
+	else
+		data_ok = 1;
+	for (int i = 0; i < n; i++) {
+		CMS_SignerInfo *si = sk_CMS_SignerInfo_value(sis, i);
+		struct mlt_sig *s;
+		const char *bad = NULL;
+		char sbuf[320];
+
+		if (!data_ok) {
+			bad = why;
+		} else {
+			/*
+			 * With signed attributes the content digest is compared
+			 * without the key, so a changed message shows even when
+			 * the certificate is missing.
+			 */
+			int has_attrs = CMS_signed_get_attr_count(si) >= 0;
+			int r;
+
+			if (signers[i] == NULL && !has_attrs) {
+				bad = NULL;     /* nothing to check without the key: judged as untrusted below */
+			} else if ((r = CMS_SignerInfo_verify_content(si, cmsbio)) != 1) {
+				openssl_why(sbuf, sizeof(sbuf), r == 0 ? "content changed after signing" :
+				    "cannot check the content digest");
+				bad = sbuf;
+			} else if (has_attrs && signers[i] != NULL && CMS_SignerInfo_verify(si) != 1) {
+				openssl_why(sbuf, sizeof(sbuf), "signature does not verify");
+				bad = sbuf;
+			}
+		}
+		ERR_clear_error();
+		if ((s = sig_new(w, kind)) == NULL) {
+			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		s->signing_time = mlt_signing_time(si);
+		if ((rc = mlt_sig_judge(w->ctx, w->now, signers[i], certs, bad == NULL, bad, w->from,
+		    w->nfrom_fields, s)) != 0)
+			goto out;
+	}
+out:
+	if (cmsbio != NULL) {
+		if (dcont != NULL) {
+			while (cmsbio != NULL && cmsbio != dcont) {
+				BIO *next = BIO_pop(cmsbio);
+
+				BIO_free(cmsbio);
+				cmsbio = next;
+			}
+		} else {
+			BIO_free_all(cmsbio);
+		}
+	}
+	BIO_free(dcont);
+	for (int i = 0; signers != NULL && i < n; i++)
+		X509_free(signers[i]);
+	free(signers);
+	sk_X509_pop_free(certs, X509_free);
+	ERR_clear_error();
+	return rc;
+}
+
+/* Parse DER (or BER) CMS; NULL if it is not. */
+static CMS_ContentInfo *
+parse_cms(const unsigned char *der, size_t len)
+{
+	const unsigned char *p = der;
+	CMS_ContentInfo *cms;
+
+	if (len == 0 || len > (size_t)0x7fffffff)
+		return NULL;
+	cms = d2i_CMS_ContentInfo(NULL, &p, (long)len);
+	ERR_clear_error();
+	return cms;
+}
+
+static int
+cms_is_encrypted(CMS_ContentInfo *cms)
+{
+	int nid = OBJ_obj2nid(CMS_get0_type(cms));
+
+	return nid == NID_pkcs7_enveloped || nid == NID_id_smime_ct_authEnvelopedData ||
+	    nid == NID_pkcs7_encrypted;
+}
+
+/*
+ * The multipart/signed at e: verify, then walk its first part.  Without a
+ * protocol parameter (proto_given 0) a second part that is no S/MIME
+ * signature means the entity is not ours: 1 is returned and nothing done.
+ */
+static int
+do_detached(struct walk *w, const unsigned char *buf, const struct mlt_entity *e, long depth, int proto_given)
+{
+	struct mlt_span *parts = NULL;
+	struct mlt_entity se;
+	unsigned char *der = NULL;
+	size_t nparts = 0, derlen = 0;
+	CMS_ContentInfo *cms = NULL;
+	int closed, rc;
+
+	memset(&se, 0, sizeof(se));
+	rc = mlt_multipart_split(buf, e->body, e->end, mlt_entity_param(e, "boundary"),
+	    w->ctx->limits.max_parts - w->parts, &parts, &nparts, &closed);
+	if (rc == KMS_ERR_TOOBIG) {
+		rc = hit_bound(w, kms_last_error());
+		goto out;
+	}
+	if (rc != 0 || nparts < 2) {
+		if (rc != KMS_ERR_NOMEM && !proto_given) {
+			rc = 1;
+			goto out;
+		}
+		rc = rc == KMS_ERR_NOMEM ? rc : sig_broken(w, MLT_SIG_DETACHED,
+		    "multipart/signed without content and signature parts");
+		goto out;
+	}
+	if ((rc = mlt_entity_read(buf, parts[1].start, parts[1].end, w->ctx->limits.max_headers, &se)) != 0) {
+		rc = rc == KMS_ERR_TOOBIG ? hit_bound(w, kms_last_error()) : rc;
+		goto out;
+	}
+	if (!mlt_entity_is(&se, "application", "pkcs7-signature") &&
+	    !mlt_entity_is(&se, "application", "x-pkcs7-signature")) {
+		if (!proto_given) {
+			rc = 1;
+			goto out;
+		}
+		rc = sig_broken(w, MLT_SIG_DETACHED, "multipart/signed: second part is not an S/MIME signature");
+		goto out;
+	}
+	if ((rc = mlt_decode_cte(se.cte, buf + se.body, se.end - se.body, &der, &derlen)) != 0)
+		goto out;
+	if ((cms = parse_cms(der, derlen)) == NULL) {
+		rc = sig_broken(w, MLT_SIG_DETACHED, "signature part is not CMS (garbage or truncated)");
+		goto out;
+	}
+	if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed) {
+		rc = sig_broken(w, MLT_SIG_DETACHED, "signature part is not CMS signed-data");
+		goto out;
+	}
+	w->parts++;     /* the signature part */
+	if ((rc = verify_signed(w, cms, buf + parts[0].start, parts[0].end - parts[0].start,
+	    MLT_SIG_DETACHED)) != 0)
+		goto out;
+	rc = walk_child(w, buf, &parts[0], 1, depth + 1);
+out:
+	CMS_ContentInfo_free(cms);
+	free(der);
+	free(parts);
+	mlt_entity_clear(&se);
+	return rc;
+}
+
+/*
+ * A CMS blob in a part (application/pkcs7-mime or *.p7m).  smime_type is
+ * the parameter (NULL if absent): the blob's own content type decides.
+ */
+static int
+do_blob(struct walk *w, const unsigned char *buf, const struct mlt_entity *e, long depth, int named_only)
+{
+	unsigned char *der = NULL;
+	size_t derlen = 0;
+	CMS_ContentInfo *cms = NULL;
+	ASN1_OCTET_STRING **pos;
+	int rc;
+
+	if ((rc = mlt_decode_cte(e->cte, buf + e->body, e->end - e->body, &der, &derlen)) != 0)
+		return rc;
+	if ((cms = parse_cms(der, derlen)) == NULL) {
+		/* A file merely named .p7m that is no CMS is not our business. */
+		rc = named_only ? 0 : sig_broken(w, MLT_SIG_OPAQUE, "application/pkcs7-mime part is not CMS (garbage or truncated)");
+		goto out;
+	}
+	if (cms_is_encrypted(cms)) {
+		w->nencrypted++;
+		goto out;
+	}
+	if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed)
+		goto out;       /* compressed-data, certs-only, ...: nothing signed to check */
+	/* A certs-only blob (signed-data without signers) is not a signature. */
+	if (sk_CMS_SignerInfo_num(CMS_get0_SignerInfos(cms)) <= 0) {
+		ERR_clear_error();
+		goto out;
+	}
+	if ((rc = verify_signed(w, cms, NULL, 0, MLT_SIG_OPAQUE)) != 0)
+		goto out;
+	/* Signatures and encryption inside the signed content. */
+	if ((pos = CMS_get0_content(cms)) != NULL && *pos != NULL && ASN1_STRING_length(*pos) > 0) {
+		struct mlt_span sp = { 0, (size_t)ASN1_STRING_length(*pos) };
+
+		rc = walk_child(w, ASN1_STRING_get0_data(*pos), &sp, 1, depth + 1);
+	}
+out:
+	ERR_clear_error();
+	CMS_ContentInfo_free(cms);
+	free(der);
+	return rc;
+}
+
+static int
+name_is_p7m(const char *fn)
+{
+	size_t n;
+
+	if (fn == NULL || (n = strlen(fn)) < 4)
+		return 0;
+	return strcasecmp(fn + n - 4, ".p7m") == 0;
+}
+
+static int
+walk_entity(struct walk *w, const unsigned char *buf, size_t start, size_t end, long depth)
+{
+	const struct mlt_limits *lim = &w->ctx->limits;
+	struct mlt_entity e;
+	int rc;
+
+	if (w->bound != NULL)
+		return 0;
+	if (++w->parts > lim->max_parts) {
+		char t[96];
+
+		snprintf(t, sizeof(t), "more than %ld MIME parts ([milter] max_parts)", lim->max_parts);
+		return hit_bound(w, t);
+	}
+	if (depth > lim->max_depth) {
+		char t[96];
+
+		snprintf(t, sizeof(t), "MIME nesting deeper than %ld ([milter] max_depth)", lim->max_depth);
+		return hit_bound(w, t);
+	}
+	if ((rc = mlt_entity_read(buf, start, end, lim->max_headers, &e)) != 0) {
+		if (rc == KMS_ERR_TOOBIG) {
+			char t[96];
+
+			snprintf(t, sizeof(t), "more than %ld header fields ([milter] max_headers)", lim->max_headers);
+			return hit_bound(w, t);
+		}
+		return rc;
+	}
+	if (mlt_entity_is(&e, "multipart", "signed")) {
+		const char *proto = mlt_entity_param(&e, "protocol");
+
+		if (proto == NULL || strcasecmp(proto, "application/pkcs7-signature") == 0 ||
+		    strcasecmp(proto, "application/x-pkcs7-signature") == 0) {
+			/* Without a protocol the second part's type decides. */
+			if ((rc = do_detached(w, buf, &e, depth, proto != NULL)) <= 0)
+				goto out;
+		}
+	}
+	if (mlt_entity_is(&e, "multipart", "*")) {
+		struct mlt_span *parts = NULL;
+		size_t nparts = 0;
+		int closed;
+
+		rc = mlt_multipart_split(buf, e.body, e.end, mlt_entity_param(&e, "boundary"),
+		    lim->max_parts - w->parts + 1, &parts, &nparts, &closed);
+		if (rc == KMS_ERR_TOOBIG) {
+			char t[96];
+
+			snprintf(t, sizeof(t), "more than %ld MIME parts ([milter] max_parts)", lim->max_parts);
+			rc = hit_bound(w, t);
+		} else if (rc == KMS_ERR_INVALID) {
+			rc = 0;         /* a multipart without boundary: nothing inside to see */
+		}
+		for (size_t i = 0; rc == 0 && i < nparts && w->bound == NULL; i++)
+			rc = walk_child(w, buf, &parts[i], i + 1, depth + 1);
+		free(parts);
+		goto out;
+	}
+	if (mlt_entity_is(&e, "application", "pkcs7-mime") || mlt_entity_is(&e, "application", "x-pkcs7-mime")) {
+		const char *st = mlt_entity_param(&e, "smime-type");
+
+		if (st != NULL && (strcasecmp(st, "enveloped-data") == 0 || strcasecmp(st, "authEnveloped-data") == 0))
+			w->nencrypted++;
+		else if (st == NULL || strcasecmp(st, "signed-data") == 0)
+			rc = do_blob(w, buf, &e, depth, 0);
+		goto out;
+	}
+	if (!mlt_entity_is(&e, "message", "*") && name_is_p7m(e.filename))
+		rc = do_blob(w, buf, &e, depth, 1);
+out:
+	mlt_entity_clear(&e);
+	return rc;
+}
+
+/* The message verdict from the signatures found. */
+static int
+assemble(struct walk *w, struct mlt_result *res)
+{
+	res->sigs = w->sigs;
+	res->nsigs = w->nsigs;
+	res->nencrypted = w->nencrypted;
+	w->sigs = NULL;
+	w->nsigs = 0;
+	res->main = res->nsigs;
+	if (w->bound != NULL) {
+		res->verdict = POL_V_ERROR;
+		res->detail = w->bound;
+		w->bound = NULL;
+		return 0;
+	}
+	if (res->nsigs > 0) {
+		res->main = 0;
+		res->verdict = res->sigs[0].verdict;
+		for (size_t i = 1; i < res->nsigs; i++) {
+			if (pol_verdict_worst(res->verdict, res->sigs[i].verdict) != res->verdict) {
+				res->verdict = res->sigs[i].verdict;
+				res->main = i;
+			}
+		}
+		res->detail = strdup(res->sigs[res->main].detail ? res->sigs[res->main].detail : "");
+	} else if (res->nencrypted > 0) {
+		res->verdict = POL_V_ENCRYPTED;
+		res->detail = strdup("message is encrypted; its signature, if any, cannot be seen");
+	} else {
+		res->verdict = POL_V_NONE;
+		res->detail = strdup("no S/MIME signature");
+	}
+	return res->detail ? 0 : kms_fail(KMS_ERR_NOMEM, "out of memory");
+}
+
+int
+mlt_result_error(const char *authserv_id, const char *detail, struct mlt_result **out)
+{
+	struct mlt_result *res;
+	int rc;
+
+	*out = NULL;
+	if ((res = calloc(1, sizeof(*res))) == NULL)
+		return kms_fail(KMS_ERR_NOMEM, "out of memory");
+	res->verdict = POL_V_ERROR;
+	if ((res->detail = mlt_clean_text(detail, strlen(detail), MLT_MAX_TEXT)) == NULL) {
+		free(res);
+		return kms_fail(KMS_ERR_NOMEM, "out of memory");
+	}
+	if ((rc = mlt_ar_build(authserv_id, res)) != 0) {
+		mlt_result_free(res);
+		return rc;
+	}
+	*out = res;
+	return 0;
+}
+
+int
+mlt_check_message(const struct mlt_check_ctx *ctx, const unsigned char *msg, size_t len,
+    struct mlt_result **out)
+{
+	struct walk w;
+	struct mlt_result *res = NULL;
+	int rc;
+
+	*out = NULL;
+	mlt_smime_init();
+	memset(&w, 0, sizeof(w));
+	w.ctx = ctx;
+	w.now = ctx->now ? ctx->now : time(NULL);
+	if ((res = calloc(1, sizeof(*res))) == NULL)
+		return kms_fail(KMS_ERR_NOMEM, "out of memory");
+	if (ctx->limits.max_message_size > 0 && len > ctx->limits.max_message_size) {
+		char t[128];
+
+		snprintf(t, sizeof(t), "message of %zu bytes is over [milter] max_message_size (%zu): not checked",
+		    len, ctx->limits.max_message_size);
+		if ((rc = hit_bound(&w, t)) != 0)
+			goto out;
+	} else {
+		if ((rc = mlt_from_addresses(msg, len, ctx->limits.max_headers, &w.from, &w.nfrom_fields)) != 0)
+			goto out;
+		if (w.nfrom_fields == 1 && w.from[0] != NULL && w.from[1] == NULL &&
+		    (res->from = mlt_clean_text(w.from[0], strlen(w.from[0]), MLT_MAX_TEXT)) == NULL) {
+			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		if ((rc = walk_entity(&w, msg, 0, len, 0)) != 0)
+			goto out;
+	}
+	if ((rc = assemble(&w, res)) != 0)
+		goto out;
+	if ((rc = mlt_ar_build(ctx->authserv_id, res)) != 0)
+		goto out;
+	*out = res;
+	res = NULL;
+out:
+	for (size_t i = 0; i < w.nsigs; i++)
+		sig_clear(&w.sigs[i]);
+	free(w.sigs);
+	free(w.bound);
+	kms_strv_free(w.from);
+	mlt_result_free(res);
+	ERR_clear_error();
+	return rc;
+}

@@ -1,0 +1,47 @@
+/*
+ * smime_int.h - what smime.c (finding and verifying signatures) and
+ * verdict.c (judging the signer's certificate, the result, the
+ * Authentication-Results text) share.  Internal to milter/.
+ */
+#ifndef MLT_SMIME_INT_H
+#define MLT_SMIME_INT_H
+
+#include <openssl/cms.h>
+#include <openssl/x509.h>
+
+#include "milter/smime.h"
+
+/* Longest issuer, address and detail text we keep (longer ones are cut with "..."). */
+#define MLT_MAX_TEXT 256
+
+/*
+ * Judge one signer whose signature has been checked (sig_ok: 1 verified,
+ * 0 broken, with why in sig_why): its chain against ctx->trust for S/MIME
+ * signing at now, revocation of every chain certificate in ctx->rev, its
+ * addresses against from (nfrom_fields From fields), and fill sig
+ * (verdict, detail, signer, serial, issuer, revocation).  cert may be
+ * NULL (not found).  untrusted: the certificates the message carried.
+ * 0 or KMS_ERR_NOMEM.
+ */
+int mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(X509) *untrusted,
+    int sig_ok, const char *sig_why, char *const *from, size_t nfrom_fields, struct mlt_sig *sig);
+
+/* The signingTime attribute of si, 0 if none or unreadable. */
+time_t mlt_signing_time(CMS_SignerInfo *si);
+
+/* An ASN1_TIME as time_t, 0 if unreadable. */
+time_t mlt_asn1_time(const ASN1_TIME *t);
+
+/* Build res->ar_value from res (NULL for verdict none).  0 or KMS_ERR_NOMEM. */
+int mlt_ar_build(const char *authserv_id, struct mlt_result *res);
+
+/*
+ * Copy untrusted text into a new string: printable ASCII kept, anything
+ * else '?', at most max bytes (cut with "...").  NULL on allocation failure.
+ */
+char *mlt_clean_text(const char *s, size_t n, size_t max);
+
+/* Append printf-style text to a malloc'd string (*s may be NULL). 0 or KMS_ERR_NOMEM. */
+int mlt_strcatf(char **s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif /* MLT_SMIME_INT_H */

@@ -157,15 +157,16 @@ kms_read_file(const char *path, size_t max, unsigned char **out, size_t *outlen)
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return kms_fail(errno == ENOENT ? KMS_ERR_NOTFOUND : KMS_ERR_IO, "%s: %s", path, strerror(errno));
-	if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+	/* Regular files, and pipes (a password given as <(...)); never directories or devices. */
+	if (fstat(fd, &sb) != 0 || !(S_ISREG(sb.st_mode) || S_ISFIFO(sb.st_mode))) {
 		rc = kms_fail(KMS_ERR_INVALID, "%s: not a regular file", path);
 		goto out;
 	}
-	if ((unsigned long long)sb.st_size > max) {
+	if (S_ISREG(sb.st_mode) && (unsigned long long)sb.st_size > max) {
 		rc = kms_fail(KMS_ERR_TOOBIG, "%s: larger than %zu bytes", path, max);
 		goto out;
 	}
-	cap = (size_t)sb.st_size + 1;
+	cap = S_ISREG(sb.st_mode) ? (size_t)sb.st_size + 1 : 4096;
 	buf = malloc(cap);
 	if (buf == NULL) {
 		rc = KMS_ERR_NOMEM;

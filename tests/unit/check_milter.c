@@ -897,11 +897,13 @@ START_TEST(test_wrapped_inner_entity_is_the_original_byte_for_byte)
 	parts = top_parts(out, outlen, &n);
 	ck_assert_uint_eq(n, 2);
 	split_top(in, inlen, &cfields, &others, &body, &blen);
-	want = concat(&wlen, cfields, body, blen, "");
 	/* Content-* fields as written, the empty line, the body as it arrived. */
-	memmove(want + strlen(cfields) + 2, want + strlen(cfields), blen);
-	memcpy(want + strlen(cfields), "\r\n", 2);
-	wlen = strlen(cfields) + 2 + blen;
+	{
+		char *head = g_strdup_printf("%s\r\n", cfields);
+
+		want = concat(&wlen, head, body, blen, "");
+		g_free(head);
+	}
 	ck_assert_uint_eq(parts[1].end - parts[1].start, wlen);
 	ck_assert(memcmp(out + parts[1].start, want, wlen) == 0);
 	/* The notice part is plain text. */

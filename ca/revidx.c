@@ -44,15 +44,20 @@
 /* Tolerated clock skew for a CRL's thisUpdate. */
 #define CRL_SKEW 300
 
+#define INLINE_SERIAL 32
+
+/* One cache line: a lookup touches its slot and this, nothing else (serials up to 32 octets). */
 struct rev_ent {
 	uint64_t hash;
 	int64_t revoked_at;
 	int64_t invalidity;
-	uint32_t serial_off;    /* into the table's serials */
+	uint32_t serial_off;    /* into the table's serials, for longer serials */
 	uint16_t issuer;        /* issuer index | ENT_STALE */
 	uint8_t len_flags;      /* serial length | ENT_NEG */
 	int8_t reason;
+	unsigned char inl[INLINE_SERIAL];
 };
+_Static_assert(sizeof(struct rev_ent) == 64, "a revocation entry fills one cache line");
 
 struct rev_table {
 	uint64_t *slots;        /* 0 empty, else (hash >> 32) << 32 | (entry index + 1) */
@@ -167,12 +172,18 @@ table_free(struct rev_table *t)
 	memset(t, 0, sizeof(*t));
 }
 
+static const unsigned char *
+ent_serial(const struct rev_table *t, const struct rev_ent *e)
+{
+	return (e->len_flags & 0x7f) <= INLINE_SERIAL ? e->inl : t->serials + e->serial_off;
+}
+
 static int
 ent_match(const struct rev_table *t, const struct rev_ent *e, uint64_t h, unsigned issuer, int neg,
     const unsigned char *s, size_t n)
 {
 	return e->hash == h && (e->issuer & ~ENT_STALE) == issuer && (e->len_flags & 0x7f) == n &&
-	    !!(e->len_flags & ENT_NEG) == !!neg && memcmp(t->serials + e->serial_off, s, n) == 0;
+	    !!(e->len_flags & ENT_NEG) == !!neg && memcmp(ent_serial(t, e), s, n) == 0;
 }
 
 /* Index of the entry with this key, or -1. */
@@ -249,6 +260,28 @@ grow(void **p, size_t *cap, size_t need, size_t size)
 	return 0;
 }
 
+/* Entries are cache-line aligned, so each lookup reads exactly one line of them. */
+static int
+grow_ents(struct rev_table *t, size_t need)
+{
+	size_t nc;
+	void *np;
+
+	if (need <= t->cap)
+		return 0;
+	nc = t->cap ? t->cap : 64;
+	while (nc < need)
+		nc *= 2;
+	if (posix_memalign(&np, 64, nc * sizeof(*t->ents)) != 0)
+		return KMS_ERR_NOMEM;
+	if (t->n > 0)
+		memcpy(np, t->ents, t->n * sizeof(*t->ents));
+	free(t->ents);
+	t->ents = np;
+	t->cap = nc;
+	return 0;
+}
+
 /*
  * Add an entry; an entry with the same key is kept (replace 0) or
  * overwritten (replace 1).  *added tells whether the key was new.
@@ -269,16 +302,20 @@ table_add(struct rev_table *t, unsigned issuer, int neg, const unsigned char *s,
 			return 0;
 		e = &t->ents[k];
 	} else {
-		if ((rc = table_reserve(t, t->n + 1)) != 0 ||
-		    (rc = grow((void **)&t->ents, &t->cap, t->n + 1, sizeof(*t->ents))) != 0 ||
-		    (rc = grow((void **)&t->serials, &t->scap, t->slen + n, 1)) != 0)
+		if ((rc = table_reserve(t, t->n + 1)) != 0 || (rc = grow_ents(t, t->n + 1)) != 0 ||
+		    (n > INLINE_SERIAL && (rc = grow((void **)&t->serials, &t->scap, t->slen + n, 1)) != 0))
 			return rc;
 		e = &t->ents[t->n];
+		memset(e, 0, sizeof(*e));
 		e->hash = h;
-		e->serial_off = (uint32_t)t->slen;
 		e->len_flags = (uint8_t)(n | (neg ? ENT_NEG : 0));
-		memcpy(t->serials + t->slen, s, n);
-		t->slen += n;
+		if (n <= INLINE_SERIAL) {
+			memcpy(e->inl, s, n);
+		} else {
+			e->serial_off = (uint32_t)t->slen;
+			memcpy(t->serials + t->slen, s, n);
+			t->slen += n;
+		}
 		slot_put(t->slots, t->mask, h, t->n);
 		t->n++;
 		if (added)
@@ -297,8 +334,7 @@ table_copy(struct rev_table *dst, const struct rev_table *src, size_t extra)
 	memset(dst, 0, sizeof(*dst));
 	if (src->n == 0 && extra == 0)
 		return 0;
-	if (grow((void **)&dst->ents, &dst->cap, src->n + extra, sizeof(*dst->ents)) != 0 ||
-	    grow((void **)&dst->serials, &dst->scap, src->slen + extra * 20 + 1, 1) != 0)
+	if (grow_ents(dst, src->n + extra) != 0 || grow((void **)&dst->serials, &dst->scap, src->slen + 1, 1) != 0)
 		goto nomem;
 	if (src->n > 0) {
 		memcpy(dst->ents, src->ents, src->n * sizeof(*src->ents));
@@ -786,7 +822,7 @@ merge_bulk(const struct rev_table *bulk, const struct rev_table *over, struct re
 
 		ent_info(e, &info);
 		if ((rc = table_add(&bk->t, e->issuer & ~ENT_STALE, e->len_flags & ENT_NEG,
-		    over->serials + e->serial_off, e->len_flags & 0x7f, &info, info.stale, 1, NULL)) != 0)
+		    ent_serial(over, e), e->len_flags & 0x7f, &info, info.stale, 1, NULL)) != 0)
 			goto fail;
 	}
 	*out = bk;

@@ -67,6 +67,10 @@ print_status(json_t *r)
 		printf("CRL:       number %lld, next update %s, at %s\n",
 		    (long long)json_integer_value(json_object_get(crl, "number")), ctl_str(crl, "next_update"),
 		    ctl_str(crl, "url"));
+	if (json_object_get(r, "revocation"))
+		printf("Revoked:   %lld entries in the revocation index (from %s)\n",
+		    (long long)json_integer_value(json_object_get(json_object_get(r, "revocation"), "entries")),
+		    ctl_str(json_object_get(r, "revocation"), "source"));
 	printf("You:       %s (uid %lld), roles:", ctl_str(you, "user"),
 	    (long long)json_integer_value(json_object_get(you, "uid")));
 	json_array_foreach(json_object_get(you, "roles"), i, role)

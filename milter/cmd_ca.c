@@ -104,6 +104,14 @@ cmd_status(struct kmsd_req *req)
 	    "certificates", count(req->st, "SELECT count(*) FROM certs WHERE usage != 'krk'"),
 	    "revoked", count(req->st, "SELECT count(*) FROM certs WHERE revoked_at IS NOT NULL"),
 	    "escrowed_keys", count(req->st, "SELECT count(*) FROM escrow")));
+	{
+		struct ca_revidx *idx = kmsd_revidx_get();
+
+		json_object_set_new(res, "revocation", json_pack("{s:I,s:s}",
+		    "entries", (json_int_t)(idx ? ca_revidx_count(idx) : 0),
+		    "source", env->cfg->crl.source[0] ? env->cfg->crl.source : "store"));
+		ca_revidx_unref(idx);
+	}
 	if (ca_crl_latest(req->st, &crl) == 0) {
 		char nu[32];
 

@@ -1,0 +1,73 @@
+#!/bin/sh
+# run.sh - run the kmsd miltertest scripts against a kmsd started here, on
+# a unix milter socket (default) or an inet one on loopback:
+#
+#   top_builddir=BUILD srcdir=SRC sh SRC/tests/integration/miltertest/run.sh [unix|inet]
+#
+# kmsd trusts the test CA of tests/data/smime and loads its CRL as an
+# external CRL (dave is revoked there).  verdicts, forged, abort and
+# two_messages run under the default policy; policy.lua runs once per
+# on_revoked action, each with its own kmsd.  TAP-like output; exit 0 when
+# every script passed, 77 when miltertest is missing.
+. "${srcdir:-.}/tests/integration/lib.sh"
+
+need_cmd miltertest
+setup
+MT="$(cd "$srcdir/tests/integration/miltertest" && pwd)"
+SMIME="$(cd "$srcdir/tests/data/smime" && pwd)"
+KIND=${1:-unix}
+
+# mt_run what script [-D ...]: run one script, pass if miltertest exits 0.
+mt_run() {
+	what=$1
+	script=$2
+	shift 2
+	if miltertest -D sock="$MSOCK" -D data="$SMIME" -D dir="$MT" "$@" -s "$MT/$script" > "$T/mt.out" 2>&1; then
+		pass "$what"
+	else
+		fail "$what" "$(grep -v '^ok' "$T/mt.out" | tail -5 | tr '\n' ' ')"
+	fi
+	sed 's/^/#   /' "$T/mt.out"
+}
+
+# start POLICY: a kmsd with on_revoked = POLICY; waits until dave's revocation is known.
+start() {
+	if [ "$KIND" = inet ]; then
+		MSOCK="inet:$(free_port)@127.0.0.1"
+	else
+		MSOCK="unix:$STATE/milter.sock"
+	fi
+	write_conf "[kmsd]" "milter_socket = $MSOCK" \
+	    "[milter]" "trust_file = $SMIME/ca.pem" \
+	    "[crl]" "external = $SMIME/crl.pem" "external_ca = $SMIME/ca.pem" \
+	    "[policy]" "on_revoked = $1"
+	start_kmsd || return 1
+	# The external CRL is read by a thread after start: wait for the index.
+	for _ in $(seq 1 50); do
+		if "$KMSD" -t -c "$CONF" --trust "$SMIME/ca.pem" --crl "$SMIME/crl.pem" "$SMIME/dave-revoked.eml" \
+		    >/dev/null 2>&1 && grep -q "revoked" "$T/kmsd.log" 2>/dev/null; then
+			break
+		fi
+		sleep 0.1
+	done
+	return 0
+}
+
+if start warn; then
+	mt_run "verdicts: each verdict's header and actions ($KIND)" verdicts.lua
+	mt_run "forged Authentication-Results removed ($KIND)" forged.lua
+	mt_run "abort mid-message ($KIND)" abort.lua
+	mt_run "several messages on one connection ($KIND)" two_messages.lua
+	stop_kmsd
+else
+	fail "kmsd starts with the test trust anchors"
+fi
+for p in reject tempfail quarantine accept; do
+	if start "$p"; then
+		mt_run "on_revoked = $p ($KIND)" policy.lua -D policy="$p"
+		stop_kmsd
+	else
+		fail "kmsd starts with on_revoked = $p"
+	fi
+done
+done_testing

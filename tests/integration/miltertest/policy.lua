@@ -1,6 +1,10 @@
 -- policy.lua - the action [policy] on_revoked names, for a revoked signer.
---   miltertest -D sock=... -D data=... -D dir=... -D policy=reject|tempfail|quarantine|accept -s policy.lua
--- kmsd must run with [policy] on_revoked = <policy>.
+--   miltertest -D sock=... -D data=... -D dir=... -D policy=reject|tempfail|quarantine|accept \
+--       -D detail="..." -s policy.lua
+-- kmsd must run with [policy] on_revoked = <policy>.  detail is the
+-- verdict detail kmsd gives dave-revoked.eml (what `kmsd -t` prints in
+-- parentheses after "revoked: "): miltertest matches a reply only as a
+-- whole (code, enhanced code and text), so the script needs the text.
 
 dofile(dir .. "/kms.lua")
 
@@ -9,10 +13,12 @@ local reply = kms.send(conn, "dave-revoked.eml", "POLICY1")
 
 if policy == "reject" then
 	kms.expect(reply == SMFIR_REPLYCODE, "reject: a reply code")
-	kms.expect(mt.eom_check(conn, MT_SMTPREPLY, "550", "5.7.1"), "reject: 550 5.7.1")
+	kms.expect(mt.eom_check(conn, MT_SMTPREPLY, "550", "5.7.1", "S/MIME revoked: " .. detail),
+	    "reject: 550 5.7.1 naming the reason")
 elseif policy == "tempfail" then
 	kms.expect(reply == SMFIR_REPLYCODE, "tempfail: a reply code")
-	kms.expect(mt.eom_check(conn, MT_SMTPREPLY, "451", "4.7.1"), "tempfail: 451 4.7.1")
+	kms.expect(mt.eom_check(conn, MT_SMTPREPLY, "451", "4.7.1", "S/MIME revoked: " .. detail),
+	    "tempfail: 451 4.7.1 naming the reason")
 elseif policy == "quarantine" then
 	kms.expect(kms.accepted(reply), "quarantine: accepted")
 	kms.expect(mt.eom_check(conn, MT_QUARANTINE), "quarantine: quarantined")

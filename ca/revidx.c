@@ -336,10 +336,10 @@ table_copy(struct rev_table *dst, const struct rev_table *src, size_t extra)
 		return 0;
 	if (grow_ents(dst, src->n + extra) != 0 || grow((void **)&dst->serials, &dst->scap, src->slen + 1, 1) != 0)
 		goto nomem;
-	if (src->n > 0) {
+	if (src->n > 0)
 		memcpy(dst->ents, src->ents, src->n * sizeof(*src->ents));
+	if (src->slen > 0)
 		memcpy(dst->serials, src->serials, src->slen);
-	}
 	dst->n = src->n;
 	dst->slen = src->slen;
 	if (table_reserve(dst, src->n + extra) != 0)

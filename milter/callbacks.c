@@ -114,8 +114,9 @@ conn_free(struct conn *c)
 /*
  * libmilter keeps the session's socket in its context, right after the
  * thread id, and has done so since the first libmilter; it gives no call
- * for it.  We take it only when it checks out: the thread id is ours and
- * the descriptor is a connected TCP socket.  Otherwise no QUICKACK.
+ * for it.  We take it only when it checks out: a connected (not
+ * listening) TCP stream socket.  Otherwise no QUICKACK.  (The thread id
+ * is not ours to compare: with a worker pool another thread may serve.)
  */
 struct smfi_str_head {
 	pthread_t id;
@@ -128,14 +129,15 @@ quickack_find(SMFICTX *ctx, struct conn *c)
 	const struct smfi_str_head *h = (const struct smfi_str_head *)(const void *)ctx;
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
-	int type = 0;
-	socklen_t tl = sizeof(type);
+	int type = 0, listening = 1;
+	socklen_t tl = sizeof(type), ll = sizeof(listening);
 
 	c->quickack_checked = 1;
 	c->quickack_fd = -1;
-	if (!pthread_equal(h->id, pthread_self()) || h->sd < 0)
+	if (h->sd < 0)
 		return;
-	if (getsockopt(h->sd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_STREAM)
+	if (getsockopt(h->sd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_STREAM ||
+	    getsockopt(h->sd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) != 0 || listening)
 		return;
 	if (getsockname(h->sd, (struct sockaddr *)&ss, &sl) != 0 ||
 	    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))

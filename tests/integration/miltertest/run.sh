@@ -8,7 +8,8 @@
 # external CRL (dave is revoked there).  verdicts, forged, abort and
 # two_messages run under the default policy; policy.lua runs once per
 # on_revoked action, each with its own kmsd.  TAP-like output; exit 0 when
-# every script passed, 77 when miltertest is missing.
+# every script passed, 77 when miltertest is missing.  kmsd runs with
+# max_memory = 64K and max_message_size = 4M so that big.lua exercises both.
 . "${srcdir:-.}/tests/integration/lib.sh"
 
 need_cmd miltertest
@@ -38,7 +39,7 @@ start() {
 		MSOCK="unix:$STATE/milter.sock"
 	fi
 	write_conf "[kmsd]" "milter_socket = $MSOCK" \
-	    "[milter]" "trust_file = $SMIME/ca.pem" \
+	    "[milter]" "trust_file = $SMIME/ca.pem" "max_memory = 64K" "max_message_size = 4M" \
 	    "[crl]" "external = $SMIME/crl.pem" "external_ca = $SMIME/ca.pem" \
 	    "[policy]" "on_revoked = $1"
 	start_kmsd || return 1
@@ -55,6 +56,7 @@ if start warn; then
 	mt_run "forged Authentication-Results removed ($KIND)" forged.lua
 	mt_run "abort mid-message ($KIND)" abort.lua
 	mt_run "several messages on one connection ($KIND)" two_messages.lua
+	mt_run "3 MB message spilled and checked, 5 MB over the bound tempfailed ($KIND)" big.lua
 	stop_kmsd
 else
 	fail "kmsd starts with the test trust anchors"

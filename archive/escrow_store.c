@@ -326,29 +326,35 @@ write_envelope(struct kms_store *st, const char *sql, const char *serial, long l
 	return rc;
 }
 
-int
-esc_store_put(struct kms_store *st, const char *serial, long long krk_id, const unsigned char *env, size_t len)
+/* Signing keys are never escrowed: only an encryption certificate gets an envelope. */
+static int
+check_enc_cert(struct kms_store *st, const char *serial)
 {
 	sqlite3_stmt *s = NULL;
 	int rc;
 
-	/* Signing keys are never escrowed: only an encryption certificate gets an envelope. */
-	if (serial != NULL && *serial != '\0') {
-		if ((rc = prepare(st, "SELECT usage FROM certs WHERE serial = ?", &s, "store escrowed key")) != 0)
-			return rc;
-		sqlite3_bind_text(s, 1, serial, -1, SQLITE_STATIC);
-		rc = sqlite3_step(s);
-		if (rc == SQLITE_ROW && strcmp((const char *)sqlite3_column_text(s, 0), "enc") != 0)
-			rc = kms_fail(KMS_ERR_INVALID, "certificate %s is not an encryption certificate: "
-			    "only encryption keys are escrowed", serial);
-		else if (rc == SQLITE_ROW || rc == SQLITE_DONE)
-			rc = 0;         /* an unknown serial is refused by the foreign key below */
-		else
-			rc = kms_store_fail(st, "store escrowed key");
-		sqlite3_finalize(s);
-		if (rc != 0)
-			return rc;
-	}
+	if ((rc = prepare(st, "SELECT usage FROM certs WHERE serial = ?", &s, "store escrowed key")) != 0)
+		return rc;
+	sqlite3_bind_text(s, 1, serial, -1, SQLITE_STATIC);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW && strcmp((const char *)sqlite3_column_text(s, 0), "enc") != 0)
+		rc = kms_fail(KMS_ERR_INVALID, "certificate %s is not an encryption certificate: "
+		    "only encryption keys are escrowed", serial);
+	else if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+		rc = 0;         /* an unknown serial is refused by the foreign key */
+	else
+		rc = kms_store_fail(st, "store escrowed key");
+	sqlite3_finalize(s);
+	return rc;
+}
+
+int
+esc_store_put(struct kms_store *st, const char *serial, long long krk_id, const unsigned char *env, size_t len)
+{
+	int rc;
+
+	if (serial != NULL && *serial != '\0' && (rc = check_enc_cert(st, serial)) != 0)
+		return rc;
 	return write_envelope(st, "INSERT INTO escrow(serial, krk_id, envelope, created) VALUES (?, ?, ?, ?)",
 	    serial, krk_id, env, len, 0);
 }

@@ -24,4 +24,4 @@ clang -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer $san -DHAVE_CONFIG_H -I. 
 mkdir -p corpus
 cp "$src"/tests/data/smime/*.eml corpus/
 echo "built $b/fuzz_smime; run for an hour with:"
-echo "  cd $b && KMS_FUZZ_DATA=$src/tests/data/smime ./fuzz_smime -max_total_time=3600 -rss_limit_mb=2048 -max_len=262144 corpus"
+echo "  cd $b && KMS_FUZZ_DATA=$src/tests/data/smime ./fuzz_smime -dict=$src/tests/fuzz/smime.dict -max_total_time=3600 -rss_limit_mb=2048 -max_len=262144 corpus"

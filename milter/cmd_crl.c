@@ -13,21 +13,15 @@
 
 /* Extend the current index with one revocation; no full rebuild. */
 static void
-index_add(X509 *ca_cert, const struct ca_cert_row *row, time_t when, int reason, time_t invalidity)
+index_add(const struct ca_cert_row *row, time_t when, int reason, time_t invalidity)
 {
-	struct ca_revidx *cur = kmsd_revidx_get(), *next = NULL;
 	struct ca_rev_info info = { .revoked_at = when, .reason = reason, .invalidity = invalidity };
 	const unsigned char *p = row->der;
 	X509 *x = d2i_X509(NULL, &p, (long)row->der_len);
 
-	if (x != NULL && cur != NULL &&
-	    ca_revidx_with(cur, X509_get_issuer_name(x), X509_get0_serialNumber(x), &info, &next) == 0)
-		kmsd_revidx_set(next);
-	else
+	if (x == NULL || kmsd_revidx_add(X509_get_issuer_name(x), X509_get0_serialNumber(x), &info) != 0)
 		kms_log(KMS_LOG_ERR, "revocation index: cannot add %s: %s", row->serial, kms_last_error());
-	(void)ca_cert;
 	X509_free(x);
-	ca_revidx_unref(cur);
 }
 
 json_t *
@@ -110,7 +104,7 @@ cmd_revoke(struct kmsd_req *req)
 	in_tx = 0;
 	for (size_t i = 0; i < n; i++)
 		if (revoked_now[i])
-			index_add(ca->cert, &rows[i], now, reason, invalidity);
+			index_add(&rows[i], now, reason, invalidity);
 	if (nrev > 0 && kmsd_crl_publish_new(req->st, "revocation") != 0) {
 		/* The revocation stands and the index has it; the timer retries the CRL. */
 		kms_log(KMS_LOG_ERR, "revoke: the new CRL could not be published yet: %s", kms_last_error());

@@ -16,6 +16,12 @@
 #include "milter/kmsd.h"
 
 static pthread_mutex_t publish_lock = PTHREAD_MUTEX_INITIALIZER;
+/*
+ * Serialises changes to the revocation index: a rebuild reads the store
+ * and installs its result under it, and a revocation extends the index
+ * under it, so a revocation committed while a rebuild runs is never lost.
+ */
+static pthread_mutex_t rev_lock = PTHREAD_MUTEX_INITIALIZER;
 static time_t crl_this_update, crl_next_update;
 
 /* The delta CRL's URL: the full CRL's with "-delta" before ".crl". */
@@ -84,6 +90,7 @@ kmsd_revidx_rebuild(struct kms_store *st)
 	struct ca_revidx *idx = NULL;
 	int rc;
 
+	pthread_mutex_lock(&rev_lock);
 	if ((rc = ca_revidx_builder_new(&b)) != 0)
 		goto out;
 	if (env->ca_cert != NULL && kmsd_ca() != NULL && (rc = ca_revidx_add_store(b, st, env->ca_cert)) != 0)
@@ -95,8 +102,36 @@ kmsd_revidx_rebuild(struct kms_store *st)
 	kms_log(KMS_LOG_DEBUG, "revocation index rebuilt: %zu entries", ca_revidx_count(idx));
 	kmsd_revidx_set(idx);
 out:
+	pthread_mutex_unlock(&rev_lock);
 	ca_revidx_builder_free(b);
 	kmsd_env_put(env);
+	return rc;
+}
+
+int
+kmsd_revidx_add(const X509_NAME *issuer, const ASN1_INTEGER *serial, const struct ca_rev_info *info)
+{
+	struct ca_revidx *cur, *next = NULL;
+	int rc;
+
+	pthread_mutex_lock(&rev_lock);
+	cur = kmsd_revidx_get();
+	if (cur == NULL) {
+		struct ca_revidx_builder *b = NULL;
+
+		/* No index yet: start an empty one. */
+		rc = ca_revidx_builder_new(&b);
+		if (rc == 0)
+			rc = ca_revidx_build(b, &cur);
+		ca_revidx_builder_free(b);
+		if (rc != 0)
+			goto out;
+	}
+	if ((rc = ca_revidx_with(cur, issuer, serial, info, &next)) == 0)
+		kmsd_revidx_set(next);
+out:
+	pthread_mutex_unlock(&rev_lock);
+	ca_revidx_unref(cur);
 	return rc;
 }
 

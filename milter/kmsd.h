@@ -72,6 +72,8 @@ long long kmsd_uptime(void);
  * and publish a new CRL.  Called by revoke, init and the timer.
  */
 int kmsd_crl_publish_new(struct kms_store *st, const char *why);
+/* Add one revocation to the current index at once (no full rebuild). */
+int kmsd_revidx_add(const X509_NAME *issuer, const ASN1_INTEGER *serial, const struct ca_rev_info *info);
 /* Rebuild the revocation index from the store (and external CRLs). */
 int kmsd_revidx_rebuild(struct kms_store *st);
 /* Expire recovery requests past their time: wipe their shares and keys. */

@@ -426,6 +426,7 @@ run(const char *config_path, struct kms_config *cfg, int foreground)
 				kms_log(KMS_LOG_ERR, "reload refused, the running configuration is kept: %s", kms_last_error());
 			else
 				kms_log(KMS_LOG_INFO, "configuration reloaded");
+			kmsd_sync_refresh();
 		}
 		if (milter_exited) {
 			kms_log(KMS_LOG_ERR, "the milter listener stopped; shutting down so that the service manager can restart kmsd");

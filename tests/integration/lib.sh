@@ -102,6 +102,7 @@ free_port() {
 }
 
 cleanup() {
+	pf_cleanup
 	for p in $PIDS; do
 		kill -TERM "$p" 2>/dev/null
 	done
@@ -186,4 +187,119 @@ done_testing() {
 	printf '1..%d\n' "$N"
 	[ "$FAILED" -eq 0 ] || { note "$FAILED check(s) failed; kmsd log tail:"; tail -30 "$T/kmsd.log" 2>/dev/null | sed 's/^/#   /'; exit 1; }
 	exit 0
+}
+
+# ------------------------------------------------------------ Postfix
+
+# pf_setup NAME SMTP_PORT SINK_PORT MILTER: a private Postfix instance in
+# $T/NAME (config, queue, data, log) listening on 127.0.0.1:SMTP_PORT,
+# relaying everything to the sink, with MILTER (e.g. unix:/path) attached
+# to smtpd and to local submission, default action tempfail.  It never
+# reads or writes /etc/postfix/main.cf.
+pf_setup() {
+	name=$1 port=$2 sink=$3 milter=$4
+	d="$T/$name"
+	mkdir -p "$d/etc" "$d/queue" "$d/data"
+	chown postfix "$d/data"
+	cat > "$d/etc/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $d/queue
+data_directory = $d/data
+meta_directory = /etc/postfix
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = $d/maillog
+maillog_file_prefixes = $d
+myhostname = mta.test.example
+mydomain = test.example
+myorigin = test.example
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+local_recipient_maps =
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:$sink
+smtpd_relay_restrictions = permit_mynetworks, reject
+alias_maps =
+alias_database =
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+smtputf8_enable = no
+# kmsd checks mail on the way in; tempfail (the MTA keeps the mail) when
+# kmsd cannot answer.
+smtpd_milters = $milter
+non_smtpd_milters = $milter
+milter_default_action = tempfail
+milter_connect_timeout = 10s
+milter_command_timeout = 30s
+milter_content_timeout = 60s
+# Retry quickly in tests.
+minimal_backoff_time = 1s
+maximal_backoff_time = 5s
+queue_run_delay = 1s
+EOF
+	cat > "$d/etc/master.cf" <<EOF
+127.0.0.1:$port inet n - n - - smtpd
+pickup    unix  n       -       n       1       1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+}
+
+PF_STARTED=""
+pf_start() {
+	postfix -c "$T/$1/etc" start >> "$T/$1/start.log" 2>&1 || { sed 's/^/#   /' "$T/$1/start.log"; return 1; }
+	PF_STARTED="$PF_STARTED $1"
+}
+
+pf_stop() {
+	postfix -c "$T/$1/etc" stop >/dev/null 2>&1
+	PF_STARTED=$(printf '%s' "$PF_STARTED" | sed "s/ $1\b//")
+}
+
+pf_cleanup() {
+	for n in $PF_STARTED; do
+		postfix -c "$T/$n/etc" stop >/dev/null 2>&1
+	done
+}
+
+# sink_start PORT DIR: smtp-sink on 127.0.0.1:PORT writing each message to DIR.
+sink_start() {
+	mkdir -p "$2"
+	chmod 777 "$2"
+	smtp-sink -u nobody -d "$2/%Y%m%d%H%M%S." "127.0.0.1:$1" 100 > "$T/sink.log" 2>&1 &
+	PIDS="$PIDS $!"
+	for _ in $(seq 1 50); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# wait_files DIR N [SECONDS]: until DIR holds at least N files.
+wait_files() {
+	for _ in $(seq 1 $(( ${3:-20} * 10 ))); do
+		[ "$(ls "$1" 2>/dev/null | wc -l)" -ge "$2" ] && return 0
+		sleep 0.1
+	done
+	return 1
 }

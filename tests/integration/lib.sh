@@ -295,10 +295,15 @@ sink_start() {
 	return 1
 }
 
-# wait_files DIR N [SECONDS]: until DIR holds at least N files.
+# wait_files DIR N [SECONDS]: until DIR holds at least N files, none of
+# them still growing (smtp-sink writes while the message arrives).
 wait_files() {
 	for _ in $(seq 1 $(( ${3:-20} * 10 ))); do
-		[ "$(ls "$1" 2>/dev/null | wc -l)" -ge "$2" ] && return 0
+		if [ "$(ls "$1" 2>/dev/null | wc -l)" -ge "$2" ]; then
+			a=$(du -sb "$1" 2>/dev/null | cut -f1)
+			sleep 0.2
+			[ "$a" = "$(du -sb "$1" 2>/dev/null | cut -f1)" ] && return 0
+		fi
 		sleep 0.1
 	done
 	return 1

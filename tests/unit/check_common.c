@@ -158,6 +158,22 @@ START_TEST(test_config_bad_file_names_file_line_and_key)
 }
 END_TEST
 
+START_TEST(test_config_example_file_loads)
+{
+	const char *srcdir = getenv("srcdir");
+	char path[4096];
+	struct kms_config *cfg;
+
+	snprintf(path, sizeof(path), "%s/contrib/kmsd.conf.example", srcdir ? srcdir : ".");
+	ck_assert_msg(kms_config_load(path, &cfg) == 0, "%s", kms_last_error());
+	ck_assert_str_eq(cfg->kmsd.state_dir, "/var/lib/smime-kms");
+	ck_assert_str_eq(cfg->http.listen, "0.0.0.0:8480");
+	ck_assert_ptr_nonnull(strstr(cfg->policy.notice, "%{revoked_at}"));
+	ck_assert_int_eq(cfg->policy.on_revoked, KMS_ACT_WARN);
+	kms_config_unref(cfg);
+}
+END_TEST
+
 START_TEST(test_config_overlong_line_is_an_error)
 {
 	struct kms_config *cfg;
@@ -689,6 +705,7 @@ common_suite(void)
 	tcase_add_test(tc, test_config_good_file_sets_every_type);
 	tcase_add_loop_test(tc, test_config_bad_file_names_file_line_and_key, 0,
 	    (int)(sizeof(bad_configs) / sizeof(bad_configs[0])));
+	tcase_add_test(tc, test_config_example_file_loads);
 	tcase_add_test(tc, test_config_overlong_line_is_an_error);
 	tcase_add_test(tc, test_config_missing_file_is_an_error);
 	tcase_add_test(tc, test_config_parsers_reject_garbage);

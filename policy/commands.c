@@ -58,8 +58,8 @@ pol_role_name(unsigned role)
 int
 pol_authorize(const struct pol_cmd *cmd, unsigned roles, const char **role_used)
 {
-	/* The role a command runs under: the most specific one the peer holds. */
-	static const unsigned order[] = { POL_ROLE_OFFICER, POL_ROLE_COMPLIANCE, POL_ROLE_AUDITOR, POL_ROLE_ADMIN };
+	/* The role a command runs under: the first the peer holds, in this order. */
+	static const unsigned order[] = { POL_ROLE_ADMIN, POL_ROLE_OFFICER, POL_ROLE_COMPLIANCE, POL_ROLE_AUDITOR };
 
 	*role_used = "";
 	for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {

@@ -39,7 +39,7 @@ sign() {
 # send FILE: through Postfix; the SMTP transcript goes to FILE.smtp.
 send() {
 	swaks --server "127.0.0.1:$SMTP_PORT" --from alice@example.org --to bob@remote.example \
-		--data "$1" > "$1.smtp" 2>&1
+		--data "@$1" > "$1.smtp" 2>&1
 }
 
 n=0
@@ -67,7 +67,7 @@ check_grep "a tampered message gets smime=fail" "smime=fail" "$got"
 
 # ------------------------------------------------------------ unsigned
 printf 'From: carol@example.org\r\nTo: bob@remote.example\r\nSubject: plain\r\n\r\nno signature here\r\n' > "$T/plain.eml"
-swaks --server "127.0.0.1:$SMTP_PORT" --from carol@example.org --to bob@remote.example --data "$T/plain.eml" > "$T/plain.smtp" 2>&1
+swaks --server "127.0.0.1:$SMTP_PORT" --from carol@example.org --to bob@remote.example --data "@$T/plain.eml" > "$T/plain.smtp" 2>&1
 n=$((n + 1))
 wait_files "$T/sink" "$n" 20
 got=$(ls -t "$T/sink"/* | head -1)

@@ -73,7 +73,7 @@ for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$SMTP_PORT") 2>/dev/null 
 (exec 3<>"/dev/tcp/127.0.0.1/$SMTP_PORT") 2>/dev/null && pass "sendmail listens on 127.0.0.1:$SMTP_PORT" || { fail "sendmail starts" "$(cat "$SM/sendmail.log")"; done_testing; }
 
 send() {
-	swaks --server "127.0.0.1:$SMTP_PORT" --from alice@example.org --to bob@remote.example --data "$1" > "$1.smtp" 2>&1
+	swaks --server "127.0.0.1:$SMTP_PORT" --from alice@example.org --to bob@remote.example --data "@$1" > "$1.smtp" 2>&1
 }
 n=0
 deliver() {

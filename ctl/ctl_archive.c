@@ -792,6 +792,9 @@ read_mbox(struct arc *a, FILE *fp, const char *path)
 	}
 	free(line);
 	if (in_msg) {
+		/* The last message is followed by the same blank line as the others. */
+		if (len >= 2 && buf[len - 1] == '\n' && buf[len - 2] == '\n')
+			len--;
 		snprintf(source, sizeof(source), "%s#%zu", path, n);
 		if (buf == NULL)
 			buf = calloc(1, 1);

@@ -38,6 +38,10 @@ json_t *ctl_call(struct ctl *ctl, const char *cmd, json_t *args);
  * success the caller prints its human output when ok_out is set.
  */
 int ctl_finish(struct ctl *ctl, json_t *reply, int *ok_human);
+/* ctl_call, ctl_finish, and print(result) for people on success; returns the exit status. */
+int ctl_run(struct ctl *ctl, const char *cmd, json_t *args, void (*print)(json_t *result));
+/* Write the base64 "pkcs12" of a reply's result to a reserved output file (0, or -1 after removing it). */
+int ctl_take_p12(json_t *result, int fd, const char *path);
 /* Print "kmsctl: ..." on stderr and return CTL_ERR_USAGE. */
 int ctl_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Print "kmsctl: ..." with kms_last_error() and return status. */

@@ -11,22 +11,6 @@
 
 #include "ctl/ctl.h"
 
-/* Shared tail: call, finish, and hand a successful result to print(). */
-static int
-call_and_print(struct ctl *ctl, const char *cmd, json_t *args, void (*print)(json_t *result))
-{
-	json_t *reply = ctl_call(ctl, cmd, args);
-	int human, rc;
-
-	if (reply == NULL)
-		return CTL_ERR_USAGE;
-	rc = ctl_finish(ctl, reply, &human);
-	if (human && print)
-		print(json_object_get(reply, "result"));
-	json_decref(reply);
-	return rc;
-}
-
 static int
 no_more_args(int argc, char **argv, const char *cmd)
 {
@@ -84,7 +68,7 @@ ctl_cmd_status(struct ctl *ctl, int argc, char **argv)
 	optind = 0;
 	if (getopt(argc, argv, "+") != -1 || no_more_args(argc, argv, "status"))
 		return CTL_ERR_USAGE;
-	return call_and_print(ctl, "status", NULL, print_status);
+	return ctl_run(ctl, "status", NULL, print_status);
 }
 
 /* -------------------------------------------------------------------- init */
@@ -172,7 +156,7 @@ ctl_cmd_init(struct ctl *ctl, int argc, char **argv)
 		json_object_set_new(args, "share_passphrase_dir", json_string(pdir));
 	free(dir);
 	free(pdir);
-	rc = call_and_print(ctl, "init", args, print_init);
+	rc = ctl_run(ctl, "init", args, print_init);
 	return rc;
 }
 
@@ -191,8 +175,6 @@ ctl_cmd_enroll(struct ctl *ctl, int argc, char **argv)
 	const char *name = NULL, *out = NULL, *pwfile = NULL, *email;
 	char outbuf[300], *password = NULL;
 	json_t *args, *reply, *r;
-	unsigned char *p12 = NULL;
-	size_t p12len = 0;
 	int c, renew = 0, fd, human, rc;
 
 	optind = 0;
@@ -236,24 +218,15 @@ ctl_cmd_enroll(struct ctl *ctl, int argc, char **argv)
 	}
 	r = json_object_get(reply, "result");
 	if (json_is_true(json_object_get(reply, "ok"))) {
-		const char *b64 = ctl_str(r, "pkcs12");
-
-		if (kms_b64_decode(b64, strlen(b64), &p12, &p12len) != 0 ||
-		    ctl_write_output(fd, out, p12, p12len) != 0) {
+		if (ctl_take_p12(r, fd, out) != 0) {
 			fprintf(stderr, "kmsctl: enrollment done on the server, but the security file could not be "
 			    "written: enroll again with --renew\n");
-			fd = -1;
 			rc = CTL_ERR_REPLY;
 			goto out;
 		}
-		fd = -1;
-		/* The file holds the keys now: drop our copies from the reply. */
-		json_object_set_new(r, "pkcs12", json_string("(written to file)"));
-		json_object_set_new(r, "file", json_string(out));
 	} else {
 		close(fd);
 		unlink(out);
-		fd = -1;
 	}
 	rc = ctl_finish(ctl, reply, &human);
 	if (human) {
@@ -270,10 +243,6 @@ ctl_cmd_enroll(struct ctl *ctl, int argc, char **argv)
 			    ctl_str(r, "password"));
 	}
 out:
-	if (p12) {
-		kms_wipe(p12, p12len);
-		free(p12);
-	}
 	json_decref(reply);
 	return rc;
 }
@@ -377,7 +346,7 @@ ctl_cmd_list(struct ctl *ctl, int argc, char **argv)
 	}
 	if (no_more_args(argc, argv, "list"))
 		return CTL_ERR_USAGE;
-	return call_and_print(ctl, "list", json_pack("{s:b}", "revoked", revoked), print_list);
+	return ctl_run(ctl, "list", json_pack("{s:b}", "revoked", revoked), print_list);
 }
 
 static void
@@ -420,5 +389,5 @@ ctl_cmd_show(struct ctl *ctl, int argc, char **argv)
 		return CTL_ERR_USAGE;
 	if (optind != argc - 1)
 		return ctl_usage_error("show: give one address or serial");
-	return call_and_print(ctl, "show", json_pack("{s:s}", "target", argv[optind]), print_show);
+	return ctl_run(ctl, "show", json_pack("{s:s}", "target", argv[optind]), print_show);
 }

@@ -100,21 +100,6 @@ print_request(json_t *r)
 }
 
 static int
-simple_call(struct ctl *ctl, const char *cmd, json_t *args, void (*print)(json_t *))
-{
-	json_t *reply = ctl_call(ctl, cmd, args);
-	int human, rc;
-
-	if (reply == NULL)
-		return CTL_ERR_USAGE;
-	rc = ctl_finish(ctl, reply, &human);
-	if (human && print)
-		print(json_object_get(reply, "result"));
-	json_decref(reply);
-	return rc;
-}
-
-static int
 recover_request(struct ctl *ctl, int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -137,7 +122,7 @@ recover_request(struct ctl *ctl, int argc, char **argv)
 		return ctl_usage_error("recover request: give one address and --why TEXT");
 	if (strcmp(purpose, "key") != 0 && strcmp(purpose, "archive") != 0)
 		return ctl_usage_error("recover request: --purpose is key or archive");
-	return simple_call(ctl, "recover.request", json_pack("{s:s,s:s,s:s}", "email", argv[optind], "why", why,
+	return ctl_run(ctl, "recover.request", json_pack("{s:s,s:s,s:s}", "email", argv[optind], "why", why,
 	    "purpose", purpose), print_request);
 }
 
@@ -185,7 +170,7 @@ recover_approve(struct ctl *ctl, int argc, char **argv)
 	kms_wipe(text, strlen(text));
 	free(text);
 	kms_secret_free(pass);
-	return simple_call(ctl, "recover.approve", args, print_approve);
+	return ctl_run(ctl, "recover.approve", args, print_approve);
 }
 
 static void
@@ -227,8 +212,6 @@ recover_fetch(struct ctl *ctl, int argc, char **argv)
 	const char *out = NULL, *pfile = NULL;
 	char *password = NULL;
 	json_t *args, *reply, *r;
-	unsigned char *p12 = NULL;
-	size_t len = 0;
 	int c, fd, human, rc;
 
 	optind = 0;
@@ -259,15 +242,12 @@ recover_fetch(struct ctl *ctl, int argc, char **argv)
 	}
 	r = json_object_get(reply, "result");
 	if (json_is_true(json_object_get(reply, "ok"))) {
-		const char *b64 = ctl_str(r, "pkcs12");
-
-		if (kms_b64_decode(b64, strlen(b64), &p12, &len) != 0 || ctl_write_output(fd, out, p12, len) != 0) {
+		if (ctl_take_p12(r, fd, out) != 0) {
 			fprintf(stderr, "kmsctl: the recovered file could not be written, and kmsd gives it only once: "
 			    "open a new request\n");
 			rc = CTL_ERR_REPLY;
 			goto out;
 		}
-		json_object_set_new(r, "pkcs12", json_string("(written to file)"));
 	} else {
 		close(fd);
 		unlink(out);
@@ -280,10 +260,6 @@ recover_fetch(struct ctl *ctl, int argc, char **argv)
 			printf("Password: %s\n  (shown once)\n", ctl_str(r, "password"));
 	}
 out:
-	if (p12) {
-		kms_wipe(p12, len);
-		free(p12);
-	}
 	json_decref(reply);
 	return rc;
 }
@@ -514,12 +490,12 @@ ctl_cmd_recover(struct ctl *ctl, int argc, char **argv)
 
 		if (argc > 2 && !all)
 			return ctl_usage_error("recover list: unexpected argument");
-		return simple_call(ctl, "recover.list", json_pack("{s:b}", "all", all), print_list);
+		return ctl_run(ctl, "recover.list", json_pack("{s:b}", "all", all), print_list);
 	}
 	if (strcmp(sub, "close") == 0) {
 		if (argc != 3)
 			return ctl_usage_error("recover close: give the request id");
-		return simple_call(ctl, "recover.close", json_pack("{s:s}", "id", argv[2]), print_closed);
+		return ctl_run(ctl, "recover.close", json_pack("{s:s}", "id", argv[2]), print_closed);
 	}
 	return ctl_usage_error("recover: use request, approve, list, close, fetch or --offline");
 }
@@ -565,5 +541,5 @@ ctl_cmd_escrow(struct ctl *ctl, int argc, char **argv)
 		json_object_set_new(args, "why", json_string(why));
 	free(dir);
 	free(pdir);
-	return simple_call(ctl, "escrow.rotate", args, print_request);
+	return ctl_run(ctl, "escrow.rotate", args, print_request);
 }

@@ -180,6 +180,45 @@ ctl_finish(struct ctl *ctl, json_t *reply, int *ok_human)
 }
 
 int
+ctl_run(struct ctl *ctl, const char *cmd, json_t *args, void (*print)(json_t *result))
+{
+	json_t *reply = ctl_call(ctl, cmd, args);
+	int human, rc;
+
+	if (reply == NULL)
+		return CTL_ERR_USAGE;
+	rc = ctl_finish(ctl, reply, &human);
+	if (human && print)
+		print(json_object_get(reply, "result"));
+	json_decref(reply);
+	return rc;
+}
+
+int
+ctl_take_p12(json_t *result, int fd, const char *path)
+{
+	const char *b64 = ctl_str(result, "pkcs12");
+	unsigned char *der = NULL;
+	size_t len = 0;
+	int rc;
+
+	if (kms_b64_decode(b64, strlen(b64), &der, &len) != 0 || len == 0) {
+		close(fd);
+		unlink(path);
+		free(der);
+		return -1;
+	}
+	rc = ctl_write_output(fd, path, der, len);
+	kms_wipe(der, len);
+	free(der);
+	/* The file holds the keys now: drop our copy from the reply. */
+	kms_wipe((char *)b64, strlen(b64));
+	json_object_set_new(result, "pkcs12", json_string("(written to file)"));
+	json_object_set_new(result, "file", json_string(path));
+	return rc;
+}
+
+int
 ctl_read_password_file(const char *path, char **out)
 {
 	int rc = kms_read_secret_file(path, out);

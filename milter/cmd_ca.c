@@ -440,14 +440,13 @@ cmd_enroll(struct kmsd_req *req)
 	json_t *reply = NULL, *res;
 	EVP_PKEY *skey = NULL, *ekey = NULL;
 	X509 *scert = NULL, *ecert = NULL, *krk = NULL;
-	unsigned char *env = NULL, *p12 = NULL;
-	size_t envlen = 0, p12len = 0;
+	unsigned char *env = NULL;
+	size_t envlen = 0;
 	long long krk_id = 0;
-	char genpw[25], sname[160], ename[160], *b64 = NULL;
+	char sname[160], ename[160];
 	enum ca_p12_format fmt;
-	int renew, rc, in_tx = 0, generated = 0;
+	int renew, rc, in_tx = 0;
 
-	genpw[0] = '\0';
 	if (kmsd_args_only(req, allowed, &reply) != 0)
 		return reply;
 	email = kmsd_arg_str(req, "email", 1, 254, &reply);
@@ -528,36 +527,20 @@ cmd_enroll(struct kmsd_req *req)
 	}
 
 	/* Committed: now, and only now, the security file. */
-	if (password == NULL) {
-		if ((rc = kms_random_password(genpw, sizeof(genpw))) != 0)
-			goto fail;
-		password = genpw;
-		generated = 1;
-	}
 	snprintf(sname, sizeof(sname), "%s (signing)", name);
 	snprintf(ename, sizeof(ename), "%s (encryption)", name);
+	res = json_pack("{s:s,s:s,s:o,s:o,s:b}", "email", email, "name", name,
+	    "signing", issued_json(scert), "encryption", issued_json(ecert), "renewed", renew);
 	{
 		struct ca_p12_item items[2] = { { skey, scert, sname }, { ekey, ecert, ename } };
-		STACK_OF(X509) *chain = sk_X509_new_null();
 
-		if (chain == NULL || !sk_X509_push(chain, ca->cert)) {
-			sk_X509_free(chain);
-			rc = KMS_ERR_NOMEM;
+		if (res == NULL || (rc = kmsd_p12_into(res, items, 2, ca->cert, password, cfg)) != 0) {
+			json_decref(res);
 			goto fail;
 		}
-		rc = ca_p12_build(items, 2, chain, password, fmt, (int)cfg->ca.pkcs12_iterations, &p12, &p12len);
-		sk_X509_free(chain);
-		if (rc != 0)
-			goto fail;
 	}
-	b64 = kms_b64_encode(p12, p12len);
-	res = json_pack("{s:s,s:s,s:o,s:o,s:s,s:s,s:b}", "email", email, "name", name,
-	    "signing", issued_json(scert), "encryption", issued_json(ecert),
-	    "pkcs12", b64 ? b64 : "", "format", cfg->ca.pkcs12_format, "renewed", renew);
-	if (res && generated)
-		json_object_set_new(res, "password", json_string(genpw));
-	snprintf(req->detail, sizeof(req->detail), "%s%s; encryption key escrowed", renew ? "renewal" : "enrollment",
-	    generated ? "; password generated" : "");
+	snprintf(req->detail, sizeof(req->detail), "%s; encryption key escrowed%s", renew ? "renewal" : "enrollment",
+	    password ? "" : "; password generated");
 	reply = kms_reply_ok(res);
 	goto out;
 fail:
@@ -565,15 +548,6 @@ fail:
 		kms_store_rollback(req->st);
 	reply = kmsd_reply_fail(rc);
 out:
-	kms_wipe(genpw, sizeof(genpw));
-	if (b64) {
-		kms_wipe(b64, strlen(b64));
-		free(b64);
-	}
-	if (p12) {
-		kms_wipe(p12, p12len);
-		free(p12);
-	}
 	free(env);
 	EVP_PKEY_free(skey);
 	EVP_PKEY_free(ekey);

@@ -825,18 +825,14 @@ json_t *
 cmd_recover_fetch(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "id", "password", NULL };
-	const struct kms_config *cfg = req->env->cfg;
 	const struct ca *ca = kmsd_ca();
 	const char *id, *password;
-	json_t *reply = NULL;
+	json_t *reply = NULL, *res = NULL;
 	struct request rq;
 	struct pending *p;
 	struct ca_p12_item *items = NULL;
-	char **names = NULL, genpw[25] = "", *b64 = NULL, officers[400];
-	unsigned char *p12 = NULL;
-	size_t p12len = 0, nkeys = 0;
-	enum ca_p12_format fmt = CA_P12_MODERN;
-	STACK_OF(X509) *chain = NULL;
+	char **names = NULL, officers[400];
+	size_t nkeys = 0;
 	int rc;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
@@ -854,8 +850,8 @@ cmd_recover_fetch(struct kmsd_req *req)
 	nkeys = p->nkeys;
 	items = calloc(nkeys, sizeof(*items));
 	names = calloc(nkeys, sizeof(*names));
-	chain = sk_X509_new_null();
-	if (items == NULL || names == NULL || chain == NULL) {
+	res = json_pack("{s:s,s:s,s:I}", "id", rq.id, "email", rq.email, "keys", (json_int_t)nkeys);
+	if (items == NULL || names == NULL || res == NULL) {
 		rc = KMS_ERR_NOMEM;
 		goto fail;
 	}
@@ -872,21 +868,8 @@ cmd_recover_fetch(struct kmsd_req *req)
 		items[i].cert = p->certs[i];
 		items[i].friendly_name = names[i];
 	}
-	if (ca)
-		sk_X509_push(chain, ca->cert);
-	if (password == NULL) {
-		if ((rc = kms_random_password(genpw, sizeof(genpw))) != 0)
-			goto fail;
-		password = genpw;
-	}
-	ca_p12_format_from_name(cfg->ca.pkcs12_format, &fmt);
-	if ((rc = ca_p12_build(items, nkeys, chain, password, fmt, (int)cfg->ca.pkcs12_iterations, &p12, &p12len)) != 0)
+	if ((rc = kmsd_p12_into(res, items, nkeys, ca ? ca->cert : NULL, password, req->env->cfg)) != 0)
 		goto fail;
-	b64 = kms_b64_encode(p12, p12len);
-	if (b64 == NULL) {
-		rc = KMS_ERR_NOMEM;
-		goto fail;
-	}
 	/* Given once: the keys leave memory now. */
 	pending_drop(rq.id);
 	request_set_state(req->st, rq.id, "fetched", NULL);
@@ -894,29 +877,18 @@ cmd_recover_fetch(struct kmsd_req *req)
 	snprintf(req->detail, sizeof(req->detail), "%zu key(s) of %s handed over as PKCS#12; approved by %s",
 	    nkeys, rq.email, officers);
 	pthread_mutex_unlock(&rec_lock);
-	reply = kms_reply_ok(json_pack("{s:s,s:s,s:I,s:s}", "id", rq.id, "email", rq.email, "keys", (json_int_t)nkeys,
-	    "pkcs12", b64));
-	if (reply && genpw[0])
-		json_object_set_new(json_object_get(reply, "result"), "password", json_string(genpw));
+	reply = kms_reply_ok(res);
+	res = NULL;
 	goto out;
 fail:
 	pthread_mutex_unlock(&rec_lock);
 	reply = kmsd_reply_fail(rc);
 out:
-	kms_wipe(genpw, sizeof(genpw));
-	if (b64) {
-		kms_wipe(b64, strlen(b64));
-		free(b64);
-	}
-	if (p12) {
-		kms_wipe(p12, p12len);
-		free(p12);
-	}
+	json_decref(res);
 	for (size_t i = 0; names && i < nkeys; i++)
 		free(names[i]);
 	free(names);
 	free(items);
-	sk_X509_free(chain);
 	return reply;
 }
 

@@ -233,3 +233,51 @@ kmsd_cert_json(const struct ca_cert_row *r, int full)
 	}
 	return o;
 }
+
+int
+kmsd_p12_into(json_t *res, const struct ca_p12_item *items, size_t n, X509 *ca_cert, const char *password,
+    const struct kms_config *cfg)
+{
+	char genpw[25];
+	unsigned char *p12 = NULL;
+	size_t len = 0;
+	enum ca_p12_format fmt = CA_P12_MODERN;
+	STACK_OF(X509) *chain = sk_X509_new_null();
+	char *b64 = NULL;
+	int rc;
+
+	genpw[0] = '\0';
+	if (chain == NULL || (ca_cert != NULL && !sk_X509_push(chain, ca_cert))) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	if (password == NULL) {
+		if ((rc = kms_random_password(genpw, sizeof(genpw))) != 0)
+			goto out;
+		password = genpw;
+	}
+	ca_p12_format_from_name(cfg->ca.pkcs12_format, &fmt);
+	if ((rc = ca_p12_build(items, n, chain, password, fmt, (int)cfg->ca.pkcs12_iterations, &p12, &len)) != 0)
+		goto out;
+	if ((b64 = kms_b64_encode(p12, len)) == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	json_object_set_new(res, "pkcs12", json_string(b64));
+	json_object_set_new(res, "format", json_string(cfg->ca.pkcs12_format));
+	if (genpw[0])
+		json_object_set_new(res, "password", json_string(genpw));
+	rc = 0;
+out:
+	kms_wipe(genpw, sizeof(genpw));
+	if (b64) {
+		kms_wipe(b64, strlen(b64));
+		free(b64);
+	}
+	if (p12) {
+		kms_wipe(p12, len);
+		free(p12);
+	}
+	sk_X509_free(chain);
+	return rc;
+}

@@ -74,6 +74,13 @@ json_t *cmd_audit_verify(struct kmsd_req *req);
 /* Helpers shared by handlers. */
 /* Is s a plausible mailbox address (ASCII local@domain, at most 254)? */
 int kmsd_valid_email(const char *s);
+/*
+ * Build the PKCS#12 of items (and the CA certificate) under password, or a
+ * generated one, and put it into res as "pkcs12" (base64), "format" and,
+ * when generated, "password".  Every copy of the file is wiped.
+ */
+int kmsd_p12_into(json_t *res, const struct ca_p12_item *items, size_t n, X509 *ca_cert, const char *password,
+    const struct kms_config *cfg);
 /* JSON description of a certificate row. */
 json_t *kmsd_cert_json(const struct ca_cert_row *row, int full);
 

@@ -183,6 +183,24 @@ ctl() {
 	"$KMSCTL" -s "$SOCK" "$@"
 }
 
+# officers_setup: local accounts kmsoff1..3 (officers) and kmscomp
+# (compliance) in group kmsit, which owns kmsd's socket in these tests.
+GROUP=kmsit
+officers_setup() {
+	getent group "$GROUP" >/dev/null || groupadd -r "$GROUP"
+	for u in kmsoff1 kmsoff2 kmsoff3 kmscomp; do
+		id "$u" >/dev/null 2>&1 || useradd -r -M -d /nonexistent -s /usr/sbin/nologin -G "$GROUP" "$u"
+		id -nG "$u" | grep -qw "$GROUP" || usermod -a -G "$GROUP" "$u"
+	done
+}
+
+# as USER kmsctl-args...: run kmsctl as a local user in kmsd's group.
+as() {
+	who=$1
+	shift
+	setpriv --reuid="$who" --regid="$GROUP" --init-groups "$KMSCTL" -s "$SOCK" "$@"
+}
+
 done_testing() {
 	printf '1..%d\n' "$N"
 	[ "$FAILED" -eq 0 ] || { note "$FAILED check(s) failed; kmsd log tail:"; tail -30 "$T/kmsd.log" 2>/dev/null | sed 's/^/#   /'; exit 1; }

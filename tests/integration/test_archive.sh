@@ -14,17 +14,7 @@ need_root "creates officer accounts"
 need_cmd openssl sqlite3 setpriv useradd groupadd
 setup
 
-GROUP=kmsit
-getent group "$GROUP" >/dev/null || groupadd -r "$GROUP"
-for u in kmsoff1 kmsoff2 kmsoff3 kmscomp; do
-	id "$u" >/dev/null 2>&1 || useradd -r -M -d /nonexistent -s /usr/sbin/nologin -G "$GROUP" "$u"
-	id -nG "$u" | grep -qw "$GROUP" || usermod -a -G "$GROUP" "$u"
-done
-as() {
-	who=$1
-	shift
-	setpriv --reuid="$who" --regid="$GROUP" --init-groups "$KMSCTL" -s "$SOCK" "$@"
-}
+officers_setup
 USER_KEY=rsa:2048
 write_conf "[kmsd]" "group = $GROUP" \
 	"[roles]" "officer = kmsoff1, kmsoff2, kmsoff3" "compliance = kmscomp" "admin = root" "auditor = root"

@@ -135,7 +135,13 @@ ctl_call(struct ctl *ctl, const char *cmd, json_t *args)
 	rc = kms_send_json(ctl->fd, req);
 	json_decref(req);
 	if (rc != 0) {
-		fprintf(stderr, "kmsctl: cannot send to kmsd: %s\n", kms_last_error());
+		/* kmsd may have answered and closed first (too many clients): read that answer. */
+		char msg[300];
+
+		snprintf(msg, sizeof(msg), "%s", kms_last_error());
+		if (kms_lines_read(&ctl->lines, kms_read_fd, &ctl->fd, &line, &len) == 1)
+			goto parse;
+		fprintf(stderr, "kmsctl: cannot send to kmsd: %s\n", msg);
 		return NULL;
 	}
 	rc = kms_lines_read(&ctl->lines, kms_read_fd, &ctl->fd, &line, &len);
@@ -144,6 +150,7 @@ ctl_call(struct ctl *ctl, const char *cmd, json_t *args)
 		    rc == KMS_ERR_TOOBIG ? " (reply too large)" : "");
 		return NULL;
 	}
+parse:
 	reply = json_loadb(line, len, 0, &jerr);
 	kms_wipe(line, len);
 	if (reply == NULL || !json_is_object(reply) || !json_is_boolean(json_object_get(reply, "ok"))) {

@@ -12,7 +12,24 @@
 need_cmd openssl curl
 setup
 USER_KEY=rsa:2048
-write_conf "[ca]" "pkcs12_format = compat" "[http]" "longpoll_timeout = 5"
+
+# A partner CA whose CRL kmsd should honour, made with openssl ca, and a
+# CRL that claims to be the partner's but is signed by someone else.
+mkdir -p "$T/ext"
+(
+	cd "$T/ext" || exit 1
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -subj "/O=Partner/CN=Partner CA" -days 30 \
+		-addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.pem 2>/dev/null
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout evil.key -subj "/O=Partner/CN=Partner CA" -days 30 \
+		-addext "keyUsage=critical,keyCertSign,cRLSign" -out evil.pem 2>/dev/null
+	printf 'R\t301231000000Z\t261101000000Z,keyCompromise\t0A1B2C\tunknown\t/CN=Revoked Partner User\n' > index.txt
+	echo 01 > crlnumber
+	printf '[ca]\ndefault_ca = p\n[p]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 2\n' > ca.cnf
+	openssl ca -batch -gencrl -config ca.cnf -keyfile ca.key -cert ca.pem -out partner.crl 2>/dev/null
+	openssl ca -batch -gencrl -config ca.cnf -keyfile evil.key -cert evil.pem -out forged.crl 2>/dev/null
+)
+write_conf "[ca]" "pkcs12_format = compat" "[http]" "longpoll_timeout = 5" \
+	"[crl]" "delta = yes" "external = $T/ext/partner.crl, $T/ext/forged.crl" "external_ca = $T/ext/ca.pem"
 start_kmsd || { fail "kmsd starts"; done_testing; }
 ctl init --org "CRL Test" --share-dir "$T/shares" >/dev/null 2>&1
 printf 'crlpassword\n' > "$T/pw"
@@ -71,6 +88,19 @@ cmp -s "$T/crl.pem" "$STATE/crl/kms-ca.crl.pem" && pass "and the PEM copy is the
 openssl verify -crl_check -CAfile "$T/ca.pem" -CRLfile "$T/crl.pem" "$T/alice-sign.crt" > "$T/v1.out" 2>&1
 check_grep "openssl verify -crl_check reports alice's certificate revoked" "certificate revoked" "$T/v1.out"
 check "openssl verify -crl_check accepts bob's" openssl verify -crl_check -CAfile "$T/ca.pem" -CRLfile "$T/crl.pem" "$T/bob-sign.crt"
+
+# ------------------------------------------------------------- delta
+check_grep "the full CRL points at the delta (Freshest CRL)" "Freshest CRL" "$T/crl.txt"
+curl -sf -o "$T/delta.der" "http://127.0.0.1:$HTTP_PORT/crl/kms-ca-delta.crl"
+openssl crl -inform DER -in "$T/delta.der" -noout -text > "$T/delta.txt" 2>&1
+check_grep "a delta CRL is served with the Delta CRL Indicator" "Delta CRL Indicator" "$T/delta.txt"
+cmp -s "$T/delta.der" "$STATE/crl/kms-ca-delta.crl" && pass "and published as a file" || fail "delta file"
+
+# ------------------------------------------------------ external CRLs
+primary_entries() { ctl --json status 2>/dev/null | grep -o '"entries":[0-9]*' | cut -d: -f2; }
+[ "$(primary_entries)" = 3 ] && pass "the partner's CRL, checked against external_ca, adds its entry to the index" || \
+	fail "external CRL in the index" "$(primary_entries) entries"
+check_grep "a CRL with a bad signature is refused and logged" "forged.crl.*(signature|issuer|not signed|does not verify)" "$T/kmsd.log"
 
 # --------------------------------------------------------- client copy
 check "kmsctl crl fetch keeps a checked client copy" "$KMSCTL" crl fetch "$url" --ca "$T/ca.pem" --out "$T/client"

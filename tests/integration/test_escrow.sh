@@ -110,20 +110,31 @@ check_fails "offline recovery with two shares is refused" "$KMSCTL" recover --of
 
 # ------------------------------------------------------------ rotation
 start_kmsd || fail "kmsd restarts"
-ctl escrow rotate --share-dir "$T/newshares" > "$T/rot.out" 2>&1
+# The new shares are each encrypted under their officer's own passphrase.
+mkdir -m 700 "$T/pass"
+for n in 1 2 3 4 5; do printf 'officer %s passphrase\n' "$n" > "$T/pass/share-$n.passphrase"; done
+ctl escrow rotate --share-dir "$T/newshares" --share-passphrase-dir "$T/pass" > "$T/rot.out" 2>&1
 RID=$(sed -n 's/^Request \(R-[0-9a-f]*\) opened.*/\1/p' "$T/rot.out")
 for n in 1 2 3; do
 	as "kmsoff$n" recover approve "$RID" --share "$T/officer$n.share" > "$T/r$n.out" 2>&1
 done
 check_grep "rotation completes at the threshold" "request done" "$T/r3.out"
 [ "$(ls "$T/newshares" | wc -l)" = 5 ] && pass "rotation writes five new shares" || fail "five new shares"
+check_grep "the new shares are encrypted under their passphrases" "^Encryption: scrypt" "$(ls "$T"/newshares/* | head -1)"
 ctl enroll bob@example.org --password-file "$T/pw" --out "$T/bob.p12" >/dev/null 2>&1
 stop_kmsd
-set -- "$T"/newshares/*
-"$KMSCTL" recover --offline --db "$STATE/kms.db" --share "$1" --share "$2" --share "$3" \
+newshare() { ls "$T"/newshares/*-share-"$1"-of-5.txt; }
+pf() { printf '%s' "$T/pass/share-$1.passphrase"; }
+"$KMSCTL" recover --offline --db "$STATE/kms.db" --share "$(newshare 1)" --share "$(newshare 2)" --share "$(newshare 3)" \
+	--passphrase-file "$(pf 1)" --passphrase-file "$(pf 2)" --passphrase-file "$(pf 3)" \
 	alice@example.org --password-file "$T/pw" --out "$T/rot-alice.p12" > "$T/rot-a.out" 2>&1
 check_grep "after rotation the new shares recover a key escrowed before it" "Recovered 1" "$T/rot-a.out"
-"$KMSCTL" recover --offline --db "$STATE/kms.db" --share "$3" --share "$4" --share "$5" \
+check_fails "an encrypted share with a wrong passphrase recovers nothing" "$KMSCTL" recover --offline --db "$STATE/kms.db" \
+	--share "$(newshare 1)" --share "$(newshare 2)" --share "$(newshare 3)" \
+	--passphrase-file "$(pf 2)" --passphrase-file "$(pf 2)" --passphrase-file "$(pf 3)" \
+	alice@example.org --out "$T/wrongpass.p12"
+"$KMSCTL" recover --offline --db "$STATE/kms.db" --share "$(newshare 3)" --share "$(newshare 4)" --share "$(newshare 5)" \
+	--passphrase-file "$(pf 3)" --passphrase-file "$(pf 4)" --passphrase-file "$(pf 5)" \
 	bob@example.org --password-file "$T/pw" --out "$T/rot-bob.p12" > "$T/rot-b.out" 2>&1
 check_grep "and one escrowed after it" "Recovered 1" "$T/rot-b.out"
 check_fails "the old shares recover nothing" "$KMSCTL" recover --offline --db "$STATE/kms.db" \
@@ -133,6 +144,13 @@ ctl recover request alice@example.org --why "old share check" > "$T/req3.out" 2>
 ID3=$(sed -n 's/^Request \(R-[0-9a-f]*\) opened.*/\1/p' "$T/req3.out")
 as kmsoff1 recover approve "$ID3" --share "$T/officer1.share" > "$T/old.out" 2>&1
 check_grep "an old share is refused as belonging to another key-recovery key" "another key-recovery key" "$T/old.out"
+install -m 0600 -o kmsoff1 "$(newshare 1)" "$T/officer1.new"
+install -m 0600 -o kmsoff1 "$(pf 1)" "$T/officer1.pass"
+install -m 0600 -o kmsoff1 "$(pf 2)" "$T/officer1.wrong"
+check_fails "online, an encrypted share with a wrong passphrase is refused" \
+	as kmsoff1 recover approve "$ID3" --share "$T/officer1.new" --passphrase-file "$T/officer1.wrong"
+as kmsoff1 recover approve "$ID3" --share "$T/officer1.new" --passphrase-file "$T/officer1.pass" > "$T/new1.out" 2>&1
+check_grep "and accepted with the officer's passphrase" "1 of 3 approvals" "$T/new1.out"
 
 # ------------------------------------------------------ audit tamper
 sqlite3 "$STATE/kms.db" "UPDATE audit SET user = 'mallory' WHERE seq = 3"

@@ -136,7 +136,7 @@ static const struct cfg_key schema[] = {
 	{ "ca", "pkcs12_format", T_CHOICE, "modern", 0, 0, p12_formats, NULL, OFF(ca.pkcs12_format),
 	  "modern (AES-256, PBKDF2, SHA-256 MAC) or compat (3DES, SHA-1 MAC; gpgsm 2.2)" },
 	{ "ca", "pkcs12_iterations", T_INT, "10000", 1000, 10000000, NULL, NULL, OFF(ca.pkcs12_iterations),
-	  "key derivation iterations in security files" },
+	  "key derivation iterations in security files under an admin-given password" },
 
 	{ "crl", "url", T_STRING, "", 0, 0, NULL, NULL, OFF(crl.url),
 	  "CRL distribution point written into certificates (default http://<http listen>/crl/<name>.crl)" },

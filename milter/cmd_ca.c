@@ -11,6 +11,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -430,6 +431,46 @@ issued_json(X509 *x)
 	return o;
 }
 
+/* Building a security file in a thread of its own. */
+struct p12_job {
+	json_t *res;                    /* gets "pkcs12", "format", "password" */
+	struct ca_p12_item items[2];
+	X509 *ca_cert;
+	const char *password;
+	const struct kms_config *cfg;
+	int rc;
+	char err[300];
+};
+
+static void *
+p12_job_run(void *arg)
+{
+	struct p12_job *job = arg;
+
+	job->rc = kmsd_p12_into(job->res, job->items, 2, job->ca_cert, job->password, job->cfg);
+	if (job->rc != 0)
+		snprintf(job->err, sizeof(job->err), "%s", kms_last_error());
+	return NULL;
+}
+
+/* Wipe the file and password of a result that is not handed out. */
+static void
+p12_job_discard(struct p12_job *job)
+{
+	static const char *const secrets[] = { "pkcs12", "password", NULL };
+
+	if (job->res == NULL)
+		return;
+	for (int i = 0; secrets[i]; i++) {
+		const char *v = json_string_value(json_object_get(job->res, secrets[i]));
+
+		if (v)
+			kms_wipe((char *)v, strlen(v));
+	}
+	json_decref(job->res);
+	job->res = NULL;
+}
+
 json_t *
 cmd_enroll(struct kmsd_req *req)
 {
@@ -437,7 +478,7 @@ cmd_enroll(struct kmsd_req *req)
 	const struct kms_config *cfg = req->env->cfg;
 	const struct ca *ca = kmsd_ca();
 	const char *email, *name, *password;
-	json_t *reply = NULL, *res;
+	json_t *reply = NULL;
 	EVP_PKEY *skey = NULL, *ekey = NULL;
 	X509 *scert = NULL, *ecert = NULL, *krk = NULL;
 	unsigned char *env = NULL;
@@ -445,7 +486,9 @@ cmd_enroll(struct kmsd_req *req)
 	long long krk_id = 0;
 	char sname[160], ename[160];
 	enum ca_p12_format fmt;
-	int renew, rc, in_tx = 0;
+	int renew, rc, in_tx = 0, job_started = 0;
+	struct p12_job job = { 0 };
+	pthread_t job_thread;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
 		return reply;
@@ -500,6 +543,28 @@ cmd_enroll(struct kmsd_req *req)
 	}
 	if ((rc = esc_wrap_key(krk, ekey, &env, &envlen)) != 0)
 		goto fail;
+
+	/*
+	 * The security file is built in memory while the transaction's disk
+	 * sync runs, and handed out only after the commit: no file ever exists
+	 * for an enrollment that did not commit.
+	 */
+	snprintf(sname, sizeof(sname), "%s (signing)", name);
+	snprintf(ename, sizeof(ename), "%s (encryption)", name);
+	job.res = json_pack("{s:s,s:s,s:o,s:o,s:b}", "email", email, "name", name,
+	    "signing", issued_json(scert), "encryption", issued_json(ecert), "renewed", renew);
+	if (job.res == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto fail;
+	}
+	job.items[0] = (struct ca_p12_item){ skey, scert, sname };
+	job.items[1] = (struct ca_p12_item){ ekey, ecert, ename };
+	job.ca_cert = ca->cert;
+	job.password = password;
+	job.cfg = cfg;
+	job_started = pthread_create(&job_thread, NULL, p12_job_run, &job) == 0;
+	if (!job_started)
+		p12_job_run(&job);
 	{
 		char *serial = ca_serial_hex(X509_get0_serialNumber(ecert));
 
@@ -521,33 +586,42 @@ cmd_enroll(struct kmsd_req *req)
 		free(serial);
 		if (rc != 0)
 			goto fail;
-		if ((rc = kms_store_commit(req->st)) != 0)
+		snprintf(req->detail, sizeof(req->detail), "%s; encryption key escrowed%s", renew ? "renewal" : "enrollment",
+		    password ? "" : "; password generated");
+		if ((rc = kmsd_audit_record(req, "ok")) != 0)
 			goto fail;
+		if ((rc = kms_store_commit(req->st)) != 0) {
+			req->audited = 0;       /* rolled back with the rest */
+			goto fail;
+		}
 		in_tx = 0;
 	}
 
-	/* Committed: now, and only now, the security file. */
-	snprintf(sname, sizeof(sname), "%s (signing)", name);
-	snprintf(ename, sizeof(ename), "%s (encryption)", name);
-	res = json_pack("{s:s,s:s,s:o,s:o,s:b}", "email", email, "name", name,
-	    "signing", issued_json(scert), "encryption", issued_json(ecert), "renewed", renew);
-	{
-		struct ca_p12_item items[2] = { { skey, scert, sname }, { ekey, ecert, ename } };
-
-		if (res == NULL || (rc = kmsd_p12_into(res, items, 2, ca->cert, password, cfg)) != 0) {
-			json_decref(res);
-			goto fail;
-		}
+	/* Committed: now, and only now, the security file leaves. */
+	if (job_started) {
+		pthread_join(job_thread, NULL);
+		job_started = 0;
 	}
-	snprintf(req->detail, sizeof(req->detail), "%s; encryption key escrowed%s", renew ? "renewal" : "enrollment",
-	    password ? "" : "; password generated");
-	reply = kms_reply_ok(res);
+	if (job.rc != 0) {
+		/* Issued and escrowed, but no file: record that failure too. */
+		req->audited = 0;
+		snprintf(req->detail, sizeof(req->detail), "certificates issued and escrowed, security file failed");
+		rc = kms_fail(job.rc, "%s", job.err);
+		goto fail;
+	}
+	reply = kms_reply_ok(job.res);
+	job.res = NULL;
 	goto out;
 fail:
-	if (in_tx)
+	if (in_tx) {
 		kms_store_rollback(req->st);
+		req->audited = 0;
+	}
 	reply = kmsd_reply_fail(rc);
 out:
+	if (job_started)
+		pthread_join(job_thread, NULL);
+	p12_job_discard(&job);
 	free(env);
 	EVP_PKEY_free(skey);
 	EVP_PKEY_free(ekey);

@@ -234,6 +234,8 @@ kmsd_cert_json(const struct ca_cert_row *r, int full)
 	return o;
 }
 
+#define GENERATED_PW_ITERATIONS 2048
+
 int
 kmsd_p12_into(json_t *res, const struct ca_p12_item *items, size_t n, X509 *ca_cert, const char *password,
     const struct kms_config *cfg)
@@ -244,7 +246,7 @@ kmsd_p12_into(json_t *res, const struct ca_p12_item *items, size_t n, X509 *ca_c
 	enum ca_p12_format fmt = CA_P12_MODERN;
 	STACK_OF(X509) *chain = sk_X509_new_null();
 	char *b64 = NULL;
-	int rc;
+	int rc, iter;
 
 	genpw[0] = '\0';
 	if (chain == NULL || (ca_cert != NULL && !sk_X509_push(chain, ca_cert))) {
@@ -257,7 +259,15 @@ kmsd_p12_into(json_t *res, const struct ca_p12_item *items, size_t n, X509 *ca_c
 		password = genpw;
 	}
 	ca_p12_format_from_name(cfg->ca.pkcs12_format, &fmt);
-	if ((rc = ca_p12_build(items, n, chain, password, fmt, (int)cfg->ca.pkcs12_iterations, &p12, &len)) != 0)
+	/*
+	 * Key stretching protects passwords people chose.  A generated one
+	 * carries 139 random bits: more iterations only cost time, so it gets
+	 * OpenSSL's default count.
+	 */
+	iter = (int)cfg->ca.pkcs12_iterations;
+	if (genpw[0] && iter > GENERATED_PW_ITERATIONS)
+		iter = GENERATED_PW_ITERATIONS;
+	if ((rc = ca_p12_build(items, n, chain, password, fmt, iter, &p12, &len)) != 0)
 		goto out;
 	if ((b64 = kms_b64_encode(p12, len)) == NULL) {
 		rc = KMS_ERR_NOMEM;

@@ -29,11 +29,19 @@ struct kmsd_req {
 	char target[256];
 	char request_id[64];
 	char detail[512];
+	int audited;                /* the handler wrote the audit row itself */
 };
 
 typedef json_t *(*kmsd_handler_fn)(struct kmsd_req *req);
 
 kmsd_handler_fn kmsd_handler_find(const char *cmd);
+/*
+ * Write the request's audit row now, inside the handler's open transaction
+ * (so it commits, or rolls back, with the change it records; one disk sync
+ * instead of two).  The server then writes no second row.  A handler that
+ * fails after its commit clears req->audited to have the failure recorded.
+ */
+int kmsd_audit_record(struct kmsd_req *req, const char *outcome);
 /* Fill req->target from the usual argument names, for refused requests. */
 void kmsd_req_target_from_args(struct kmsd_req *req);
 

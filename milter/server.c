@@ -191,8 +191,8 @@ user_name(uid_t uid, char *buf, size_t len)
 		snprintf(buf, len, "%u", (unsigned)uid);
 }
 
-static void
-audit(struct kmsd_req *req, const char *outcome)
+int
+kmsd_audit_record(struct kmsd_req *req, const char *outcome)
 {
 	struct kms_audit_rec rec = {
 		.time = time(NULL), .uid = req->uid, .user = req->user, .role = req->role,
@@ -200,16 +200,27 @@ audit(struct kmsd_req *req, const char *outcome)
 		.request_id = req->request_id[0] ? req->request_id : NULL,
 		.detail = req->detail[0] ? req->detail : NULL,
 	};
-	char clean[300];
 	int rc;
 
-	if (req->st == NULL) {
-		kms_log(KMS_LOG_ERR, "audit: no store to record %s by %s", req->cmd, req->user);
-		return;
-	}
+	if (req->st == NULL)
+		return kms_fail(KMS_ERR_STATE, "no store");
 	rc = kms_audit_append(req->st, &rec);
-	if (rc != 0)
+	if (rc == 0)
+		req->audited = 1;
+	return rc;
+}
+
+/* The audit row and log line of a finished request (unless the handler wrote the row already). */
+static void
+audit(struct kmsd_req *req, const char *outcome)
+{
+	char clean[300];
+
+	if (!req->audited && req->st == NULL) {
+		kms_log(KMS_LOG_ERR, "audit: no store to record %s by %s", req->cmd, req->user);
+	} else if (!req->audited && kmsd_audit_record(req, outcome) != 0) {
 		kms_log(KMS_LOG_ERR, "audit: cannot record %s by %s: %s", req->cmd, req->user, kms_last_error());
+	}
 	kms_log(strcmp(outcome, "ok") == 0 ? KMS_LOG_INFO : KMS_LOG_WARNING,
 	    "control: %s by %s (uid %u, role %s) target=%s: %s", req->cmd, req->user, (unsigned)req->uid,
 	    req->role[0] ? req->role : "none", kms_sanitize(req->target, sizeof(req->target), clean, sizeof(clean)),

@@ -52,6 +52,7 @@ struct msg {
 	struct esc_enveloped *env;
 	size_t ri, cert;            /* matching RecipientInfo and certificate */
 	char *message_id, *date;
+	char *from_line;            /* "From <addr> <asctime>" for the output mbox */
 	/* filled by the release */
 	unsigned char *cek;
 	size_t ceklen;
@@ -79,6 +80,8 @@ struct arc {
 	int fatal;
 };
 
+static char *from_line_of(GMimeMessage *gm);
+
 /* ------------------------------------------------------------- messages */
 
 static void
@@ -89,6 +92,7 @@ msg_clear(struct msg *m)
 	esc_enveloped_free(m->env);
 	free(m->message_id);
 	free(m->date);
+	free(m->from_line);
 	if (m->cek)
 		OPENSSL_secure_clear_free(m->cek, m->ceklen);
 	free(m->key_serial);
@@ -193,6 +197,7 @@ examine(struct arc *a, struct msg *m)
 		msg_fail(m, "not a mail message", NULL);
 		return;
 	}
+	m->from_line = from_line_of(gm);
 	if (g_mime_message_get_message_id(gm))
 		m->message_id = strdup(g_mime_message_get_message_id(gm));
 	{
@@ -366,38 +371,45 @@ put_lines(FILE *out, const unsigned char *p, size_t len)
 	}
 }
 
-/* "From <addr> <asctime>" from the message's own headers, so every input form gives the same output. */
-static void
-put_from_line(FILE *out, const struct msg *m)
+/*
+ * "From <addr> <asctime>" from the message's own From and Date headers, so
+ * that an mbox, a Maildir and single files give the same output.
+ */
+static char *
+from_line_of(GMimeMessage *gm)
 {
-	GMimeMessage *gm = parse_message(m->raw, m->len);
 	const char *addr = "MAILER-DAEMON";
-	char *owned = NULL, when[64] = "Thu Jan  1 00:00:00 1970";
+	char when[64] = "Thu Jan  1 00:00:00 1970", *line;
 	InternetAddressList *from;
+	GDateTime *dt;
+	size_t n;
 
 	if (gm && (from = g_mime_message_get_from(gm)) != NULL && internet_address_list_length(from) > 0) {
 		InternetAddress *ia = internet_address_list_get_address(from, 0);
+		const char *a = INTERNET_ADDRESS_IS_MAILBOX(ia) ?
+		    internet_address_mailbox_get_addr(INTERNET_ADDRESS_MAILBOX(ia)) : NULL;
 
-		if (INTERNET_ADDRESS_IS_MAILBOX(ia) && internet_address_mailbox_get_addr(INTERNET_ADDRESS_MAILBOX(ia))) {
-			owned = strdup(internet_address_mailbox_get_addr(INTERNET_ADDRESS_MAILBOX(ia)));
-			if (owned && *owned && strpbrk(owned, " \t\r\n") == NULL)
-				addr = owned;
-		}
+		if (a && *a && strpbrk(a, " \t\r\n") == NULL && strlen(a) < 256)
+			addr = a;
 	}
-	if (gm) {
-		GDateTime *dt = g_mime_message_get_date(gm);
+	if (gm && (dt = g_mime_message_get_date(gm)) != NULL) {
+		time_t t = (time_t)g_date_time_to_unix(dt);
+		struct tm tm;
 
-		if (dt) {
-			time_t t = (time_t)g_date_time_to_unix(dt);
-			struct tm tm;
-
-			if (gmtime_r(&t, &tm))
-				strftime(when, sizeof(when), "%a %b %e %H:%M:%S %Y", &tm);
-		}
-		g_object_unref(gm);
+		if (gmtime_r(&t, &tm))
+			strftime(when, sizeof(when), "%a %b %e %H:%M:%S %Y", &tm);
 	}
-	fprintf(out, "From %s %s\n", addr, when);
-	free(owned);
+	n = strlen(addr) + strlen(when) + 8;
+	line = malloc(n);
+	if (line)
+		snprintf(line, n, "From %s %s\n", addr, when);
+	return line;
+}
+
+static void
+put_from_line(FILE *out, const struct msg *m)
+{
+	fputs(m->from_line ? m->from_line : "From MAILER-DAEMON Thu Jan  1 00:00:00 1970\n", out);
 }
 
 static int

@@ -122,7 +122,7 @@ claim_text(const struct mlt_sig *sig, char *buf, size_t len)
 	} else {
 		snprintf(buf, len, "claims to have been signed on %s, %s the certificate was revoked",
 		    kms_time_format(sig->signing_time, t, sizeof(t)),
-		    sig->signing_time < sig->rev.revoked_at ? "before" : "after");
+		    mlt_claim_word(sig));
 	}
 	return buf;
 }

@@ -84,6 +84,17 @@ mlt_asn1_time(const ASN1_TIME *t)
 	return timegm(&tm);
 }
 
+const char *
+mlt_claim_word(const struct mlt_sig *sig)
+{
+	/* Both times have a one-second grain: the same second is neither before nor after. */
+	if (sig->signing_time < sig->rev.revoked_at)
+		return "before";
+	if (sig->signing_time == sig->rev.revoked_at)
+		return "at the time of";
+	return "after";
+}
+
 time_t
 mlt_signing_time(CMS_SignerInfo *si)
 {
@@ -376,8 +387,7 @@ mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(
 		    tstr(sig->rev.revoked_at, t1, sizeof(t1)), ca_reason_name(sig->rev.reason));
 		if (rc == 0 && sig->signing_time != 0)
 			rc = mlt_strcatf(&d, "; claims to have been signed on %s, %s the revocation",
-			    tstr(sig->signing_time, t2, sizeof(t2)),
-			    sig->signing_time < sig->rev.revoked_at ? "before" : "after");
+			    tstr(sig->signing_time, t2, sizeof(t2)), mlt_claim_word(sig));
 		break;
 	case POL_V_UNTRUSTED:
 		rc = mlt_strcatf(&d, "certificate of %s is not from a trusted CA for S/MIME signing: %s", who,

@@ -42,6 +42,12 @@ int ctl_finish(struct ctl *ctl, json_t *reply, int *ok_human);
 int ctl_run(struct ctl *ctl, const char *cmd, json_t *args, void (*print)(json_t *result));
 /* Write the base64 "pkcs12" of a reply's result to a reserved output file (0, or -1 after removing it). */
 int ctl_take_p12(json_t *result, int fd, const char *path);
+/*
+ * ctl_call, then the reply's PKCS#12 into the output file reserved as fd
+ * (removed again when there is nothing to write).  *written is 1 when the
+ * file holds the PKCS#12.  NULL after a connection error.
+ */
+json_t *ctl_call_p12(struct ctl *ctl, const char *cmd, json_t *args, int fd, const char *path, int *written);
 /* Print "kmsctl: ..." on stderr and return CTL_ERR_USAGE. */
 int ctl_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Print "kmsctl: ..." with kms_last_error() and return status. */

@@ -175,7 +175,7 @@ ctl_cmd_enroll(struct ctl *ctl, int argc, char **argv)
 	const char *name = NULL, *out = NULL, *pwfile = NULL, *email;
 	char outbuf[300], *password = NULL;
 	json_t *args, *reply, *r;
-	int c, renew = 0, fd, human, rc;
+	int c, renew = 0, fd, human, rc, written;
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -210,23 +210,15 @@ ctl_cmd_enroll(struct ctl *ctl, int argc, char **argv)
 	if (password)
 		json_object_set_new(args, "password", json_string(password));
 	kms_secret_free(password);
-	reply = ctl_call(ctl, "enroll", args);
-	if (reply == NULL) {
-		close(fd);
-		unlink(out);
+	reply = ctl_call_p12(ctl, "enroll", args, fd, out, &written);
+	if (reply == NULL)
 		return CTL_ERR_USAGE;
-	}
 	r = json_object_get(reply, "result");
-	if (json_is_true(json_object_get(reply, "ok"))) {
-		if (ctl_take_p12(r, fd, out) != 0) {
+	if (json_is_true(json_object_get(reply, "ok")) && !written) {
 			fprintf(stderr, "kmsctl: enrollment done on the server, but the security file could not be "
 			    "written: enroll again with --renew\n");
-			rc = CTL_ERR_REPLY;
-			goto out;
-		}
-	} else {
-		close(fd);
-		unlink(out);
+		rc = CTL_ERR_REPLY;
+		goto out;
 	}
 	rc = ctl_finish(ctl, reply, &human);
 	if (human) {

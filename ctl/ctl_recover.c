@@ -212,7 +212,7 @@ recover_fetch(struct ctl *ctl, int argc, char **argv)
 	const char *out = NULL, *pfile = NULL;
 	char *password = NULL;
 	json_t *args, *reply, *r;
-	int c, fd, human, rc;
+	int c, fd, human, rc, written;
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -234,23 +234,15 @@ recover_fetch(struct ctl *ctl, int argc, char **argv)
 	if (password)
 		json_object_set_new(args, "password", json_string(password));
 	kms_secret_free(password);
-	reply = ctl_call(ctl, "recover.fetch", args);
-	if (reply == NULL) {
-		close(fd);
-		unlink(out);
+	reply = ctl_call_p12(ctl, "recover.fetch", args, fd, out, &written);
+	if (reply == NULL)
 		return CTL_ERR_USAGE;
-	}
 	r = json_object_get(reply, "result");
-	if (json_is_true(json_object_get(reply, "ok"))) {
-		if (ctl_take_p12(r, fd, out) != 0) {
+	if (json_is_true(json_object_get(reply, "ok")) && !written) {
 			fprintf(stderr, "kmsctl: the recovered file could not be written, and kmsd gives it only once: "
 			    "open a new request\n");
-			rc = CTL_ERR_REPLY;
-			goto out;
-		}
-	} else {
-		close(fd);
-		unlink(out);
+		rc = CTL_ERR_REPLY;
+		goto out;
 	}
 	rc = ctl_finish(ctl, reply, &human);
 	if (human) {

@@ -225,6 +225,21 @@ ctl_take_p12(json_t *result, int fd, const char *path)
 	return rc;
 }
 
+json_t *
+ctl_call_p12(struct ctl *ctl, const char *cmd, json_t *args, int fd, const char *path, int *written)
+{
+	json_t *reply = ctl_call(ctl, cmd, args);
+
+	*written = 0;
+	if (reply != NULL && json_is_true(json_object_get(reply, "ok"))) {
+		*written = ctl_take_p12(json_object_get(reply, "result"), fd, path) == 0;
+		return reply;
+	}
+	close(fd);
+	unlink(path);
+	return reply;
+}
+
 int
 ctl_read_password_file(const char *path, char **out)
 {

@@ -21,7 +21,9 @@
  * end of headers and body chunks (SMFIP_NR_*), and not to send what we do
  * not use.  On an inet socket, TCP_QUICKACK is set again after every read
  * (it is not sticky on Linux): otherwise the MTA's small writes wait for
- * our delayed ACK, about 40 ms per message with Postfix.
+ * our delayed ACK, about 40 ms per message with Postfix; and TCP_NODELAY
+ * is set once, so that our own small writes at end of message do not wait
+ * for the MTA's delayed ACK either.
  */
 #include "config.h"
 
@@ -143,6 +145,16 @@ quickack_find(SMFICTX *ctx, struct conn *c)
 	    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
 		return;
 	c->quickack_fd = h->sd;
+	/*
+	 * At end of message the reply is several small writes (header edits,
+	 * then the verdict); Nagle would hold the second until the MTA acks the
+	 * first, which it delays: another 40 ms per message.
+	 */
+	{
+		int one = 1;
+
+		(void)setsockopt(h->sd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
 }
 
 static void

@@ -612,13 +612,16 @@ cmd_recover_approve(struct kmsd_req *req)
 	if ((rc = request_load(req->st, id, &rq)) != 0)
 		goto fail;
 	{
-		struct pol_request pr = { .expires = rq.expires, .approvals = rq.approvals, .napprovals = rq.napprovals,
-			.closed = strcmp(rq.state, "open") != 0 };
+		struct pol_request pr = { .expires = rq.expires, .approvals = rq.approvals, .napprovals = rq.napprovals };
 
 		if ((rc = esc_store_krk_by_id(req->st, rq.krk_id, &krk)) != 0)
 			goto fail;
 		pr.threshold = krk->threshold;
-		if (strcmp(rq.state, "open") != 0 && strcmp(rq.state, "expired") != 0) {
+		if (strcmp(rq.state, "expired") == 0) {
+			rc = kms_fail(KMS_ERR_EXPIRED, "request %s has expired", rq.id);
+			goto fail;
+		}
+		if (strcmp(rq.state, "open") != 0) {
 			rc = kms_fail(KMS_ERR_STATE, "request %s is %s: it takes no more approvals", rq.id, rq.state);
 			goto fail;
 		}

@@ -129,7 +129,7 @@ setup() {
 	# Postfix (and nobody) must be able to traverse it.
 	chmod 755 "$T"
 	trap cleanup EXIT
-	trap 'exit 1' INT TERM
+	trap 'exit 1' INT TERM HUP PIPE
 	HTTP_PORT=$(free_port)
 	STATE="$T/state"
 	SOCK="$STATE/control.sock"

@@ -579,15 +579,11 @@ verdict:
 		size_t n = 256 + (signer ? strlen(signer) : 0);
 
 		ar = malloc(n);
+		/* The reason is free text: it goes inside the comment. */
 		if (ar)
-			snprintf(ar, n, "kmsctl.archive; smime=%s%s%s%s%s (checked after decryption, without revocation data)",
-			    result, signer ? " body.smime-identifier=" : "", signer ? signer : "", reason[0] ? " reason=" : "",
-			    reason[0] ? reason : "");
-		if (ar && reason[0]) {
-			/* The reason is free text: keep it inside the comment. */
-			snprintf(ar, n, "kmsctl.archive; smime=%s%s%s (%s; checked after decryption, without revocation data)",
-			    result, signer ? " body.smime-identifier=" : "", signer ? signer : "", reason);
-		}
+			snprintf(ar, n, "kmsctl.archive; smime=%s%s%s (%s%schecked after decryption, without revocation data)",
+			    result, signer ? " body.smime-identifier=" : "", signer ? signer : "", reason,
+			    reason[0] ? "; " : "");
 	}
 out:
 	ERR_clear_error();
@@ -632,10 +628,10 @@ emit(struct arc *a, struct msg *m)
 	}
 	switch (m->kind) {
 	case MSG_MINE: {
-		size_t hdr_end, off = body_offset(m->raw, m->len, &hdr_end);
+		size_t hdr_end;
 		char *ar = inner_signature(a, plain, plainlen);
 
-		(void)off;
+		body_offset(m->raw, m->len, &hdr_end);
 		a->decrypted++;
 		put_from_line(a->out, m);
 		put_outer_headers(a->out, m->raw, hdr_end);
@@ -887,7 +883,7 @@ static int
 read_dir(struct arc *a, const char *dir)
 {
 	char **list = NULL, *cur = kms_path_join(dir, "cur"), *nw = kms_path_join(dir, "new");
-	size_t n = 0, cap = 0, first = 0;
+	size_t n = 0, cap = 0;
 	struct stat sb;
 	int rc = 0;
 
@@ -912,7 +908,7 @@ read_dir(struct arc *a, const char *dir)
 		if (rc == 0)
 			qsort(list, n, sizeof(char *), cmp_str);
 	}
-	for (size_t i = first; i < n && rc == 0; i++)
+	for (size_t i = 0; i < n && rc == 0; i++)
 		rc = read_one_file(a, list[i]);
 	for (size_t i = 0; i < n; i++)
 		free(list[i]);

@@ -153,13 +153,8 @@ ca_passphrase(const struct kms_config *cfg, char **out, int *created)
 	return rc;
 }
 
-struct share_files {
-	char **paths;
-	int n;
-};
-
-static void
-share_files_remove(struct share_files *sf)
+void
+kmsd_shares_remove(struct kmsd_share_files *sf)
 {
 	for (int i = 0; i < sf->n; i++) {
 		if (sf->paths[i])
@@ -167,8 +162,8 @@ share_files_remove(struct share_files *sf)
 	}
 }
 
-static void
-share_files_free(struct share_files *sf)
+void
+kmsd_shares_free(struct kmsd_share_files *sf)
 {
 	for (int i = 0; i < sf->n; i++)
 		free(sf->paths[i]);
@@ -177,13 +172,9 @@ share_files_free(struct share_files *sf)
 	sf->n = 0;
 }
 
-/*
- * Split the KRK private key and write one armored file per share into dir.
- * digests[i] get the commitments to store.  Shares never outlive this call.
- */
-static int
-write_shares(EVP_PKEY *krk, X509 *krk_cert, int n, int m, const char *dir, const char *pass_dir,
-    struct share_files *sf, char **digests)
+int
+kmsd_shares_write(EVP_PKEY *krk, X509 *krk_cert, int n, int m, const char *dir, const char *pass_dir,
+    struct kmsd_share_files *sf, char **digests)
 {
 	unsigned char *secret = NULL;
 	size_t slen = 0;
@@ -260,7 +251,7 @@ write_shares(EVP_PKEY *krk, X509 *krk_cert, int n, int m, const char *dir, const
 	rc = 0;
 out:
 	if (rc != 0)
-		share_files_remove(sf);
+		kmsd_shares_remove(sf);
 	esc_shares_free(shares, (size_t)n);
 	if (secret)
 		OPENSSL_secure_clear_free(secret, slen);
@@ -280,7 +271,7 @@ cmd_init(struct kmsd_req *req)
 	EVP_PKEY *krk = NULL;
 	X509 *krk_cert = NULL;
 	char *pass = NULL, *pem = NULL, **digests = NULL;
-	struct share_files sf = { NULL, 0 };
+	struct kmsd_share_files sf = { NULL, 0 };
 	size_t pemlen = 0;
 	int created = 0, rc, in_tx = 0, default_dir;
 	long long krk_id = 0;
@@ -338,7 +329,7 @@ cmd_init(struct kmsd_req *req)
 		goto fail;
 	}
 	/* Files first: a KRK recorded without its shares could never be used. */
-	if ((rc = write_shares(krk, krk_cert, (int)n, (int)m, share_dir, pass_dir, &sf, digests)) != 0)
+	if ((rc = kmsd_shares_write(krk, krk_cert, (int)n, (int)m, share_dir, pass_dir, &sf, digests)) != 0)
 		goto fail;
 	EVP_PKEY_free(krk);         /* the only copy of the KRK private key goes now */
 	krk = NULL;
@@ -395,12 +386,12 @@ cmd_init(struct kmsd_req *req)
 fail:
 	if (in_tx)
 		kms_store_rollback(req->st);
-	share_files_remove(&sf);
+	kmsd_shares_remove(&sf);
 	if (created)
 		unlink(cfg->ca.passphrase_file);
 	reply = kmsd_reply_fail(rc);
 out:
-	share_files_free(&sf);
+	kmsd_shares_free(&sf);
 	if (digests) {
 		for (long long i = 0; i < n; i++)
 			free(digests[i]);

@@ -402,11 +402,9 @@ rotate_krk(struct kmsd_req *req, EVP_PKEY *old_krk, X509 *old_cert, long long ol
 	X509 *cert = NULL;
 	struct esc_entry *e = NULL;
 	size_t n = 0;
-	unsigned char *secret = NULL;
-	size_t slen = 0;
-	struct esc_share *shares = NULL;
-	char **digests = NULL, **paths = NULL, *fp = NULL;
-	int total = (int)cfg->escrow.shares, m = (int)cfg->escrow.threshold, rc, in_tx = 0, written = 0;
+	struct kmsd_share_files sf = { NULL, 0 };
+	char **digests = NULL, *fp = NULL;
+	int total = (int)cfg->escrow.shares, m = (int)cfg->escrow.threshold, rc, in_tx = 0;
 	long long new_id = 0;
 
 	if (ca == NULL || ca->key == NULL)
@@ -422,50 +420,12 @@ rotate_krk(struct kmsd_req *req, EVP_PKEY *old_krk, X509 *old_cert, long long ol
 	}
 	fp = ca_cert_fingerprint(cert);
 	digests = calloc((size_t)total, sizeof(char *));
-	paths = calloc((size_t)total, sizeof(char *));
-	if (fp == NULL || digests == NULL || paths == NULL) {
+	if (fp == NULL || digests == NULL) {
 		rc = KMS_ERR_NOMEM;
 		goto out;
 	}
-	if ((rc = kms_mkdir_p(p->share_dir, 0700)) != 0 || (rc = esc_key_to_secret(krk, &secret, &slen)) != 0 ||
-	    (rc = esc_split(secret, slen, total, m, &shares)) != 0)
+	if ((rc = kmsd_shares_write(krk, cert, total, m, p->share_dir, p->pass_dir, &sf, digests)) != 0)
 		goto out;
-	for (int i = 0; i < total; i++) {
-		struct esc_share_meta meta = { .index = shares[i].index, .threshold = m, .total = total };
-		char name[64], *text = NULL, *pass = NULL;
-		size_t tlen = 0;
-
-		snprintf(meta.krk_fingerprint, sizeof(meta.krk_fingerprint), "%s", fp);
-		if (p->pass_dir) {
-			char pname[64], *pp;
-
-			snprintf(pname, sizeof(pname), "share-%d.passphrase", shares[i].index);
-			pp = kms_path_join(p->pass_dir, pname);
-			rc = pp ? kms_read_secret_file(pp, &pass) : KMS_ERR_NOMEM;
-			free(pp);
-			if (rc != 0)
-				goto out;
-		}
-		rc = esc_share_encode(&shares[i], &meta, pass, &text, &tlen);
-		kms_secret_free(pass);
-		if (rc != 0)
-			goto out;
-		snprintf(name, sizeof(name), "krk-%.8s-share-%d-of-%d.txt", fp, shares[i].index, total);
-		paths[i] = kms_path_join(p->share_dir, name);
-		rc = paths[i] ? kms_write_file_excl(paths[i], text, tlen, 0600) : KMS_ERR_NOMEM;
-		kms_wipe(text, tlen);
-		free(text);
-		if (rc != 0) {
-			free(paths[i]);
-			paths[i] = NULL;
-			goto out;
-		}
-		written++;
-		if ((digests[i] = esc_share_digest(&shares[i])) == NULL) {
-			rc = KMS_ERR_NOMEM;
-			goto out;
-		}
-	}
 	if ((rc = esc_store_get_all(req->st, &e, &n)) != 0 && rc != KMS_ERR_NOTFOUND)
 		goto out;
 	if ((rc = kms_store_begin(req->st)) != 0)
@@ -504,25 +464,14 @@ rotate_krk(struct kmsd_req *req, EVP_PKEY *old_krk, X509 *old_cert, long long ol
 out:
 	if (in_tx)
 		kms_store_rollback(req->st);
-	if (rc != 0 && paths) {
-		for (int i = 0; i < total; i++)
-			if (paths[i])
-				unlink(paths[i]);
-	}
-	(void)written;
-	if (paths) {
-		for (int i = 0; i < total; i++)
-			free(paths[i]);
-		free(paths);
-	}
+	if (rc != 0)
+		kmsd_shares_remove(&sf);
+	kmsd_shares_free(&sf);
 	if (digests) {
 		for (int i = 0; i < total; i++)
 			free(digests[i]);
 		free(digests);
 	}
-	esc_shares_free(shares, (size_t)total);
-	if (secret)
-		OPENSSL_secure_clear_free(secret, slen);
 	esc_entries_free(e, n);
 	EVP_PKEY_free(krk);
 	X509_free(cert);

@@ -335,7 +335,7 @@ install_handlers(void)
 }
 
 static int
-run(const char *config_path, struct kms_config *cfg, int foreground)
+run(const char *config_path, struct kms_config *cfg)
 {
 	struct ids ids;
 	struct kms_store *st = NULL;
@@ -408,7 +408,6 @@ run(const char *config_path, struct kms_config *cfg, int foreground)
 		close(ready_fd);
 		ready_fd = -1;
 	}
-	(void)foreground;
 
 	while (!got_term) {
 		struct pollfd pfd = { sig_pipe[0], POLLIN, 0 };
@@ -516,7 +515,7 @@ main(int argc, char **argv)
 	kms_log_open("kmsd", (int)cfg->kmsd.syslog_facility, foreground, (int)cfg->kmsd.log_level);
 	if (!foreground)
 		daemonize();
-	rc = run(config_path, cfg, foreground);
+	rc = run(config_path, cfg);
 	kms_config_unref(cfg);
 	return rc;
 }

@@ -34,7 +34,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
-#include "archive/esc.h"
+#include "archive/archive.h"
 
 #define BEGIN_LINE "-----BEGIN SMIME-KMS RECOVERY SHARE-----"
 #define END_LINE "-----END SMIME-KMS RECOVERY SHARE-----"

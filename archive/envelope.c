@@ -28,7 +28,7 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
-#include "archive/esc.h"
+#include "archive/archive.h"
 #include "archive/cms_asn1.h"
 
 /* The largest PKCS#8 we expect: RSA-16384 is about 9.5 KiB. */

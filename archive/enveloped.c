@@ -26,7 +26,7 @@
 #include <openssl/objects.h>
 #include <openssl/x509.h>
 
-#include "archive/esc.h"
+#include "archive/archive.h"
 #include "archive/cms_asn1.h"
 
 /* A message body we take apart in memory. */

@@ -24,7 +24,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
-#include "archive/esc.h"
+#include "archive/archive.h"
 
 /* An envelope is a few KiB; anything past this is not ours. */
 #define MAX_ENVELOPE (64 * 1024)

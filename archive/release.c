@@ -34,7 +34,7 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
-#include "archive/esc.h"
+#include "archive/archive.h"
 #include "archive/cms_asn1.h"
 
 /* A RecipientInfo is an issuer name, a serial and a few hundred key bytes. */

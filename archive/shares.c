@@ -24,7 +24,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
-#include "archive/esc.h"
+#include "archive/archive.h"
 
 /* A share of a KRK is the length of its PKCS#8; nothing we split is near this. */
 #define ESC_MAX_SECRET (64 * 1024)

@@ -23,7 +23,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
-#include "common/kms.h"
+#include "common/common.h"
 
 /* ==================================================================== keys */
 

@@ -16,7 +16,7 @@
 
 #include <openssl/evp.h>
 
-#include "kms.h"
+#include "common/common.h"
 
 #define ZERO_HASH "0000000000000000000000000000000000000000000000000000000000000000"
 

@@ -22,7 +22,7 @@
 
 #include <ini.h>
 
-#include "kms.h"
+#include "common/common.h"
 
 enum cfg_type {
 	T_STRING,       /* free text */

@@ -13,7 +13,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
-#include "kms.h"
+#include "common/common.h"
 
 char *
 kms_hex(const unsigned char *p, size_t n)

@@ -10,7 +10,7 @@
 
 #include <openssl/err.h>
 
-#include "kms.h"
+#include "common/common.h"
 
 static _Thread_local char last_error[1024];
 

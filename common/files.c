@@ -17,7 +17,7 @@
 
 #include <openssl/rand.h>
 
-#include "kms.h"
+#include "common/common.h"
 
 char *
 kms_path_join(const char *dir, const char *name)

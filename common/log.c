@@ -14,7 +14,7 @@
 
 #include <openssl/err.h>
 
-#include "kms.h"
+#include "common/common.h"
 
 static int log_stderr = 1;
 static int log_syslog = 0;

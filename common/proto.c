@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "kms.h"
+#include "common/common.h"
 
 #define READ_CHUNK 65536
 

@@ -12,7 +12,7 @@
 
 #include <openssl/crypto.h>
 
-#include "kms.h"
+#include "common/common.h"
 
 void
 kms_wipe(void *p, size_t n)

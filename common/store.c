@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "kms.h"
+#include "common/common.h"
 
 struct kms_store {
 	sqlite3 *db;

@@ -11,7 +11,7 @@
 
 #include <jansson.h>
 
-#include "common/kms.h"
+#include "common/common.h"
 
 enum {
 	CTL_OK = 0,

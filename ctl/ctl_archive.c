@@ -34,7 +34,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
-#include "archive/esc.h"
+#include "archive/archive.h"
 #include "ca/ca.h"
 #include "ctl/ctl.h"
 

@@ -14,7 +14,7 @@
 
 #include <openssl/crypto.h>
 
-#include "archive/esc.h"
+#include "archive/archive.h"
 #include "ca/ca.h"
 #include "ctl/ctl.h"
 

@@ -39,8 +39,7 @@
 
 #include <libmilter/mfapi.h>
 
-#include "milter/kmsd.h"
-#include "milter/smime.h"
+#include "milter/milter.h"
 
 #define WANT_ACTIONS (SMFIF_ADDHDRS | SMFIF_CHGHDRS | SMFIF_CHGBODY | SMFIF_QUARANTINE)
 /* Steps we do not use, replies the MTA need not wait for, header values as written. */
@@ -62,8 +61,12 @@ struct msg {
 	int skipped;            /* told the MTA to skip the rest of the body */
 };
 
+/* What kmsd lends the callbacks (mlt_milter_register); set once before smfi_main. */
+static const struct mlt_host *host;
+
 struct conn {
-	struct kmsd_env *env;
+	void *settings;         /* the host's reference behind view */
+	struct mlt_view view;    /* config and trust anchors for the whole connection */
 	unsigned long actions;  /* granted SMFIF_* */
 	unsigned long proto;    /* granted SMFIP_* */
 	int negotiated;
@@ -108,8 +111,8 @@ conn_free(struct conn *c)
 	if (c == NULL)
 		return;
 	msg_free(c);
-	if (c->env != NULL)
-		kmsd_env_put(c->env);
+	if (c->settings != NULL)
+		host->settings_put(c->settings);
 	free(c);
 }
 
@@ -178,8 +181,8 @@ conn_get(SMFICTX *ctx)
 		if ((c = calloc(1, sizeof(*c))) == NULL)
 			return NULL;
 		c->quickack_fd = -1;
-		c->env = kmsd_env_get();
-		if (c->env == NULL) {
+		c->settings = host->settings_get(&c->view);
+		if (c->settings == NULL) {
 			free(c);
 			return NULL;
 		}
@@ -261,7 +264,7 @@ cb_envfrom(SMFICTX *ctx, char **argv)
 	if (!c->negotiated)
 		c->actions = WANT_ACTIONS;      /* an MTA that does not negotiate grants what was registered */
 	msg_free(c);    /* a message the MTA never finished */
-	cfg = c->env->cfg;
+	cfg = c->view.cfg;
 	if ((m = calloc(1, sizeof(*m))) == NULL)
 		return on_error(ctx, cfg, "out of memory");
 	c->msg = m;
@@ -321,14 +324,6 @@ cb_body(SMFICTX *ctx, unsigned char *chunk, size_t len)
 		return SMFIS_SKIP;
 	}
 	return step_reply(c, SMFIP_NR_BODY);
-}
-
-static int
-find_cert_cb(void *arg, const X509_NAME *issuer, const ASN1_INTEGER *serial, const ASN1_OCTET_STRING *skid,
-    X509 **out)
-{
-	(void)arg;
-	return kmsd_find_cert(issuer, serial, skid, out);
 }
 
 /* Is this edit about the top-level content (only useful with the new body)? */
@@ -427,13 +422,14 @@ cb_eom(SMFICTX *ctx)
 
 	if (c == NULL)
 		return on_error(ctx, NULL, "out of memory");
-	cfg = c->env->cfg;
+	cfg = c->view.cfg;
 	if (c->msg == NULL)
 		return on_error(ctx, cfg, "end of message without a message");
 	memset(&cc, 0, sizeof(cc));
-	cc.trust = c->env->trust;
-	cc.rev = kmsd_revidx_get();
-	cc.find_cert = find_cert_cb;
+	cc.trust = c->view.trust;
+	cc.rev = host->revidx_get();
+	cc.find_cert = host->find_cert;
+	cc.find_cert_arg = host->find_cert_arg;
 	cc.authserv_id = cfg->kmsd.authserv_id;
 	mlt_limits_from_config(cfg, &cc.limits);
 
@@ -529,8 +525,9 @@ static struct smfiDesc kmsd_milter = {
 };
 
 int
-mlt_milter_register(void)
+mlt_milter_register(const struct mlt_host *h)
 {
+	host = h;
 	mlt_smime_init();
 	if (smfi_register(kmsd_milter) != MI_SUCCESS)
 		return kms_fail(KMS_ERR_STATE, "libmilter refused the registration");

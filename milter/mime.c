@@ -20,7 +20,7 @@
 #include <strings.h>
 
 #include "milter/mime.h"
-#include "milter/smime.h"
+#include "milter/milter.h"
 
 /* Longest header value handed to GMime's parsers; longer ones are cut. */
 #define MAX_PARSE_VALUE (16 * 1024)

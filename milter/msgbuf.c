@@ -18,7 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "milter/smime.h"
+#include "milter/milter.h"
 
 struct mlt_msgbuf {
 	size_t max_memory, max_size;

@@ -28,7 +28,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
-#include "milter/smime.h"
+#include "milter/milter.h"
 
 struct offline {
 	struct kms_config *cfg;

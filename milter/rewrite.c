@@ -29,7 +29,7 @@
 #include <openssl/sha.h>
 
 #include "milter/mime.h"
-#include "milter/smime.h"
+#include "milter/milter.h"
 #include "milter/smime_int.h"
 
 /* Header fields looked at (and edits made) at most, whatever max_headers says. */

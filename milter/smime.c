@@ -36,7 +36,7 @@
 #include <openssl/objects.h>
 
 #include "milter/mime.h"
-#include "milter/smime.h"
+#include "milter/milter.h"
 #include "milter/smime_int.h"
 
 #define PATH_MAX_LEN 2048

@@ -9,7 +9,7 @@
 #include <openssl/cms.h>
 #include <openssl/x509.h>
 
-#include "milter/smime.h"
+#include "milter/milter.h"
 
 /* Longest issuer, address and detail text we keep (longer ones are cut with "..."). */
 #define MLT_MAX_TEXT 256

@@ -23,7 +23,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
-#include "milter/smime.h"
+#include "milter/milter.h"
 #include "milter/smime_int.h"
 
 /* Most signatures written into one Authentication-Results field. */

@@ -6,7 +6,7 @@
  */
 #include "config.h"
 
-#include "policy/pol.h"
+#include "policy/policy.h"
 
 int
 pol_approval_check(const struct pol_request *req, uid_t officer, int share_index, time_t now)

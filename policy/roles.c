@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "policy/pol.h"
+#include "policy/policy.h"
 
 #define MAX_GROUPS 256
 

@@ -38,7 +38,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include "common/kms.h"
+#include "common/common.h"
 
 #define BASE_TIME 1767258000    /* 2026-01-01 09:00:00 UTC: message i is i minutes later */
 

@@ -41,7 +41,7 @@
 #include <openssl/x509v3.h>
 
 #include "ca/ca.h"
-#include "common/kms.h"
+#include "common/common.h"
 
 /* ------------------------------------------------- counting signature checks */
 
@@ -312,7 +312,7 @@ cmd_setup(const char *dir, long n, const char *keytype)
 /* ------------------------------------------------------------------- issue */
 
 static int
-cmd_issue(const char *dir)
+kmsd_cmd_issue(const char *dir)
 {
 	struct kms_store *st = open_store(dir, 0);
 	struct ca *ca = load_ca(dir);
@@ -533,7 +533,7 @@ main(int argc, char **argv)
 	if (argc >= 4 && strcmp(argv[1], "setup") == 0)
 		return cmd_setup(argv[2], atol(argv[3]), argc > 4 ? argv[4] : "rsa:3072");
 	if (argc == 3 && strcmp(argv[1], "issue") == 0)
-		return cmd_issue(argv[2]);
+		return kmsd_cmd_issue(argv[2]);
 	if (argc == 3 && strcmp(argv[1], "index") == 0)
 		return cmd_index(argv[2]);
 	if (argc >= 4 && strcmp(argv[1], "measure") == 0 && strcmp(argv[2], "--") == 0)

@@ -13,7 +13,7 @@
  *       own CA key (loaded from the store named by CONF), on THREADS
  *       threads, for N users or MIN_SECONDS, whichever is longer.
  *   enrollbench steps CONF N WORKDIR
- *       one thread, each step of cmd_enroll() timed on its own: key pairs,
+ *       one thread, each step of kmsd_cmd_enroll() timed on its own: key pairs,
  *       certificates, escrow envelope, the store transaction and the audit
  *       row (in a scratch store in WORKDIR, synchronous=FULL like kmsd's;
  *       their CPU time apart, the rest is waiting for the disk), PKCS#12 at
@@ -40,9 +40,9 @@
 #include <openssl/pkcs12.h>
 #include <openssl/x509.h>
 
-#include "archive/esc.h"
+#include "archive/archive.h"
 #include "ca/ca.h"
-#include "common/kms.h"
+#include "common/common.h"
 
 #define SECURE_HEAP_SIZE (2 * 1024 * 1024)      /* as kmsd */
 

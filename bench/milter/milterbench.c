@@ -73,8 +73,8 @@
 #include <openssl/x509v3.h>
 
 #include "ca/ca.h"
-#include "common/kms.h"
-#include "milter/smime.h"
+#include "common/common.h"
+#include "milter/milter.h"
 
 #define CRL_CHUNK 10000         /* entries per synthetic CRL */
 #define MAX_ROUNDS 99

@@ -14,12 +14,12 @@ if [ ! -f Makefile ]; then
 	CC=clang CFLAGS="-g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link $san" \
 	    LDFLAGS="$san" "$src/configure" >/dev/null
 fi
-make -j2 milter/libkmsd.a ca/libkmsca.a policy/libkmspolicy.a common/libkmscommon.a >/dev/null
+make -j2 milter/libkmsmilter.a ca/libkmsca.a policy/libkmspolicy.a common/libkmscommon.a >/dev/null
 # shellcheck disable=SC2046
 clang -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer $san -DHAVE_CONFIG_H -I. -I"$src" \
     $(pkg-config --cflags gmime-3.0 openssl jansson) \
     "$src/tests/fuzz/fuzz_smime.c" -o fuzz_smime \
-    milter/libkmsd.a ca/libkmsca.a policy/libkmspolicy.a common/libkmscommon.a \
+    milter/libkmsmilter.a ca/libkmsca.a policy/libkmspolicy.a common/libkmscommon.a \
     $(pkg-config --libs gmime-3.0 openssl jansson sqlite3 inih libcurl) -lmilter -lpthread
 mkdir -p corpus
 cp "$src"/tests/data/smime/*.eml corpus/

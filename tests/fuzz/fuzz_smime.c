@@ -18,7 +18,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
-#include "milter/smime.h"
+#include "milter/milter.h"
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);

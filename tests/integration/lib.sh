@@ -10,7 +10,7 @@ set -u
 
 : "${top_builddir:=$(pwd)}"
 : "${srcdir:=.}"
-KMSD="${KMSD:-$top_builddir/milter/kmsd}"
+KMSD="${KMSD:-$top_builddir/kmsd/kmsd}"
 KMSCTL="${KMSCTL:-$top_builddir/ctl/kmsctl}"
 CTLRAW="${CTLRAW:-$top_builddir/tests/integration/ctlraw}"
 DATA="${srcdir}/tests/data"

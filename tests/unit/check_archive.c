@@ -32,8 +32,8 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-#include "archive/esc.h"
-#include "common/kms.h"
+#include "archive/archive.h"
+#include "common/common.h"
 #include "tests/unit/testutil.h"
 
 /* Made once per run in main(), inherited by every forked test. */

@@ -25,7 +25,7 @@
 #include <openssl/x509v3.h>
 
 #include "ca/ca.h"
-#include "common/kms.h"
+#include "common/common.h"
 #include "tests/unit/testutil.h"
 
 #define ORG "Example Org"

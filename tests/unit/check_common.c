@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "common/kms.h"
+#include "common/common.h"
 #include "tests/unit/testutil.h"
 
 static char *dir;

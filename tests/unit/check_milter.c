@@ -26,9 +26,9 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include "common/kms.h"
+#include "common/common.h"
 #include "milter/mime.h"
-#include "milter/smime.h"
+#include "milter/milter.h"
 #include "milter/smime_int.h"
 #include "tests/unit/testutil.h"
 

@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/kms.h"
-#include "policy/pol.h"
+#include "common/common.h"
+#include "policy/policy.h"
 #include "tests/unit/testutil.h"
 
 START_TEST(test_worst_verdict_follows_severity_order)

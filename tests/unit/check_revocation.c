@@ -27,7 +27,7 @@
 #include <openssl/x509v3.h>
 
 #include "ca/ca.h"
-#include "common/kms.h"
+#include "common/common.h"
 #include "tests/unit/testutil.h"
 
 static char *dir;

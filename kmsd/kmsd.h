@@ -1,6 +1,6 @@
 /*
- * kmsd.h - internal header of the kmsd program (milter/): what the parts of
- * the daemon share.  Nothing outside milter/ includes it.
+ * kmsd.h - internal header of the kmsd program (kmsd/): what the parts of
+ * the daemon share.  Nothing outside kmsd/ includes it.
  *
  * The runtime keeps one current "environment": the config and the trust
  * anchors, reference counted and replaced as a whole on SIGHUP or after
@@ -16,8 +16,9 @@
 #include <openssl/x509_vfy.h>
 
 #include "ca/ca.h"
-#include "common/kms.h"
-#include "policy/pol.h"
+#include "common/common.h"
+#include "policy/policy.h"
+#include "publish/publish.h"
 
 struct kmsd_env {
 	int refs;
@@ -82,5 +83,24 @@ void kmsd_recovery_expire(struct kms_store *st, time_t now);
 void kmsd_recovery_abort_all(struct kms_store *st, const char *why);
 /* Timer work: re-sign the CRL before nextUpdate, expire recovery requests. */
 void kmsd_periodic(struct kms_store *st, time_t now);
+
+/* ----------------------------------------------------- HTTP and CRL sync (httpglue.c) */
+
+/* pub_http_start() with the [http] settings of the current environment. */
+int kmsd_http_start(int fd, struct pub_http_server **out);
+void kmsd_http_stop(struct pub_http_server *srv);
+/* Serve a newly issued CRL set and the CA certificate under [ca] name (no-op without a server). */
+void kmsd_http_publish(const struct ca_crl_set *set, X509 *ca_cert);
+/*
+ * Start CRL synchronisation from [crl] source/source_ca and
+ * external/external_ca (cache in <state_dir>/crl-cache).  Each change
+ * rebuilds the index with kmsd_revidx_rebuild().  0 with nothing to do.
+ */
+int kmsd_sync_start(void);
+void kmsd_sync_stop(void);
+/* Fetch the external CRLs again now (SIGHUP). */
+void kmsd_sync_refresh(void);
+/* pub_sync_add_to() for the running sync (0 when none). */
+int kmsd_sync_add_to(struct ca_revidx_builder *b);
 
 #endif

@@ -22,8 +22,8 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
-#include "archive/esc.h"
-#include "milter/commands.h"
+#include "archive/archive.h"
+#include "kmsd/commands.h"
 
 #define MAX_PATH_ARG 1024
 
@@ -42,7 +42,7 @@ count(struct kms_store *st, const char *sql)
 }
 
 json_t *
-cmd_status(struct kmsd_req *req)
+kmsd_cmd_status(struct kmsd_req *req)
 {
 	const struct ca *ca = kmsd_ca();
 	struct kmsd_env *env = req->env;
@@ -260,7 +260,7 @@ out:
 }
 
 json_t *
-cmd_init(struct kmsd_req *req)
+kmsd_cmd_init(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "org", "shares", "threshold", "share_dir", "share_passphrase_dir", NULL };
 	const struct kms_config *cfg = req->env->cfg;
@@ -463,7 +463,7 @@ p12_job_discard(struct p12_job *job)
 }
 
 json_t *
-cmd_enroll(struct kmsd_req *req)
+kmsd_cmd_enroll(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "email", "name", "renew", "password", NULL };
 	const struct kms_config *cfg = req->env->cfg;
@@ -625,7 +625,7 @@ out:
 /* ------------------------------------------------------------------- issue */
 
 json_t *
-cmd_issue(struct kmsd_req *req)
+kmsd_cmd_issue(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "csr", NULL };
 	const struct kms_config *cfg = req->env->cfg;
@@ -693,7 +693,7 @@ out:
 /* ------------------------------------------------------------- list, show */
 
 json_t *
-cmd_list(struct kmsd_req *req)
+kmsd_cmd_list(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "revoked", NULL };
 	struct ca_cert_row *rows = NULL;
@@ -715,7 +715,7 @@ cmd_list(struct kmsd_req *req)
 }
 
 json_t *
-cmd_show(struct kmsd_req *req)
+kmsd_cmd_show(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "target", NULL };
 	struct ca_cert_row *rows = NULL;

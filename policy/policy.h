@@ -1,5 +1,5 @@
 /*
- * pol.h - the public header of libkmspolicy: decisions, kept apart from the
+ * policy.h - the public header of libkmspolicy: decisions, kept apart from the
  * code that acts on them.
  *
  *   verdicts   the milter's verdicts, their order of severity, and the
@@ -15,7 +15,7 @@
 #include <sys/types.h>
 #include <time.h>
 
-#include "common/kms.h"
+#include "common/common.h"
 
 /* ================================================================ verdicts */
 

@@ -21,8 +21,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509_vfy.h>
 
-#include "archive/esc.h"
-#include "milter/kmsd.h"
+#include "archive/archive.h"
+#include "kmsd/kmsd.h"
 
 static struct {
 	pthread_mutex_t lock;

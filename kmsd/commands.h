@@ -12,7 +12,7 @@
 #include <jansson.h>
 #include <sys/types.h>
 
-#include "milter/kmsd.h"
+#include "kmsd/kmsd.h"
 
 struct kmsd_req {
 	const char *cmd;
@@ -61,23 +61,23 @@ int kmsd_arg_bool(struct kmsd_req *req, const char *name, int def, int *out, jso
 int kmsd_args_only(struct kmsd_req *req, const char *const *names, json_t **reply);
 
 /* Handlers, by file. */
-json_t *cmd_status(struct kmsd_req *req);
-json_t *cmd_init(struct kmsd_req *req);
-json_t *cmd_enroll(struct kmsd_req *req);
-json_t *cmd_issue(struct kmsd_req *req);
-json_t *cmd_list(struct kmsd_req *req);
-json_t *cmd_show(struct kmsd_req *req);
-json_t *cmd_revoke(struct kmsd_req *req);
-json_t *cmd_crl(struct kmsd_req *req);
-json_t *cmd_recover_request(struct kmsd_req *req);
-json_t *cmd_recover_approve(struct kmsd_req *req);
-json_t *cmd_recover_list(struct kmsd_req *req);
-json_t *cmd_recover_close(struct kmsd_req *req);
-json_t *cmd_recover_fetch(struct kmsd_req *req);
-json_t *cmd_escrow_rotate(struct kmsd_req *req);
-json_t *cmd_archive_release(struct kmsd_req *req);
-json_t *cmd_audit(struct kmsd_req *req);
-json_t *cmd_audit_verify(struct kmsd_req *req);
+json_t *kmsd_cmd_status(struct kmsd_req *req);
+json_t *kmsd_cmd_init(struct kmsd_req *req);
+json_t *kmsd_cmd_enroll(struct kmsd_req *req);
+json_t *kmsd_cmd_issue(struct kmsd_req *req);
+json_t *kmsd_cmd_list(struct kmsd_req *req);
+json_t *kmsd_cmd_show(struct kmsd_req *req);
+json_t *kmsd_cmd_revoke(struct kmsd_req *req);
+json_t *kmsd_cmd_crl(struct kmsd_req *req);
+json_t *kmsd_cmd_recover_request(struct kmsd_req *req);
+json_t *kmsd_cmd_recover_approve(struct kmsd_req *req);
+json_t *kmsd_cmd_recover_list(struct kmsd_req *req);
+json_t *kmsd_cmd_recover_close(struct kmsd_req *req);
+json_t *kmsd_cmd_recover_fetch(struct kmsd_req *req);
+json_t *kmsd_cmd_escrow_rotate(struct kmsd_req *req);
+json_t *kmsd_cmd_archive_release(struct kmsd_req *req);
+json_t *kmsd_cmd_audit(struct kmsd_req *req);
+json_t *kmsd_cmd_audit_verify(struct kmsd_req *req);
 
 /* Helpers shared by handlers. */
 /* Is s a plausible mailbox address (ASCII local@domain, at most 254)? */

@@ -1,6 +1,6 @@
 /*
  * httpglue.c - binds the HTTP distribution point and CRL synchronisation
- * (milter/http.c, milter/crlsync.c) to the running kmsd: settings from the
+ * (publish/http.c, publish/crlsync.c) to the running kmsd: settings from the
  * current environment, the [ca] name for published CRLs, and an index
  * rebuild (kmsd_revidx_rebuild) whenever a synchronised CRL changes.
  *
@@ -14,27 +14,27 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#include "milter/http.h"
-#include "milter/kmsd.h"
+#include "publish/publish.h"
+#include "kmsd/kmsd.h"
 
 static pthread_mutex_t http_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct http_server *cur_http;
+static struct pub_http_server *cur_http;
 
 static pthread_mutex_t sync_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct crlsync *cur_sync;
+static struct pub_sync *cur_sync;
 static char *sync_dbpath;
 
 int
-kmsd_http_start(int fd, struct http_server **out)
+kmsd_http_start(int fd, struct pub_http_server **out)
 {
 	struct kmsd_env *env = kmsd_env_get();
-	struct http_opts o;
+	struct pub_http_opts o;
 	int rc;
 
 	o.max_connections = (unsigned)env->cfg->http.max_connections;
 	o.longpoll_ms = (unsigned)env->cfg->http.longpoll_timeout * 1000u;
 	kmsd_env_put(env);
-	if ((rc = http_start(fd, &o, out)) != 0)
+	if ((rc = pub_http_start(fd, &o, out)) != 0)
 		return rc;
 	pthread_mutex_lock(&http_mu);
 	cur_http = *out;
@@ -43,13 +43,13 @@ kmsd_http_start(int fd, struct http_server **out)
 }
 
 void
-kmsd_http_stop(struct http_server *srv)
+kmsd_http_stop(struct pub_http_server *srv)
 {
 	pthread_mutex_lock(&http_mu);
 	if (cur_http == srv)
 		cur_http = NULL;
 	pthread_mutex_unlock(&http_mu);
-	http_stop(srv);
+	pub_http_stop(srv);
 }
 
 void
@@ -60,7 +60,7 @@ kmsd_http_publish(const struct ca_crl_set *set, X509 *ca_cert)
 	pthread_mutex_lock(&http_mu);
 	if (cur_http != NULL) {
 		env = kmsd_env_get();
-		if (http_publish(cur_http, env->cfg->ca.name, set, ca_cert) != 0)
+		if (pub_http_publish(cur_http, env->cfg->ca.name, set, ca_cert) != 0)
 			kms_log(KMS_LOG_ERR, "HTTP distribution point: %s", kms_last_error());
 		kmsd_env_put(env);
 	}
@@ -88,8 +88,8 @@ kmsd_sync_start(void)
 {
 	struct kmsd_env *env = kmsd_env_get();
 	const struct kms_config *cfg = env->cfg;
-	struct crlsync_opts o = { 0 };
-	struct crlsync *s = NULL;
+	struct pub_sync_opts o = { 0 };
+	struct pub_sync *s = NULL;
 	char *cache = NULL;
 	int rc = 0;
 
@@ -109,7 +109,7 @@ kmsd_sync_start(void)
 	o.cache_dir = cache;
 	o.changed = sync_changed;
 	pthread_mutex_lock(&sync_mu);
-	rc = crlsync_start(&o, &cur_sync);
+	rc = pub_sync_start(&o, &cur_sync);
 	s = cur_sync;
 	pthread_mutex_unlock(&sync_mu);
 	/* Copies kept by the previous run count from now on. */
@@ -124,13 +124,13 @@ out:
 void
 kmsd_sync_stop(void)
 {
-	struct crlsync *s;
+	struct pub_sync *s;
 
 	pthread_mutex_lock(&sync_mu);
 	s = cur_sync;
 	cur_sync = NULL;
 	pthread_mutex_unlock(&sync_mu);
-	crlsync_stop(s);
+	pub_sync_stop(s);
 	free(sync_dbpath);
 	sync_dbpath = NULL;
 }
@@ -139,7 +139,7 @@ void
 kmsd_sync_refresh(void)
 {
 	pthread_mutex_lock(&sync_mu);
-	crlsync_refresh(cur_sync);
+	pub_sync_refresh(cur_sync);
 	pthread_mutex_unlock(&sync_mu);
 }
 
@@ -149,7 +149,7 @@ kmsd_sync_add_to(struct ca_revidx_builder *b)
 	int rc;
 
 	pthread_mutex_lock(&sync_mu);
-	rc = crlsync_add_to(cur_sync, b, time(NULL));
+	rc = pub_sync_add_to(cur_sync, b, time(NULL));
 	pthread_mutex_unlock(&sync_mu);
 	return rc;
 }

@@ -1,5 +1,5 @@
 /*
- * kms.h - the public header of libkmscommon: helpers shared by two or more
+ * common.h - the public header of libkmscommon: helpers shared by two or more
  * smime-kms modules.
  *
  *   errors     KMS_ERR_* codes, kms_strerror(), a per-thread detail message

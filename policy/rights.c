@@ -1,5 +1,5 @@
 /*
- * commands.c - the role each control command needs.  One table: adding a
+ * rights.c - the role each control command needs.  One table: adding a
  * command without naming its role is impossible, and an unknown command is
  * refused before anything runs.
  */
@@ -7,7 +7,7 @@
 
 #include <string.h>
 
-#include "policy/pol.h"
+#include "policy/policy.h"
 
 #define ADM POL_ROLE_ADMIN
 #define OFF POL_ROLE_OFFICER

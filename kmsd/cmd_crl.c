@@ -9,7 +9,7 @@
 
 #include <openssl/pem.h>
 
-#include "milter/commands.h"
+#include "kmsd/commands.h"
 
 /* Extend the current index with one revocation; no full rebuild. */
 static void
@@ -25,7 +25,7 @@ index_add(const struct ca_cert_row *row, time_t when, int reason, time_t invalid
 }
 
 json_t *
-cmd_revoke(struct kmsd_req *req)
+kmsd_cmd_revoke(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "target", "reason", "invalidity_date", NULL };
 	const struct ca *ca = kmsd_ca();
@@ -127,7 +127,7 @@ out:
 }
 
 json_t *
-cmd_crl(struct kmsd_req *req)
+kmsd_cmd_crl(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "new", NULL };
 	struct ca_crl_set *set = NULL;

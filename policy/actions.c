@@ -1,12 +1,12 @@
 /*
- * verdict.c - verdict names, their order of severity, the action configured
+ * actions.c - verdict names, their order of severity, the action configured
  * for each, and the RFC 8601 result keyword each maps to.
  */
 #include "config.h"
 
 #include <string.h>
 
-#include "policy/pol.h"
+#include "policy/policy.h"
 
 static const struct {
 	const char *name;

@@ -9,8 +9,8 @@
  * failure and shutdown.  When a request reaches M distinct shares the KRK
  * is rebuilt, checked against its certificate, used, and wiped at once.
  *
- * Entry points: the cmd_recover_*, cmd_escrow_rotate and
- * cmd_archive_release handlers, kmsd_recovery_expire(), kmsd_recovery_abort_all().
+ * Entry points: the cmd_recover_*, kmsd_cmd_escrow_rotate and
+ * kmsd_cmd_archive_release handlers, kmsd_recovery_expire(), kmsd_recovery_abort_all().
  */
 #include "config.h"
 
@@ -23,8 +23,8 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
-#include "archive/esc.h"
-#include "milter/commands.h"
+#include "archive/archive.h"
+#include "kmsd/commands.h"
 
 #define MAX_WHY 1024
 #define MAX_SHARE_TEXT (64 * 1024)
@@ -274,7 +274,7 @@ fail:
 }
 
 json_t *
-cmd_recover_request(struct kmsd_req *req)
+kmsd_cmd_recover_request(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "email", "why", "purpose", NULL };
 	const char *email, *why, *purpose;
@@ -305,7 +305,7 @@ cmd_recover_request(struct kmsd_req *req)
 }
 
 json_t *
-cmd_escrow_rotate(struct kmsd_req *req)
+kmsd_cmd_escrow_rotate(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "share_dir", "share_passphrase_dir", "why", NULL };
 	const char *dir, *pdir, *why;
@@ -535,7 +535,7 @@ fail:
 }
 
 json_t *
-cmd_recover_approve(struct kmsd_req *req)
+kmsd_cmd_recover_approve(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "id", "share", "passphrase", NULL };
 	const char *id, *text, *pass;
@@ -655,7 +655,7 @@ fail:
 /* ------------------------------------------------------ list, close, fetch */
 
 json_t *
-cmd_recover_list(struct kmsd_req *req)
+kmsd_cmd_recover_list(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "all", NULL };
 	sqlite3_stmt *s = NULL;
@@ -693,7 +693,7 @@ cmd_recover_list(struct kmsd_req *req)
 }
 
 json_t *
-cmd_recover_close(struct kmsd_req *req)
+kmsd_cmd_recover_close(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "id", NULL };
 	const char *id;
@@ -774,7 +774,7 @@ fail:
 }
 
 json_t *
-cmd_recover_fetch(struct kmsd_req *req)
+kmsd_cmd_recover_fetch(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "id", "password", NULL };
 	const struct ca *ca = kmsd_ca();
@@ -978,7 +978,7 @@ release_record(struct kmsd_req *req, struct request *rq, struct release_work *w,
  * and only what was audited is answered.
  */
 json_t *
-cmd_archive_release(struct kmsd_req *req)
+kmsd_cmd_archive_release(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "id", "items", NULL };
 	const char *id;

@@ -6,7 +6,7 @@
 
 #include <string.h>
 
-#include "milter/commands.h"
+#include "kmsd/commands.h"
 
 #define AUDIT_MAX_ROWS 100000
 
@@ -19,7 +19,7 @@ col(sqlite3_stmt *s, int i)
 }
 
 json_t *
-cmd_audit(struct kmsd_req *req)
+kmsd_cmd_audit(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "since", "limit", NULL };
 	json_t *reply = NULL, *rows;
@@ -73,7 +73,7 @@ cmd_audit(struct kmsd_req *req)
 }
 
 json_t *
-cmd_audit_verify(struct kmsd_req *req)
+kmsd_cmd_audit_verify(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { NULL };
 	json_t *reply = NULL;

@@ -11,10 +11,10 @@
  * keeps either).  Refuses when another kmsd answers there; removes a stale
  * socket file.
  */
-int ctl_server_listen(const char *path, uid_t owner, gid_t group, int *fd_out);
+int kmsd_server_listen(const char *path, uid_t owner, gid_t group, int *fd_out);
 /* Start the listener thread on an already bound socket. */
-int ctl_server_start(int listen_fd, const char *path);
+int kmsd_server_start(int listen_fd, const char *path);
 /* Stop accepting, let running commands finish (up to timeout_sec), close. */
-void ctl_server_stop(int timeout_sec);
+void kmsd_server_stop(int timeout_sec);
 
 #endif

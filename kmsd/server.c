@@ -9,7 +9,7 @@
  * written to the audit trail, and answered.  Bad input gets a clear error
  * reply and the connection keeps working.
  *
- * Entry points: ctl_server_start(), ctl_server_stop().
+ * Entry points: kmsd_server_start(), kmsd_server_stop().
  */
 #include "config.h"
 
@@ -28,9 +28,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "milter/commands.h"
-#include "milter/kmsd.h"
-#include "milter/server.h"
+#include "kmsd/commands.h"
+#include "kmsd/kmsd.h"
+#include "kmsd/server.h"
 
 struct client {
 	int fd;
@@ -58,7 +58,7 @@ static struct {
 /* ------------------------------------------------------------------ socket */
 
 int
-ctl_server_listen(const char *path, uid_t owner, gid_t group, int *fd_out)
+kmsd_server_listen(const char *path, uid_t owner, gid_t group, int *fd_out)
 {
 	struct sockaddr_un sa;
 	int fd, rc, one = 1;
@@ -485,7 +485,7 @@ listener_main(void *arg)
 }
 
 int
-ctl_server_start(int listen_fd, const char *path)
+kmsd_server_start(int listen_fd, const char *path)
 {
 	if (pipe2(S.wake, O_CLOEXEC) != 0)
 		return kms_fail(KMS_ERR_IO, "pipe: %s", strerror(errno));
@@ -498,7 +498,7 @@ ctl_server_start(int listen_fd, const char *path)
 }
 
 void
-ctl_server_stop(int timeout_sec)
+kmsd_server_stop(int timeout_sec)
 {
 	struct timespec deadline;
 

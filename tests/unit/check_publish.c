@@ -1,6 +1,6 @@
 /*
- * check_http.c - unit suite for the HTTP distribution point
- * (milter/http.c) and CRL synchronisation (milter/crlsync.c), driven over
+ * check_publish.c - unit suite for the HTTP distribution point
+ * (publish/http.c) and CRL synchronisation (publish/crlsync.c), driven over
  * loopback with libcurl: headers, conditional GET, HEAD, 404/405, the
  * connection bound, long polls, fetching with signature checks, and a
  * replica following a primary.
@@ -24,15 +24,15 @@
 #include <openssl/x509v3.h>
 
 #include "ca/ca.h"
-#include "common/kms.h"
-#include "milter/http.h"
+#include "common/common.h"
+#include "publish/publish.h"
 #include "tests/unit/testutil.h"
 
 static EVP_PKEY *ca_key, *bad_key;
 static char *dir;
 static struct kms_store *st;
 static struct ca *ca;
-static struct http_server *srv;
+static struct pub_http_server *srv;
 static int port;
 static struct ca_crl_set *cur;
 
@@ -99,19 +99,19 @@ republish(void)
 	ca_crl_set_free(cur);
 	cur = NULL;
 	ck_assert_int_eq(ca_crl_issue(st, ca, &opts, &cur), 0);
-	ck_assert_int_eq(http_publish(srv, "test-ca", cur, ca->cert), 0);
+	ck_assert_int_eq(pub_http_publish(srv, "test-ca", cur, ca->cert), 0);
 }
 
 static void
 start_server(unsigned maxc, unsigned longpoll_ms)
 {
-	struct http_opts o = { maxc, longpoll_ms };
+	struct pub_http_opts o = { maxc, longpoll_ms };
 	int fd;
 
-	ck_assert_int_eq(http_listen("127.0.0.1:0", &fd), 0);
-	port = http_port(fd);
+	ck_assert_int_eq(pub_http_listen("127.0.0.1:0", &fd), 0);
+	port = pub_http_port(fd);
 	ck_assert_int_gt(port, 0);
-	ck_assert_int_eq(http_start(fd, &o, &srv), 0);
+	ck_assert_int_eq(pub_http_start(fd, &o, &srv), 0);
 }
 
 static void
@@ -148,7 +148,7 @@ setup_short(void)
 static void
 teardown(void)
 {
-	http_stop(srv);
+	pub_http_stop(srv);
 	srv = NULL;
 	ca_crl_set_free(cur);
 	cur = NULL;
@@ -550,7 +550,7 @@ START_TEST(test_stop_wakes_long_polls)
 	ck_assert_int_eq(pthread_create(&th, NULL, poller, &pa), 0);
 	usleep(200 * 1000);
 	t0 = now_secs();
-	http_stop(srv);
+	pub_http_stop(srv);
 	srv = NULL;
 	pthread_join(th, NULL);
 	ck_assert_double_lt(now_secs() - t0, 2.0);
@@ -563,7 +563,7 @@ START_TEST(test_stop_wakes_long_polls)
 		int fd;
 
 		snprintf(hp, sizeof(hp), "127.0.0.1:%d", port);
-		ck_assert_int_eq(http_listen(hp, &fd), 0);
+		ck_assert_int_eq(pub_http_listen(hp, &fd), 0);
 		close(fd);
 	}
 }
@@ -573,13 +573,13 @@ START_TEST(test_listen_forms)
 {
 	int fd;
 
-	ck_assert_int_eq(http_listen("nonsense", &fd), KMS_ERR_CONFIG);
-	ck_assert_int_eq(http_listen("127.0.0.1:", &fd), KMS_ERR_CONFIG);
-	ck_assert_int_eq(http_listen("127.0.0.1:notaport", &fd), KMS_ERR_CONFIG);
-	ck_assert_int_eq(http_listen("127.0.0.1:0", &fd), 0);
+	ck_assert_int_eq(pub_http_listen("nonsense", &fd), KMS_ERR_CONFIG);
+	ck_assert_int_eq(pub_http_listen("127.0.0.1:", &fd), KMS_ERR_CONFIG);
+	ck_assert_int_eq(pub_http_listen("127.0.0.1:notaport", &fd), KMS_ERR_CONFIG);
+	ck_assert_int_eq(pub_http_listen("127.0.0.1:0", &fd), 0);
 	close(fd);
-	if (http_listen("[::1]:0", &fd) == 0) {
-		ck_assert_int_gt(http_port(fd), 0);
+	if (pub_http_listen("[::1]:0", &fd) == 0) {
+		ck_assert_int_gt(pub_http_port(fd), 0);
 		close(fd);
 	}
 }
@@ -656,7 +656,7 @@ START_TEST(test_fetch_over_http_replaces_copy_and_bad_signature_keeps_it)
 	ck_assert_ptr_null(crl);
 
 	forged = forged_set(cur->full_number + 10);
-	ck_assert_int_eq(http_publish(srv, "test-ca", forged, NULL), 0);
+	ck_assert_int_eq(pub_http_publish(srv, "test-ca", forged, NULL), 0);
 	ck_assert_int_eq(ca_crl_fetch_to_dir(url, cas, out, 5, &number), KMS_ERR_CORRUPT);
 	ck_assert_ptr_nonnull(strstr(kms_last_error(), "signature"));
 	ck_assert_int_eq(kms_read_file(file, 1 << 20, &after, &alen), 0);
@@ -691,12 +691,12 @@ on_changed(void *arg)
 }
 
 static int
-wait_number(struct crlsync *s, long long want, double limit)
+wait_number(struct pub_sync *s, long long want, double limit)
 {
 	double t0 = now_secs();
 
 	while (now_secs() - t0 < limit) {
-		if (crlsync_source_number(s) == want)
+		if (pub_sync_source_number(s) == want)
 			return 1;
 		usleep(20 * 1000);
 	}
@@ -704,7 +704,7 @@ wait_number(struct crlsync *s, long long want, double limit)
 }
 
 static int
-index_has(struct crlsync *s, const char *serial_hex, int *stale)
+index_has(struct pub_sync *s, const char *serial_hex, int *stale)
 {
 	struct ca_revidx_builder *b = NULL;
 	struct ca_revidx *idx = NULL;
@@ -717,7 +717,7 @@ index_has(struct crlsync *s, const char *serial_hex, int *stale)
 	a = BN_to_ASN1_INTEGER(bn, NULL);
 	BN_free(bn);
 	ck_assert_int_eq(ca_revidx_builder_new(&b), 0);
-	ck_assert_int_eq(crlsync_add_to(s, b, time(NULL)), 0);
+	ck_assert_int_eq(pub_sync_add_to(s, b, time(NULL)), 0);
 	ck_assert_int_eq(ca_revidx_build(b, &idx), 0);
 	hit = ca_revidx_lookup(idx, X509_get_subject_name(ca->cert), a, &info);
 	if (hit && stale)
@@ -741,8 +741,8 @@ write_ca_pem(void)
 
 START_TEST(test_replica_follows_primary_and_keeps_copy_when_it_is_gone)
 {
-	struct crlsync_opts o = { 0 };
-	struct crlsync *s = NULL;
+	struct pub_sync_opts o = { 0 };
+	struct pub_sync *s = NULL;
 	char url[256], *capem = write_ca_pem(), *cache = kms_path_join(dir, "cache");
 	long long n1 = cur->full_number;
 	double t0;
@@ -753,7 +753,7 @@ START_TEST(test_replica_follows_primary_and_keeps_copy_when_it_is_gone)
 	o.longpoll_timeout = 3;
 	o.cache_dir = cache;
 	o.changed = on_changed;
-	ck_assert_int_eq(crlsync_start(&o, &s), 0);
+	ck_assert_int_eq(pub_sync_start(&o, &s), 0);
 	ck_assert_int_eq(wait_number(s, n1, 5.0), 1);
 	ck_assert_int_eq(index_has(s, "a1", NULL), 1);
 	ck_assert_int_eq(index_has(s, "a4", NULL), 0);
@@ -784,27 +784,27 @@ START_TEST(test_replica_follows_primary_and_keeps_copy_when_it_is_gone)
 	{
 		struct ca_crl_set *forged = forged_set(cur->full_number + 5);
 
-		ck_assert_int_eq(http_publish(srv, "test-ca", forged, NULL), 0);
+		ck_assert_int_eq(pub_http_publish(srv, "test-ca", forged, NULL), 0);
 		usleep(500 * 1000);
-		ck_assert_int_eq(crlsync_source_number(s), cur->full_number);
+		ck_assert_int_eq(pub_sync_source_number(s), cur->full_number);
 		forged_free(forged);
 	}
 
 	/* Primary gone: the replica keeps answering from its last good copy. */
-	http_stop(srv);
+	pub_http_stop(srv);
 	srv = NULL;
 	usleep(300 * 1000);
-	ck_assert_int_eq(crlsync_source_number(s), cur->full_number);
+	ck_assert_int_eq(pub_sync_source_number(s), cur->full_number);
 	ck_assert_int_eq(index_has(s, "a4", NULL), 1);
 	t0 = now_secs();
-	crlsync_stop(s);
+	pub_sync_stop(s);
 	ck_assert_double_lt(now_secs() - t0, 3.0);
 
 	/* Restarted while the primary is still down: the kept copy is loaded. */
-	ck_assert_int_eq(crlsync_start(&o, &s), 0);
-	ck_assert_int_eq(crlsync_source_number(s), cur->full_number);
+	ck_assert_int_eq(pub_sync_start(&o, &s), 0);
+	ck_assert_int_eq(pub_sync_source_number(s), cur->full_number);
 	ck_assert_int_eq(index_has(s, "a4", NULL), 1);
-	crlsync_stop(s);
+	pub_sync_stop(s);
 	free(capem);
 	free(cache);
 }
@@ -818,8 +818,8 @@ write_file(const char *path, const unsigned char *der, size_t len)
 
 START_TEST(test_external_crl_bad_signature_keeps_last_good_and_stale_is_marked)
 {
-	struct crlsync_opts o = { 0 };
-	struct crlsync *s = NULL;
+	struct pub_sync_opts o = { 0 };
+	struct pub_sync *s = NULL;
 	char *capem = write_ca_pem(), *file = kms_path_join(dir, "ext.crl"), list[600];
 	struct ca_crl_set *forged;
 	int stale = -1;
@@ -830,7 +830,7 @@ START_TEST(test_external_crl_bad_signature_keeps_last_good_and_stale_is_marked)
 	o.external_ca = capem;
 	o.external_refresh = 3600;
 	o.changed = on_changed;
-	ck_assert_int_eq(crlsync_start(&o, &s), 0);
+	ck_assert_int_eq(pub_sync_start(&o, &s), 0);
 	/* The first refresh runs at start. */
 	for (int i = 0; i < 100 && !index_has(s, "a1", NULL); i++)
 		usleep(20 * 1000);
@@ -839,7 +839,7 @@ START_TEST(test_external_crl_bad_signature_keeps_last_good_and_stale_is_marked)
 
 	forged = forged_set(cur->full_number + 1);
 	write_file(file, forged->full_der, forged->full_len);
-	crlsync_refresh(s);
+	pub_sync_refresh(s);
 	usleep(500 * 1000);
 	ck_assert_int_eq(index_has(s, "a1", NULL), 1);
 	forged_free(forged);
@@ -853,7 +853,7 @@ START_TEST(test_external_crl_bad_signature_keeps_last_good_and_stale_is_marked)
 		write_file(file, set->full_der, set->full_len);
 		ca_crl_set_free(set);
 	}
-	crlsync_refresh(s);
+	pub_sync_refresh(s);
 	for (int i = 0; i < 100 && !index_has(s, "a5", NULL); i++)
 		usleep(20 * 1000);
 	ck_assert_int_eq(index_has(s, "a5", NULL), 1);
@@ -863,13 +863,13 @@ START_TEST(test_external_crl_bad_signature_keeps_last_good_and_stale_is_marked)
 		struct ca_revidx *idx = NULL;
 
 		ck_assert_int_eq(ca_revidx_builder_new(&b), 0);
-		ck_assert_int_eq(crlsync_add_to(s, b, time(NULL) + 36 * 3600), 0);
+		ck_assert_int_eq(pub_sync_add_to(s, b, time(NULL) + 36 * 3600), 0);
 		ck_assert_int_eq(ca_revidx_build(b, &idx), 0);
 		ck_assert_int_eq(ca_revidx_issuer_state(idx, X509_get_subject_name(ca->cert)), 1);
 		ca_revidx_unref(idx);
 		ca_revidx_builder_free(b);
 	}
-	crlsync_stop(s);
+	pub_sync_stop(s);
 	free(capem);
 	free(file);
 }

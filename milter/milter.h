@@ -1,8 +1,7 @@
 /*
- * smime.h - internal header of kmsd's mail side (milter/): finding and
- * verifying S/MIME signatures, deciding what the recipient sees, the
- * libmilter callbacks and `kmsd -t`.  Nothing outside milter/ (and its
- * tests) includes it.
+ * milter.h - the public header of libkmsmilter, the mail path as a
+ * library: finding and verifying S/MIME signatures, deciding what the
+ * recipient sees, the libmilter callbacks and `kmsd -t`.
  *
  * The core does not touch kmsd's globals: the caller describes everything
  * a check needs in a struct mlt_check_ctx (trust anchors, revocation
@@ -15,8 +14,8 @@
  * the body, lines ending in CRLF.  mlt_canon_crlf() turns a message file
  * with bare LF line ends into that form (what SMTP transport does to it).
  */
-#ifndef MLT_SMIME_H
-#define MLT_SMIME_H
+#ifndef MLT_MILTER_H
+#define MLT_MILTER_H
 
 #include <stddef.h>
 #include <time.h>
@@ -24,16 +23,16 @@
 #include <openssl/x509.h>
 
 #include "ca/ca.h"
-#include "common/kms.h"
-#include "policy/pol.h"
+#include "common/common.h"
+#include "policy/policy.h"
 
 /* ================================================================ checking */
 
 /*
  * Find a certificate that a signature names but does not carry (issuer and
  * serial, or subject key identifier; either may be NULL).  0 with *out
- * (get1), KMS_ERR_NOTFOUND, or another error.  kmsd passes a wrapper of
- * kmsd_find_cert().
+ * (get1), KMS_ERR_NOTFOUND, or another error.  kmsd passes a lookup in
+ * its store.
  */
 typedef int (*mlt_find_cert_fn)(void *arg, const X509_NAME *issuer, const ASN1_INTEGER *serial,
     const ASN1_OCTET_STRING *skid, X509 **out);
@@ -226,13 +225,37 @@ void mlt_msgbuf_free(struct mlt_msgbuf *mb);
 /* ================================================================= kmsd */
 
 /*
+ * What the callbacks ask of the program that hosts them (kmsd), so that
+ * the milter library never reaches into the daemon's state.
+ *
+ * settings_get takes a reference to the settings in force and fills view
+ * (valid until settings_put of the handle it returns; NULL when out of
+ * memory).  A connection keeps one reference from its first callback to
+ * close, so a reload never changes a message half-way.  revidx_get gives
+ * the current revocation index (get1; NULL when none is loaded), taken
+ * again for every message so that a revocation counts at once.
+ * find_cert looks up a certificate a signature names but does not carry.
+ */
+struct mlt_view {
+	const struct kms_config *cfg;
+	X509_STORE *trust;
+};
+
+struct mlt_host {
+	void *(*settings_get)(struct mlt_view *view);
+	void (*settings_put)(void *handle);
+	struct ca_revidx *(*revidx_get)(void);
+	mlt_find_cert_fn find_cert;
+	void *find_cert_arg;
+};
+
+/*
  * Register the milter with libmilter (smfi_register): name "kmsd", the
  * flags SMFIF_ADDHDRS|SMFIF_CHGHDRS|SMFIF_CHGBODY|SMFIF_QUARANTINE.  The
- * caller then runs smfi_setconn/smfi_opensocket/smfi_main.  Callbacks use
- * kmsd_env_get(), kmsd_revidx_get() and kmsd_find_cert().  0 or
- * KMS_ERR_STATE.
+ * caller then runs smfi_setconn/smfi_opensocket/smfi_main.  host is
+ * borrowed and must outlive the milter.  0 or KMS_ERR_STATE.
  */
-int mlt_milter_register(void);
+int mlt_milter_register(const struct mlt_host *host);
 
 /*
  * `kmsd -t [-c FILE] [--trust PEM]... [--crl FILE]... MESSAGE...`: check
@@ -243,4 +266,4 @@ int mlt_milter_register(void);
  */
 int mlt_offline_main(int argc, char **argv);
 
-#endif /* MLT_SMIME_H */
+#endif /* MLT_MILTER_H */

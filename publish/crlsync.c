@@ -3,8 +3,8 @@
  * primary's CRL with long polls, and external CAs' CRLs (files and URLs)
  * are refreshed on a schedule.
  *
- * Entry points: crlsync_start(), crlsync_stop(), crlsync_refresh(),
- * crlsync_add_to(), crlsync_source_number().
+ * Entry points: pub_sync_start(), pub_sync_stop(), pub_sync_refresh(),
+ * pub_sync_add_to(), pub_sync_source_number().
  *
  * Each source keeps its last good copy: a CRL whose signature checked out
  * against the configured CA certificates, never replaced by an older one
@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "milter/http.h"
+#include "publish/publish.h"
 
 /* A long poll is given this long beyond the server's own timeout. */
 #define LONGPOLL_SLACK 15
@@ -39,7 +39,7 @@ struct src {
 	int failing;
 };
 
-struct crlsync {
+struct pub_sync {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;          /* stop and refresh */
 	pthread_mutex_t cb_mu;      /* changed() one at a time */
@@ -58,14 +58,14 @@ struct crlsync {
 };
 
 static int
-stopping(struct crlsync *s)
+stopping(struct pub_sync *s)
 {
 	return __atomic_load_n(&s->stop, __ATOMIC_ACQUIRE);
 }
 
 /* Sleep up to secs, waking early on stop (or, with wake_on_refresh, a refresh request). */
 static void
-nap(struct crlsync *s, int secs, int wake_on_refresh)
+nap(struct pub_sync *s, int secs, int wake_on_refresh)
 {
 	struct timespec ts;
 
@@ -81,7 +81,7 @@ nap(struct crlsync *s, int secs, int wake_on_refresh)
 }
 
 static void
-note_failure(struct crlsync *s, struct src *src, const char *why)
+note_failure(struct pub_sync *s, struct src *src, const char *why)
 {
 	int first;
 	long long n;
@@ -100,7 +100,7 @@ note_failure(struct crlsync *s, struct src *src, const char *why)
 }
 
 static void
-note_success(struct crlsync *s, struct src *src)
+note_success(struct pub_sync *s, struct src *src)
 {
 	int was;
 
@@ -127,7 +127,7 @@ this_update_of(X509_CRL *crl)
  * newer.  *changed tells whether it was.  Takes crl either way.
  */
 static int
-take(struct crlsync *s, struct src *src, X509_CRL *crl, int *changed)
+take(struct pub_sync *s, struct src *src, X509_CRL *crl, int *changed)
 {
 	X509 *issuer;
 	X509_CRL *old = NULL, *keep = NULL;
@@ -170,7 +170,7 @@ take(struct crlsync *s, struct src *src, X509_CRL *crl, int *changed)
 }
 
 static void
-call_changed(struct crlsync *s)
+call_changed(struct pub_sync *s)
 {
 	if (s->changed == NULL)
 		return;
@@ -183,7 +183,7 @@ call_changed(struct crlsync *s)
 static void *
 source_main(void *arg)
 {
-	struct crlsync *s = arg;
+	struct pub_sync *s = arg;
 	struct src *src = s->source;
 	int backoff = 1;
 
@@ -217,7 +217,7 @@ source_main(void *arg)
 		note_success(s, src);
 		backoff = 1;
 		if (changed) {
-			kms_log(KMS_LOG_INFO, "CRL %s: number %lld taken", src->url, crlsync_source_number(s));
+			kms_log(KMS_LOG_INFO, "CRL %s: number %lld taken", src->url, pub_sync_source_number(s));
 			call_changed(s);
 		} else {
 			/* The primary answered with nothing newer than ours: do not spin. */
@@ -230,7 +230,7 @@ source_main(void *arg)
 static void *
 ext_main(void *arg)
 {
-	struct crlsync *s = arg;
+	struct pub_sync *s = arg;
 
 	while (!stopping(s)) {
 		int any = 0;
@@ -261,7 +261,7 @@ ext_main(void *arg)
 }
 
 static int
-src_init(struct crlsync *s, struct src *src, const char *url, int replica, STACK_OF(X509) *cas)
+src_init(struct pub_sync *s, struct src *src, const char *url, int replica, STACK_OF(X509) *cas)
 {
 	char *h, name[64];
 
@@ -313,7 +313,7 @@ src_free(struct src *src)
 }
 
 static void
-sync_free(struct crlsync *s)
+sync_free(struct pub_sync *s)
 {
 	if (s->source != NULL) {
 		src_free(s->source);
@@ -338,9 +338,9 @@ empty(const char *s)
 }
 
 int
-crlsync_start(const struct crlsync_opts *o, struct crlsync **out)
+pub_sync_start(const struct pub_sync_opts *o, struct pub_sync **out)
 {
-	struct crlsync *s;
+	struct pub_sync *s;
 	pthread_condattr_t ca;
 	char **list = NULL;
 	int rc;
@@ -425,7 +425,7 @@ crlsync_start(const struct crlsync_opts *o, struct crlsync **out)
 	return 0;
 fail_threads:
 	*out = NULL;
-	crlsync_stop(s);
+	pub_sync_stop(s);
 	kms_strv_free(list);
 	return rc;
 fail:
@@ -435,7 +435,7 @@ fail:
 }
 
 void
-crlsync_stop(struct crlsync *s)
+pub_sync_stop(struct pub_sync *s)
 {
 	if (s == NULL)
 		return;
@@ -451,7 +451,7 @@ crlsync_stop(struct crlsync *s)
 }
 
 void
-crlsync_refresh(struct crlsync *s)
+pub_sync_refresh(struct pub_sync *s)
 {
 	if (s == NULL)
 		return;
@@ -462,7 +462,7 @@ crlsync_refresh(struct crlsync *s)
 }
 
 int
-crlsync_add_to(struct crlsync *s, struct ca_revidx_builder *b, time_t now)
+pub_sync_add_to(struct pub_sync *s, struct ca_revidx_builder *b, time_t now)
 {
 	int rc = 0;
 
@@ -479,7 +479,7 @@ crlsync_add_to(struct crlsync *s, struct ca_revidx_builder *b, time_t now)
 }
 
 long long
-crlsync_source_number(struct crlsync *s)
+pub_sync_source_number(struct pub_sync *s)
 {
 	long long n = -1;
 

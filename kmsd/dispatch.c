@@ -1,5 +1,5 @@
 /*
- * commands.c - the table from command names to handlers, and the argument
+ * dispatch.c - the table from command names to handlers, and the argument
  * helpers every handler uses so that bad arguments always get the same
  * clear bad_args reply.
  */
@@ -12,29 +12,29 @@
 
 #include <openssl/pem.h>
 
-#include "milter/commands.h"
+#include "kmsd/commands.h"
 
 static const struct {
 	const char *name;
 	kmsd_handler_fn fn;
 } handlers[] = {
-	{ "status", cmd_status },
-	{ "init", cmd_init },
-	{ "enroll", cmd_enroll },
-	{ "issue", cmd_issue },
-	{ "list", cmd_list },
-	{ "show", cmd_show },
-	{ "revoke", cmd_revoke },
-	{ "crl", cmd_crl },
-	{ "recover.request", cmd_recover_request },
-	{ "recover.approve", cmd_recover_approve },
-	{ "recover.list", cmd_recover_list },
-	{ "recover.close", cmd_recover_close },
-	{ "recover.fetch", cmd_recover_fetch },
-	{ "escrow.rotate", cmd_escrow_rotate },
-	{ "archive.release", cmd_archive_release },
-	{ "audit", cmd_audit },
-	{ "audit.verify", cmd_audit_verify },
+	{ "status", kmsd_cmd_status },
+	{ "init", kmsd_cmd_init },
+	{ "enroll", kmsd_cmd_enroll },
+	{ "issue", kmsd_cmd_issue },
+	{ "list", kmsd_cmd_list },
+	{ "show", kmsd_cmd_show },
+	{ "revoke", kmsd_cmd_revoke },
+	{ "crl", kmsd_cmd_crl },
+	{ "recover.request", kmsd_cmd_recover_request },
+	{ "recover.approve", kmsd_cmd_recover_approve },
+	{ "recover.list", kmsd_cmd_recover_list },
+	{ "recover.close", kmsd_cmd_recover_close },
+	{ "recover.fetch", kmsd_cmd_recover_fetch },
+	{ "escrow.rotate", kmsd_cmd_escrow_rotate },
+	{ "archive.release", kmsd_cmd_archive_release },
+	{ "audit", kmsd_cmd_audit },
+	{ "audit.verify", kmsd_cmd_audit_verify },
 };
 
 kmsd_handler_fn

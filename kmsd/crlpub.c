@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "milter/http.h"
-#include "milter/kmsd.h"
+#include "publish/publish.h"
+#include "kmsd/kmsd.h"
 
 static pthread_mutex_t publish_lock = PTHREAD_MUTEX_INITIALIZER;
 /*

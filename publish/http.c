@@ -2,14 +2,14 @@
  * http.c - the HTTP distribution point: our CRLs and CA certificate over
  * plain HTTP, served by libmicrohttpd from in-memory copies.
  *
- * Entry points: http_listen(), http_port(), http_start(), http_publish(),
- * http_stop().  Owns the published copies ("blobs": immutable, reference
+ * Entry points: pub_http_listen(), pub_http_port(), pub_http_start(), pub_http_publish(),
+ * pub_http_stop().  Owns the published copies ("blobs": immutable, reference
  * counted, so a response in flight keeps the bytes it started with while
  * kmsd publishes a newer CRL) and the long-poll waiters.
  *
  * libmicrohttpd runs one thread per connection, bounded by
  * [http] max_connections, so a long poll (GET /crl/<name>.crl?after=N) can
- * simply wait on a condition variable that http_publish() broadcasts.
+ * simply wait on a condition variable that pub_http_publish() broadcasts.
  */
 #include "config.h"
 
@@ -29,7 +29,7 @@
 
 #include <microhttpd.h>
 
-#include "milter/http.h"
+#include "publish/publish.h"
 
 #define CT_CRL "application/pkix-crl"
 #define CT_CERT "application/pkix-cert"
@@ -51,7 +51,7 @@ struct site {
 	struct site *next;
 };
 
-struct http_server {
+struct pub_http_server {
 	struct MHD_Daemon *mhd;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;          /* broadcast on publish and on stop */
@@ -295,7 +295,7 @@ name_ok(const char *s, size_t n)
 }
 
 static struct site *
-site_find(struct http_server *srv, const char *name, size_t n)
+site_find(struct pub_http_server *srv, const char *name, size_t n)
 {
 	for (struct site *s = srv->sites; s != NULL; s = s->next)
 		if (strlen(s->name) == n && memcmp(s->name, name, n) == 0)
@@ -313,7 +313,7 @@ ends_with(const char *s, size_t n, const char *suffix)
 
 /* Under mu: the site and what the URL asks of it. */
 static enum what
-route(struct http_server *srv, const char *url, struct site **site)
+route(struct pub_http_server *srv, const char *url, struct site **site)
 {
 	size_t n;
 
@@ -371,7 +371,7 @@ deadline_after(struct timespec *ts, unsigned ms)
  * the CRL's number exceeds N, the server stops, or the timeout passes.
  */
 static enum MHD_Result
-long_poll(struct http_server *srv, struct MHD_Connection *c, const char *url, long long after)
+long_poll(struct pub_http_server *srv, struct MHD_Connection *c, const char *url, long long after)
 {
 	struct timespec deadline;
 	struct site *site;
@@ -408,7 +408,7 @@ static enum MHD_Result
 handle(void *cls, struct MHD_Connection *c, const char *url, const char *method, const char *version,
     const char *upload_data, size_t *upload_size, void **req_cls)
 {
-	struct http_server *srv = cls;
+	struct pub_http_server *srv = cls;
 	struct site *site;
 	struct blob *b = NULL;
 	enum what w;
@@ -459,7 +459,7 @@ mhd_log(void *cls, const char *fmt, va_list ap)
 /* ------------------------------------------------------------ lifecycle */
 
 int
-http_listen(const char *hostport, int *fd)
+pub_http_listen(const char *hostport, int *fd)
 {
 	struct addrinfo hints, *res = NULL, *ai;
 	char host[256], port[16];
@@ -511,7 +511,7 @@ http_listen(const char *hostport, int *fd)
 }
 
 int
-http_port(int fd)
+pub_http_port(int fd)
 {
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
@@ -526,9 +526,9 @@ http_port(int fd)
 }
 
 int
-http_start(int fd, const struct http_opts *opts, struct http_server **out)
+pub_http_start(int fd, const struct pub_http_opts *opts, struct pub_http_server **out)
 {
-	struct http_server *srv;
+	struct pub_http_server *srv;
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
 	pthread_condattr_t ca;
@@ -568,7 +568,7 @@ http_start(int fd, const struct http_opts *opts, struct http_server **out)
 }
 
 void
-http_stop(struct http_server *srv)
+pub_http_stop(struct pub_http_server *srv)
 {
 	struct site *s, *next;
 
@@ -594,7 +594,7 @@ http_stop(struct http_server *srv)
 }
 
 int
-http_publish(struct http_server *srv, const char *name, const struct ca_crl_set *set, X509 *ca_cert)
+pub_http_publish(struct pub_http_server *srv, const char *name, const struct ca_crl_set *set, X509 *ca_cert)
 {
 	struct blob *full = NULL, *delta = NULL, *cert = NULL, *old[3] = { NULL, NULL, NULL };
 	struct site *site;

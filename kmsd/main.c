@@ -38,10 +38,10 @@
 #include <libmilter/mfapi.h>
 #include <openssl/crypto.h>
 
-#include "milter/http.h"
-#include "milter/kmsd.h"
-#include "milter/server.h"
-#include "milter/smime.h"
+#include "publish/publish.h"
+#include "kmsd/kmsd.h"
+#include "kmsd/server.h"
+#include "milter/milter.h"
 
 #define SECURE_HEAP_SIZE (2 * 1024 * 1024)
 
@@ -218,13 +218,48 @@ write_pid_file(const char *path)
 		die("cannot write the pid file");
 }
 
+/* The milter's view of kmsd: the environment, the index, the store. */
+static void *
+milter_settings_get(struct mlt_view *view)
+{
+	struct kmsd_env *env = kmsd_env_get();
+
+	if (env == NULL)
+		return NULL;
+	view->cfg = env->cfg;
+	view->trust = env->trust;
+	return env;
+}
+
+static void
+milter_settings_put(void *handle)
+{
+	kmsd_env_put(handle);
+}
+
+static int
+milter_find_cert(void *arg, const X509_NAME *issuer, const ASN1_INTEGER *serial,
+    const ASN1_OCTET_STRING *skid, X509 **out)
+{
+	(void)arg;
+	return kmsd_find_cert(issuer, serial, skid, out);
+}
+
+static const struct mlt_host milter_host = {
+	.settings_get = milter_settings_get,
+	.settings_put = milter_settings_put,
+	.revidx_get = kmsd_revidx_get,
+	.find_cert = milter_find_cert,
+	.find_cert_arg = NULL,
+};
+
 /* Open the milter socket now, while we may still hold privilege. */
 static void
 open_milter_socket(const struct kms_config *cfg, const struct ids *ids)
 {
 	const char *conn = cfg->kmsd.milter_socket;
 
-	if (mlt_milter_register() != 0)
+	if (mlt_milter_register(&milter_host) != 0)
 		die("cannot register the milter");
 	if (smfi_setconn((char *)conn) != MI_SUCCESS) {
 		kms_fail(KMS_ERR_CONFIG, "libmilter refuses milter_socket %s", conn);
@@ -339,7 +374,7 @@ run(const char *config_path, struct kms_config *cfg)
 {
 	struct ids ids;
 	struct kms_store *st = NULL;
-	struct http_server *http = NULL;
+	struct pub_http_server *http = NULL;
 	int ctl_fd = -1, http_fd = -1, rc;
 	char *dbpath;
 	pthread_t mt;
@@ -361,10 +396,10 @@ run(const char *config_path, struct kms_config *cfg)
 		die("cannot make the state directory");
 	if (ids.drop && chown(cfg->kmsd.state_dir, ids.uid, ids.gid) != 0)
 		die("cannot give the state directory to the kmsd user");
-	if (ctl_server_listen(cfg->kmsd.control_socket, ids.drop ? ids.uid : (uid_t)-1, ids.gid, &ctl_fd) != 0)
+	if (kmsd_server_listen(cfg->kmsd.control_socket, ids.drop ? ids.uid : (uid_t)-1, ids.gid, &ctl_fd) != 0)
 		die("cannot open the control socket");
 	open_milter_socket(cfg, &ids);
-	if (cfg->http.listen[0] != '\0' && http_listen(cfg->http.listen, &http_fd) != 0)
+	if (cfg->http.listen[0] != '\0' && pub_http_listen(cfg->http.listen, &http_fd) != 0)
 		die("cannot open the HTTP distribution point");
 	write_pid_file(cfg->kmsd.pid_file);
 	drop_privileges(cfg, &ids);
@@ -387,7 +422,7 @@ run(const char *config_path, struct kms_config *cfg)
 	/* Shares and recovered keys lived only in the memory of a previous run. */
 	kmsd_recovery_abort_all(st, NULL);
 	kmsd_periodic(st, time(NULL));
-	if (ctl_server_start(ctl_fd, cfg->kmsd.control_socket) != 0)
+	if (kmsd_server_start(ctl_fd, cfg->kmsd.control_socket) != 0)
 		die("cannot start the control server");
 	if (pthread_create(&mt, NULL, milter_thread, NULL) != 0) {
 		kms_fail(KMS_ERR_IO, "pthread_create");
@@ -441,7 +476,7 @@ run(const char *config_path, struct kms_config *cfg)
 
 	kms_log(KMS_LOG_INFO, "shutting down");
 	block_signals(SIG_BLOCK);
-	ctl_server_stop(30);
+	kmsd_server_stop(30);
 	kms_log(KMS_LOG_DEBUG, "control server stopped");
 	kmsd_sync_stop();
 	kms_log(KMS_LOG_DEBUG, "CRL sync stopped");

@@ -1,5 +1,5 @@
 /*
- * esc.h - the public header of libkmsarchive: key escrow.
+ * archive.h - the public header of libkmsarchive: key escrow.
  *
  *   shares     Shamir M-of-N split and combine over GF(256) (libgfshare),
  *              and the armored share file format, optionally encrypted
@@ -27,7 +27,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
-#include "common/kms.h"
+#include "common/common.h"
 
 /* ================================================================== shares */
 

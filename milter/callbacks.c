@@ -349,9 +349,9 @@ apply_plan(SMFICTX *ctx, const struct conn *c, const struct mlt_rewrite *rw)
 
 		if (content_edit(e) && !body_ok)
 			continue;
-		if (e->op != MLT_HDR_ADD && !(c->actions & SMFIF_CHGHDRS))
+		if ((e->op == MLT_HDR_DELETE || e->op == MLT_HDR_CHANGE) && !(c->actions & SMFIF_CHGHDRS))
 			continue;
-		if (e->op == MLT_HDR_ADD && !(c->actions & SMFIF_ADDHDRS))
+		if ((e->op == MLT_HDR_ADD || e->op == MLT_HDR_INSERT) && !(c->actions & SMFIF_ADDHDRS))
 			continue;
 		if (e->value != NULL) {
 			/* With HDR_LEADSPC the MTA adds no space after the colon: we do. */
@@ -365,6 +365,9 @@ apply_plan(SMFICTX *ctx, const struct conn *c, const struct mlt_rewrite *rw)
 			break;
 		case MLT_HDR_CHANGE:
 			r = smfi_chgheader(ctx, e->name, e->index, v);
+			break;
+		case MLT_HDR_INSERT:
+			r = smfi_insheader(ctx, 0, e->name, v);
 			break;
 		default:
 			r = smfi_addheader(ctx, e->name, v);

@@ -129,6 +129,7 @@ enum mlt_hdr_op {
 	MLT_HDR_DELETE = 0,             /* the index-th field called name (1-based, case-insensitive) */
 	MLT_HDR_CHANGE,                 /* replace the index-th field's value */
 	MLT_HDR_ADD,                    /* append a new field */
+	MLT_HDR_INSERT,                 /* a new field at the top of the header (smfi_insheader index 0) */
 };
 
 struct mlt_hdr_edit {

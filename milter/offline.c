@@ -174,6 +174,10 @@ check_file(struct offline *o, const char *path)
 	printf("%s: smime=%s (%s: %s)\n", path, pol_verdict_ar_result(res->verdict), pol_verdict_name(res->verdict),
 	    res->detail ? res->detail : "");
 	if (mlt_rewrite_plan(o->cfg, ctx.authserv_id, res, msg, len, &rw) == 0) {
+		/* In the order they stand in the header: insertions at the top (the last one first), then the rest. */
+		for (size_t i = rw->nedits; i-- > 0;)
+			if (rw->edits[i].op == MLT_HDR_INSERT)
+				printf("%s: %s\n", rw->edits[i].name, rw->edits[i].value);
 		for (size_t i = 0; i < rw->nedits; i++) {
 			const struct mlt_hdr_edit *e = &rw->edits[i];
 

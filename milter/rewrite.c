@@ -9,7 +9,10 @@
  *
  * For every verdict: Authentication-Results fields that carry our
  * authserv-id and X-KMS-Warning fields came from outside and are removed.
- * Every verdict but none adds our Authentication-Results.  WARN adds the
+ * Every verdict but none adds our Authentication-Results, at the top of the
+ * header (smfi_insheader at index 0) next to the MTA's trace fields, where
+ * readers and the other authentication milters expect it (RFC 8601
+ * section 5).  WARN adds the
  * subject tag (once) and X-KMS-Warning; on a revoked signer it also wraps
  * the message: the top-level Content-* fields and the body, byte for byte,
  * become the second part of a multipart/mixed whose first part is the
@@ -122,7 +125,7 @@ claim_text(const struct mlt_sig *sig, char *buf, size_t len)
 	} else {
 		snprintf(buf, len, "claims to have been signed on %s, %s the certificate was revoked",
 		    kms_time_format(sig->signing_time, t, sizeof(t)),
-		    mlt_claim_word(sig));
+		    mlt_claim_word(sig, 1));
 	}
 	return buf;
 }
@@ -719,7 +722,7 @@ mlt_rewrite_plan(const struct kms_config *cfg, const char *authserv_id, const st
 		    (rc = wrap(rw, cfg, &res->sigs[res->main], msg, len, &t)) != 0)
 			goto out;
 	}
-	if (res->ar_value != NULL && (rc = add_edit(rw, MLT_HDR_ADD, "Authentication-Results", 0, res->ar_value)) != 0)
+	if (res->ar_value != NULL && (rc = add_edit(rw, MLT_HDR_INSERT, "Authentication-Results", 0, res->ar_value)) != 0)
 		goto out;
 done:
 	*out = rw;
@@ -773,13 +776,17 @@ mlt_rewrite_apply(const unsigned char *msg, size_t len, const struct mlt_rewrite
 		const struct mlt_hdr_edit *e = &rw->edits[k];
 
 		/* Names match case-insensitively, as the MTA matches them. */
-		if (e->op != MLT_HDR_ADD) {
+		if (e->op == MLT_HDR_DELETE || e->op == MLT_HDR_CHANGE) {
 			char *lower = g_ascii_strdown(e->name, -1);
 
 			g_hash_table_replace(byname, g_strdup_printf("%s\n%d", lower, e->index), (gpointer)e);
 			g_free(lower);
 		}
 	}
+	/* Each insertion at index 0 goes above the ones before it. */
+	for (size_t k = rw->nedits; rc == 0 && k-- > 0;)
+		if (rw->edits[k].op == MLT_HDR_INSERT)
+			rc = put_field(&b, &n, &cap, rw->edits[k].name, rw->edits[k].value);
 	for (size_t i = 0; rc == 0 && i < t.n; i++) {
 		const struct mlt_field *f = &t.v[i].f;
 		const struct mlt_hdr_edit *hit;

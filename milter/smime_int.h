@@ -28,8 +28,12 @@ int mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK
 
 /* The signingTime attribute of si, 0 if none or unreadable. */
 time_t mlt_signing_time(CMS_SignerInfo *si);
-/* "before", "at the time of" or "after" the revocation, for the signing-time claim of sig. */
-const char *mlt_claim_word(const struct mlt_sig *sig);
+/*
+ * "before", "at the time of" or "after", for the signing-time claim of sig
+ * followed by a noun ("... the revocation"); with clause set, followed by
+ * a clause: "at the time" ("... the certificate was revoked").
+ */
+const char *mlt_claim_word(const struct mlt_sig *sig, int clause);
 
 /* An ASN1_TIME as time_t, 0 if unreadable. */
 time_t mlt_asn1_time(const ASN1_TIME *t);

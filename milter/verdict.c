@@ -85,13 +85,13 @@ mlt_asn1_time(const ASN1_TIME *t)
 }
 
 const char *
-mlt_claim_word(const struct mlt_sig *sig)
+mlt_claim_word(const struct mlt_sig *sig, int clause)
 {
 	/* Both times have a one-second grain: the same second is neither before nor after. */
 	if (sig->signing_time < sig->rev.revoked_at)
 		return "before";
 	if (sig->signing_time == sig->rev.revoked_at)
-		return "at the time of";
+		return clause ? "at the time" : "at the time of";
 	return "after";
 }
 
@@ -387,7 +387,7 @@ mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(
 		    tstr(sig->rev.revoked_at, t1, sizeof(t1)), ca_reason_name(sig->rev.reason));
 		if (rc == 0 && sig->signing_time != 0)
 			rc = mlt_strcatf(&d, "; claims to have been signed on %s, %s the revocation",
-			    tstr(sig->signing_time, t2, sizeof(t2)), mlt_claim_word(sig));
+			    tstr(sig->signing_time, t2, sizeof(t2)), mlt_claim_word(sig, 0));
 		break;
 	case POL_V_UNTRUSTED:
 		rc = mlt_strcatf(&d, "certificate of %s is not from a trusted CA for S/MIME signing: %s", who,

@@ -310,6 +310,27 @@ START_TEST(test_revoked_after_signing_says_signed_before_revocation)
 }
 END_TEST
 
+START_TEST(test_signed_in_the_revocations_second_reads_at_the_time)
+{
+	struct mlt_result *res = check_fixture("dave-revoked.eml", NULL);
+	struct ca_revidx *idx;
+	char *notice = NULL;
+
+	ck_verdict(res, POL_V_PASS);
+	idx = index_revoking("dave.pem", res->sigs[0].signing_time, 1);
+	mlt_result_free(res);
+	res = check_fixture("dave-revoked.eml", idx);
+	ck_verdict(res, POL_V_REVOKED);
+	ck_assert_msg(strstr(res->detail, ", at the time the revocation") == NULL &&
+	    strstr(res->detail, ", at the time of the revocation") != NULL, "%s", res->detail);
+	ck_assert_int_eq(mlt_notice_expand("%{signed_claim}", &res->sigs[0], &notice), 0);
+	ck_assert_msg(strstr(notice, ", at the time the certificate was revoked") != NULL, "%s", notice);
+	free(notice);
+	mlt_result_free(res);
+	ca_revidx_unref(idx);
+}
+END_TEST
+
 START_TEST(test_stale_revocation_data_is_mentioned)
 {
 	X509 *ca = load_cert("ca.pem");
@@ -861,6 +882,8 @@ START_TEST(test_revoked_warn_wraps_message_as_golden_file)
 
 	wrap_dave(&in, &inlen, &out, &outlen, NULL);
 	golden_compare("dave-revoked.out", out, outlen);
+	/* Our Authentication-Results goes on top of the header, as smfi_insheader(ctx, 0, ...) puts it. */
+	ck_assert(outlen > 24 && memcmp(out, "Authentication-Results: test.example;", 37) == 0);
 	ck_assert(memmem(out, outlen, "Subject: [REVOKED SENDER] Test dave-revoked\r\n", 45) != NULL);
 	ck_assert(memmem(out, outlen, "X-KMS-Warning: signer certificate of dave@example.org (serial 1004) was revoked on ", 82) != NULL);
 	ck_assert(memmem(out, outlen, "Unknown %{nothing} and 100% stay.", 33) != NULL);
@@ -1164,7 +1187,7 @@ START_TEST(test_policy_quarantine_keeps_header_and_gives_reason)
 	ck_assert_ptr_nonnull(rw->quarantine_reason);
 	ck_assert(strstr(rw->quarantine_reason, "untrusted") != NULL);
 	for (size_t i = 0; i < rw->nedits; i++)
-		ar += rw->edits[i].op == MLT_HDR_ADD && strcmp(rw->edits[i].name, "Authentication-Results") == 0;
+		ar += rw->edits[i].op == MLT_HDR_INSERT && strcmp(rw->edits[i].name, "Authentication-Results") == 0;
 	ck_assert_int_eq(ar, 1);
 	ck_assert_ptr_null(rw->body);
 	mlt_rewrite_free(rw);
@@ -1182,7 +1205,7 @@ START_TEST(test_policy_defaults_accept_with_header_only)
 		ck_assert_msg(rw->action == KMS_ACT_ACCEPT, "%s: %s", files[i], kms_action_name(rw->action));
 		ck_assert_ptr_null(rw->body);
 		ck_assert_uint_eq(rw->nedits, 1);
-		ck_assert_int_eq(rw->edits[0].op, MLT_HDR_ADD);
+		ck_assert_int_eq(rw->edits[0].op, MLT_HDR_INSERT);
 		ck_assert_str_eq(rw->edits[0].name, "Authentication-Results");
 		mlt_rewrite_free(rw);
 	}
@@ -1564,6 +1587,7 @@ milter_suite(void)
 	tcase_add_loop_test(tc, test_verdict_for_each_certificate_state, 0,
 	    (int)(sizeof(verdict_cases) / sizeof(verdict_cases[0])));
 	tcase_add_test(tc, test_revoked_signer_carries_date_reason_and_claim);
+	tcase_add_test(tc, test_signed_in_the_revocations_second_reads_at_the_time);
 	tcase_add_test(tc, test_revoked_after_signing_says_signed_before_revocation);
 	tcase_add_test(tc, test_stale_revocation_data_is_mentioned);
 	tcase_add_test(tc, test_signature_without_certificates_uses_store_lookup);

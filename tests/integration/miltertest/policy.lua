@@ -22,11 +22,11 @@ elseif policy == "tempfail" then
 elseif policy == "quarantine" then
 	kms.expect(kms.accepted(reply), "quarantine: accepted")
 	kms.expect(mt.eom_check(conn, MT_QUARANTINE), "quarantine: quarantined")
-	kms.expect(mt.eom_check(conn, MT_HDRADD, "Authentication-Results"), "quarantine: A-R added")
+	kms.expect(mt.eom_check(conn, MT_HDRINSERT, "Authentication-Results"), "quarantine: A-R inserted")
 	kms.expect(not mt.eom_check(conn, MT_BODYCHANGE), "quarantine: body untouched")
 elseif policy == "accept" then
 	kms.expect(kms.accepted(reply), "accept: accepted")
-	kms.expect(mt.eom_check(conn, MT_HDRADD, "Authentication-Results"), "accept: A-R added")
+	kms.expect(mt.eom_check(conn, MT_HDRINSERT, "Authentication-Results"), "accept: A-R inserted")
 	kms.expect(not mt.eom_check(conn, MT_BODYCHANGE), "accept: body untouched")
 	kms.expect(not mt.eom_check(conn, MT_HDRCHANGE, "Subject"), "accept: subject untouched")
 else

@@ -12,6 +12,11 @@
  *              decrypted with a recovered key (compliance decryption)
  *   mail       reading S/MIME enveloped messages and decrypting their
  *              content with a released key, on the client side
+ *   recovery   share files of a KRK, rebuilding the KRK from shares,
+ *              recovering a user's keys, rotating to a new KRK
+ *   requests   recovery requests and approvals in the store
+ *   enroll     init (CA, KRK and shares) and enrollment (two certificates,
+ *              the encryption key escrowed in the same transaction)
  *
  * Secrets (shares, the rebuilt KRK, recovered keys) live in OpenSSL's
  * secure heap, are wiped when freed, and never reach a log line, an error
@@ -27,6 +32,9 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include <sys/types.h>
+
+#include "ca/ca.h"
 #include "common/common.h"
 
 /* ================================================================== shares */
@@ -193,5 +201,200 @@ int esc_enveloped_ri_matches(const struct esc_enveloped *e, size_t i, X509 *cert
 /* Decrypt the content with the content-encryption key; *out malloc'd. */
 int esc_enveloped_decrypt(const struct esc_enveloped *e, const unsigned char *cek, size_t cek_len,
     unsigned char **out, size_t *out_len);
+
+/* =============================================================== recovery */
+
+#define ESC_MAX_SHARES 255
+
+/* The share files of one KRK: their paths and the digests init records. */
+struct esc_share_files {
+	char **paths;
+	char **digests;             /* hex SHA-256 of each share (esc_share_digest) */
+	int n;
+};
+/*
+ * Split the KRK private key into n shares (threshold m) and write one
+ * armored file per share into dir (made 0700 if absent; files 0600, never
+ * overwritten).  With pass_dir, share i is encrypted under the passphrase
+ * in pass_dir/share-<i>.passphrase (at least 8 characters).  On failure no
+ * file is left and *sf is empty.
+ */
+int esc_share_files_write(EVP_PKEY *krk, X509 *krk_cert, int n, int m, const char *dir, const char *pass_dir,
+    struct esc_share_files *sf);
+/* Remove the files (after a failed transaction); free frees the lists only. */
+void esc_share_files_remove(struct esc_share_files *sf);
+void esc_share_files_free(struct esc_share_files *sf);
+
+/*
+ * Rebuild the KRK from n shares and check it against its certificate.
+ * *krk get1 (free it as soon as it has been used).  KMS_ERR_CORRUPT when
+ * the shares do not give the key of krk_cert.
+ */
+int esc_krk_rebuild(const struct esc_share *shares, size_t n, X509 *krk_cert, EVP_PKEY **krk);
+
+/* A user's recovered encryption keys with their certificates, current first. */
+struct esc_recovered {
+	EVP_PKEY **keys;
+	X509 **certs;
+	size_t n;
+};
+void esc_recovered_free(struct esc_recovered *r);
+/*
+ * Unwrap every escrowed key of email with the rebuilt krk (whose record is
+ * krk_rec) and check each against its certificate.  KMS_ERR_NOTFOUND when
+ * email has no escrowed key; KMS_ERR_STATE for a key escrowed under
+ * another KRK; KMS_ERR_CORRUPT for a key that does not match.
+ */
+int esc_recover_user(struct kms_store *st, const char *email, EVP_PKEY *krk, const struct esc_krk *krk_rec,
+    struct esc_recovered *out);
+
+struct esc_rotate_req {
+	const char *key_type;       /* the new KRK's key type */
+	int days;                   /* its certificate's validity */
+	const char *crl_url;
+	int shares, threshold;
+	const char *share_dir, *pass_dir;
+	const char *user;           /* who asked (recorded as the issuer) */
+	time_t now;
+};
+struct esc_rotate_result {
+	long long krk_id;
+	char fingerprint[65];
+	size_t rewrapped;
+	struct esc_share_files files;   /* the caller frees it */
+};
+/*
+ * Rotate to a new KRK: make it, certify it with ca, write its share files,
+ * then in one transaction record it, retire old and re-wrap every escrowed
+ * key from old_krk (rebuilt from shares) to the new one.  On failure the
+ * new share files are removed and nothing changes.
+ */
+int esc_krk_rotate(struct kms_store *st, const struct ca *ca, const struct esc_rotate_req *rr, EVP_PKEY *old_krk,
+    const struct esc_krk *old, struct esc_rotate_result *res);
+
+/* =============================================================== requests */
+
+#define ESC_REQUEST_ID_MAX 32
+#define ESC_MAX_WHY 1024
+#define ESC_MAX_APPROVALS ESC_MAX_SHARES
+
+struct esc_approval {
+	uid_t officer_uid;
+	char officer[64];
+	int share_index;
+};
+
+/* A recovery request as the store has it. */
+struct esc_request {
+	char id[ESC_REQUEST_ID_MAX];
+	char purpose[16];           /* key, archive or rotate */
+	char email[256];
+	char why[ESC_MAX_WHY + 1];
+	uid_t requester_uid;
+	char requester[64];
+	long long krk_id;
+	time_t created, expires, state_time;
+	char state[16];             /* open, approved, fetched, done, closed, expired, failed */
+	char detail[512];
+	struct esc_approval approvals[ESC_MAX_APPROVALS];
+	size_t napprovals;
+};
+
+struct esc_request_new {
+	const char *purpose;        /* key, archive or rotate */
+	const char *email;          /* "" for rotate */
+	const char *why;
+	uid_t requester_uid;
+	const char *requester;
+	long long krk_id;
+	time_t now, expires;
+};
+/* Record a new open request; id gets its random id ("R-" and 12 hex digits). */
+int esc_request_open(struct kms_store *st, const struct esc_request_new *nr, char id[ESC_REQUEST_ID_MAX]);
+/* Load a request with its approvals.  KMS_ERR_NOTFOUND for an unknown id. */
+int esc_request_load(struct kms_store *st, const char *id, struct esc_request *rq);
+/* New state (and detail when not NULL). */
+int esc_request_set_state(struct kms_store *st, const char *id, const char *state, const char *detail, time_t now);
+/* Record an officer's approval and add it to rq. */
+int esc_request_add_approval(struct kms_store *st, struct esc_request *rq, uid_t officer_uid, const char *officer,
+    int share_index, time_t now);
+/* "carol (share 2), dave (share 5)" */
+void esc_request_officers(const struct esc_request *rq, char *buf, size_t len);
+
+/* One row of esc_request_list (strings borrowed for the callback only). */
+struct esc_request_row {
+	const char *id, *purpose, *email, *why, *requester, *state, *detail, *officers;
+	uid_t requester_uid;
+	time_t created, expires;
+	int threshold, napprovals;
+};
+typedef int (*esc_request_row_fn)(void *arg, const struct esc_request_row *row);
+/* Open and approved requests and those that ended in the last 7 days (all: every one), oldest first. */
+int esc_request_list(struct kms_store *st, int all, time_t now, esc_request_row_fn fn, void *arg);
+/* Ids of up to max open or approved requests whose expiry has passed. */
+int esc_request_due(struct kms_store *st, time_t now, char (*ids)[ESC_REQUEST_ID_MAX], int max, int *n);
+/* Mark every open or approved request failed (kmsd stops: their shares were only in memory). */
+int esc_request_fail_open(struct kms_store *st, const char *detail, time_t now);
+
+/* ================================================================= enroll */
+
+struct esc_init_req {
+	const char *org;
+	const char *ca_name, *ca_key_type, *krk_key_type;
+	int ca_days;
+	const char *crl_url;
+	const char *passphrase;     /* encrypts the CA key at rest */
+	int shares, threshold;
+	const char *share_dir, *pass_dir;
+	const char *user;
+};
+struct esc_init_result {
+	struct ca *ca;              /* the new CA with its key */
+	X509 *krk_cert;
+	long long krk_id;
+	struct esc_share_files files;
+};
+void esc_init_result_free(struct esc_init_result *r);
+/*
+ * Make the root CA and the KRK, write the KRK's share files, then record
+ * the CA (key encrypted under passphrase), the KRK certificate and the
+ * share digests in one transaction.  The KRK private key exists only in
+ * the share files afterwards.  On failure no file is left and nothing is
+ * recorded.
+ */
+int esc_init(struct kms_store *st, const struct esc_init_req *ir, struct esc_init_result *res);
+
+struct esc_enroll_req {
+	const struct ca *ca;
+	X509 *krk_cert;             /* the current KRK certificate */
+	long long krk_id;
+	const char *email, *name;   /* name NULL or "": the address */
+	const char *key_type;
+	int days;
+	const char *crl_url;
+	const char *origin;         /* "enroll" */
+	const char *issued_by;
+};
+/* Keys, certificates and the escrow envelope of one enrollment, not yet recorded. */
+struct esc_enrollment {
+	EVP_PKEY *skey, *ekey;
+	X509 *scert, *ecert;
+	unsigned char *envelope;
+	size_t envlen;
+};
+void esc_enrollment_free(struct esc_enrollment *en);
+/* Make both key pairs, issue both certificates, wrap the encryption key to the KRK. */
+int esc_enroll_prepare(const struct esc_enroll_req *er, struct esc_enrollment *en);
+/*
+ * Record both certificates and the escrowed encryption key.  Runs inside
+ * the caller's transaction (which may add its audit row before it
+ * commits): on failure the caller rolls back and nothing is kept.
+ */
+int esc_enroll_record(struct kms_store *st, const struct esc_enroll_req *er, const struct esc_enrollment *en);
+
+/* Is an escrowed key recorded for this certificate serial?  1, 0, or an error. */
+int esc_store_has_key(struct kms_store *st, const char *serial);
+/* Number of escrowed keys, or an error. */
+long long esc_store_count(struct kms_store *st);
 
 #endif /* KMS_ESC_H */

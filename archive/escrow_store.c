@@ -476,3 +476,33 @@ esc_store_get_all(struct kms_store *st, struct esc_entry **out, size_t *n)
 	sqlite3_finalize(s);
 	return rc;
 }
+
+int
+esc_store_has_key(struct kms_store *st, const char *serial)
+{
+	sqlite3_stmt *s = NULL;
+	int rc;
+
+	if ((rc = prepare(st, "SELECT 1 FROM escrow WHERE serial = ?", &s, "read escrow")) != 0)
+		return rc;
+	sqlite3_bind_text(s, 1, serial, -1, SQLITE_STATIC);
+	rc = sqlite3_step(s);
+	sqlite3_finalize(s);
+	if (rc == SQLITE_ROW)
+		return 1;
+	return rc == SQLITE_DONE ? 0 : kms_store_fail(st, "read escrow");
+}
+
+long long
+esc_store_count(struct kms_store *st)
+{
+	sqlite3_stmt *s = NULL;
+	long long n;
+	int rc;
+
+	if ((rc = prepare(st, "SELECT count(*) FROM escrow", &s, "count escrow")) != 0)
+		return rc;
+	n = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : kms_store_fail(st, "count escrow");
+	sqlite3_finalize(s);
+	return n;
+}

@@ -149,6 +149,11 @@ int ca_store_list(struct kms_store *st, int revoked_only, struct ca_cert_row **r
 int ca_store_has_valid(struct kms_store *st, const char *email, time_t now);
 /* Does the store know this address at all (any certificate)?  1 or 0. */
 int ca_store_knows_email(struct kms_store *st, const char *email);
+/* What kmsctl status shows: users, their certificates (not the KRK's), revoked ones (-1 each on error). */
+struct ca_counts {
+	long long users, certificates, revoked;
+};
+int ca_store_counts(struct kms_store *st, struct ca_counts *c);
 /* Find an issued certificate by issuer-and-serial or by SKI (either may be NULL); *out get1. */
 int ca_store_find_cert(struct kms_store *st, const X509_NAME *issuer, const ASN1_INTEGER *serial,
     const ASN1_OCTET_STRING *skid, X509 **out);

@@ -449,3 +449,27 @@ ca_store_find_cert(struct kms_store *st, const X509_NAME *issuer, const ASN1_INT
 		return rc;
 	return kms_fail(KMS_ERR_NOTFOUND, "no such certificate issued here");
 }
+
+/* One count(*)-style query; -1 when the store fails. */
+static long long
+count_of(struct kms_store *st, const char *sql)
+{
+	sqlite3_stmt *s = NULL;
+	long long n = -1;
+
+	if (sqlite3_prepare_v2(kms_store_db(st), sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+		n = sqlite3_column_int64(s, 0);
+	else
+		kms_store_fail(st, "count certificates");
+	sqlite3_finalize(s);
+	return n;
+}
+
+int
+ca_store_counts(struct kms_store *st, struct ca_counts *c)
+{
+	c->users = count_of(st, "SELECT count(DISTINCT email) FROM certs WHERE usage != 'krk'");
+	c->certificates = count_of(st, "SELECT count(*) FROM certs WHERE usage != 'krk'");
+	c->revoked = count_of(st, "SELECT count(*) FROM certs WHERE revoked_at IS NOT NULL");
+	return c->users < 0 || c->certificates < 0 || c->revoked < 0 ? KMS_ERR_DB : 0;
+}

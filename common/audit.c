@@ -217,3 +217,59 @@ out:
 	sqlite3_finalize(s);
 	return rc;
 }
+
+static const char *
+col_text(sqlite3_stmt *s, int i)
+{
+	const unsigned char *t = sqlite3_column_text(s, i);
+
+	return t ? (const char *)t : "";
+}
+
+int
+kms_audit_list(struct kms_store *st, time_t since, long long limit, kms_audit_row_fn fn, void *arg,
+    int *truncated)
+{
+	sqlite3_stmt *s = NULL;
+	long long total = 0, skip;
+	int rc;
+
+	*truncated = 0;
+	if (limit < 1)
+		return kms_fail(KMS_ERR_INVALID, "audit: limit must be at least 1");
+	/* How many rows match, so that only the newest limit of them are handed out, oldest first. */
+	if (sqlite3_prepare_v2(kms_store_db(st), "SELECT count(*) FROM audit WHERE time >= ?", -1, &s, NULL) != SQLITE_OK)
+		return kms_store_fail(st, "audit");
+	sqlite3_bind_int64(s, 1, (long long)since);
+	if (sqlite3_step(s) == SQLITE_ROW)
+		total = sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	skip = total > limit ? total - limit : 0;
+	*truncated = skip > 0;
+	if (sqlite3_prepare_v2(kms_store_db(st), "SELECT seq, time, uid, user, role, cmd, target, outcome, request_id, "
+	    "detail, hash FROM audit WHERE time >= ? ORDER BY seq LIMIT ? OFFSET ?", -1, &s, NULL) != SQLITE_OK)
+		return kms_store_fail(st, "audit");
+	sqlite3_bind_int64(s, 1, (long long)since);
+	sqlite3_bind_int64(s, 2, limit);
+	sqlite3_bind_int64(s, 3, skip);
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		struct kms_audit_row row = {
+			.seq = sqlite3_column_int64(s, 0),
+			.rec = {
+				.time = (time_t)sqlite3_column_int64(s, 1), .uid = (uid_t)sqlite3_column_int64(s, 2),
+				.user = col_text(s, 3), .role = col_text(s, 4), .cmd = col_text(s, 5),
+				.target = col_text(s, 6), .outcome = col_text(s, 7),
+				.request_id = sqlite3_column_type(s, 8) == SQLITE_NULL ? NULL : col_text(s, 8),
+				.detail = sqlite3_column_type(s, 9) == SQLITE_NULL ? NULL : col_text(s, 9),
+			},
+			.hash = col_text(s, 10),
+		};
+
+		if ((rc = fn(arg, &row)) != 0) {
+			sqlite3_finalize(s);
+			return rc;
+		}
+	}
+	sqlite3_finalize(s);
+	return rc == SQLITE_DONE ? 0 : kms_store_fail(st, "audit");
+}

@@ -256,6 +256,21 @@ int kms_audit_append(struct kms_store *st, const struct kms_audit_rec *rec);
  */
 int kms_audit_verify(struct kms_store *st, long long *bad_seq, long long *rows);
 
+/* One row as kms_audit_list gives it (strings borrowed for the callback only). */
+struct kms_audit_row {
+	long long seq;
+	struct kms_audit_rec rec;   /* request_id and detail NULL when empty */
+	const char *hash;
+};
+typedef int (*kms_audit_row_fn)(void *arg, const struct kms_audit_row *row);
+/*
+ * The newest limit rows from time since on, oldest first; *truncated is 1
+ * when older rows from since on were left out.  A non-zero return of fn
+ * stops the listing and is returned.
+ */
+int kms_audit_list(struct kms_store *st, time_t since, long long limit, kms_audit_row_fn fn, void *arg,
+    int *truncated);
+
 /* ---------------------------------------------------------------- protocol */
 
 #define KMS_PROTO_MAX_REQUEST (1024 * 1024)

@@ -10,12 +10,24 @@
 
 #define AUDIT_MAX_ROWS 100000
 
-static const char *
-col(sqlite3_stmt *s, int i)
+/* One audit row as JSON, appended to the array arg. */
+static int
+row_json(void *arg, const struct kms_audit_row *row)
 {
-	const unsigned char *t = sqlite3_column_text(s, i);
+	json_t *rows = arg, *o;
+	char t[32];
 
-	return t ? (const char *)t : "";
+	o = json_pack("{s:I,s:s,s:I,s:s,s:s,s:s,s:s,s:s,s:s}", "seq", (json_int_t)row->seq,
+	    "time", kms_time_format(row->rec.time, t, sizeof(t)), "uid", (json_int_t)row->rec.uid,
+	    "user", row->rec.user, "role", row->rec.role, "cmd", row->rec.cmd, "target", row->rec.target,
+	    "outcome", row->rec.outcome, "hash", row->hash);
+	if (o == NULL)
+		return KMS_ERR_NOMEM;
+	if (row->rec.request_id)
+		json_object_set_new(o, "request_id", json_string(row->rec.request_id));
+	if (row->rec.detail)
+		json_object_set_new(o, "detail", json_string(row->rec.detail));
+	return json_array_append_new(rows, o) == 0 ? 0 : KMS_ERR_NOMEM;
 }
 
 json_t *
@@ -26,7 +38,6 @@ kmsd_cmd_audit(struct kmsd_req *req)
 	const char *since;
 	time_t t0 = 0;
 	long long limit;
-	sqlite3_stmt *s = NULL;
 	int rc, truncated = 0;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
@@ -37,37 +48,11 @@ kmsd_cmd_audit(struct kmsd_req *req)
 	if (since && (rc = kms_time_parse(since, &t0)) != 0)
 		return kmsd_reply_fail(rc);
 	snprintf(req->target, sizeof(req->target), "since %s", since ? since : "start");
-	/* The newest rows when there are more than the limit, listed oldest first. */
-	if (sqlite3_prepare_v2(kms_store_db(req->st),
-	    "SELECT * FROM (SELECT seq, time, uid, user, role, cmd, target, outcome, request_id, detail, hash "
-	    "FROM audit WHERE time >= ? ORDER BY seq DESC LIMIT ?) ORDER BY seq", -1, &s, NULL) != SQLITE_OK)
-		return kmsd_reply_fail(kms_store_fail(req->st, "audit"));
-	sqlite3_bind_int64(s, 1, (long long)t0);
-	sqlite3_bind_int64(s, 2, limit + 1);
-	rows = json_array();
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		char t[32];
-		json_t *o;
-
-		if ((long long)json_array_size(rows) == limit) {
-			truncated = 1;
-			json_array_remove(rows, 0);
-		}
-		o = json_pack("{s:I,s:s,s:I,s:s,s:s,s:s,s:s,s:s,s:s}",
-		    "seq", (json_int_t)sqlite3_column_int64(s, 0),
-		    "time", kms_time_format((time_t)sqlite3_column_int64(s, 1), t, sizeof(t)),
-		    "uid", (json_int_t)sqlite3_column_int64(s, 2), "user", col(s, 3), "role", col(s, 4),
-		    "cmd", col(s, 5), "target", col(s, 6), "outcome", col(s, 7), "hash", col(s, 10));
-		if (o && sqlite3_column_type(s, 8) != SQLITE_NULL)
-			json_object_set_new(o, "request_id", json_string(col(s, 8)));
-		if (o && sqlite3_column_type(s, 9) != SQLITE_NULL)
-			json_object_set_new(o, "detail", json_string(col(s, 9)));
-		json_array_append_new(rows, o);
-	}
-	sqlite3_finalize(s);
-	if (rc != SQLITE_DONE) {
+	if ((rows = json_array()) == NULL)
+		return kmsd_reply_fail(KMS_ERR_NOMEM);
+	if ((rc = kms_audit_list(req->st, t0, limit, row_json, rows, &truncated)) != 0) {
 		json_decref(rows);
-		return kmsd_reply_fail(kms_store_fail(req->st, "audit"));
+		return kmsd_reply_fail(rc);
 	}
 	return kms_reply_ok(json_pack("{s:o,s:b}", "rows", rows, "truncated", truncated));
 }

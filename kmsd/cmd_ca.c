@@ -29,18 +29,6 @@
 
 /* ------------------------------------------------------------------ status */
 
-static long long
-count(struct kms_store *st, const char *sql)
-{
-	sqlite3_stmt *s = NULL;
-	long long n = -1;
-
-	if (sqlite3_prepare_v2(kms_store_db(st), sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
-		n = sqlite3_column_int64(s, 0);
-	sqlite3_finalize(s);
-	return n;
-}
-
 json_t *
 kmsd_cmd_status(struct kmsd_req *req)
 {
@@ -100,11 +88,14 @@ kmsd_cmd_status(struct kmsd_req *req)
 		X509_free(krk);
 	}
 	kms_clear_error();
-	json_object_set_new(res, "counts", json_pack("{s:I,s:I,s:I,s:I}",
-	    "users", count(req->st, "SELECT count(DISTINCT email) FROM certs WHERE usage != 'krk'"),
-	    "certificates", count(req->st, "SELECT count(*) FROM certs WHERE usage != 'krk'"),
-	    "revoked", count(req->st, "SELECT count(*) FROM certs WHERE revoked_at IS NOT NULL"),
-	    "escrowed_keys", count(req->st, "SELECT count(*) FROM escrow")));
+	{
+		struct ca_counts cc = { -1, -1, -1 };
+
+		ca_store_counts(req->st, &cc);
+		json_object_set_new(res, "counts", json_pack("{s:I,s:I,s:I,s:I}", "users", (json_int_t)cc.users,
+		    "certificates", (json_int_t)cc.certificates, "revoked", (json_int_t)cc.revoked,
+		    "escrowed_keys", (json_int_t)esc_store_count(req->st)));
+	}
 	{
 		struct ca_revidx *idx = kmsd_revidx_get();
 
@@ -153,110 +144,34 @@ ca_passphrase(const struct kms_config *cfg, char **out, int *created)
 	return rc;
 }
 
-void
-kmsd_shares_remove(struct kmsd_share_files *sf)
+/* The init reply: what was made and where the shares are. */
+static json_t *
+init_json(const struct esc_init_result *ir, const char *org, const char *share_dir, int encrypted,
+    const struct kms_config *cfg, int created, int default_dir)
 {
-	for (int i = 0; i < sf->n; i++) {
-		if (sf->paths[i])
-			unlink(sf->paths[i]);
-	}
-}
+	json_t *res = json_object(), *paths = json_array();
+	char *cafp = ca_cert_fingerprint(ir->ca->cert), *krkfp = ca_cert_fingerprint(ir->krk_cert);
+	char *subj = X509_NAME_oneline(X509_get_subject_name(ir->ca->cert), NULL, 0);
 
-void
-kmsd_shares_free(struct kmsd_share_files *sf)
-{
-	for (int i = 0; i < sf->n; i++)
-		free(sf->paths[i]);
-	free(sf->paths);
-	sf->paths = NULL;
-	sf->n = 0;
-}
-
-int
-kmsd_shares_write(EVP_PKEY *krk, X509 *krk_cert, int n, int m, const char *dir, const char *pass_dir,
-    struct kmsd_share_files *sf, char **digests)
-{
-	unsigned char *secret = NULL;
-	size_t slen = 0;
-	struct esc_share *shares = NULL;
-	char *fp = ca_cert_fingerprint(krk_cert);
-	int rc;
-
-	sf->paths = calloc((size_t)n, sizeof(char *));
-	if (sf->paths == NULL || fp == NULL) {
-		rc = KMS_ERR_NOMEM;
-		goto out;
-	}
-	sf->n = n;
-	if ((rc = kms_mkdir_p(dir, 0700)) != 0)
-		goto out;
-	if ((rc = esc_key_to_secret(krk, &secret, &slen)) != 0)
-		goto out;
-	if ((rc = esc_split(secret, slen, n, m, &shares)) != 0)
-		goto out;
-	for (int i = 0; i < n; i++) {
-		struct esc_share_meta meta = { .index = shares[i].index, .threshold = m, .total = n };
-		char name[64], *text = NULL, *pass = NULL;
-		size_t tlen = 0;
-
-		snprintf(meta.krk_fingerprint, sizeof(meta.krk_fingerprint), "%s", fp);
-		if (pass_dir != NULL) {
-			char pname[64], *ppath;
-
-			snprintf(pname, sizeof(pname), "share-%d.passphrase", shares[i].index);
-			ppath = kms_path_join(pass_dir, pname);
-			if (ppath == NULL) {
-				rc = KMS_ERR_NOMEM;
-				goto out;
-			}
-			rc = kms_read_secret_file(ppath, &pass);
-			if (rc != 0) {
-				rc = kms_fail(rc, "share %d: cannot read its passphrase file %s", shares[i].index, ppath);
-				free(ppath);
-				goto out;
-			}
-			free(ppath);
-			if (strlen(pass) < 8) {
-				kms_secret_free(pass);
-				rc = kms_fail(KMS_ERR_INVALID, "share %d: passphrase shorter than 8 characters", shares[i].index);
-				goto out;
-			}
-		}
-		rc = esc_share_encode(&shares[i], &meta, pass, &text, &tlen);
-		kms_secret_free(pass);
-		if (rc != 0)
-			goto out;
-		snprintf(name, sizeof(name), "krk-%.8s-share-%d-of-%d.txt", fp, shares[i].index, n);
-		sf->paths[i] = kms_path_join(dir, name);
-		if (sf->paths[i] == NULL) {
-			kms_wipe(text, tlen);
-			free(text);
-			rc = KMS_ERR_NOMEM;
-			goto out;
-		}
-		rc = kms_write_file_excl(sf->paths[i], text, tlen, 0600);
-		kms_wipe(text, tlen);
-		free(text);
-		if (rc != 0) {
-			free(sf->paths[i]);
-			sf->paths[i] = NULL;
-			goto out;
-		}
-		digests[i] = esc_share_digest(&shares[i]);
-		if (digests[i] == NULL) {
-			rc = KMS_ERR_NOMEM;
-			goto out;
-		}
-	}
-	rc = 0;
-out:
-	if (rc != 0)
-		kmsd_shares_remove(sf);
-	esc_shares_free(shares, (size_t)n);
-	if (secret)
-		OPENSSL_secure_clear_free(secret, slen);
-	free(fp);
-	return rc;
+	for (int i = 0; i < ir->files.n; i++)
+		json_array_append_new(paths, json_string(ir->files.paths[i]));
+	json_object_set_new(res, "organization", json_string(org));
+	json_object_set_new(res, "ca_subject", json_string(subj ? subj : ""));
+	json_object_set_new(res, "ca_sha256", json_string(cafp ? cafp : ""));
+	json_object_set_new(res, "krk_sha256", json_string(krkfp ? krkfp : ""));
+	OPENSSL_free(subj);
+	free(cafp);
+	free(krkfp);
+	json_object_set_new(res, "shares", paths);
+	json_object_set_new(res, "share_dir", json_string(share_dir));
+	json_object_set_new(res, "shares_encrypted", json_boolean(encrypted));
+	json_object_set_new(res, "passphrase_file", json_string(cfg->ca.passphrase_file));
+	json_object_set_new(res, "passphrase_file_created", json_boolean(created));
+	if (default_dir)
+		json_object_set_new(res, "warning", json_string(
+		    "the recovery shares are in the state directory: give each file to its key-recovery officer "
+		    "now and delete it here; anyone holding enough of them can recover every escrowed key"));
+	return res;
 }
 
 json_t *
@@ -264,17 +179,12 @@ kmsd_cmd_init(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "org", "shares", "threshold", "share_dir", "share_passphrase_dir", NULL };
 	const struct kms_config *cfg = req->env->cfg;
-	json_t *reply = NULL, *res, *paths;
+	json_t *reply = NULL, *res;
 	const char *org, *share_dir, *pass_dir;
 	long long n, m;
-	struct ca *ca = NULL;
-	EVP_PKEY *krk = NULL;
-	X509 *krk_cert = NULL;
-	char *pass = NULL, *pem = NULL, **digests = NULL;
-	struct kmsd_share_files sf = { NULL, 0 };
-	size_t pemlen = 0;
-	int created = 0, rc, in_tx = 0, default_dir;
-	long long krk_id = 0;
+	char *pass = NULL;
+	struct esc_init_result ir = { 0 };
+	int created = 0, rc, default_dir;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
 		return reply;
@@ -285,8 +195,8 @@ kmsd_cmd_init(struct kmsd_req *req)
 		org = cfg->ca.organization;
 	if (*org == '\0')
 		return kms_reply_error("bad_args", "init: give the organisation name (--org NAME)");
-	if (kmsd_arg_int(req, "shares", cfg->escrow.shares, 2, 255, &n, &reply) != 0 ||
-	    kmsd_arg_int(req, "threshold", cfg->escrow.threshold, 2, 255, &m, &reply) != 0)
+	if (kmsd_arg_int(req, "shares", cfg->escrow.shares, 2, ESC_MAX_SHARES, &n, &reply) != 0 ||
+	    kmsd_arg_int(req, "threshold", cfg->escrow.threshold, 2, ESC_MAX_SHARES, &m, &reply) != 0)
 		return reply;
 	if (m > n)
 		return kms_reply_error("bad_args", "init: threshold %lld is larger than the number of shares %lld", m, n);
@@ -307,73 +217,22 @@ kmsd_cmd_init(struct kmsd_req *req)
 
 	if ((rc = ca_passphrase(cfg, &pass, &created)) != 0)
 		goto fail;
-	kms_log(KMS_LOG_INFO, "init: making the %s root CA for \"%s\"", cfg->ca.key, org);
-	if ((rc = ca_create_root(org, cfg->ca.name, cfg->ca.key, (int)cfg->ca.ca_validity_days, &ca)) != 0)
-		goto fail;
-	if ((rc = ca_key_encrypt(ca->key, pass, &pem, &pemlen)) != 0)
-		goto fail;
-	kms_log(KMS_LOG_INFO, "init: making the %s key-recovery key, %lld shares, threshold %lld",
-	    cfg->escrow.krk_key, n, m);
-	if ((rc = ca_keygen(cfg->escrow.krk_key, &krk)) != 0)
-		goto fail;
+	kms_log(KMS_LOG_INFO, "init: making the %s root CA for \"%s\" and the %s key-recovery key, "
+	    "%lld shares, threshold %lld", cfg->ca.key, org, cfg->escrow.krk_key, n, m);
 	{
-		struct ca_issue_req ir = { .usage = CA_USAGE_KRK, .pubkey = krk, .name = "Key Recovery Key",
-			.days = (int)cfg->ca.ca_validity_days, .crl_url = cfg->crl.url };
+		struct esc_init_req in = { .org = org, .ca_name = cfg->ca.name, .ca_key_type = cfg->ca.key,
+			.krk_key_type = cfg->escrow.krk_key, .ca_days = (int)cfg->ca.ca_validity_days,
+			.crl_url = cfg->crl.url, .passphrase = pass, .shares = (int)n, .threshold = (int)m,
+			.share_dir = share_dir, .pass_dir = pass_dir, .user = req->user };
 
-		if ((rc = ca_issue(ca, &ir, &krk_cert)) != 0)
+		if ((rc = esc_init(req->st, &in, &ir)) != 0)
 			goto fail;
 	}
-	digests = calloc((size_t)n, sizeof(char *));
-	if (digests == NULL) {
-		rc = KMS_ERR_NOMEM;
-		goto fail;
-	}
-	/* Files first: a KRK recorded without its shares could never be used. */
-	if ((rc = kmsd_shares_write(krk, krk_cert, (int)n, (int)m, share_dir, pass_dir, &sf, digests)) != 0)
-		goto fail;
-	EVP_PKEY_free(krk);         /* the only copy of the KRK private key goes now */
-	krk = NULL;
-	if ((rc = kms_store_begin(req->st)) != 0)
-		goto fail;
-	in_tx = 1;
-	if ((rc = ca_store_save(req->st, ca, pem, cfg->ca.key)) != 0 ||
-	    (rc = ca_store_add_cert(req->st, krk_cert, "", "Key Recovery Key", CA_USAGE_KRK, "init", req->user)) != 0 ||
-	    (rc = esc_store_add_krk(req->st, krk_cert, (int)n, (int)m, digests, &krk_id)) != 0)
-		goto fail;
-	if ((rc = kms_store_commit(req->st)) != 0)
-		goto fail;
-	in_tx = 0;
-
-	res = json_object();
-	paths = json_array();
-	for (int i = 0; i < sf.n; i++)
-		json_array_append_new(paths, json_string(sf.paths[i]));
-	{
-		char *cafp = ca_cert_fingerprint(ca->cert), *krkfp = ca_cert_fingerprint(krk_cert);
-		char *subj = X509_NAME_oneline(X509_get_subject_name(ca->cert), NULL, 0);
-
-		json_object_set_new(res, "organization", json_string(org));
-		json_object_set_new(res, "ca_subject", json_string(subj ? subj : ""));
-		json_object_set_new(res, "ca_sha256", json_string(cafp ? cafp : ""));
-		json_object_set_new(res, "krk_sha256", json_string(krkfp ? krkfp : ""));
-		OPENSSL_free(subj);
-		free(cafp);
-		free(krkfp);
-	}
-	json_object_set_new(res, "shares", paths);
+	res = init_json(&ir, org, share_dir, pass_dir != NULL, cfg, created, default_dir);
 	json_object_set_new(res, "threshold", json_integer(m));
-	json_object_set_new(res, "share_dir", json_string(share_dir));
-	json_object_set_new(res, "shares_encrypted", json_boolean(pass_dir != NULL));
-	json_object_set_new(res, "passphrase_file", json_string(cfg->ca.passphrase_file));
-	json_object_set_new(res, "passphrase_file_created", json_boolean(created));
-	if (default_dir)
-		json_object_set_new(res, "warning", json_string(
-		    "the recovery shares are in the state directory: give each file to its key-recovery officer "
-		    "now and delete it here; anyone holding enough of them can recover every escrowed key"));
 	snprintf(req->detail, sizeof(req->detail), "CA and KRK created; %lld shares, threshold %lld, in %s", n, m, share_dir);
-
-	kmsd_ca_install(ca);
-	ca = NULL;
+	kmsd_ca_install(ir.ca);
+	ir.ca = NULL;
 	kmsd_krk_forget();
 	if (kmsd_env_refresh(req->st) != 0)
 		kms_log(KMS_LOG_ERR, "init: cannot refresh the environment: %s", kms_last_error());
@@ -384,24 +243,12 @@ kmsd_cmd_init(struct kmsd_req *req)
 	reply = kms_reply_ok(res);
 	goto out;
 fail:
-	if (in_tx)
-		kms_store_rollback(req->st);
-	kmsd_shares_remove(&sf);
 	if (created)
 		unlink(cfg->ca.passphrase_file);
 	reply = kmsd_reply_fail(rc);
 out:
-	kmsd_shares_free(&sf);
-	if (digests) {
-		for (long long i = 0; i < n; i++)
-			free(digests[i]);
-		free(digests);
-	}
+	esc_init_result_free(&ir);
 	kms_secret_free(pass);
-	free(pem);
-	EVP_PKEY_free(krk);
-	X509_free(krk_cert);
-	ca_free(ca);
 	return reply;
 }
 
@@ -462,35 +309,14 @@ p12_job_discard(struct p12_job *job)
 	job->res = NULL;
 }
 
-json_t *
-kmsd_cmd_enroll(struct kmsd_req *req)
+/* Refuse what enrollment cannot do before any key is made: the reply, or NULL. */
+static json_t *
+enroll_refusal(struct kmsd_req *req, const char *email, const char *password, int renew)
 {
-	static const char *const allowed[] = { "email", "name", "renew", "password", NULL };
 	const struct kms_config *cfg = req->env->cfg;
 	const struct ca *ca = kmsd_ca();
-	const char *email, *name, *password;
-	json_t *reply = NULL;
-	EVP_PKEY *skey = NULL, *ekey = NULL;
-	X509 *scert = NULL, *ecert = NULL, *krk = NULL;
-	unsigned char *env = NULL;
-	size_t envlen = 0;
-	long long krk_id = 0;
-	char sname[160], ename[160];
-	enum ca_p12_format fmt;
-	int renew, rc, in_tx = 0, job_started = 0;
-	struct p12_job job = { 0 };
-	pthread_t job_thread;
+	int rc;
 
-	if (kmsd_args_only(req, allowed, &reply) != 0)
-		return reply;
-	email = kmsd_arg_str(req, "email", 1, 254, &reply);
-	if (reply)
-		return reply;
-	snprintf(req->target, sizeof(req->target), "%s", email);
-	name = kmsd_arg_str(req, "name", 0, 64, &reply);
-	password = kmsd_arg_str(req, "password", 0, 1024, &reply);
-	if (reply || kmsd_arg_bool(req, "renew", 0, &renew, &reply) != 0)
-		return reply;
 	if (!kmsd_valid_email(email))
 		return kms_reply_error("bad_args", "enroll: \"%s\" is not a mailbox address (ASCII local@domain)", req->target);
 	if (password && strlen(password) < 8)
@@ -501,92 +327,93 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 		    "31 characters (gpgsm 2.2 fails on longer ones)");
 	if (ca == NULL || ca->key == NULL)
 		return kms_reply_error("bad_state", "enroll: the CA is not initialised (kmsctl init --org NAME)");
-	if (kmsd_krk_get(req->st, &krk, &krk_id) != 0)
-		return kms_reply_error("bad_state", "enroll: no key-recovery key: escrow is not initialised");
-	if (ca_p12_format_from_name(cfg->ca.pkcs12_format, &fmt) != 0) {
-		reply = kms_reply_error("internal", "bad pkcs12_format");
-		goto out;
-	}
 	rc = ca_store_has_valid(req->st, email, time(NULL));
-	if (rc < 0) {
-		reply = kmsd_reply_fail(rc);
-		goto out;
-	}
-	if (rc == 1 && !renew) {
-		reply = kms_reply_error("exists", "enroll: %s already has valid certificates; use --renew for new ones", email);
-		goto out;
-	}
+	if (rc < 0)
+		return kmsd_reply_fail(rc);
+	if (rc == 1 && !renew)
+		return kms_reply_error("exists", "enroll: %s already has valid certificates; use --renew for new ones", email);
+	return NULL;
+}
+
+/*
+ * Enrollment: keys, certificates and the escrow envelope are made first
+ * (esc_enroll_prepare); the security file is built in its own thread while
+ * the one transaction that records both certificates, the escrowed key and
+ * the audit row syncs to disk; the file is handed out only after the
+ * commit, so no file ever exists for an enrollment that did not commit.
+ */
+json_t *
+kmsd_cmd_enroll(struct kmsd_req *req)
+{
+	static const char *const allowed[] = { "email", "name", "renew", "password", NULL };
+	const struct kms_config *cfg = req->env->cfg;
+	const char *email, *name, *password;
+	json_t *reply = NULL;
+	X509 *krk = NULL;
+	char sname[160], ename[160];
+	int renew, rc, in_tx = 0, job_started = 0;
+	struct esc_enroll_req er = { 0 };
+	struct esc_enrollment en = { 0 };
+	struct p12_job job = { 0 };
+	pthread_t job_thread;
+
+	if (kmsd_args_only(req, allowed, &reply) != 0)
+		return reply;
+	email = kmsd_arg_str(req, "email", 1, 254, &reply);
+	if (reply)
+		return reply;
+	kms_sanitize(email, 254, req->target, sizeof(req->target));
+	name = kmsd_arg_str(req, "name", 0, 64, &reply);
+	password = kmsd_arg_str(req, "password", 0, 1024, &reply);
+	if (reply || kmsd_arg_bool(req, "renew", 0, &renew, &reply) != 0)
+		return reply;
+	if ((reply = enroll_refusal(req, email, password, renew)) != NULL)
+		return reply;
+	if (kmsd_krk_get(req->st, &krk, &er.krk_id) != 0)
+		return kms_reply_error("bad_state", "enroll: no key-recovery key: escrow is not initialised");
 	if (name == NULL || *name == '\0')
 		name = email;
-
-	/* Keys and certificates first, outside the transaction: it only records them. */
-	if ((rc = ca_keygen(cfg->ca.user_key, &skey)) != 0 || (rc = ca_keygen(cfg->ca.user_key, &ekey)) != 0)
-		goto fail;
-	{
-		struct ca_issue_req sr = { .usage = CA_USAGE_SIGN, .pubkey = skey, .email = email, .name = name,
-			.days = (int)cfg->ca.user_validity_days, .crl_url = cfg->crl.url };
-		struct ca_issue_req er = sr;
-
-		er.usage = CA_USAGE_ENC;
-		er.pubkey = ekey;
-		if ((rc = ca_issue(ca, &sr, &scert)) != 0 || (rc = ca_issue(ca, &er, &ecert)) != 0)
-			goto fail;
-	}
-	if ((rc = esc_wrap_key(krk, ekey, &env, &envlen)) != 0)
+	er.ca = kmsd_ca();
+	er.krk_cert = krk;
+	er.email = email;
+	er.name = name;
+	er.key_type = cfg->ca.user_key;
+	er.days = (int)cfg->ca.user_validity_days;
+	er.crl_url = cfg->crl.url;
+	er.origin = "enroll";
+	er.issued_by = req->user;
+	if ((rc = esc_enroll_prepare(&er, &en)) != 0)
 		goto fail;
 
-	/*
-	 * The security file is built in memory while the transaction's disk
-	 * sync runs, and handed out only after the commit: no file ever exists
-	 * for an enrollment that did not commit.
-	 */
 	snprintf(sname, sizeof(sname), "%s (signing)", name);
 	snprintf(ename, sizeof(ename), "%s (encryption)", name);
 	job.res = json_pack("{s:s,s:s,s:o,s:o,s:b}", "email", email, "name", name,
-	    "signing", issued_json(scert), "encryption", issued_json(ecert), "renewed", renew);
+	    "signing", issued_json(en.scert), "encryption", issued_json(en.ecert), "renewed", renew);
 	if (job.res == NULL) {
 		rc = KMS_ERR_NOMEM;
 		goto fail;
 	}
-	job.items[0] = (struct ca_p12_item){ skey, scert, sname };
-	job.items[1] = (struct ca_p12_item){ ekey, ecert, ename };
-	job.ca_cert = ca->cert;
+	job.items[0] = (struct ca_p12_item){ en.skey, en.scert, sname };
+	job.items[1] = (struct ca_p12_item){ en.ekey, en.ecert, ename };
+	job.ca_cert = er.ca->cert;
 	job.password = password;
 	job.cfg = cfg;
 	job_started = pthread_create(&job_thread, NULL, p12_job_run, &job) == 0;
 	if (!job_started)
 		p12_job_run(&job);
-	{
-		char *serial = ca_serial_hex(X509_get0_serialNumber(ecert));
 
-		if (serial == NULL) {
-			rc = KMS_ERR_NOMEM;
-			goto fail;
-		}
-		/* One transaction: no encryption certificate without its escrowed key, nor the reverse. */
-		if ((rc = kms_store_begin(req->st)) != 0) {
-			free(serial);
-			goto fail;
-		}
-		in_tx = 1;
-		rc = ca_store_add_cert(req->st, scert, email, name, CA_USAGE_SIGN, "enroll", req->user);
-		if (rc == 0)
-			rc = ca_store_add_cert(req->st, ecert, email, name, CA_USAGE_ENC, "enroll", req->user);
-		if (rc == 0)
-			rc = esc_store_put(req->st, serial, krk_id, env, envlen);
-		free(serial);
-		if (rc != 0)
-			goto fail;
-		snprintf(req->detail, sizeof(req->detail), "%s; encryption key escrowed%s", renew ? "renewal" : "enrollment",
-		    password ? "" : "; password generated");
-		if ((rc = kmsd_audit_record(req, "ok")) != 0)
-			goto fail;
-		if ((rc = kms_store_commit(req->st)) != 0) {
-			req->audited = 0;       /* rolled back with the rest */
-			goto fail;
-		}
-		in_tx = 0;
-	}
+	if ((rc = kms_store_begin(req->st)) != 0)
+		goto fail;
+	in_tx = 1;
+	if ((rc = esc_enroll_record(req->st, &er, &en)) != 0)
+		goto fail;
+	snprintf(req->detail, sizeof(req->detail), "%s; encryption key escrowed%s", renew ? "renewal" : "enrollment",
+	    password ? "" : "; password generated");
+	if ((rc = kmsd_audit_record(req, "ok")) != 0)
+		goto fail;
+	if ((rc = kms_store_commit(req->st)) != 0)
+		goto fail;
+	in_tx = 0;
 
 	/* Committed: now, and only now, the security file leaves. */
 	if (job_started) {
@@ -606,18 +433,14 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 fail:
 	if (in_tx) {
 		kms_store_rollback(req->st);
-		req->audited = 0;
+		req->audited = 0;       /* rolled back with the rest */
 	}
 	reply = kmsd_reply_fail(rc);
 out:
 	if (job_started)
 		pthread_join(job_thread, NULL);
 	p12_job_discard(&job);
-	free(env);
-	EVP_PKEY_free(skey);
-	EVP_PKEY_free(ekey);
-	X509_free(scert);
-	X509_free(ecert);
+	esc_enrollment_free(&en);
 	X509_free(krk);
 	return reply;
 }
@@ -740,14 +563,11 @@ kmsd_cmd_show(struct kmsd_req *req)
 		json_t *o = kmsd_cert_json(&rows[i], 1);
 
 		if (o && strcmp(rows[i].usage, "enc") == 0) {
-			sqlite3_stmt *s = NULL;
+			int has = esc_store_has_key(req->st, rows[i].serial);
 
-			if (sqlite3_prepare_v2(kms_store_db(req->st), "SELECT 1 FROM escrow WHERE serial = ?", -1, &s,
-			    NULL) == SQLITE_OK) {
-				sqlite3_bind_text(s, 1, rows[i].serial, -1, SQLITE_STATIC);
-				json_object_set_new(o, "escrowed", json_boolean(sqlite3_step(s) == SQLITE_ROW));
-			}
-			sqlite3_finalize(s);
+			if (has >= 0)
+				json_object_set_new(o, "escrowed", json_boolean(has));
+			kms_clear_error();
 		}
 		json_array_append_new(arr, o);
 	}

@@ -26,7 +26,7 @@
 #include "archive/archive.h"
 #include "kmsd/commands.h"
 
-#define MAX_WHY 1024
+#define MAX_WHY ESC_MAX_WHY
 #define MAX_SHARE_TEXT (64 * 1024)
 
 /* What only memory holds about a request. */
@@ -34,9 +34,7 @@ struct pending {
 	char id[32];
 	struct esc_share *shares;       /* given so far */
 	size_t nshares;
-	EVP_PKEY **keys;                /* recovered keys, current first */
-	X509 **certs;
-	size_t nkeys;
+	struct esc_recovered rec;       /* recovered keys, current first */
 	char *share_dir;                /* rotation: where the new shares go */
 	char *pass_dir;
 	struct pending *next;
@@ -44,23 +42,6 @@ struct pending {
 
 static pthread_mutex_t rec_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct pending *pendings;
-
-/* A request as the store has it. */
-struct request {
-	char id[32];
-	char purpose[16];
-	char email[256];
-	char why[MAX_WHY + 1];
-	uid_t requester_uid;
-	char requester[64];
-	long long krk_id;
-	time_t created, expires, state_time;
-	char state[16];
-	char detail[512];
-	struct pol_approval approvals[255];
-	char officers[255][64];
-	size_t napprovals;
-};
 
 /* ---------------------------------------------------------------- memory */
 
@@ -70,15 +51,7 @@ pending_wipe(struct pending *p)
 	esc_shares_free(p->shares, p->nshares);
 	p->shares = NULL;
 	p->nshares = 0;
-	for (size_t i = 0; i < p->nkeys; i++) {
-		EVP_PKEY_free(p->keys[i]);
-		X509_free(p->certs[i]);
-	}
-	free(p->keys);
-	free(p->certs);
-	p->keys = NULL;
-	p->certs = NULL;
-	p->nkeys = 0;
+	esc_recovered_free(&p->rec);
 }
 
 static struct pending *
@@ -122,94 +95,14 @@ pending_drop(const char *id)
 
 /* ----------------------------------------------------------------- store */
 
-static int
-request_load(struct kms_store *st, const char *id, struct request *rq)
-{
-	sqlite3 *db = kms_store_db(st);
-	sqlite3_stmt *s = NULL;
-	int rc;
-
-	memset(rq, 0, sizeof(*rq));
-	if (sqlite3_prepare_v2(db, "SELECT id, purpose, email, why, requester_uid, requester, krk_id, created, "
-	    "expires, state, state_time, detail FROM recovery WHERE id = ?", -1, &s, NULL) != SQLITE_OK)
-		return kms_store_fail(st, "recovery request");
-	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-	rc = sqlite3_step(s);
-	if (rc != SQLITE_ROW) {
-		sqlite3_finalize(s);
-		return rc == SQLITE_DONE ? kms_fail(KMS_ERR_NOTFOUND, "no recovery request %s", id) :
-		    kms_store_fail(st, "recovery request");
-	}
-	snprintf(rq->id, sizeof(rq->id), "%s", sqlite3_column_text(s, 0));
-	snprintf(rq->purpose, sizeof(rq->purpose), "%s", sqlite3_column_text(s, 1));
-	snprintf(rq->email, sizeof(rq->email), "%s", sqlite3_column_text(s, 2));
-	snprintf(rq->why, sizeof(rq->why), "%s", sqlite3_column_text(s, 3));
-	rq->requester_uid = (uid_t)sqlite3_column_int64(s, 4);
-	snprintf(rq->requester, sizeof(rq->requester), "%s", sqlite3_column_text(s, 5));
-	rq->krk_id = sqlite3_column_int64(s, 6);
-	rq->created = (time_t)sqlite3_column_int64(s, 7);
-	rq->expires = (time_t)sqlite3_column_int64(s, 8);
-	snprintf(rq->state, sizeof(rq->state), "%s", sqlite3_column_text(s, 9));
-	rq->state_time = (time_t)sqlite3_column_int64(s, 10);
-	snprintf(rq->detail, sizeof(rq->detail), "%s", sqlite3_column_text(s, 11));
-	sqlite3_finalize(s);
-	if (sqlite3_prepare_v2(db, "SELECT officer_uid, officer, share_idx FROM approvals WHERE request_id = ? "
-	    "ORDER BY time, share_idx", -1, &s, NULL) != SQLITE_OK)
-		return kms_store_fail(st, "approvals");
-	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-	while (sqlite3_step(s) == SQLITE_ROW && rq->napprovals < 255) {
-		rq->approvals[rq->napprovals].officer = (uid_t)sqlite3_column_int64(s, 0);
-		snprintf(rq->officers[rq->napprovals], sizeof(rq->officers[0]), "%s", sqlite3_column_text(s, 1));
-		rq->approvals[rq->napprovals].share_index = sqlite3_column_int(s, 2);
-		rq->napprovals++;
-	}
-	sqlite3_finalize(s);
-	return 0;
-}
-
-static int
-request_set_state(struct kms_store *st, const char *id, const char *state, const char *detail)
-{
-	sqlite3_stmt *s = NULL;
-	int rc = 0;
-
-	if (sqlite3_prepare_v2(kms_store_db(st), "UPDATE recovery SET state = ?, state_time = ?, "
-	    "detail = coalesce(?, detail) WHERE id = ?", -1, &s, NULL) != SQLITE_OK)
-		return kms_store_fail(st, "recovery state");
-	sqlite3_bind_text(s, 1, state, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 2, (long long)time(NULL));
-	if (detail)
-		sqlite3_bind_text(s, 3, detail, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 4, id, -1, SQLITE_STATIC);
-	if (sqlite3_step(s) != SQLITE_DONE)
-		rc = kms_store_fail(st, "recovery state");
-	sqlite3_finalize(s);
-	return rc;
-}
-
 static void
-officer_list(const struct request *rq, char *buf, size_t len)
+set_state(struct kms_store *st, const char *id, const char *state, const char *detail)
 {
-	size_t o = 0;
-
-	buf[0] = '\0';
-	for (size_t i = 0; i < rq->napprovals && o < len; i++)
-		o += (size_t)snprintf(buf + o, len - o, "%s%s (share %d)", i ? ", " : "", rq->officers[i],
-		    rq->approvals[i].share_index);
+	if (esc_request_set_state(st, id, state, detail, time(NULL)) != 0)
+		kms_log(KMS_LOG_ERR, "recovery %s: cannot record state %s: %s", id, state, kms_last_error());
 }
 
 /* ---------------------------------------------------------------- request */
-
-static int
-new_request_id(char *buf, size_t len)
-{
-	unsigned char r[6];
-
-	if (RAND_bytes(r, sizeof(r)) != 1)
-		return kms_fail_openssl(KMS_ERR_CRYPTO, "random");
-	snprintf(buf, len, "R-%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
-	return 0;
-}
 
 static json_t *
 open_request(struct kmsd_req *req, const char *purpose, const char *email, const char *why,
@@ -217,8 +110,7 @@ open_request(struct kmsd_req *req, const char *purpose, const char *email, const
 {
 	const struct kms_config *cfg = req->env->cfg;
 	struct esc_krk *krk = NULL;
-	sqlite3_stmt *s = NULL;
-	char id[32], t[32];
+	char id[ESC_REQUEST_ID_MAX], t[32];
 	time_t now = time(NULL), expires = now + (time_t)cfg->escrow.request_ttl;
 	int rc;
 	json_t *reply;
@@ -226,27 +118,15 @@ open_request(struct kmsd_req *req, const char *purpose, const char *email, const
 	if ((rc = esc_store_current_krk(req->st, &krk)) != 0)
 		return rc == KMS_ERR_NOTFOUND ? kms_reply_error("bad_state", "escrow is not initialised (kmsctl init)") :
 		    kmsd_reply_fail(rc);
-	if ((rc = new_request_id(id, sizeof(id))) != 0)
-		goto fail;
-	if (sqlite3_prepare_v2(kms_store_db(req->st), "INSERT INTO recovery(id, purpose, email, why, requester_uid, "
-	    "requester, krk_id, created, expires, state, state_time) VALUES (?,?,?,?,?,?,?,?,?,'open',?)",
-	    -1, &s, NULL) != SQLITE_OK) {
-		rc = kms_store_fail(req->st, "recovery request");
-		goto fail;
-	}
-	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 2, purpose, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 3, email, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 4, why, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 5, (long long)req->uid);
-	sqlite3_bind_text(s, 6, req->user, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 7, krk->id);
-	sqlite3_bind_int64(s, 8, (long long)now);
-	sqlite3_bind_int64(s, 9, (long long)expires);
-	sqlite3_bind_int64(s, 10, (long long)now);
-	if (sqlite3_step(s) != SQLITE_DONE) {
-		rc = kms_store_fail(req->st, "recovery request");
-		goto fail;
+	{
+		struct esc_request_new nr = { .purpose = purpose, .email = email, .why = why,
+			.requester_uid = req->uid, .requester = req->user, .krk_id = krk->id, .now = now,
+			.expires = expires };
+
+		if ((rc = esc_request_open(req->st, &nr, id)) != 0) {
+			esc_krk_free(krk);
+			return kmsd_reply_fail(rc);
+		}
 	}
 	if (share_dir) {
 		struct pending *p;
@@ -264,13 +144,8 @@ open_request(struct kmsd_req *req, const char *purpose, const char *email, const
 	reply = kms_reply_ok(json_pack("{s:s,s:s,s:s,s:s,s:I,s:s}", "id", id, "purpose", purpose, "email", email,
 	    "expires", kms_time_format(expires, t, sizeof(t)), "threshold", (json_int_t)krk->threshold,
 	    "state", "open"));
-	sqlite3_finalize(s);
 	esc_krk_free(krk);
 	return reply;
-fail:
-	sqlite3_finalize(s);
-	esc_krk_free(krk);
-	return kmsd_reply_fail(rc);
 }
 
 json_t *
@@ -327,194 +202,63 @@ kmsd_cmd_escrow_rotate(struct kmsd_req *req)
 
 /* ---------------------------------------------------------------- approve */
 
-/* Rebuild the KRK from the shares; check it against its certificate. */
-static int
-rebuild_krk(struct pending *p, X509 *krk_cert, EVP_PKEY **krk)
-{
-	unsigned char *secret = NULL;
-	size_t len = 0;
-	int rc;
-
-	*krk = NULL;
-	if ((rc = esc_combine(p->shares, p->nshares, &secret, &len)) != 0)
-		return rc;
-	rc = esc_key_from_secret(secret, len, krk);
-	OPENSSL_secure_clear_free(secret, len);
-	if (rc != 0 || !esc_key_matches_cert(*krk, krk_cert)) {
-		EVP_PKEY_free(*krk);
-		*krk = NULL;
-		return kms_fail(KMS_ERR_CORRUPT, "the shares do not rebuild the key-recovery key "
-		    "(a share is wrong); nothing was decrypted");
-	}
-	return 0;
-}
-
-/* Decrypt every escrowed key of email into p (current first). */
-static int
-recover_user_keys(struct kms_store *st, const char *email, EVP_PKEY *krk, X509 *krk_cert, long long krk_id,
-    struct pending *p)
-{
-	struct esc_entry *e = NULL;
-	size_t n = 0;
-	int rc;
-
-	if ((rc = esc_store_get_user(st, email, &e, &n)) != 0)
-		return rc;
-	p->keys = calloc(n, sizeof(*p->keys));
-	p->certs = calloc(n, sizeof(*p->certs));
-	if (p->keys == NULL || p->certs == NULL) {
-		rc = KMS_ERR_NOMEM;
-		goto out;
-	}
-	for (size_t i = 0; i < n; i++) {
-		if (e[i].krk_id != krk_id) {
-			rc = kms_fail(KMS_ERR_STATE, "key %s is escrowed under another key-recovery key", e[i].serial);
-			goto out;
-		}
-		if ((rc = esc_unwrap_key(krk, krk_cert, e[i].envelope, e[i].len, &p->keys[p->nkeys])) != 0)
-			goto out;
-		if (!esc_key_matches_cert(p->keys[p->nkeys], e[i].cert)) {
-			EVP_PKEY_free(p->keys[p->nkeys]);
-			p->keys[p->nkeys] = NULL;
-			rc = kms_fail(KMS_ERR_CORRUPT, "escrowed key %s does not match its certificate", e[i].serial);
-			goto out;
-		}
-		X509_up_ref(e[i].cert);
-		p->certs[p->nkeys] = e[i].cert;
-		p->nkeys++;
-	}
-	rc = 0;
-out:
-	if (rc != 0)
-		pending_wipe(p);
-	esc_entries_free(e, n);
-	return rc;
-}
-
 /* Rotation: a new KRK and shares; every envelope re-wrapped in one transaction. */
 static int
-rotate_krk(struct kmsd_req *req, EVP_PKEY *old_krk, X509 *old_cert, long long old_id, struct pending *p,
+rotate(struct kmsd_req *req, EVP_PKEY *old_krk, const struct esc_krk *old, struct pending *p,
     char *summary, size_t sumlen)
 {
 	const struct kms_config *cfg = req->env->cfg;
-	const struct ca *ca = kmsd_ca();
-	EVP_PKEY *krk = NULL;
-	X509 *cert = NULL;
-	struct esc_entry *e = NULL;
-	size_t n = 0;
-	struct kmsd_share_files sf = { NULL, 0 };
-	char **digests = NULL, *fp = NULL;
-	int total = (int)cfg->escrow.shares, m = (int)cfg->escrow.threshold, rc, in_tx = 0;
-	long long new_id = 0;
+	struct esc_rotate_req rr = { .key_type = cfg->escrow.krk_key, .days = (int)cfg->ca.ca_validity_days,
+		.crl_url = cfg->crl.url, .shares = (int)cfg->escrow.shares, .threshold = (int)cfg->escrow.threshold,
+		.share_dir = p->share_dir, .pass_dir = p->pass_dir, .user = req->user, .now = time(NULL) };
+	struct esc_rotate_result res;
+	int rc;
 
-	if (ca == NULL || ca->key == NULL)
-		return kms_fail(KMS_ERR_STATE, "the CA key is not loaded: cannot certify a new KRK");
-	if ((rc = ca_keygen(cfg->escrow.krk_key, &krk)) != 0)
-		goto out;
-	{
-		struct ca_issue_req ir = { .usage = CA_USAGE_KRK, .pubkey = krk, .name = "Key Recovery Key",
-			.days = (int)cfg->ca.ca_validity_days, .crl_url = cfg->crl.url };
-
-		if ((rc = ca_issue(ca, &ir, &cert)) != 0)
-			goto out;
-	}
-	fp = ca_cert_fingerprint(cert);
-	digests = calloc((size_t)total, sizeof(char *));
-	if (fp == NULL || digests == NULL) {
-		rc = KMS_ERR_NOMEM;
-		goto out;
-	}
-	if ((rc = kmsd_shares_write(krk, cert, total, m, p->share_dir, p->pass_dir, &sf, digests)) != 0)
-		goto out;
-	if ((rc = esc_store_get_all(req->st, &e, &n)) != 0 && rc != KMS_ERR_NOTFOUND)
-		goto out;
-	if ((rc = kms_store_begin(req->st)) != 0)
-		goto out;
-	in_tx = 1;
-	if ((rc = ca_store_add_cert(req->st, cert, "", "Key Recovery Key", CA_USAGE_KRK, "init", req->user)) != 0 ||
-	    (rc = esc_store_retire_krk(req->st, old_id, time(NULL))) != 0 ||
-	    (rc = esc_store_add_krk(req->st, cert, total, m, digests, &new_id)) != 0)
-		goto out;
-	for (size_t i = 0; i < n; i++) {
-		EVP_PKEY *k = NULL;
-		unsigned char *env = NULL;
-		size_t envlen = 0;
-
-		if (e[i].krk_id != old_id) {
-			rc = kms_fail(KMS_ERR_STATE, "key %s is escrowed under a retired key-recovery key", e[i].serial);
-			goto out;
-		}
-		rc = esc_unwrap_key(old_krk, old_cert, e[i].envelope, e[i].len, &k);
-		if (rc == 0)
-			rc = esc_wrap_key(cert, k, &env, &envlen);
-		EVP_PKEY_free(k);
-		if (rc == 0)
-			rc = esc_store_rewrap(req->st, e[i].serial, new_id, env, envlen);
-		free(env);
-		if (rc != 0)
-			goto out;
-	}
-	if ((rc = kms_store_commit(req->st)) != 0)
-		goto out;
-	in_tx = 0;
+	if ((rc = esc_krk_rotate(req->st, kmsd_ca(), &rr, old_krk, old, &res)) != 0)
+		return rc;
 	kmsd_krk_forget();
 	snprintf(summary, sumlen, "new key-recovery key %.16s..., %zu escrowed keys re-wrapped, %d new shares in %s",
-	    fp, n, total, p->share_dir);
-	rc = 0;
-out:
-	if (in_tx)
-		kms_store_rollback(req->st);
-	if (rc != 0)
-		kmsd_shares_remove(&sf);
-	kmsd_shares_free(&sf);
-	if (digests) {
-		for (int i = 0; i < total; i++)
-			free(digests[i]);
-		free(digests);
-	}
-	esc_entries_free(e, n);
-	EVP_PKEY_free(krk);
-	X509_free(cert);
-	free(fp);
-	return rc;
+	    res.fingerprint, res.rewrapped, res.files.n, p->share_dir);
+	esc_share_files_free(&res.files);
+	return 0;
 }
 
 /* At M shares: rebuild, use, wipe.  Returns the reply. */
 static json_t *
-complete(struct kmsd_req *req, struct request *rq, struct pending *p)
+complete(struct kmsd_req *req, struct esc_request *rq, struct pending *p)
 {
 	struct esc_krk *krk = NULL;
 	EVP_PKEY *key = NULL;
 	char officers[400], summary[400] = "";
-	int rc;
+	int rc, rotating = strcmp(rq->purpose, "rotate") == 0;
 
-	officer_list(rq, officers, sizeof(officers));
+	esc_request_officers(rq, officers, sizeof(officers));
 	if ((rc = esc_store_krk_by_id(req->st, rq->krk_id, &krk)) != 0)
 		goto fail;
-	rc = rebuild_krk(p, krk->cert, &key);
+	rc = esc_krk_rebuild(p->shares, p->nshares, krk->cert, &key);
 	/* The shares have done their job either way. */
 	esc_shares_free(p->shares, p->nshares);
 	p->shares = NULL;
 	p->nshares = 0;
 	if (rc != 0)
 		goto fail;
-	if (strcmp(rq->purpose, "rotate") == 0) {
-		rc = rotate_krk(req, key, krk->cert, krk->id, p, summary, sizeof(summary));
+	if (rotating) {
+		rc = rotate(req, key, krk, p, summary, sizeof(summary));
 	} else {
-		rc = recover_user_keys(req->st, rq->email, key, krk->cert, krk->id, p);
+		rc = esc_recover_user(req->st, rq->email, key, krk, &p->rec);
 		if (rc == 0)
-			snprintf(summary, sizeof(summary), "%zu key(s) of %s recovered into locked memory", p->nkeys, rq->email);
+			snprintf(summary, sizeof(summary), "%zu key(s) of %s recovered into locked memory", p->rec.n,
+			    rq->email);
 	}
 	EVP_PKEY_free(key);         /* the rebuilt KRK is gone from here on */
 	key = NULL;
 	if (rc != 0)
 		goto fail;
-	request_set_state(req->st, rq->id, strcmp(rq->purpose, "rotate") == 0 ? "done" : "approved", summary);
+	set_state(req->st, rq->id, rotating ? "done" : "approved", summary);
 	snprintf(req->detail, sizeof(req->detail), "threshold reached; approved by %s; %s", officers, summary);
 	kms_log(KMS_LOG_INFO, "recovery %s: %s", rq->id, summary);
 	{
-		json_t *r = json_pack("{s:s,s:s,s:I,s:I,s:s}", "id", rq->id,
-		    "state", strcmp(rq->purpose, "rotate") == 0 ? "done" : "approved",
+		json_t *r = json_pack("{s:s,s:s,s:I,s:I,s:s}", "id", rq->id, "state", rotating ? "done" : "approved",
 		    "approvals", (json_int_t)rq->napprovals, "threshold", (json_int_t)krk->threshold, "summary", summary);
 
 		esc_krk_free(krk);
@@ -525,7 +269,7 @@ fail:
 		char why[300];
 
 		snprintf(why, sizeof(why), "%s", kms_last_error());
-		request_set_state(req->st, rq->id, "failed", why);
+		set_state(req->st, rq->id, "failed", why);
 		snprintf(req->detail, sizeof(req->detail), "approved by %s; failed: %s", officers, why);
 	}
 	pending_wipe(p);
@@ -540,7 +284,7 @@ kmsd_cmd_recover_approve(struct kmsd_req *req)
 	static const char *const allowed[] = { "id", "share", "passphrase", NULL };
 	const char *id, *text, *pass;
 	json_t *reply = NULL;
-	struct request rq;
+	struct esc_request rq;
 	struct esc_krk *krk = NULL;
 	struct esc_share share = { 0 };
 	struct esc_share_meta meta;
@@ -558,10 +302,15 @@ kmsd_cmd_recover_approve(struct kmsd_req *req)
 	kms_sanitize(id, 31, req->target, sizeof(req->target));
 	snprintf(req->request_id, sizeof(req->request_id), "%s", req->target);
 	pthread_mutex_lock(&rec_lock);
-	if ((rc = request_load(req->st, id, &rq)) != 0)
+	if ((rc = esc_request_load(req->st, id, &rq)) != 0)
 		goto fail;
 	{
-		struct pol_request pr = { .expires = rq.expires, .approvals = rq.approvals, .napprovals = rq.napprovals };
+		struct pol_approval pa[ESC_MAX_APPROVALS];
+		struct pol_request pr = { .expires = rq.expires, .approvals = pa, .napprovals = rq.napprovals };
+
+		for (size_t i = 0; i < rq.napprovals; i++)
+			pa[i] = (struct pol_approval){ .officer = rq.approvals[i].officer_uid,
+				.share_index = rq.approvals[i].share_index };
 
 		if ((rc = esc_store_krk_by_id(req->st, rq.krk_id, &krk)) != 0)
 			goto fail;
@@ -601,40 +350,23 @@ kmsd_cmd_recover_approve(struct kmsd_req *req)
 	}
 	{
 		struct esc_share *ns = realloc(p->shares, (p->nshares + 1) * sizeof(*ns));
-		sqlite3_stmt *s = NULL;
 
 		if (ns == NULL) {
 			rc = KMS_ERR_NOMEM;
 			goto fail;
 		}
 		p->shares = ns;
-		if (sqlite3_prepare_v2(kms_store_db(req->st), "INSERT INTO approvals(request_id, officer_uid, officer, "
-		    "share_idx, time) VALUES (?,?,?,?,?)", -1, &s, NULL) != SQLITE_OK) {
-			rc = kms_store_fail(req->st, "approval");
-			goto fail;
-		}
-		sqlite3_bind_text(s, 1, rq.id, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(s, 2, (long long)req->uid);
-		sqlite3_bind_text(s, 3, req->user, -1, SQLITE_STATIC);
-		sqlite3_bind_int(s, 4, share.index);
-		sqlite3_bind_int64(s, 5, (long long)time(NULL));
-		rc = sqlite3_step(s) == SQLITE_DONE ? 0 : kms_store_fail(req->st, "approval");
-		sqlite3_finalize(s);
-		if (rc != 0)
+		if ((rc = esc_request_add_approval(req->st, &rq, req->uid, req->user, share.index, time(NULL))) != 0)
 			goto fail;
 		p->shares[p->nshares++] = share;       /* the pending entry owns it now */
 		memset(&share, 0, sizeof(share));
-		rq.approvals[rq.napprovals].officer = req->uid;
-		rq.approvals[rq.napprovals].share_index = p->shares[p->nshares - 1].index;
-		snprintf(rq.officers[rq.napprovals], sizeof(rq.officers[0]), "%s", req->user);
-		rq.napprovals++;
 	}
 	if ((int)rq.napprovals >= krk->threshold) {
 		reply = complete(req, &rq, p);
 		if (!json_is_true(json_object_get(reply, "ok")) || strcmp(rq.purpose, "rotate") == 0)
 			pending_drop(rq.id);
 	} else {
-		officer_list(&rq, officers, sizeof(officers));
+		esc_request_officers(&rq, officers, sizeof(officers));
 		snprintf(req->detail, sizeof(req->detail), "share %d accepted (%zu of %d); approved so far by %s",
 		    rq.approvals[rq.napprovals - 1].share_index, rq.napprovals, krk->threshold, officers);
 		reply = kms_reply_ok(json_pack("{s:s,s:s,s:I,s:I}", "id", rq.id, "state", "open",
@@ -654,41 +386,38 @@ fail:
 
 /* ------------------------------------------------------ list, close, fetch */
 
+/* One request as JSON, appended to the array arg. */
+static int
+request_json(void *arg, const struct esc_request_row *r)
+{
+	char c[32], e[32];
+	json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:s}", "id", r->id,
+	    "purpose", r->purpose, "email", r->email, "why", r->why, "requester", r->requester,
+	    "created", kms_time_format(r->created, c, sizeof(c)), "expires", kms_time_format(r->expires, e, sizeof(e)),
+	    "state", r->state, "detail", r->detail, "threshold", (json_int_t)r->threshold,
+	    "approvals", (json_int_t)r->napprovals, "officers", r->officers);
+
+	if (o == NULL || json_array_append_new(arg, o) != 0)
+		return KMS_ERR_NOMEM;
+	return 0;
+}
+
 json_t *
 kmsd_cmd_recover_list(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "all", NULL };
-	sqlite3_stmt *s = NULL;
 	json_t *reply = NULL, *arr;
-	int all;
+	int all, rc;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0 || kmsd_arg_bool(req, "all", 0, &all, &reply) != 0)
 		return reply;
 	snprintf(req->target, sizeof(req->target), "requests");
-	if (sqlite3_prepare_v2(kms_store_db(req->st), "SELECT r.id, r.purpose, r.email, r.why, r.requester, r.created, "
-	    "r.expires, r.state, r.detail, k.threshold, (SELECT group_concat(officer, ', ') FROM approvals a "
-	    "WHERE a.request_id = r.id), (SELECT count(*) FROM approvals a WHERE a.request_id = r.id) "
-	    "FROM recovery r JOIN krk k ON k.id = r.krk_id WHERE ? OR r.state IN ('open', 'approved') "
-	    "OR r.state_time > ? ORDER BY r.created", -1, &s, NULL) != SQLITE_OK)
-		return kmsd_reply_fail(kms_store_fail(req->st, "recovery list"));
-	sqlite3_bind_int(s, 1, all);
-	sqlite3_bind_int64(s, 2, (long long)time(NULL) - 7 * 86400);
-	arr = json_array();
-	while (sqlite3_step(s) == SQLITE_ROW) {
-		char c[32], e[32];
-		const char *officers = (const char *)sqlite3_column_text(s, 10);
-
-		json_array_append_new(arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:s}",
-		    "id", sqlite3_column_text(s, 0), "purpose", sqlite3_column_text(s, 1),
-		    "email", sqlite3_column_text(s, 2), "why", sqlite3_column_text(s, 3),
-		    "requester", sqlite3_column_text(s, 4),
-		    "created", kms_time_format((time_t)sqlite3_column_int64(s, 5), c, sizeof(c)),
-		    "expires", kms_time_format((time_t)sqlite3_column_int64(s, 6), e, sizeof(e)),
-		    "state", sqlite3_column_text(s, 7), "detail", sqlite3_column_text(s, 8),
-		    "threshold", (json_int_t)sqlite3_column_int(s, 9),
-		    "approvals", (json_int_t)sqlite3_column_int(s, 11), "officers", officers ? officers : ""));
+	if ((arr = json_array()) == NULL)
+		return kmsd_reply_fail(KMS_ERR_NOMEM);
+	if ((rc = esc_request_list(req->st, all, time(NULL), request_json, arr)) != 0) {
+		json_decref(arr);
+		return kmsd_reply_fail(rc);
 	}
-	sqlite3_finalize(s);
 	return kms_reply_ok(json_pack("{s:o}", "requests", arr));
 }
 
@@ -698,7 +427,7 @@ kmsd_cmd_recover_close(struct kmsd_req *req)
 	static const char *const allowed[] = { "id", NULL };
 	const char *id;
 	json_t *reply = NULL;
-	struct request rq;
+	struct esc_request rq;
 	int rc;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
@@ -709,7 +438,7 @@ kmsd_cmd_recover_close(struct kmsd_req *req)
 	kms_sanitize(id, 31, req->target, sizeof(req->target));
 	snprintf(req->request_id, sizeof(req->request_id), "%s", req->target);
 	pthread_mutex_lock(&rec_lock);
-	if ((rc = request_load(req->st, id, &rq)) != 0) {
+	if ((rc = esc_request_load(req->st, id, &rq)) != 0) {
 		pthread_mutex_unlock(&rec_lock);
 		return kmsd_reply_fail(rc);
 	}
@@ -723,7 +452,7 @@ kmsd_cmd_recover_close(struct kmsd_req *req)
 		return kms_reply_error("bad_state", "request %s is already %s", rq.id, rq.state);
 	}
 	pending_drop(rq.id);
-	rc = request_set_state(req->st, rq.id, "closed", "closed by its owner");
+	rc = esc_request_set_state(req->st, rq.id, "closed", "closed by its owner", time(NULL));
 	pthread_mutex_unlock(&rec_lock);
 	if (rc != 0)
 		return kmsd_reply_fail(rc);
@@ -733,12 +462,12 @@ kmsd_cmd_recover_close(struct kmsd_req *req)
 
 /* Load a request that the caller may use for its purpose; lock held on success. */
 static int
-usable_request(struct kmsd_req *req, const char *id, const char *purpose, struct request *rq, struct pending **p)
+usable_request(struct kmsd_req *req, const char *id, const char *purpose, struct esc_request *rq, struct pending **p)
 {
 	int rc;
 
 	pthread_mutex_lock(&rec_lock);
-	if ((rc = request_load(req->st, id, rq)) != 0)
+	if ((rc = esc_request_load(req->st, id, rq)) != 0)
 		goto fail;
 	if (rq->requester_uid != req->uid) {
 		rc = kms_fail(KMS_ERR_PERM, "request %s belongs to %s: only the requester may use it", rq->id, rq->requester);
@@ -751,7 +480,7 @@ usable_request(struct kmsd_req *req, const char *id, const char *purpose, struct
 	}
 	if (time(NULL) >= rq->expires && strcmp(rq->state, "approved") == 0) {
 		pending_drop(rq->id);
-		request_set_state(req->st, rq->id, "expired", NULL);
+		set_state(req->st, rq->id, "expired", NULL);
 		snprintf(rq->state, sizeof(rq->state), "expired");
 	}
 	if (strcmp(rq->state, "approved") != 0) {
@@ -762,8 +491,8 @@ usable_request(struct kmsd_req *req, const char *id, const char *purpose, struct
 		goto fail;
 	}
 	*p = pending_find(rq->id, 0);
-	if (*p == NULL || (*p)->nkeys == 0) {
-		request_set_state(req->st, rq->id, "failed", "recovered keys lost (kmsd restarted)");
+	if (*p == NULL || (*p)->rec.n == 0) {
+		set_state(req->st, rq->id, "failed", "recovered keys lost (kmsd restarted)");
 		rc = kms_fail(KMS_ERR_STATE, "request %s has lost its recovered keys (kmsd restarted): open a new one", rq->id);
 		goto fail;
 	}
@@ -780,7 +509,7 @@ kmsd_cmd_recover_fetch(struct kmsd_req *req)
 	const struct ca *ca = kmsd_ca();
 	const char *id, *password;
 	json_t *reply = NULL, *res = NULL;
-	struct request rq;
+	struct esc_request rq;
 	struct pending *p;
 	struct ca_p12_item *items = NULL;
 	char **names = NULL, officers[400];
@@ -799,7 +528,7 @@ kmsd_cmd_recover_fetch(struct kmsd_req *req)
 		return kms_reply_error("bad_args", "recover fetch: the password must have at least 8 characters");
 	if ((rc = usable_request(req, id, "key", &rq, &p)) != 0)
 		return kmsd_reply_fail(rc);
-	nkeys = p->nkeys;
+	nkeys = p->rec.n;
 	items = calloc(nkeys, sizeof(*items));
 	names = calloc(nkeys, sizeof(*names));
 	res = json_pack("{s:s,s:s,s:I}", "id", rq.id, "email", rq.email, "keys", (json_int_t)nkeys);
@@ -808,7 +537,7 @@ kmsd_cmd_recover_fetch(struct kmsd_req *req)
 		goto fail;
 	}
 	for (size_t i = 0; i < nkeys; i++) {
-		char *serial = ca_serial_hex(X509_get0_serialNumber(p->certs[i]));
+		char *serial = ca_serial_hex(X509_get0_serialNumber(p->rec.certs[i]));
 		size_t n = strlen(rq.email) + 64;
 
 		names[i] = malloc(n);
@@ -816,16 +545,16 @@ kmsd_cmd_recover_fetch(struct kmsd_req *req)
 			snprintf(names[i], n, "%s (encryption%s, %s)", rq.email, i == 0 ? ", current" : "",
 			    serial ? serial : "");
 		free(serial);
-		items[i].key = p->keys[i];
-		items[i].cert = p->certs[i];
+		items[i].key = p->rec.keys[i];
+		items[i].cert = p->rec.certs[i];
 		items[i].friendly_name = names[i];
 	}
 	if ((rc = kmsd_p12_into(res, items, nkeys, ca ? ca->cert : NULL, password, req->env->cfg)) != 0)
 		goto fail;
 	/* Given once: the keys leave memory now. */
 	pending_drop(rq.id);
-	request_set_state(req->st, rq.id, "fetched", NULL);
-	officer_list(&rq, officers, sizeof(officers));
+	set_state(req->st, rq.id, "fetched", NULL);
+	esc_request_officers(&rq, officers, sizeof(officers));
 	snprintf(req->detail, sizeof(req->detail), "%zu key(s) of %s handed over as PKCS#12; approved by %s",
 	    nkeys, rq.email, officers);
 	pthread_mutex_unlock(&rec_lock);
@@ -927,7 +656,7 @@ release_all(struct release_work *w)
 
 /* Audit one release (in the batch's transaction) and describe it for the reply. */
 static json_t *
-release_record(struct kmsd_req *req, struct request *rq, struct release_work *w, struct release *r, int *released)
+release_record(struct kmsd_req *req, struct esc_request *rq, struct release_work *w, struct release *r, int *released)
 {
 	const char *msgid = json_string_value(json_object_get(r->item, "message_id"));
 	const char *date = json_string_value(json_object_get(r->item, "date"));
@@ -983,7 +712,7 @@ kmsd_cmd_archive_release(struct kmsd_req *req)
 	static const char *const allowed[] = { "id", "items", NULL };
 	const char *id;
 	json_t *reply = NULL, *items, *results = NULL, *item;
-	struct request rq;
+	struct esc_request rq;
 	struct pending *p;
 	struct release_work w = { .lock = PTHREAD_MUTEX_INITIALIZER };
 	size_t i;
@@ -1003,7 +732,7 @@ kmsd_cmd_archive_release(struct kmsd_req *req)
 	if ((rc = usable_request(req, id, "archive", &rq, &p)) != 0)
 		return kmsd_reply_fail(rc);
 	/* Our own references to the keys, so that the lock can go during the work. */
-	w.nkeys = p->nkeys;
+	w.nkeys = p->rec.n;
 	w.keys = calloc(w.nkeys, sizeof(*w.keys));
 	w.certs = calloc(w.nkeys, sizeof(*w.certs));
 	w.n = json_array_size(items);
@@ -1014,10 +743,10 @@ kmsd_cmd_archive_release(struct kmsd_req *req)
 		goto fail;
 	}
 	for (i = 0; i < w.nkeys; i++) {
-		EVP_PKEY_up_ref(p->keys[i]);
-		w.keys[i] = p->keys[i];
-		X509_up_ref(p->certs[i]);
-		w.certs[i] = p->certs[i];
+		EVP_PKEY_up_ref(p->rec.keys[i]);
+		w.keys[i] = p->rec.keys[i];
+		X509_up_ref(p->rec.certs[i]);
+		w.certs[i] = p->rec.certs[i];
 	}
 	pthread_mutex_unlock(&rec_lock);
 	json_array_foreach(items, i, item)
@@ -1064,24 +793,21 @@ out:
 
 /* ----------------------------------------------------------------- timers */
 
+/* Requests expired per timer tick at most; the rest wait for the next tick. */
+#define EXPIRE_BATCH 64
+
 void
 kmsd_recovery_expire(struct kms_store *st, time_t now)
 {
-	sqlite3_stmt *s = NULL;
-	char ids[64][32];
+	char ids[EXPIRE_BATCH][ESC_REQUEST_ID_MAX];
 	int n = 0;
 
-	if (sqlite3_prepare_v2(kms_store_db(st), "SELECT id FROM recovery WHERE state IN ('open', 'approved') "
-	    "AND expires <= ? LIMIT 64", -1, &s, NULL) != SQLITE_OK)
+	if (esc_request_due(st, now, ids, EXPIRE_BATCH, &n) != 0)
 		return;
-	sqlite3_bind_int64(s, 1, (long long)now);
-	while (n < 64 && sqlite3_step(s) == SQLITE_ROW)
-		snprintf(ids[n++], sizeof(ids[0]), "%s", sqlite3_column_text(s, 0));
-	sqlite3_finalize(s);
 	for (int i = 0; i < n; i++) {
 		pthread_mutex_lock(&rec_lock);
 		pending_drop(ids[i]);
-		request_set_state(st, ids[i], "expired", NULL);
+		set_state(st, ids[i], "expired", NULL);
 		pthread_mutex_unlock(&rec_lock);
 		kms_log(KMS_LOG_INFO, "recovery %s expired: shares and recovered keys wiped", ids[i]);
 	}
@@ -1096,9 +822,9 @@ kmsd_recovery_abort_all(struct kms_store *st, const char *why)
 	had = pendings != NULL;
 	while (pendings)
 		pending_drop(pendings->id);
-	if (st)
-		sqlite3_exec(kms_store_db(st), "UPDATE recovery SET state = 'failed', detail = 'kmsd stopped: shares "
-		    "and recovered keys were only in memory' WHERE state IN ('open', 'approved')", NULL, NULL, NULL);
+	if (st && esc_request_fail_open(st, "kmsd stopped: shares and recovered keys were only in memory",
+	    time(NULL)) != 0)
+		kms_log(KMS_LOG_ERR, "recovery requests: cannot mark them failed: %s", kms_last_error());
 	pthread_mutex_unlock(&rec_lock);
 	if (why && had)
 		kms_log(KMS_LOG_INFO, "recovery requests: %s", why);

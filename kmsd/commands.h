@@ -89,23 +89,6 @@ int kmsd_valid_email(const char *s);
  */
 int kmsd_p12_into(json_t *res, const struct ca_p12_item *items, size_t n, X509 *ca_cert, const char *password,
     const struct kms_config *cfg);
-/* Share files of a key-recovery key, as written by kmsd_shares_write(). */
-struct kmsd_share_files {
-	char **paths;
-	int n;
-};
-/*
- * Split the KRK private key into n shares (threshold m) and write one
- * armored file per share into dir (made 0700 if absent; files 0600,
- * created exclusively), each under DIR/share-<i>.passphrase of pass_dir
- * when given.  digests[i] (n slots) get the commitments to store.  The
- * shares never outlive the call; on error the files written are removed.
- */
-int kmsd_shares_write(EVP_PKEY *krk, X509 *krk_cert, int n, int m, const char *dir, const char *pass_dir,
-    struct kmsd_share_files *sf, char **digests);
-/* Remove the files (after a failed transaction), and free the list. */
-void kmsd_shares_remove(struct kmsd_share_files *sf);
-void kmsd_shares_free(struct kmsd_share_files *sf);
 /* JSON description of a certificate row. */
 json_t *kmsd_cert_json(const struct ca_cert_row *row, int full);
 

@@ -35,6 +35,7 @@
 #include "archive/archive.h"
 #include "common/common.h"
 #include "tests/unit/testutil.h"
+#include "tests/unit/archive_flow.h"
 
 /* Made once per run in main(), inherited by every forked test. */
 static EVP_PKEY *krk_key, *krk2_key, *rsa_key, *ec_key, *ec384_key, *other_key;
@@ -1915,6 +1916,8 @@ archive_suite(void)
 	tcase_add_test(tc, test_release_survives_garbage_truncation_and_bit_flips);
 	tcase_add_test(tc, test_enveloped_parse_survives_garbage_and_refuses_other_content);
 	suite_add_tcase(s, tc);
+
+	archive_flow_tcases(s);
 	return s;
 }
 

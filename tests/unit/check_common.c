@@ -389,6 +389,53 @@ START_TEST(test_audit_chain_verifies_when_untouched)
 }
 END_TEST
 
+struct audit_seen {
+	int n;
+	long long seq[8];
+	char target[8][40];
+};
+
+static int
+audit_collect(void *arg, const struct kms_audit_row *row)
+{
+	struct audit_seen *a = arg;
+
+	if (a->n >= 8)
+		return KMS_ERR_TOOBIG;
+	a->seq[a->n] = row->seq;
+	snprintf(a->target[a->n], sizeof(a->target[0]), "%s", row->rec.target);
+	ck_assert_ptr_null(row->rec.request_id);
+	ck_assert_uint_eq(strlen(row->hash), 64);
+	a->n++;
+	return 0;
+}
+
+START_TEST(test_audit_list_gives_the_newest_rows_oldest_first)
+{
+	struct kms_store *st = audit_store_with_rows(5);
+	struct audit_seen a = { 0 };
+	int truncated = -1;
+
+	/* The newest three of the rows from the second one on, oldest first, marked truncated. */
+	ck_assert_int_eq(kms_audit_list(st, 1700000001, 3, audit_collect, &a, &truncated), 0);
+	ck_assert_int_eq(truncated, 1);
+	ck_assert_int_eq(a.n, 3);
+	ck_assert_str_eq(a.target[0], "user2@example.org");
+	ck_assert_str_eq(a.target[2], "user4@example.org");
+	ck_assert_int_lt(a.seq[0], a.seq[1]);
+	/* Everything fits: not truncated. */
+	a.n = 0;
+	ck_assert_int_eq(kms_audit_list(st, 0, 10, audit_collect, &a, &truncated), 0);
+	ck_assert_int_eq(truncated, 0);
+	ck_assert_int_eq(a.n, 5);
+	/* The callback's error stops the listing and comes back. */
+	a.n = 8;
+	ck_assert_int_eq(kms_audit_list(st, 0, 10, audit_collect, &a, &truncated), KMS_ERR_TOOBIG);
+	ck_assert_int_eq(kms_audit_list(st, 0, 0, audit_collect, &a, &truncated), KMS_ERR_INVALID);
+	kms_store_close(st);
+}
+END_TEST
+
 START_TEST(test_audit_chain_finds_changed_row)
 {
 	struct kms_store *st = audit_store_with_rows(5);
@@ -726,6 +773,7 @@ common_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_audit_chain_verifies_when_untouched);
 	tcase_add_test(tc, test_audit_chain_finds_changed_row);
+	tcase_add_test(tc, test_audit_list_gives_the_newest_rows_oldest_first);
 	tcase_add_test(tc, test_audit_chain_finds_deleted_row);
 	tcase_add_test(tc, test_audit_chain_finds_inserted_row);
 	tcase_add_test(tc, test_audit_chain_finds_truncated_tail);

@@ -1,0 +1,332 @@
+/*
+ * recovery.c - what happens to the key-recovery key (KRK) and the escrowed
+ * keys: writing a KRK's share files, rebuilding the KRK from shares,
+ * recovering a user's escrowed keys, and rotating to a new KRK.
+ *
+ * Entry points: esc_share_files_write(), esc_share_files_remove(),
+ * esc_share_files_free(), esc_krk_rebuild(), esc_recover_user(),
+ * esc_recovered_free(), esc_krk_rotate().
+ *
+ * kmsd (recover approve, escrow rotate) and kmsctl (recover --offline)
+ * both run the same sequence through these functions: rebuild the KRK,
+ * check it against its certificate, unwrap each key and check it against
+ * its certificate.  The rebuilt KRK is the caller's to free at once.
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "archive/archive.h"
+
+/* Officer passphrases for share files: fewer characters are refused. */
+#define MIN_SHARE_PASSPHRASE 8
+
+void
+esc_share_files_remove(struct esc_share_files *sf)
+{
+	for (int i = 0; i < sf->n; i++)
+		if (sf->paths[i])
+			unlink(sf->paths[i]);
+}
+
+void
+esc_share_files_free(struct esc_share_files *sf)
+{
+	for (int i = 0; sf->paths && i < sf->n; i++)
+		free(sf->paths[i]);
+	free(sf->paths);
+	sf->paths = NULL;
+	if (sf->digests) {
+		for (int i = 0; i < sf->n; i++)
+			free(sf->digests[i]);
+		free(sf->digests);
+		sf->digests = NULL;
+	}
+	sf->n = 0;
+}
+
+/* The passphrase of share index from pass_dir/share-<index>.passphrase; *out secret. */
+static int
+share_passphrase(const char *pass_dir, int index, char **out)
+{
+	char pname[64], *ppath;
+	int rc;
+
+	*out = NULL;
+	snprintf(pname, sizeof(pname), "share-%d.passphrase", index);
+	if ((ppath = kms_path_join(pass_dir, pname)) == NULL)
+		return KMS_ERR_NOMEM;
+	rc = kms_read_secret_file(ppath, out);
+	if (rc != 0) {
+		rc = kms_fail(rc, "share %d: cannot read its passphrase file %s", index, ppath);
+		free(ppath);
+		return rc;
+	}
+	free(ppath);
+	if (strlen(*out) < MIN_SHARE_PASSPHRASE) {
+		kms_secret_free(*out);
+		*out = NULL;
+		return kms_fail(KMS_ERR_INVALID, "share %d: passphrase shorter than %d characters", index,
+		    MIN_SHARE_PASSPHRASE);
+	}
+	return 0;
+}
+
+/* Encode share i and write it to its own file in dir. */
+static int
+share_file_write(const struct esc_share *share, const struct esc_share_meta *meta, const char *dir,
+    const char *pass_dir, const char *fp, int n, char **path)
+{
+	char name[96], *text = NULL, *pass = NULL;
+	size_t tlen = 0;
+	int rc;
+
+	*path = NULL;
+	if (pass_dir != NULL && (rc = share_passphrase(pass_dir, share->index, &pass)) != 0)
+		return rc;
+	rc = esc_share_encode(share, meta, pass, &text, &tlen);
+	kms_secret_free(pass);
+	if (rc != 0)
+		return rc;
+	snprintf(name, sizeof(name), "krk-%.8s-share-%d-of-%d.txt", fp, share->index, n);
+	if ((*path = kms_path_join(dir, name)) == NULL)
+		rc = KMS_ERR_NOMEM;
+	else
+		rc = kms_write_file_excl(*path, text, tlen, 0600);
+	kms_wipe(text, tlen);
+	free(text);
+	if (rc != 0) {
+		free(*path);
+		*path = NULL;
+	}
+	return rc;
+}
+
+int
+esc_share_files_write(EVP_PKEY *krk, X509 *krk_cert, int n, int m, const char *dir, const char *pass_dir,
+    struct esc_share_files *sf)
+{
+	unsigned char *secret = NULL;
+	size_t slen = 0;
+	struct esc_share *shares = NULL;
+	char *fp = ca_cert_fingerprint(krk_cert);
+	int rc;
+
+	memset(sf, 0, sizeof(*sf));
+	if (n < 2 || n > ESC_MAX_SHARES || m < 2 || m > n) {
+		rc = kms_fail(KMS_ERR_INVALID, "shares %d and threshold %d: need 2 <= threshold <= shares <= %d",
+		    n, m, ESC_MAX_SHARES);
+		goto out;
+	}
+	sf->paths = calloc((size_t)n, sizeof(char *));
+	sf->digests = calloc((size_t)n, sizeof(char *));
+	if (sf->paths == NULL || sf->digests == NULL || fp == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	sf->n = n;
+	if ((rc = kms_mkdir_p(dir, 0700)) != 0)
+		goto out;
+	if ((rc = esc_key_to_secret(krk, &secret, &slen)) != 0)
+		goto out;
+	if ((rc = esc_split(secret, slen, n, m, &shares)) != 0)
+		goto out;
+	for (int i = 0; i < n; i++) {
+		struct esc_share_meta meta = { .index = shares[i].index, .threshold = m, .total = n };
+
+		snprintf(meta.krk_fingerprint, sizeof(meta.krk_fingerprint), "%s", fp);
+		if ((rc = share_file_write(&shares[i], &meta, dir, pass_dir, fp, n, &sf->paths[i])) != 0)
+			goto out;
+		if ((sf->digests[i] = esc_share_digest(&shares[i])) == NULL) {
+			rc = KMS_ERR_NOMEM;
+			goto out;
+		}
+	}
+	rc = 0;
+out:
+	if (rc != 0) {
+		esc_share_files_remove(sf);
+		esc_share_files_free(sf);
+	}
+	esc_shares_free(shares, (size_t)n);
+	if (secret)
+		OPENSSL_secure_clear_free(secret, slen);
+	free(fp);
+	return rc;
+}
+
+int
+esc_krk_rebuild(const struct esc_share *shares, size_t n, X509 *krk_cert, EVP_PKEY **krk)
+{
+	unsigned char *secret = NULL;
+	size_t len = 0;
+	int rc;
+
+	*krk = NULL;
+	if ((rc = esc_combine(shares, n, &secret, &len)) != 0)
+		return rc;
+	rc = esc_key_from_secret(secret, len, krk);
+	OPENSSL_secure_clear_free(secret, len);
+	if (rc != 0 || !esc_key_matches_cert(*krk, krk_cert)) {
+		EVP_PKEY_free(*krk);
+		*krk = NULL;
+		return kms_fail(KMS_ERR_CORRUPT, "the shares do not rebuild the key-recovery key "
+		    "(a share is wrong); nothing was decrypted");
+	}
+	return 0;
+}
+
+void
+esc_recovered_free(struct esc_recovered *r)
+{
+	for (size_t i = 0; i < r->n; i++) {
+		EVP_PKEY_free(r->keys[i]);
+		X509_free(r->certs[i]);
+	}
+	free(r->keys);
+	free(r->certs);
+	r->keys = NULL;
+	r->certs = NULL;
+	r->n = 0;
+}
+
+int
+esc_recover_user(struct kms_store *st, const char *email, EVP_PKEY *krk, const struct esc_krk *krk_rec,
+    struct esc_recovered *out)
+{
+	struct esc_entry *e = NULL;
+	size_t n = 0;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	if ((rc = esc_store_get_user(st, email, &e, &n)) != 0)
+		return rc;
+	out->keys = calloc(n, sizeof(*out->keys));
+	out->certs = calloc(n, sizeof(*out->certs));
+	if (out->keys == NULL || out->certs == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		EVP_PKEY *k = NULL;
+
+		if (e[i].krk_id != krk_rec->id) {
+			rc = kms_fail(KMS_ERR_STATE, "key %s is escrowed under another key-recovery key", e[i].serial);
+			goto out;
+		}
+		if ((rc = esc_unwrap_key(krk, krk_rec->cert, e[i].envelope, e[i].len, &k)) != 0)
+			goto out;
+		if (!esc_key_matches_cert(k, e[i].cert)) {
+			EVP_PKEY_free(k);
+			rc = kms_fail(KMS_ERR_CORRUPT, "escrowed key %s does not match its certificate", e[i].serial);
+			goto out;
+		}
+		X509_up_ref(e[i].cert);
+		out->keys[out->n] = k;
+		out->certs[out->n] = e[i].cert;
+		out->n++;
+	}
+	rc = 0;
+out:
+	if (rc != 0)
+		esc_recovered_free(out);
+	esc_entries_free(e, n);
+	return rc;
+}
+
+/* Every envelope under the old KRK re-wrapped to the new certificate (caller's transaction). */
+static int
+rewrap_all(struct kms_store *st, const struct esc_entry *e, size_t n, EVP_PKEY *old_krk,
+    const struct esc_krk *old, X509 *cert, long long new_id)
+{
+	for (size_t i = 0; i < n; i++) {
+		EVP_PKEY *k = NULL;
+		unsigned char *env = NULL;
+		size_t envlen = 0;
+		int rc;
+
+		if (e[i].krk_id != old->id)
+			return kms_fail(KMS_ERR_STATE, "key %s is escrowed under a retired key-recovery key", e[i].serial);
+		rc = esc_unwrap_key(old_krk, old->cert, e[i].envelope, e[i].len, &k);
+		if (rc == 0)
+			rc = esc_wrap_key(cert, k, &env, &envlen);
+		EVP_PKEY_free(k);
+		if (rc == 0)
+			rc = esc_store_rewrap(st, e[i].serial, new_id, env, envlen);
+		free(env);
+		if (rc != 0)
+			return rc;
+	}
+	return 0;
+}
+
+int
+esc_krk_rotate(struct kms_store *st, const struct ca *ca, const struct esc_rotate_req *rr, EVP_PKEY *old_krk,
+    const struct esc_krk *old, struct esc_rotate_result *res)
+{
+	EVP_PKEY *krk = NULL;
+	X509 *cert = NULL;
+	struct esc_entry *e = NULL;
+	size_t n = 0;
+	struct esc_share_files sf = { 0 };
+	char *fp = NULL;
+	int rc, in_tx = 0;
+	long long new_id = 0;
+
+	memset(res, 0, sizeof(*res));
+	if (ca == NULL || ca->key == NULL)
+		return kms_fail(KMS_ERR_STATE, "the CA key is not loaded: cannot certify a new KRK");
+	if ((rc = ca_keygen(rr->key_type, &krk)) != 0)
+		goto out;
+	{
+		struct ca_issue_req ir = { .usage = CA_USAGE_KRK, .pubkey = krk, .name = "Key Recovery Key",
+			.days = rr->days, .crl_url = rr->crl_url };
+
+		if ((rc = ca_issue(ca, &ir, &cert)) != 0)
+			goto out;
+	}
+	if ((fp = ca_cert_fingerprint(cert)) == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	/* Files first: a KRK recorded without its shares could never be used. */
+	if ((rc = esc_share_files_write(krk, cert, rr->shares, rr->threshold, rr->share_dir, rr->pass_dir, &sf)) != 0)
+		goto out;
+	EVP_PKEY_free(krk);         /* the only copy of the new KRK private key goes now */
+	krk = NULL;
+	if ((rc = esc_store_get_all(st, &e, &n)) != 0 && rc != KMS_ERR_NOTFOUND)
+		goto out;
+	if ((rc = kms_store_begin(st)) != 0)
+		goto out;
+	in_tx = 1;
+	if ((rc = ca_store_add_cert(st, cert, "", "Key Recovery Key", CA_USAGE_KRK, "init", rr->user)) != 0 ||
+	    (rc = esc_store_retire_krk(st, old->id, rr->now)) != 0 ||
+	    (rc = esc_store_add_krk(st, cert, rr->shares, rr->threshold, sf.digests, &new_id)) != 0 ||
+	    (rc = rewrap_all(st, e, n, old_krk, old, cert, new_id)) != 0)
+		goto out;
+	if ((rc = kms_store_commit(st)) != 0)
+		goto out;
+	in_tx = 0;
+	res->rewrapped = n;
+	res->krk_id = new_id;
+	snprintf(res->fingerprint, sizeof(res->fingerprint), "%s", fp);
+	res->files = sf;
+	memset(&sf, 0, sizeof(sf));
+	rc = 0;
+out:
+	if (in_tx)
+		kms_store_rollback(st);
+	if (rc != 0)
+		esc_share_files_remove(&sf);
+	esc_share_files_free(&sf);
+	esc_entries_free(e, n);
+	EVP_PKEY_free(krk);
+	X509_free(cert);
+	free(fp);
+	return rc;
+}

@@ -5,7 +5,7 @@
  *
  * A request's record and its approvals are in the store; the shares given
  * so far, and after completion the recovered keys, live only in this
- * process's locked memory (struct pending), wiped on expiry, close, fetch,
+ * process's locked memory (struct kmsd_pending), wiped on expiry, close, fetch,
  * failure and shutdown.  When a request reaches M distinct shares the KRK
  * is rebuilt, checked against its certificate, used, and wiped at once.
  *
@@ -30,23 +30,23 @@
 #define MAX_SHARE_TEXT (64 * 1024)
 
 /* What only memory holds about a request. */
-struct pending {
+struct kmsd_pending {
 	char id[32];
 	struct esc_share *shares;       /* given so far */
 	size_t nshares;
 	struct esc_recovered rec;       /* recovered keys, current first */
 	char *share_dir;                /* rotation: where the new shares go */
 	char *pass_dir;
-	struct pending *next;
+	struct kmsd_pending *next;
 };
 
-static pthread_mutex_t rec_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct pending *pendings;
+/* Our part of the process state: kmsd_state.rec (kmsd/state.c). */
+#define E kmsd_state.rec
 
 /* ---------------------------------------------------------------- memory */
 
 static void
-pending_wipe(struct pending *p)
+pending_wipe(struct kmsd_pending *p)
 {
 	esc_shares_free(p->shares, p->nshares);
 	p->shares = NULL;
@@ -54,12 +54,12 @@ pending_wipe(struct pending *p)
 	esc_recovered_free(&p->rec);
 }
 
-static struct pending *
+static struct kmsd_pending *
 pending_find(const char *id, int create)
 {
-	struct pending *p;
+	struct kmsd_pending *p;
 
-	for (p = pendings; p; p = p->next)
+	for (p = E.pendings; p; p = p->next)
 		if (strcmp(p->id, id) == 0)
 			return p;
 	if (!create)
@@ -68,19 +68,19 @@ pending_find(const char *id, int create)
 	if (p == NULL)
 		return NULL;
 	snprintf(p->id, sizeof(p->id), "%s", id);
-	p->next = pendings;
-	pendings = p;
+	p->next = E.pendings;
+	E.pendings = p;
 	return p;
 }
 
 static void
 pending_drop(const char *id)
 {
-	struct pending **pp = &pendings;
+	struct kmsd_pending **pp = &E.pendings;
 
 	while (*pp) {
 		if (strcmp((*pp)->id, id) == 0) {
-			struct pending *p = *pp;
+			struct kmsd_pending *p = *pp;
 
 			*pp = p->next;
 			pending_wipe(p);
@@ -129,15 +129,15 @@ open_request(struct kmsd_req *req, const char *purpose, const char *email, const
 		}
 	}
 	if (share_dir) {
-		struct pending *p;
+		struct kmsd_pending *p;
 
-		pthread_mutex_lock(&rec_lock);
+		pthread_mutex_lock(&E.lock);
 		p = pending_find(id, 1);
 		if (p) {
 			p->share_dir = strdup(share_dir);
 			p->pass_dir = pass_dir ? strdup(pass_dir) : NULL;
 		}
-		pthread_mutex_unlock(&rec_lock);
+		pthread_mutex_unlock(&E.lock);
 	}
 	snprintf(req->request_id, sizeof(req->request_id), "%s", id);
 	snprintf(req->detail, sizeof(req->detail), "%s request; why: %.400s", purpose, why);
@@ -204,7 +204,7 @@ kmsd_cmd_escrow_rotate(struct kmsd_req *req)
 
 /* Rotation: a new KRK and shares; every envelope re-wrapped in one transaction. */
 static int
-rotate(struct kmsd_req *req, EVP_PKEY *old_krk, const struct esc_krk *old, struct pending *p,
+rotate(struct kmsd_req *req, EVP_PKEY *old_krk, const struct esc_krk *old, struct kmsd_pending *p,
     char *summary, size_t sumlen)
 {
 	const struct kms_config *cfg = req->env->cfg;
@@ -225,7 +225,7 @@ rotate(struct kmsd_req *req, EVP_PKEY *old_krk, const struct esc_krk *old, struc
 
 /* At M shares: rebuild, use, wipe.  Returns the reply. */
 static json_t *
-complete(struct kmsd_req *req, struct esc_request *rq, struct pending *p)
+complete(struct kmsd_req *req, struct esc_request *rq, struct kmsd_pending *p)
 {
 	struct esc_krk *krk = NULL;
 	EVP_PKEY *key = NULL;
@@ -288,7 +288,7 @@ kmsd_cmd_recover_approve(struct kmsd_req *req)
 	struct esc_krk *krk = NULL;
 	struct esc_share share = { 0 };
 	struct esc_share_meta meta;
-	struct pending *p;
+	struct kmsd_pending *p;
 	char *digest = NULL, officers[400];
 	int rc;
 
@@ -301,7 +301,7 @@ kmsd_cmd_recover_approve(struct kmsd_req *req)
 		return reply;
 	kms_sanitize(id, 31, req->target, sizeof(req->target));
 	snprintf(req->request_id, sizeof(req->request_id), "%s", req->target);
-	pthread_mutex_lock(&rec_lock);
+	pthread_mutex_lock(&E.lock);
 	if ((rc = esc_request_load(req->st, id, &rq)) != 0)
 		goto fail;
 	{
@@ -372,12 +372,12 @@ kmsd_cmd_recover_approve(struct kmsd_req *req)
 		reply = kms_reply_ok(json_pack("{s:s,s:s,s:I,s:I}", "id", rq.id, "state", "open",
 		    "approvals", (json_int_t)rq.napprovals, "threshold", (json_int_t)krk->threshold));
 	}
-	pthread_mutex_unlock(&rec_lock);
+	pthread_mutex_unlock(&E.lock);
 	esc_krk_free(krk);
 	free(digest);
 	return reply;
 fail:
-	pthread_mutex_unlock(&rec_lock);
+	pthread_mutex_unlock(&E.lock);
 	esc_share_clear(&share);
 	esc_krk_free(krk);
 	free(digest);
@@ -437,23 +437,23 @@ kmsd_cmd_recover_close(struct kmsd_req *req)
 		return reply;
 	kms_sanitize(id, 31, req->target, sizeof(req->target));
 	snprintf(req->request_id, sizeof(req->request_id), "%s", req->target);
-	pthread_mutex_lock(&rec_lock);
+	pthread_mutex_lock(&E.lock);
 	if ((rc = esc_request_load(req->st, id, &rq)) != 0) {
-		pthread_mutex_unlock(&rec_lock);
+		pthread_mutex_unlock(&E.lock);
 		return kmsd_reply_fail(rc);
 	}
 	if (rq.requester_uid != req->uid && !(req->roles & POL_ROLE_ADMIN)) {
-		pthread_mutex_unlock(&rec_lock);
+		pthread_mutex_unlock(&E.lock);
 		return kms_reply_error("forbidden", "request %s belongs to %s: only they or an admin may close it",
 		    rq.id, rq.requester);
 	}
 	if (strcmp(rq.state, "open") != 0 && strcmp(rq.state, "approved") != 0) {
-		pthread_mutex_unlock(&rec_lock);
+		pthread_mutex_unlock(&E.lock);
 		return kms_reply_error("bad_state", "request %s is already %s", rq.id, rq.state);
 	}
 	pending_drop(rq.id);
 	rc = esc_request_set_state(req->st, rq.id, "closed", "closed by its owner", time(NULL));
-	pthread_mutex_unlock(&rec_lock);
+	pthread_mutex_unlock(&E.lock);
 	if (rc != 0)
 		return kmsd_reply_fail(rc);
 	snprintf(req->detail, sizeof(req->detail), "closed; recovered keys wiped");
@@ -462,11 +462,11 @@ kmsd_cmd_recover_close(struct kmsd_req *req)
 
 /* Load a request that the caller may use for its purpose; lock held on success. */
 static int
-usable_request(struct kmsd_req *req, const char *id, const char *purpose, struct esc_request *rq, struct pending **p)
+usable_request(struct kmsd_req *req, const char *id, const char *purpose, struct esc_request *rq, struct kmsd_pending **p)
 {
 	int rc;
 
-	pthread_mutex_lock(&rec_lock);
+	pthread_mutex_lock(&E.lock);
 	if ((rc = esc_request_load(req->st, id, rq)) != 0)
 		goto fail;
 	if (rq->requester_uid != req->uid) {
@@ -498,7 +498,7 @@ usable_request(struct kmsd_req *req, const char *id, const char *purpose, struct
 	}
 	return 0;
 fail:
-	pthread_mutex_unlock(&rec_lock);
+	pthread_mutex_unlock(&E.lock);
 	return rc;
 }
 
@@ -510,7 +510,7 @@ kmsd_cmd_recover_fetch(struct kmsd_req *req)
 	const char *id, *password;
 	json_t *reply = NULL, *res = NULL;
 	struct esc_request rq;
-	struct pending *p;
+	struct kmsd_pending *p;
 	struct ca_p12_item *items = NULL;
 	char **names = NULL, officers[400];
 	size_t nkeys = 0;
@@ -557,12 +557,12 @@ kmsd_cmd_recover_fetch(struct kmsd_req *req)
 	esc_request_officers(&rq, officers, sizeof(officers));
 	snprintf(req->detail, sizeof(req->detail), "%zu key(s) of %s handed over as PKCS#12; approved by %s",
 	    nkeys, rq.email, officers);
-	pthread_mutex_unlock(&rec_lock);
+	pthread_mutex_unlock(&E.lock);
 	reply = kms_reply_ok(res);
 	res = NULL;
 	goto out;
 fail:
-	pthread_mutex_unlock(&rec_lock);
+	pthread_mutex_unlock(&E.lock);
 	reply = kmsd_reply_fail(rc);
 out:
 	json_decref(res);
@@ -713,7 +713,7 @@ kmsd_cmd_archive_release(struct kmsd_req *req)
 	const char *id;
 	json_t *reply = NULL, *items, *results = NULL, *item;
 	struct esc_request rq;
-	struct pending *p;
+	struct kmsd_pending *p;
 	struct release_work w = { .lock = PTHREAD_MUTEX_INITIALIZER };
 	size_t i;
 	int rc, released = 0;
@@ -738,7 +738,7 @@ kmsd_cmd_archive_release(struct kmsd_req *req)
 	w.n = json_array_size(items);
 	w.r = calloc(w.n, sizeof(*w.r));
 	if (w.keys == NULL || w.certs == NULL || w.r == NULL) {
-		pthread_mutex_unlock(&rec_lock);
+		pthread_mutex_unlock(&E.lock);
 		rc = KMS_ERR_NOMEM;
 		goto fail;
 	}
@@ -748,7 +748,7 @@ kmsd_cmd_archive_release(struct kmsd_req *req)
 		X509_up_ref(p->rec.certs[i]);
 		w.certs[i] = p->rec.certs[i];
 	}
-	pthread_mutex_unlock(&rec_lock);
+	pthread_mutex_unlock(&E.lock);
 	json_array_foreach(items, i, item)
 		w.r[i].item = item;
 	release_all(&w);
@@ -757,13 +757,13 @@ kmsd_cmd_archive_release(struct kmsd_req *req)
 	if ((rc = usable_request(req, id, "archive", &rq, &p)) != 0)
 		goto fail;
 	if ((rc = kms_store_begin(req->st)) != 0) {
-		pthread_mutex_unlock(&rec_lock);
+		pthread_mutex_unlock(&E.lock);
 		goto fail;
 	}
 	results = json_array();
 	for (i = 0; i < w.n; i++)
 		json_array_append_new(results, release_record(req, &rq, &w, &w.r[i], &released));
-	pthread_mutex_unlock(&rec_lock);
+	pthread_mutex_unlock(&E.lock);
 	if ((rc = kms_store_commit(req->st)) != 0)
 		goto fail;
 	snprintf(req->detail, sizeof(req->detail), "%d of %zu key release(s) for %s", released, w.n, rq.email);
@@ -805,10 +805,10 @@ kmsd_recovery_expire(struct kms_store *st, time_t now)
 	if (esc_request_due(st, now, ids, EXPIRE_BATCH, &n) != 0)
 		return;
 	for (int i = 0; i < n; i++) {
-		pthread_mutex_lock(&rec_lock);
+		pthread_mutex_lock(&E.lock);
 		pending_drop(ids[i]);
 		set_state(st, ids[i], "expired", NULL);
-		pthread_mutex_unlock(&rec_lock);
+		pthread_mutex_unlock(&E.lock);
 		kms_log(KMS_LOG_INFO, "recovery %s expired: shares and recovered keys wiped", ids[i]);
 	}
 }
@@ -818,14 +818,14 @@ kmsd_recovery_abort_all(struct kms_store *st, const char *why)
 {
 	int had;
 
-	pthread_mutex_lock(&rec_lock);
-	had = pendings != NULL;
-	while (pendings)
-		pending_drop(pendings->id);
+	pthread_mutex_lock(&E.lock);
+	had = E.pendings != NULL;
+	while (E.pendings)
+		pending_drop(E.pendings->id);
 	if (st && esc_request_fail_open(st, "kmsd stopped: shares and recovered keys were only in memory",
 	    time(NULL)) != 0)
 		kms_log(KMS_LOG_ERR, "recovery requests: cannot mark them failed: %s", kms_last_error());
-	pthread_mutex_unlock(&rec_lock);
+	pthread_mutex_unlock(&E.lock);
 	if (why && had)
 		kms_log(KMS_LOG_INFO, "recovery requests: %s", why);
 }

@@ -15,14 +15,8 @@
 #include "publish/publish.h"
 #include "kmsd/kmsd.h"
 
-static pthread_mutex_t publish_lock = PTHREAD_MUTEX_INITIALIZER;
-/*
- * Serialises changes to the revocation index: a rebuild reads the store
- * and installs its result under it, and a revocation extends the index
- * under it, so a revocation committed while a rebuild runs is never lost.
- */
-static pthread_mutex_t rev_lock = PTHREAD_MUTEX_INITIALIZER;
-static time_t crl_this_update, crl_next_update;
+/* Our part of the process state: kmsd_state.crl (kmsd/state.c). */
+#define C kmsd_state.crl
 
 /* The delta CRL's URL: the full CRL's with "-delta" before ".crl". */
 static char *
@@ -62,18 +56,18 @@ kmsd_crl_publish_new(struct kms_store *st, const char *why)
 		durl = delta_url(opts.full_url);
 		opts.delta_url = durl;
 	}
-	pthread_mutex_lock(&publish_lock);
+	pthread_mutex_lock(&C.publish_lock);
 	rc = ca_crl_issue(st, ca, &opts, &set);
 	if (rc == 0 && (rc = kms_mkdir_p(env->cfg->crl.publish_dir, 0755)) == 0)
 		rc = ca_crl_publish(env->cfg->crl.publish_dir, ca->name, set, ca->cert);
 	if (rc == 0) {
 		kmsd_http_publish(set, ca->cert);
-		crl_this_update = set->this_update;
-		crl_next_update = set->next_update;
+		C.this_update = set->this_update;
+		C.next_update = set->next_update;
 		kms_log(KMS_LOG_INFO, "CRL %lld signed and published (%s)%s", set->full_number, why,
 		    set->delta_der ? ", with a delta" : "");
 	}
-	pthread_mutex_unlock(&publish_lock);
+	pthread_mutex_unlock(&C.publish_lock);
 	if (rc != 0)
 		kms_log(KMS_LOG_ERR, "CRL (%s): %s", why, kms_last_error());
 	ca_crl_set_free(set);
@@ -90,7 +84,7 @@ kmsd_revidx_rebuild(struct kms_store *st)
 	struct ca_revidx *idx = NULL;
 	int rc;
 
-	pthread_mutex_lock(&rev_lock);
+	pthread_mutex_lock(&C.rev_lock);
 	if ((rc = ca_revidx_builder_new(&b)) != 0)
 		goto out;
 	if (env->ca_cert != NULL && kmsd_ca() != NULL && (rc = ca_revidx_add_store(b, st, env->ca_cert)) != 0)
@@ -102,7 +96,7 @@ kmsd_revidx_rebuild(struct kms_store *st)
 	kms_log(KMS_LOG_DEBUG, "revocation index rebuilt: %zu entries", ca_revidx_count(idx));
 	kmsd_revidx_set(idx);
 out:
-	pthread_mutex_unlock(&rev_lock);
+	pthread_mutex_unlock(&C.rev_lock);
 	ca_revidx_builder_free(b);
 	kmsd_env_put(env);
 	return rc;
@@ -114,7 +108,7 @@ kmsd_revidx_add(const X509_NAME *issuer, const ASN1_INTEGER *serial, const struc
 	struct ca_revidx *cur, *next = NULL;
 	int rc;
 
-	pthread_mutex_lock(&rev_lock);
+	pthread_mutex_lock(&C.rev_lock);
 	cur = kmsd_revidx_get();
 	if (cur == NULL) {
 		struct ca_revidx_builder *b = NULL;
@@ -130,7 +124,7 @@ kmsd_revidx_add(const X509_NAME *issuer, const ASN1_INTEGER *serial, const struc
 	if ((rc = ca_revidx_with(cur, issuer, serial, info, &next)) == 0)
 		kmsd_revidx_set(next);
 out:
-	pthread_mutex_unlock(&rev_lock);
+	pthread_mutex_unlock(&C.rev_lock);
 	ca_revidx_unref(cur);
 	return rc;
 }
@@ -141,13 +135,13 @@ kmsd_periodic(struct kms_store *st, time_t now)
 	const struct ca *ca = kmsd_ca();
 
 	if (ca != NULL && ca->key != NULL) {
-		if (crl_next_update == 0) {
+		if (C.next_update == 0) {
 			struct ca_crl_set *set = NULL;
 
 			/* First tick: pick up the newest CRL in the store and serve it. */
 			if (ca_crl_latest(st, &set) == 0) {
-				crl_this_update = set->this_update;
-				crl_next_update = set->next_update;
+				C.this_update = set->this_update;
+				C.next_update = set->next_update;
 				kmsd_http_publish(set, ca->cert);
 				ca_crl_set_free(set);
 			} else {
@@ -155,8 +149,8 @@ kmsd_periodic(struct kms_store *st, time_t now)
 			}
 		}
 		/* Re-sign at half-life, so that a published CRL is never stale. */
-		if (crl_next_update == 0 || now >= crl_this_update + (crl_next_update - crl_this_update) / 2)
-			kmsd_crl_publish_new(st, crl_next_update == 0 ? "first CRL" : "timer");
+		if (C.next_update == 0 || now >= C.this_update + (C.next_update - C.this_update) / 2)
+			kmsd_crl_publish_new(st, C.next_update == 0 ? "first CRL" : "timer");
 	}
 	kmsd_recovery_expire(st, now);
 }

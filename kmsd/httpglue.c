@@ -17,12 +17,8 @@
 #include "publish/publish.h"
 #include "kmsd/kmsd.h"
 
-static pthread_mutex_t http_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct pub_http_server *cur_http;
-
-static pthread_mutex_t sync_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct pub_sync *cur_sync;
-static char *sync_dbpath;
+/* Our part of the process state: kmsd_state.pub (kmsd/state.c). */
+#define P kmsd_state.pub
 
 int
 kmsd_http_start(int fd, struct pub_http_server **out)
@@ -36,19 +32,19 @@ kmsd_http_start(int fd, struct pub_http_server **out)
 	kmsd_env_put(env);
 	if ((rc = pub_http_start(fd, &o, out)) != 0)
 		return rc;
-	pthread_mutex_lock(&http_mu);
-	cur_http = *out;
-	pthread_mutex_unlock(&http_mu);
+	pthread_mutex_lock(&P.http_mu);
+	P.http = *out;
+	pthread_mutex_unlock(&P.http_mu);
 	return 0;
 }
 
 void
 kmsd_http_stop(struct pub_http_server *srv)
 {
-	pthread_mutex_lock(&http_mu);
-	if (cur_http == srv)
-		cur_http = NULL;
-	pthread_mutex_unlock(&http_mu);
+	pthread_mutex_lock(&P.http_mu);
+	if (P.http == srv)
+		P.http = NULL;
+	pthread_mutex_unlock(&P.http_mu);
 	pub_http_stop(srv);
 }
 
@@ -57,14 +53,14 @@ kmsd_http_publish(const struct ca_crl_set *set, X509 *ca_cert)
 {
 	struct kmsd_env *env;
 
-	pthread_mutex_lock(&http_mu);
-	if (cur_http != NULL) {
+	pthread_mutex_lock(&P.http_mu);
+	if (P.http != NULL) {
 		env = kmsd_env_get();
-		if (pub_http_publish(cur_http, env->cfg->ca.name, set, ca_cert) != 0)
+		if (pub_http_publish(P.http, env->cfg->ca.name, set, ca_cert) != 0)
 			kms_log(KMS_LOG_ERR, "HTTP distribution point: %s", kms_last_error());
 		kmsd_env_put(env);
 	}
-	pthread_mutex_unlock(&http_mu);
+	pthread_mutex_unlock(&P.http_mu);
 }
 
 /* A synchronised CRL changed: rebuild the index on a store connection of this thread. */
@@ -74,7 +70,7 @@ sync_changed(void *arg)
 	struct kms_store *st = NULL;
 
 	(void)arg;
-	if (kms_store_open(sync_dbpath, 0, &st) != 0) {
+	if (kms_store_open(P.sync_dbpath, 0, &st) != 0) {
 		kms_log(KMS_LOG_ERR, "revocation index not rebuilt: %s", kms_last_error());
 		return;
 	}
@@ -96,7 +92,7 @@ kmsd_sync_start(void)
 	if (cfg->crl.source[0] == '\0' && cfg->crl.external[0] == '\0')
 		goto out;
 	if ((cache = kms_path_join(cfg->kmsd.state_dir, "crl-cache")) == NULL ||
-	    (sync_dbpath == NULL && (sync_dbpath = kms_path_join(cfg->kmsd.state_dir, KMS_STORE_FILE)) == NULL)) {
+	    (P.sync_dbpath == NULL && (P.sync_dbpath = kms_path_join(cfg->kmsd.state_dir, KMS_STORE_FILE)) == NULL)) {
 		rc = KMS_ERR_NOMEM;
 		goto out;
 	}
@@ -108,10 +104,10 @@ kmsd_sync_start(void)
 	o.longpoll_timeout = (int)cfg->http.longpoll_timeout;
 	o.cache_dir = cache;
 	o.changed = sync_changed;
-	pthread_mutex_lock(&sync_mu);
-	rc = pub_sync_start(&o, &cur_sync);
-	s = cur_sync;
-	pthread_mutex_unlock(&sync_mu);
+	pthread_mutex_lock(&P.sync_mu);
+	rc = pub_sync_start(&o, &P.sync);
+	s = P.sync;
+	pthread_mutex_unlock(&P.sync_mu);
 	/* Copies kept by the previous run count from now on. */
 	if (rc == 0 && s != NULL)
 		sync_changed(NULL);
@@ -126,21 +122,21 @@ kmsd_sync_stop(void)
 {
 	struct pub_sync *s;
 
-	pthread_mutex_lock(&sync_mu);
-	s = cur_sync;
-	cur_sync = NULL;
-	pthread_mutex_unlock(&sync_mu);
+	pthread_mutex_lock(&P.sync_mu);
+	s = P.sync;
+	P.sync = NULL;
+	pthread_mutex_unlock(&P.sync_mu);
 	pub_sync_stop(s);
-	free(sync_dbpath);
-	sync_dbpath = NULL;
+	free(P.sync_dbpath);
+	P.sync_dbpath = NULL;
 }
 
 void
 kmsd_sync_refresh(void)
 {
-	pthread_mutex_lock(&sync_mu);
-	pub_sync_refresh(cur_sync);
-	pthread_mutex_unlock(&sync_mu);
+	pthread_mutex_lock(&P.sync_mu);
+	pub_sync_refresh(P.sync);
+	pthread_mutex_unlock(&P.sync_mu);
 }
 
 int
@@ -148,8 +144,8 @@ kmsd_sync_add_to(struct ca_revidx_builder *b)
 {
 	int rc;
 
-	pthread_mutex_lock(&sync_mu);
-	rc = pub_sync_add_to(cur_sync, b, time(NULL));
-	pthread_mutex_unlock(&sync_mu);
+	pthread_mutex_lock(&P.sync_mu);
+	rc = pub_sync_add_to(P.sync, b, time(NULL));
+	pthread_mutex_unlock(&P.sync_mu);
 	return rc;
 }

@@ -12,6 +12,10 @@
 #ifndef KMSD_H
 #define KMSD_H
 
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 
@@ -102,5 +106,71 @@ void kmsd_sync_stop(void);
 void kmsd_sync_refresh(void);
 /* pub_sync_add_to() for the running sync (0 when none). */
 int kmsd_sync_add_to(struct ca_revidx_builder *b);
+
+/* ------------------------------------------------------- the process state */
+
+struct kmsd_client;             /* kmsd/server.c */
+struct kmsd_pending;            /* kmsd/cmd_escrow.c */
+
+/*
+ * Everything kmsd keeps for the life of the process, in one object
+ * (kmsd/state.c).  Each part belongs to one file, which alone touches it
+ * (under the part's own locks) and names it with a one-letter alias at its
+ * top; other files go through that file's functions.
+ */
+struct kmsd_state {
+	struct {                    /* runtime.c: environment, CA, KRK, revocation index */
+		pthread_mutex_t lock;
+		struct kmsd_env *env;
+		struct ca *ca;          /* with key; set once */
+		X509 *krk_cert;
+		long long krk_id;
+		struct ca_revholder *rev;
+		time_t started;
+	} rt;
+	struct {                    /* crlpub.c: CRL publication and index rebuilds */
+		pthread_mutex_t publish_lock;
+		/*
+		 * Serialises changes to the revocation index: a rebuild reads the
+		 * store and installs its result under it, and a revocation extends
+		 * the index under it, so a revocation committed while a rebuild
+		 * runs is never lost.
+		 */
+		pthread_mutex_t rev_lock;
+		time_t this_update, next_update;        /* of the CRL in force */
+	} crl;
+	struct {                    /* httpglue.c: the HTTP server and CRL sync in use */
+		pthread_mutex_t http_mu;
+		struct pub_http_server *http;
+		pthread_mutex_t sync_mu;
+		struct pub_sync *sync;
+		char *sync_dbpath;
+	} pub;
+	struct {                    /* cmd_escrow.c: shares and recovered keys, only in memory */
+		pthread_mutex_t lock;
+		struct kmsd_pending *pendings;
+	} rec;
+	struct {                    /* server.c: the control socket and its clients */
+		int listen_fd;
+		int wake[2];
+		pthread_t thread;
+		int running;
+		pthread_mutex_t lock;
+		pthread_cond_t cond;
+		struct kmsd_client *clients;
+		int nclients;
+		int stopping;
+		char path[108];         /* sizeof(sun_path) */
+	} srv;
+	struct {                    /* main.c: signals, start-up handshake, the milter thread */
+		int sig_pipe[2];
+		volatile sig_atomic_t got_hup, got_term;
+		int ready_fd;
+		int milter_running;
+		volatile int milter_exited;
+	} main;
+};
+
+extern struct kmsd_state kmsd_state;
 
 #endif

@@ -45,11 +45,8 @@
 
 #define SECURE_HEAP_SIZE (2 * 1024 * 1024)
 
-static int sig_pipe[2] = { -1, -1 };
-static volatile sig_atomic_t got_hup, got_term;
-static int ready_fd = -1;
-static int milter_running;
-static volatile int milter_exited;
+/* Our part of the process state: kmsd_state.main (kmsd/state.c). */
+#define M kmsd_state.main
 
 static void
 usage(FILE *fp)
@@ -72,10 +69,10 @@ on_signal(int sig)
 	char c = (char)sig;
 
 	if (sig == SIGHUP)
-		got_hup = 1;
+		M.got_hup = 1;
 	else
-		got_term = 1;
-	if (write(sig_pipe[1], &c, 1) < 0) {
+		M.got_term = 1;
+	if (write(M.sig_pipe[1], &c, 1) < 0) {
 		/* The pipe is full: a wake-up is already pending. */
 	}
 	errno = saved;
@@ -90,8 +87,8 @@ die(const char *what)
 
 	snprintf(msg, sizeof(msg), "kmsd: %s%s%s\n", what, detail[0] ? ": " : "", detail);
 	kms_log(KMS_LOG_ERR, "%s%s%s", what, detail[0] ? ": " : "", detail);
-	if (ready_fd >= 0) {
-		if (write(ready_fd, msg, strlen(msg)) < 0) {
+	if (M.ready_fd >= 0) {
+		if (write(M.ready_fd, msg, strlen(msg)) < 0) {
 			/* The parent is gone; syslog has it. */
 		}
 	} else {
@@ -140,7 +137,7 @@ daemonize(void)
 		exit(1);
 	}
 	close(p[0]);
-	ready_fd = p[1];
+	M.ready_fd = p[1];
 	if (setsid() < 0)
 		die("setsid failed");
 	fd = open("/dev/null", O_RDWR);
@@ -288,8 +285,8 @@ milter_thread(void *arg)
 	r = smfi_main();
 	if (r != MI_SUCCESS)
 		kms_log(KMS_LOG_ERR, "milter: the listener stopped with an error");
-	milter_exited = 1;
-	if (write(sig_pipe[1], "m", 1) < 0) {
+	M.milter_exited = 1;
+	if (write(M.sig_pipe[1], "m", 1) < 0) {
 		/* a wake-up is pending anyway */
 	}
 	return NULL;
@@ -329,7 +326,7 @@ stop_milter(pthread_t mt)
 	have_st = pthread_create(&st, NULL, smfi_stop_thread, NULL) == 0;
 	if (!have_st)
 		smfi_stop();
-	for (int i = 0; i < 200 && !milter_exited; i++) {
+	for (int i = 0; i < 200 && !M.milter_exited; i++) {
 		struct timespec ts = { 0, 20 * 1000 * 1000 };
 
 		pthread_kill(mt, SIGUSR2);
@@ -385,7 +382,7 @@ run(const char *config_path, struct kms_config *cfg)
 		kms_log(KMS_LOG_WARNING, "%s; private keys will use ordinary memory", kms_last_error());
 	if (kms_disable_core_dumps() != 0)
 		die("cannot disable core dumps");
-	if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+	if (pipe2(M.sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
 		die("cannot make the signal pipe");
 	install_handlers();
 	/* Threads created from here on inherit a mask without HUP/TERM/INT. */
@@ -428,7 +425,7 @@ run(const char *config_path, struct kms_config *cfg)
 		kms_fail(KMS_ERR_IO, "pthread_create");
 		die("cannot start the milter");
 	}
-	milter_running = 1;
+	M.milter_running = 1;
 	if (kmsd_sync_start() != 0)
 		kms_log(KMS_LOG_ERR, "CRL synchronisation: %s", kms_last_error());
 	block_signals(SIG_UNBLOCK);
@@ -436,25 +433,25 @@ run(const char *config_path, struct kms_config *cfg)
 	kms_log(KMS_LOG_INFO, "kmsd %s started: control %s, milter %s%s%s, config %s", PACKAGE_VERSION,
 	    cfg->kmsd.control_socket, cfg->kmsd.milter_socket, cfg->http.listen[0] ? ", http " : "",
 	    cfg->http.listen, config_path ? config_path : "built-in defaults");
-	if (ready_fd >= 0) {
-		if (write(ready_fd, "OK\n", 3) < 0) {
+	if (M.ready_fd >= 0) {
+		if (write(M.ready_fd, "OK\n", 3) < 0) {
 			/* the parent is gone */
 		}
-		close(ready_fd);
-		ready_fd = -1;
+		close(M.ready_fd);
+		M.ready_fd = -1;
 	}
 
-	while (!got_term) {
-		struct pollfd pfd = { sig_pipe[0], POLLIN, 0 };
+	while (!M.got_term) {
+		struct pollfd pfd = { M.sig_pipe[0], POLLIN, 0 };
 		char buf[64];
 		time_t now;
 
 		if (poll(&pfd, 1, 1000) > 0) {
-			while (read(sig_pipe[0], buf, sizeof(buf)) > 0)
+			while (read(M.sig_pipe[0], buf, sizeof(buf)) > 0)
 				;
 		}
-		if (got_hup) {
-			got_hup = 0;
+		if (M.got_hup) {
+			M.got_hup = 0;
 			kms_log(KMS_LOG_INFO, "SIGHUP: reloading %s", config_path ? config_path : "built-in defaults");
 			if (kmsd_reload(config_path) != 0)
 				kms_log(KMS_LOG_ERR, "reload refused, the running configuration is kept: %s", kms_last_error());
@@ -462,7 +459,7 @@ run(const char *config_path, struct kms_config *cfg)
 				kms_log(KMS_LOG_INFO, "configuration reloaded");
 			kmsd_sync_refresh();
 		}
-		if (milter_exited) {
+		if (M.milter_exited) {
 			kms_log(KMS_LOG_ERR, "the milter listener stopped; shutting down so that the service manager can restart kmsd");
 			exit_code = 1;
 			break;
@@ -480,7 +477,7 @@ run(const char *config_path, struct kms_config *cfg)
 	kms_log(KMS_LOG_DEBUG, "control server stopped");
 	kmsd_sync_stop();
 	kms_log(KMS_LOG_DEBUG, "CRL sync stopped");
-	if (milter_running)
+	if (M.milter_running)
 		stop_milter(mt);
 	kmsd_http_stop(http);
 	kms_log(KMS_LOG_DEBUG, "HTTP server stopped");

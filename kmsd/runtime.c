@@ -24,16 +24,8 @@
 #include "archive/archive.h"
 #include "kmsd/kmsd.h"
 
-static struct {
-	pthread_mutex_t lock;
-	struct kmsd_env *env;
-	struct ca *ca;                  /* with key; set once */
-	X509 *krk_cert;
-	long long krk_id;
-	struct ca_revholder *rev;
-	time_t started;
-	time_t crl_this_update, crl_next_update;
-} R = { .lock = PTHREAD_MUTEX_INITIALIZER };
+/* Our part of the process state: kmsd_state.rt (kmsd/state.c). */
+#define R kmsd_state.rt
 
 long long
 kmsd_uptime(void)

@@ -32,28 +32,17 @@
 #include "kmsd/kmsd.h"
 #include "kmsd/server.h"
 
-struct client {
+struct kmsd_client {
 	int fd;
 	struct ucred peer;          /* SO_PEERCRED at connect */
 	struct kms_store *st;       /* opened on first use */
 	pthread_t thread;
-	struct client *next;
+	struct kmsd_client *next;
 	int done;
 };
 
-static struct {
-	int listen_fd;
-	int wake[2];
-	pthread_t thread;
-	int running;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	struct client *clients;
-	int nclients;
-	int stopping;
-	char path[108];
-} S = { .listen_fd = -1, .wake = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER,
-	.cond = PTHREAD_COND_INITIALIZER };
+/* Our part of the process state: kmsd_state.srv (kmsd/state.c). */
+#define S kmsd_state.srv
 
 /* ------------------------------------------------------------------ socket */
 
@@ -121,7 +110,7 @@ fail:
 /* ----------------------------------------------------------------- reading */
 
 struct cred_reader {
-	struct client *c;
+	struct kmsd_client *c;
 	int mismatch;               /* bytes came from someone other than the peer */
 	uid_t last_uid;
 	gid_t last_gid;
@@ -228,7 +217,7 @@ audit(struct kmsd_req *req, const char *outcome)
 }
 
 static int
-open_store(struct client *c, struct kmsd_env *env)
+open_store(struct kmsd_client *c, struct kmsd_env *env)
 {
 	char *path;
 	int rc;
@@ -245,7 +234,7 @@ open_store(struct client *c, struct kmsd_env *env)
 
 /* Handle one request line; returns the reply (never NULL unless out of memory). */
 static json_t *
-handle_line(struct client *c, struct cred_reader *cr, const char *line, size_t len)
+handle_line(struct kmsd_client *c, struct cred_reader *cr, const char *line, size_t len)
 {
 	json_error_t jerr;
 	json_t *root, *reply = NULL, *jcmd, *args;
@@ -330,7 +319,7 @@ out:
 static void *
 client_main(void *arg)
 {
-	struct client *c = arg;
+	struct kmsd_client *c = arg;
 	struct cred_reader cr = { .c = c, .last_uid = c->peer.uid, .last_gid = c->peer.gid, .last_pid = c->peer.pid };
 	struct kms_lines lb;
 	struct kmsd_env *env = kmsd_env_get();
@@ -397,10 +386,10 @@ client_main(void *arg)
 static void
 reap_locked(void)
 {
-	struct client **pp = &S.clients;
+	struct kmsd_client **pp = &S.clients;
 
 	while (*pp) {
-		struct client *c = *pp;
+		struct kmsd_client *c = *pp;
 
 		if (c->done) {
 			*pp = c->next;
@@ -428,7 +417,7 @@ listener_main(void *arg)
 	(void)arg;
 	for (;;) {
 		struct pollfd pfd[2] = { { S.listen_fd, POLLIN, 0 }, { S.wake[0], POLLIN, 0 } };
-		struct client *c;
+		struct kmsd_client *c;
 		struct kmsd_env *env;
 		socklen_t sl = sizeof(struct ucred);
 		int fd, max;
@@ -513,7 +502,7 @@ kmsd_server_stop(int timeout_sec)
 	unlink(S.path);
 	pthread_mutex_lock(&S.lock);
 	S.stopping = 1;
-	for (struct client *c = S.clients; c; c = c->next)
+	for (struct kmsd_client *c = S.clients; c; c = c->next)
 		if (!c->done && c->fd >= 0)
 			shutdown(c->fd, SHUT_RD);       /* read returns 0 after the current command */
 	clock_gettime(CLOCK_REALTIME, &deadline);

@@ -167,7 +167,7 @@ struct kms_config {
 	} milter;
 	struct {
 		long long on_pass, on_fail, on_revoked, on_expired, on_untrusted;
-		long long on_mismatch, on_encrypted, on_none, on_error;  /* enum kms_action */
+		long long on_mismatch, on_partial, on_encrypted, on_none, on_error;  /* enum kms_action */
 		char *subject_tag;
 		char *notice;                     /* template, see kmsd.conf(5) */
 	} policy;

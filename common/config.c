@@ -196,6 +196,8 @@ static const struct cfg_key schema[] = {
 	{ "policy", "on_expired", T_ENUM, "accept", 0, 0, NULL, actions, OFF(policy.on_expired), "action for an expired signer" },
 	{ "policy", "on_untrusted", T_ENUM, "accept", 0, 0, NULL, actions, OFF(policy.on_untrusted), "action for an unknown CA" },
 	{ "policy", "on_mismatch", T_ENUM, "accept", 0, 0, NULL, actions, OFF(policy.on_mismatch), "action when From is not the signer" },
+	{ "policy", "on_partial", T_ENUM, "warn", 0, 0, NULL, actions, OFF(policy.on_partial),
+	  "action when a good signature does not cover the whole message" },
 	{ "policy", "on_encrypted", T_ENUM, "accept", 0, 0, NULL, actions, OFF(policy.on_encrypted), "action for encrypted mail" },
 	{ "policy", "on_none", T_ENUM, "accept", 0, 0, NULL, actions, OFF(policy.on_none), "action for unsigned mail" },
 	{ "policy", "on_error", T_ENUM, "tempfail", 0, 0, NULL, actions, OFF(policy.on_error), "action on internal errors" },

@@ -17,6 +17,7 @@ static const struct {
 	[POL_V_UNTRUSTED] = { "untrusted", "neutral" },
 	[POL_V_EXPIRED] = { "expired", "neutral" },
 	[POL_V_MISMATCH] = { "mismatch", "policy" },
+	[POL_V_PARTIAL] = { "partial", "policy" },
 	[POL_V_PASS] = { "pass", "pass" },
 	[POL_V_ENCRYPTED] = { "encrypted", "none" },
 	[POL_V_NONE] = { "none", "none" },
@@ -44,14 +45,34 @@ pol_verdict_ar_result(enum pol_verdict v)
 	return (unsigned)v < POL_V_COUNT ? verdicts[v].ar : "temperror";
 }
 
+/* Severity rank of each verdict: lower is more severe. */
+static const int rank[POL_V_COUNT] = {
+	[POL_V_REVOKED] = 0,
+	[POL_V_FAIL] = 1,
+	[POL_V_UNTRUSTED] = 2,
+	[POL_V_EXPIRED] = 3,
+	[POL_V_MISMATCH] = 4,
+	[POL_V_PARTIAL] = 5,
+	[POL_V_PASS] = 6,
+	[POL_V_ENCRYPTED] = 7,
+	[POL_V_NONE] = 8,
+	[POL_V_ERROR] = 9,
+};
+
 enum pol_verdict
 pol_verdict_worst(enum pol_verdict a, enum pol_verdict b)
 {
 	/*
-	 * Only signature verdicts (fail .. pass) rank against each other; a
+	 * Revoked first: a broken signature beside a revoked one must never
+	 * hide the revocation (the warning is additive).  Only signature
+	 * verdicts (revoked .. pass) rank against each other in practice; a
 	 * message with any signature outranks "encrypted", "none" and "error".
 	 */
-	return a < b ? a : b;
+	if ((unsigned)a >= POL_V_COUNT)
+		return b;
+	if ((unsigned)b >= POL_V_COUNT)
+		return a;
+	return rank[a] <= rank[b] ? a : b;
 }
 
 int
@@ -64,6 +85,7 @@ pol_decide(const struct kms_config *cfg, enum pol_verdict v)
 	case POL_V_EXPIRED: return (int)cfg->policy.on_expired;
 	case POL_V_UNTRUSTED: return (int)cfg->policy.on_untrusted;
 	case POL_V_MISMATCH: return (int)cfg->policy.on_mismatch;
+	case POL_V_PARTIAL: return (int)cfg->policy.on_partial;
 	case POL_V_ENCRYPTED: return (int)cfg->policy.on_encrypted;
 	case POL_V_NONE: return (int)cfg->policy.on_none;
 	default: return (int)cfg->policy.on_error;

@@ -19,13 +19,18 @@
 
 /* ================================================================ verdicts */
 
-/* In order of severity: when several apply, the lowest value wins. */
+/*
+ * The verdicts.  Their order of severity is pol_verdict_worst's, not the
+ * order of the values: a revoked signer outranks everything, so that no
+ * other signature, broken or good, can hide it (DESIGN section 10).
+ */
 enum pol_verdict {
 	POL_V_FAIL = 0,
 	POL_V_REVOKED,
 	POL_V_UNTRUSTED,
 	POL_V_EXPIRED,
 	POL_V_MISMATCH,
+	POL_V_PARTIAL,                  /* good signature that does not cover the whole message */
 	POL_V_PASS,
 	POL_V_ENCRYPTED,
 	POL_V_NONE,
@@ -35,7 +40,10 @@ enum pol_verdict {
 
 const char *pol_verdict_name(enum pol_verdict v);        /* "pass", "revoked", ... */
 int pol_verdict_from_name(const char *name);             /* or -1 */
-/* The more severe of a and b (fail > revoked > untrusted > expired > mismatch > pass). */
+/*
+ * The more severe of a and b: revoked > fail > untrusted > expired >
+ * mismatch > partial > pass > encrypted > none > error.
+ */
 enum pol_verdict pol_verdict_worst(enum pol_verdict a, enum pol_verdict b);
 /* The configured enum kms_action for a verdict. */
 int pol_decide(const struct kms_config *cfg, enum pol_verdict v);

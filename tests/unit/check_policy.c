@@ -15,14 +15,18 @@
 
 START_TEST(test_worst_verdict_follows_severity_order)
 {
-	/* fail > revoked > untrusted > expired > mismatch > pass */
-	static const enum pol_verdict order[] = { POL_V_FAIL, POL_V_REVOKED, POL_V_UNTRUSTED,
-		POL_V_EXPIRED, POL_V_MISMATCH, POL_V_PASS };
+	/* revoked > fail > untrusted > expired > mismatch > partial > pass: a broken signature never hides a revoked one */
+	static const enum pol_verdict order[] = { POL_V_REVOKED, POL_V_FAIL, POL_V_UNTRUSTED,
+		POL_V_EXPIRED, POL_V_MISMATCH, POL_V_PARTIAL, POL_V_PASS };
+	const size_t n = sizeof(order) / sizeof(order[0]);
 
-	for (size_t i = 0; i < 6; i++)
-		for (size_t j = 0; j < 6; j++)
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < n; j++)
 			ck_assert_int_eq(pol_verdict_worst(order[i], order[j]), order[i < j ? i : j]);
+	ck_assert_int_eq(pol_verdict_worst(POL_V_FAIL, POL_V_REVOKED), POL_V_REVOKED);
 	ck_assert_str_eq(pol_verdict_name(POL_V_REVOKED), "revoked");
+	ck_assert_str_eq(pol_verdict_name(POL_V_PARTIAL), "partial");
+	ck_assert_str_eq(pol_verdict_ar_result(POL_V_PARTIAL), "policy");
 	ck_assert_int_eq(pol_verdict_from_name("mismatch"), POL_V_MISMATCH);
 	ck_assert_int_eq(pol_verdict_from_name("bogus"), -1);
 	ck_assert_str_eq(pol_verdict_ar_result(POL_V_PASS), "pass");
@@ -41,14 +45,16 @@ START_TEST(test_decide_uses_configured_action_per_verdict)
 	ck_assert_int_eq(pol_decide(cfg, POL_V_PASS), KMS_ACT_ACCEPT);
 	ck_assert_int_eq(pol_decide(cfg, POL_V_FAIL), KMS_ACT_ACCEPT);
 	ck_assert_int_eq(pol_decide(cfg, POL_V_ERROR), KMS_ACT_TEMPFAIL);
+	ck_assert_int_eq(pol_decide(cfg, POL_V_PARTIAL), KMS_ACT_WARN);
 	kms_config_unref(cfg);
 	p = tu_write(dir, "k.conf", "[policy]\non_revoked = reject\non_fail = quarantine\non_error = accept\n"
-	    "on_untrusted = tempfail\n");
+	    "on_untrusted = tempfail\non_partial = reject\n");
 	ck_assert_int_eq(kms_config_load(p, &cfg), 0);
 	ck_assert_int_eq(pol_decide(cfg, POL_V_REVOKED), KMS_ACT_REJECT);
 	ck_assert_int_eq(pol_decide(cfg, POL_V_FAIL), KMS_ACT_QUARANTINE);
 	ck_assert_int_eq(pol_decide(cfg, POL_V_UNTRUSTED), KMS_ACT_TEMPFAIL);
 	ck_assert_int_eq(pol_decide(cfg, POL_V_ERROR), KMS_ACT_ACCEPT);
+	ck_assert_int_eq(pol_decide(cfg, POL_V_PARTIAL), KMS_ACT_REJECT);
 	kms_config_unref(cfg);
 	free(p);
 	tu_rmtree(dir);

@@ -185,7 +185,8 @@ int mlt_rewrite_apply(const unsigned char *msg, size_t len, const struct mlt_rew
 /*
  * Does the Authentication-Results value v (as written, may be folded)
  * carry authserv_id (token after any comments, case-insensitive, quoted
- * or not)?  1 or 0.
+ * or not)?  1 or 0.  A value whose leading comments nest deeper than 64
+ * is 1: it hides its authserv-id, and is removed like a forged one.
  */
 int mlt_ar_is_ours(const char *v, size_t vlen, const char *authserv_id);
 

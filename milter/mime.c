@@ -5,7 +5,9 @@
  * Entry points: mlt_hdr_begin/mlt_hdr_next (header fields with their exact
  * byte ranges), mlt_entity_read (the Content-* fields of one entity, parsed
  * with GMime), mlt_multipart_split (body parts between delimiter lines),
- * mlt_decode_cte, mlt_from_addresses, mlt_canon_crlf.
+ * mlt_decode_cte, mlt_from_addresses, mlt_addr_list_parse,
+ * mlt_from_display_check (display names that show another address),
+ * mlt_canon_crlf.
  *
  * Nothing here allocates more than the input it is given (plus one small
  * array per multipart, bounded by the caller's part limit), and nothing
@@ -21,6 +23,7 @@
 
 #include "milter/mime.h"
 #include "milter/milter.h"
+#include "milter/smime_int.h"
 
 /* Longest header value handed to GMime's parsers; longer ones are cut. */
 #define MAX_PARSE_VALUE (16 * 1024)
@@ -411,6 +414,73 @@ mlt_decode_cte(const char *cte, const unsigned char *in, size_t n, unsigned char
 	return 0;
 }
 
+/*
+ * Append the mailbox addresses of one address-list value to *v (*n of
+ * them, NULL-terminated, at most 64).  0 or KMS_ERR_NOMEM.
+ */
+static int
+addr_list_add(const char *value, char ***v, size_t *n)
+{
+	InternetAddressList *list = internet_address_list_parse(NULL, value);
+	GPtrArray *stack;
+	int rc = 0;
+
+	if (list == NULL)
+		return 0;
+	/* Flatten groups without recursion. */
+	stack = g_ptr_array_new();
+	g_ptr_array_add(stack, list);
+	while (stack->len > 0 && rc == 0) {
+		InternetAddressList *l = g_ptr_array_remove_index(stack, stack->len - 1);
+		int cnt = internet_address_list_length(l);
+
+		for (int i = 0; i < cnt && rc == 0; i++) {
+			InternetAddress *a = internet_address_list_get_address(l, i);
+
+			if (INTERNET_ADDRESS_IS_GROUP(a)) {
+				InternetAddressList *m = internet_address_group_get_members((InternetAddressGroup *)a);
+
+				if (m != NULL && stack->len < 64)
+					g_ptr_array_add(stack, m);
+			} else if (INTERNET_ADDRESS_IS_MAILBOX(a)) {
+				const char *addr = internet_address_mailbox_get_addr((InternetAddressMailbox *)a);
+				char **nv;
+
+				if (addr == NULL || *addr == '\0' || *n >= 64)
+					continue;
+				if ((nv = realloc(*v, (*n + 2) * sizeof(**v))) == NULL) {
+					rc = KMS_ERR_NOMEM;
+					break;
+				}
+				*v = nv;
+				if ((nv[*n] = strdup(addr)) == NULL) {
+					rc = KMS_ERR_NOMEM;
+					break;
+				}
+				nv[++*n] = NULL;
+			}
+		}
+	}
+	g_ptr_array_free(stack, TRUE);
+	g_object_unref(list);
+	return rc;
+}
+
+int
+mlt_addr_list_parse(const char *value, char ***addrs)
+{
+	char **v = NULL;
+	size_t n = 0;
+
+	*addrs = NULL;
+	if (addr_list_add(value, &v, &n) != 0 || (v == NULL && (v = calloc(1, sizeof(*v))) == NULL)) {
+		kms_strv_free(v);
+		return kms_fail(KMS_ERR_NOMEM, "out of memory reading an address list");
+	}
+	*addrs = v;
+	return 0;
+}
+
 int
 mlt_from_addresses(const unsigned char *buf, size_t len, long max_fields, char ***addrs, size_t *nfields)
 {
@@ -425,9 +495,6 @@ mlt_from_addresses(const unsigned char *buf, size_t len, long max_fields, char *
 	*nfields = 0;
 	mlt_hdr_begin(&it, buf, 0, len);
 	while (mlt_hdr_next(&it, &f, NULL)) {
-		InternetAddressList *list;
-		GPtrArray *stack;
-
 		if (++seen > max_fields)
 			break;
 		if (!mlt_field_is(buf, &f, "From"))
@@ -435,50 +502,11 @@ mlt_from_addresses(const unsigned char *buf, size_t len, long max_fields, char *
 		nf++;
 		if ((s = mlt_field_value(buf, &f, MAX_PARSE_VALUE)) == NULL)
 			goto nomem;
-		list = internet_address_list_parse(NULL, s);
+		rc = addr_list_add(s, &v, &n);
 		free(s);
 		s = NULL;
-		if (list == NULL)
-			continue;
-		/* Flatten groups without recursion. */
-		stack = g_ptr_array_new();
-		g_ptr_array_add(stack, list);
-		while (stack->len > 0) {
-			InternetAddressList *l = g_ptr_array_remove_index(stack, stack->len - 1);
-			int cnt = internet_address_list_length(l);
-
-			for (int i = 0; i < cnt; i++) {
-				InternetAddress *a = internet_address_list_get_address(l, i);
-
-				if (INTERNET_ADDRESS_IS_GROUP(a)) {
-					InternetAddressList *m = internet_address_group_get_members((InternetAddressGroup *)a);
-
-					if (m != NULL && stack->len < 64)
-						g_ptr_array_add(stack, m);
-				} else if (INTERNET_ADDRESS_IS_MAILBOX(a)) {
-					const char *addr = internet_address_mailbox_get_addr((InternetAddressMailbox *)a);
-					char **nv;
-
-					if (addr == NULL || *addr == '\0' || n >= 64)
-						continue;
-					if ((nv = realloc(v, (n + 2) * sizeof(*v))) == NULL) {
-						g_ptr_array_free(stack, TRUE);
-						g_object_unref(list);
-						goto nomem;
-					}
-					v = nv;
-					if ((v[n] = strdup(addr)) == NULL) {
-						v[n] = NULL;
-						g_ptr_array_free(stack, TRUE);
-						g_object_unref(list);
-						goto nomem;
-					}
-					v[++n] = NULL;
-				}
-			}
-		}
-		g_ptr_array_free(stack, TRUE);
-		g_object_unref(list);
+		if (rc != 0)
+			goto nomem;
 	}
 	if (v == NULL && (v = calloc(1, sizeof(*v))) == NULL)
 		goto nomem;
@@ -489,6 +517,134 @@ nomem:
 	rc = kms_fail(KMS_ERR_NOMEM, "out of memory reading From");
 	free(s);
 	kms_strv_free(v);
+	return rc;
+}
+
+/* ------------------------------------------------ display-name spoofing */
+
+static int
+is_local_char(unsigned char c)
+{
+	return isalnum(c) || strchr("!#$%&'*+-/=?^_`{|}~.", c) != NULL;
+}
+
+static int
+is_domain_char(unsigned char c)
+{
+	return isalnum(c) || c == '-' || c == '.';
+}
+
+/*
+ * Length of an "at" sign at p (bounded by end): '@', or in UTF-8 the
+ * fullwidth U+FF20 and small U+FE6B forms a display name can show; 0 if none.
+ */
+static size_t
+at_sign(const unsigned char *p, const unsigned char *end)
+{
+	if (*p == '@')
+		return 1;
+	if (end - p >= 3 && p[0] == 0xef && ((p[1] == 0xbc && p[2] == 0xa0) || (p[1] == 0xb9 && p[2] == 0xab)))
+		return 3;
+	return 0;
+}
+
+/*
+ * The first thing in text (decoded From value) that reads as an address
+ * and is none of addrs: malloc'd "local@domain", or NULL (none, or out of
+ * memory: *nomem says which).
+ */
+static char *
+foreign_address(const char *text, char *const *addrs, int *nomem)
+{
+	const unsigned char *t = (const unsigned char *)text, *end = t + strlen(text);
+
+	*nomem = 0;
+	for (const unsigned char *p = t; p < end; p++) {
+		size_t at = at_sign(p, end);
+		const unsigned char *l = p, *r = p + at;
+		char *cand;
+		size_t ll, rl, k;
+
+		if (at == 0)
+			continue;
+		while (l > t && is_local_char(l[-1]))
+			l--;
+		while (r < end && is_domain_char(*r))
+			r++;
+		while (l < p && *l == '.')
+			l++;
+		while (r > p + at && r[-1] == '.')
+			r--;
+		ll = (size_t)(p - l);
+		rl = (size_t)(r - (p + at));
+		if (ll == 0 || rl == 0 || ll > 256 || rl > 256)
+			continue;
+		if ((cand = malloc(ll + rl + 2)) == NULL) {
+			*nomem = 1;
+			return NULL;
+		}
+		memcpy(cand, l, ll);
+		cand[ll] = '@';
+		memcpy(cand + ll + 1, p + at, rl);
+		cand[ll + 1 + rl] = '\0';
+		for (k = 0; addrs[k] != NULL; k++)
+			if (strcasecmp(addrs[k], cand) == 0)
+				break;
+		if (addrs[k] == NULL)
+			return cand;
+		free(cand);
+		p += at - 1;
+	}
+	return NULL;
+}
+
+int
+mlt_from_display_check(const unsigned char *buf, size_t len, long max_fields, char *const *addrs, char **why)
+{
+	struct mlt_hdr_iter it;
+	struct mlt_field f;
+	long seen = 0;
+	int rc = 0;
+
+	*why = NULL;
+	if (addrs == NULL || addrs[0] == NULL)
+		return 0;
+	mlt_hdr_begin(&it, buf, 0, len);
+	while (*why == NULL && rc == 0 && mlt_hdr_next(&it, &f, NULL)) {
+		char *s, *dec, *other;
+		int nomem;
+
+		if (++seen > max_fields)
+			break;
+		if (!mlt_field_is(buf, &f, "From"))
+			continue;
+		if ((s = mlt_field_value(buf, &f, MAX_PARSE_VALUE)) == NULL)
+			return kms_fail(KMS_ERR_NOMEM, "out of memory reading From");
+		/*
+		 * Encoded words decoded wherever they stand (quoted strings and
+		 * comments included), as mail clients show them; then every
+		 * address-like text in names, comments and all is compared.
+		 */
+		dec = g_mime_utils_header_decode_text(NULL, s);
+		other = foreign_address(dec ? dec : s, addrs, &nomem);
+		if (other != NULL) {
+			char *o = mlt_clean_text(other, strlen(other), 80), *a = mlt_clean_text(addrs[0], strlen(addrs[0]), 80);
+
+			if (o == NULL || a == NULL ||
+			    mlt_strcatf(why, "display name of From shows the address %s, not the From address %s", o, a) != 0) {
+				free(*why);
+				*why = NULL;
+				rc = kms_fail(KMS_ERR_NOMEM, "out of memory reading From");
+			}
+			free(o);
+			free(a);
+		} else if (nomem) {
+			rc = kms_fail(KMS_ERR_NOMEM, "out of memory reading From");
+		}
+		free(other);
+		g_free(dec);
+		free(s);
+	}
 	return rc;
 }
 

@@ -96,4 +96,16 @@ int mlt_decode_cte(const char *cte, const unsigned char *in, size_t n, unsigned 
  */
 int mlt_from_addresses(const unsigned char *buf, size_t len, long max_fields, char ***addrs, size_t *nfields);
 
+/* The mailbox addresses of one address-list value: *addrs NULL-terminated (kms_strv_free). */
+int mlt_addr_list_parse(const char *value, char ***addrs);
+
+/*
+ * Does a From field of the top-level header block show, anywhere in its
+ * text (display name quoted or not, RFC 2047 encoded word, comment; a
+ * fullwidth at sign counts), an address that is none of addrs (the From
+ * addresses)?  *why (malloc'd) says which, NULL if none.  0 or
+ * KMS_ERR_NOMEM.
+ */
+int mlt_from_display_check(const unsigned char *buf, size_t len, long max_fields, char *const *addrs, char **why);
+
 #endif /* MLT_MIME_H */

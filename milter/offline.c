@@ -14,8 +14,8 @@
  *
  *   FILE: smime=<result> (<verdict>: <detail>)
  *
- * followed by the header fields the milter would add, one per line, folds
- * shown as they would be written.
+ * followed by the header fields the milter would add or change (the new
+ * value), one per line, folds shown as they would be written.
  */
 #include "config.h"
 
@@ -181,7 +181,7 @@ check_file(struct offline *o, const char *path)
 		for (size_t i = 0; i < rw->nedits; i++) {
 			const struct mlt_hdr_edit *e = &rw->edits[i];
 
-			if (e->op == MLT_HDR_ADD && strncasecmp(e->name, "Content-", 8) != 0 &&
+			if (e->op != MLT_HDR_DELETE && strncasecmp(e->name, "Content-", 8) != 0 &&
 			    strcasecmp(e->name, "MIME-Version") != 0)
 				printf("%s: %s\n", e->name, e->value);
 		}

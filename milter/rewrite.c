@@ -12,8 +12,9 @@
  * Every verdict but none adds our Authentication-Results, at the top of the
  * header (smfi_insheader at index 0) next to the MTA's trace fields, where
  * readers and the other authentication milters expect it (RFC 8601
- * section 5).  WARN adds the
- * subject tag (once) and X-KMS-Warning; on a revoked signer it also wraps
+ * section 5).  WARN adds the subject tag (to every Subject field not
+ * already starting with it; not for partial, which is no revoked sender)
+ * and X-KMS-Warning; on a revoked signer it also wraps
  * the message: the top-level Content-* fields and the body, byte for byte,
  * become the second part of a multipart/mixed whose first part is the
  * notice, so that the original signature still verifies.
@@ -25,6 +26,7 @@
  */
 #include "config.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -37,6 +39,8 @@
 
 /* Header fields looked at (and edits made) at most, whatever max_headers says. */
 #define MAX_SCAN_FIELDS 100000
+/* Nested comments followed at most in an Authentication-Results value. */
+#define MAX_COMMENT_DEPTH 64
 
 void
 mlt_rewrite_free(struct mlt_rewrite *rw)
@@ -56,7 +60,10 @@ mlt_rewrite_free(struct mlt_rewrite *rw)
 
 /* ------------------------------------------------------------ small parts */
 
-/* Skip white space, folds and (nested) comments from p; returns the new position. */
+/*
+ * Skip white space, folds and (nested) comments from p; returns the new
+ * position, or SIZE_MAX when comments nest deeper than MAX_COMMENT_DEPTH.
+ */
 static size_t
 skip_cfws(const char *v, size_t n, size_t p)
 {
@@ -68,16 +75,15 @@ skip_cfws(const char *v, size_t n, size_t p)
 		if (depth > 0) {
 			if (c == '\\' && p + 1 < n)
 				p++;
-			else if (c == '(')
-				depth++;
+			else if (c == '(' && ++depth > MAX_COMMENT_DEPTH)
+				return SIZE_MAX;
 			else if (c == ')')
 				depth--;
 			p++;
 		} else if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
 			p++;
 		} else if (c == '(') {
-			if (++depth > 64)
-				return n;
+			depth = 1;
 			p++;
 		} else {
 			break;
@@ -92,7 +98,16 @@ mlt_ar_is_ours(const char *v, size_t n, const char *authserv_id)
 	size_t p = skip_cfws(v, n, 0), idlen = strlen(authserv_id), o = 0;
 	char tok[512];
 
-	if (p >= n || idlen == 0)
+	if (idlen == 0)
+		return 0;
+	/*
+	 * Comments nested deeper than any real header hide the authserv-id
+	 * from us but maybe not from a later reader: such a field is treated
+	 * as ours, so that it is removed.
+	 */
+	if (p == SIZE_MAX)
+		return 1;
+	if (p >= n)
 		return 0;
 	if (v[p] == '"') {
 		for (p++; p < n && v[p] != '"'; p++) {
@@ -351,13 +366,29 @@ is_ascii(const char *s)
 	return 1;
 }
 
+/* Does the field's value, as written, start with tag (exactly)? */
+static int
+starts_with_tag(const unsigned char *msg, const struct mlt_field *f, const char *tag)
+{
+	size_t p = f->value, e = f->vend, n = strlen(tag);
+
+	while (p < e && (msg[p] == ' ' || msg[p] == '\t'))
+		p++;
+	return e - p >= n && memcmp(msg + p, tag, n) == 0;
+}
+
+/*
+ * Prefix every Subject field with the tag: clients differ in which of two
+ * Subject fields they show, so each gets it.  A field that already starts
+ * with our exact tag keeps its one; a tag elsewhere in the value (or in
+ * another case) is the sender's text and proves nothing.
+ */
 static int
 tag_subject(struct mlt_rewrite *rw, const struct kms_config *cfg, const unsigned char *msg, const struct top *t)
 {
 	const char *tag = cfg->policy.subject_tag;
-	const struct top_field *sf = find_field(msg, t, "Subject");
-	char *etag = NULL, *old = NULL, *nv = NULL;
-	int rc = 0;
+	char *etag = NULL, *nv = NULL;
+	int rc = 0, found = 0;
 
 	if (tag == NULL || *tag == '\0')
 		return 0;
@@ -373,21 +404,18 @@ tag_subject(struct mlt_rewrite *rw, const struct kms_config *cfg, const unsigned
 	}
 	if (etag == NULL)
 		return kms_fail(KMS_ERR_NOMEM, "out of memory");
-	if (sf == NULL) {
-		rc = add_edit(rw, MLT_HDR_ADD, "Subject", 0, etag);
-		goto out;
-	}
-	if ((old = mlt_field_value(msg, &sf->f, 64 * 1024)) == NULL) {
-		rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	/* Not twice: a subject that already carries the tag keeps its one. */
-	if (strcasestr(old, tag) != NULL || strcasestr(old, etag) != NULL)
-		goto out;
-	/* Keep the value as written (folds included), minus leading white space. */
-	{
-		size_t p = sf->f.value, e = sf->f.vend;
+	for (size_t k = 0; k < t->n && rc == 0; k++) {
+		const struct top_field *sf = &t->v[k];
+		size_t p, e;
 
+		if (!mlt_field_is(msg, &sf->f, "Subject"))
+			continue;
+		found = 1;
+		if (starts_with_tag(msg, &sf->f, etag))
+			continue;
+		/* Keep the value as written (folds included), minus leading white space. */
+		p = sf->f.value;
+		e = sf->f.vend;
 		while (p < e && (msg[p] == ' ' || msg[p] == '\t'))
 			p++;
 		rc = mlt_strcatf(&nv, "%s ", etag);
@@ -396,13 +424,14 @@ tag_subject(struct mlt_rewrite *rw, const struct kms_config *cfg, const unsigned
 				continue;
 			rc = mlt_strcatf(&nv, "%c", msg[i] ? msg[i] : ' ');
 		}
+		if (rc == 0)
+			rc = add_edit(rw, MLT_HDR_CHANGE, "Subject", sf->index, nv);
+		free(nv);
+		nv = NULL;
 	}
-	if (rc == 0)
-		rc = add_edit(rw, MLT_HDR_CHANGE, "Subject", sf->index, nv);
-out:
+	if (rc == 0 && !found)
+		rc = add_edit(rw, MLT_HDR_ADD, "Subject", 0, etag);
 	free(etag);
-	free(old);
-	free(nv);
 	return rc;
 }
 
@@ -714,7 +743,8 @@ mlt_rewrite_plan(const struct kms_config *cfg, const char *authserv_id, const st
 	if ((rc = delete_fields(rw, msg, &t, "X-KMS-Warning", NULL)) != 0)
 		goto out;
 	if (rw->action == KMS_ACT_WARN) {
-		if ((rc = tag_subject(rw, cfg, msg, &t)) != 0)
+		/* The tag says "revoked sender": a partial signature gets the warning field only. */
+		if (rw->verdict != POL_V_PARTIAL && (rc = tag_subject(rw, cfg, msg, &t)) != 0)
 			goto out;
 		if ((rc = warning_text(res, &warn)) != 0 || (rc = add_edit(rw, MLT_HDR_ADD, "X-KMS-Warning", 0, warn)) != 0)
 			goto out;

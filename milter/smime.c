@@ -12,12 +12,23 @@
  *     protocol and such a second part): the first body part, headers and
  *     all, exactly as sent, is the signed content; the second is the
  *     signature.  The walk goes on into the first part.
- *   application/(x-)pkcs7-mime with smime-type signed-data, or with no
- *     smime-type, or any part named *.p7m: a CMS blob, signed (verified,
- *     and its content walked) or enveloped (counted as encrypted).
+ *   application/(x-)pkcs7-mime whatever its smime-type says, and any part
+ *     named *.p7m: a CMS blob, classified by its own content type, never
+ *     by the label: signed-data is verified (and its content walked),
+ *     enveloped and authEnveloped data count as encrypted, anything else
+ *     is named in the detail.
  *   other multiparts: each part is walked.
  * message/rfc822 parts are not walked: a forwarded message is another
  * message, with its own From, and its signature says nothing about ours.
+ *
+ * Every signer gets its own result.  The message verdict is the most
+ * severe of them, a revoked signer first (pol_verdict_worst): no other
+ * signature can hide a revocation.  What was signed is said too: a good
+ * signature whose signed entity does not cover the whole message (an
+ * unsigned part beside it, a third part in a multipart/signed), or whose
+ * protected header fields (RFC 9788, or the message/rfc822 wrapper of RFC
+ * 8551) differ from the outer From or Subject, is "partial", and the
+ * detail names what is not covered.
  *
  * Every CMS blob is parsed from its decoded bytes; signatures and content
  * digests are checked per signer (CMS_SignerInfo_verify and
@@ -40,6 +51,11 @@
 #include "milter/smime_int.h"
 
 #define PATH_MAX_LEN 2048
+/* Signers of one signed-data looked at, at most (more: verdict error). */
+#define MAX_SIGNERS 64
+
+/* Uncovered parts named in a detail at most (then "..."). */
+#define MAX_UNCOVERED_NAMED 4
 
 struct walk {
 	const struct mlt_check_ctx *ctx;
@@ -51,6 +67,11 @@ struct walk {
 	int nencrypted;
 	char **from;
 	size_t nfrom_fields;
+	char *from_note;                /* From shows another address in its display name */
+	char **subjects;                /* outer Subject values, decoded and normalised */
+	int inside;                     /* > 0 while walking inside signed content */
+	char *uncovered;                /* parts outside every signed entity, for the detail */
+	int nuncovered;
 	char path[PATH_MAX_LEN];
 };
 
@@ -147,20 +168,78 @@ sig_broken(struct walk *w, enum mlt_sig_kind kind, const char *why)
 	return 0;
 }
 
-static int walk_entity(struct walk *w, const unsigned char *buf, size_t start, size_t end, long depth);
+static int walk_entity(struct walk *w, const unsigned char *buf, size_t start, size_t end, long depth,
+    int *covered);
+static int sigs_note(struct walk *w, size_t first, const char *text);
 
-/* Walk a child: extend the path with ".n" (or "n" at the top). */
+/*
+ * Walk a child: extend the path with ".n" (or "n" at the top).  covered
+ * (may be NULL) says whether a signature covers the whole child.
+ */
 static int
-walk_child(struct walk *w, const unsigned char *buf, const struct mlt_span *sp, size_t n, long depth)
+walk_child(struct walk *w, const unsigned char *buf, const struct mlt_span *sp, size_t n, long depth, int *covered)
 {
 	size_t plen = strlen(w->path);
-	int rc;
+	int rc, cov = 0;
 
 	if (plen + 16 < sizeof(w->path))
 		snprintf(w->path + plen, sizeof(w->path) - plen, "%s%zu", plen ? "." : "", n);
-	rc = walk_entity(w, buf, sp->start, sp->end, depth);
+	rc = walk_entity(w, buf, sp->start, sp->end, depth, &cov);
 	w->path[plen] = '\0';
+	if (covered != NULL)
+		*covered = cov;
 	return rc;
+}
+
+/* Walk signed content: nothing under it is "uncovered". */
+static int
+walk_signed_content(struct walk *w, const unsigned char *buf, const struct mlt_span *sp, long depth)
+{
+	int rc;
+
+	w->inside++;
+	rc = walk_child(w, buf, sp, 1, depth, NULL);
+	w->inside--;
+	return rc;
+}
+
+/*
+ * Note that the entity at the current path (extended by ".n" when n > 0)
+ * is outside every signed entity: what, e.g. "text/html".
+ */
+static int
+note_uncovered(struct walk *w, size_t n, const char *what)
+{
+	char *t = NULL, *c;
+	int rc;
+
+	if (w->inside > 0)
+		return 0;
+	if (++w->nuncovered > MAX_UNCOVERED_NAMED)
+		return w->nuncovered == MAX_UNCOVERED_NAMED + 1 ? mlt_strcatf(&w->uncovered, ", ...") : 0;
+	if (n > 0)
+		rc = mlt_strcatf(&t, "part %s%s%zu (%s)", w->path, w->path[0] ? "." : "", n, what);
+	else if (w->path[0])
+		rc = mlt_strcatf(&t, "part %s (%s)", w->path, what);
+	else
+		rc = mlt_strcatf(&t, "the message body (%s)", what);
+	if (rc != 0)
+		return rc;
+	c = mlt_clean_text(t, strlen(t), MLT_MAX_TEXT);
+	free(t);
+	rc = c ? mlt_strcatf(&w->uncovered, "%s%s", w->uncovered ? ", " : "", c) : kms_fail(KMS_ERR_NOMEM, "out of memory");
+	free(c);
+	return rc;
+}
+
+/* The entity's type as "type/subtype" for a detail (text/plain without Content-Type). */
+static void
+entity_type(const struct mlt_entity *e, char *buf, size_t len)
+{
+	const char *t = e->ct ? g_mime_content_type_get_media_type(e->ct) : "text";
+	const char *st = e->ct ? g_mime_content_type_get_media_subtype(e->ct) : "plain";
+
+	snprintf(buf, len, "%.40s/%.60s", t ? t : "?", st ? st : "?");
 }
 
 /* Read the whole chain of cmsbio (the digest BIOs fill as the content passes). */
@@ -244,8 +323,14 @@ verify_signed(struct walk *w, CMS_ContentInfo *cms, const unsigned char *content
 		ERR_clear_error();
 		return sig_broken(w, kind, "signature has no signer");
 	}
-	if (n > 64)
-		n = 64;         /* a bound on work; more signers than this are not looked at */
+	if (n > MAX_SIGNERS) {
+		/* A bound on work; never a silent one, or a revoked signer could hide past it. */
+		char t[96];
+
+		ERR_clear_error();
+		snprintf(t, sizeof(t), "more than %d signers in one signature", MAX_SIGNERS);
+		return hit_bound(w, t);
+	}
 	if (content == NULL && CMS_is_detached(cms)) {
 		ERR_clear_error();
 		return sig_broken(w, kind, "signed-data without content");
@@ -309,7 +394,7 @@ verify_signed(struct walk *w, CMS_ContentInfo *cms, const unsigned char *content
 		}
 		s->signing_time = mlt_signing_time(si);
 		if ((rc = mlt_sig_judge(w->ctx, w->now, signers[i], certs, bad == NULL, bad, w->from,
-		    w->nfrom_fields, s)) != 0)
+		    w->nfrom_fields, w->from_note, s)) != 0)
 			goto out;
 	}
 out:
@@ -357,26 +442,151 @@ cms_is_encrypted(CMS_ContentInfo *cms)
 	    nid == NID_pkcs7_encrypted;
 }
 
+/* Longest Subject compared, decoded. */
+#define MAX_SUBJECT 4096
+
+/*
+ * A Subject value as a reader sees it: encoded words decoded, white space
+ * runs made one space, none at the ends.  malloc'd, NULL when out of memory.
+ */
+static char *
+subject_norm(const char *v)
+{
+	char *dec = g_mime_utils_header_decode_text(NULL, v), *o;
+	const char *p = dec ? dec : v;
+	size_t n = 0;
+
+	if ((o = malloc(strlen(p) + 1)) == NULL) {
+		g_free(dec);
+		return NULL;
+	}
+	for (; *p; p++) {
+		if (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') {
+			if (n > 0 && o[n - 1] != ' ')
+				o[n++] = ' ';
+		} else {
+			o[n++] = *p;
+		}
+	}
+	while (n > 0 && o[n - 1] == ' ')
+		n--;
+	o[n] = '\0';
+	g_free(dec);
+	return o;
+}
+
+/* Are the address lists a and b the same set (case-insensitive)? */
+static int
+same_addresses(char *const *a, char *const *b)
+{
+	for (int pass = 0; pass < 2; pass++) {
+		char *const *x = pass ? b : a, *const *y = pass ? a : b;
+
+		for (size_t i = 0; x[i] != NULL; i++) {
+			size_t j;
+
+			for (j = 0; y[j] != NULL; j++)
+				if (strcasecmp(x[i], y[j]) == 0)
+					break;
+			if (y[j] == NULL)
+				return 0;
+		}
+	}
+	return 1;
+}
+
+/*
+ * Header protection: the signed content [start, end) may carry header
+ * fields of its own (RFC 9788 protected headers in the signed part's
+ * header block, or the whole message in a message/rfc822 wrapper, RFC
+ * 8551 section 3.1).  When its From or Subject differs from the outer one
+ * a reader sees, the signatures from first on do not vouch for what is
+ * shown: a good one becomes partial, and each detail says why.
+ */
+static int
+check_protected(struct walk *w, const unsigned char *buf, size_t start, size_t end, size_t first)
+{
+	struct mlt_entity e;
+	struct mlt_hdr_iter it;
+	struct mlt_field f;
+	size_t hstart = start;
+	long seen = 0;
+	const char *why = NULL;
+	int rc;
+
+	if (first >= w->nsigs)
+		return 0;
+	if ((rc = mlt_entity_read(buf, start, end, w->ctx->limits.max_headers, &e)) != 0)
+		return rc == KMS_ERR_TOOBIG ? 0 : rc;   /* the walk reports the bound */
+	if (mlt_entity_is(&e, "message", "rfc822"))
+		hstart = e.body;
+	mlt_entity_clear(&e);
+	mlt_hdr_begin(&it, buf, hstart, end);
+	while (why == NULL && mlt_hdr_next(&it, &f, NULL)) {
+		char *v;
+
+		if (++seen > w->ctx->limits.max_headers)
+			break;
+		if (mlt_field_is(buf, &f, "Subject")) {
+			char *inner;
+
+			if ((v = mlt_field_value(buf, &f, MAX_SUBJECT)) == NULL)
+				return kms_fail(KMS_ERR_NOMEM, "out of memory");
+			inner = subject_norm(v);
+			free(v);
+			if (inner == NULL)
+				return kms_fail(KMS_ERR_NOMEM, "out of memory");
+			for (size_t i = 0; w->subjects != NULL && w->subjects[i] != NULL; i++)
+				if (strcmp(w->subjects[i], inner) != 0)
+					why = "; the outer Subject is not the signed one (header protection)";
+			free(inner);
+		} else if (mlt_field_is(buf, &f, "From")) {
+			char **inner = NULL;
+
+			if ((v = mlt_field_value(buf, &f, 16 * 1024)) == NULL)
+				return kms_fail(KMS_ERR_NOMEM, "out of memory");
+			rc = mlt_addr_list_parse(v, &inner);
+			free(v);
+			if (rc != 0)
+				return rc;
+			if (w->nfrom_fields != 1 || !same_addresses(inner, w->from))
+				why = "; the outer From is not the signed one (header protection)";
+			kms_strv_free(inner);
+		}
+	}
+	if (why == NULL)
+		return 0;
+	for (size_t i = first; i < w->nsigs; i++)
+		if (w->sigs[i].verdict == POL_V_PASS)
+			w->sigs[i].verdict = POL_V_PARTIAL;
+	return sigs_note(w, first, why);
+}
+
 /*
  * The multipart/signed at e: verify, then walk its first part.  Without a
  * protocol parameter (proto_given 0) a second part that is no S/MIME
  * signature means the entity is not ours: 1 is returned and nothing done.
  */
 static int
-do_detached(struct walk *w, const unsigned char *buf, const struct mlt_entity *e, long depth, int proto_given)
+do_detached(struct walk *w, const unsigned char *buf, const struct mlt_entity *e, long depth, int proto_given,
+    int *covered)
 {
 	struct mlt_span *parts = NULL;
 	struct mlt_entity se;
 	unsigned char *der = NULL;
-	size_t nparts = 0, derlen = 0;
+	size_t nparts = 0, derlen = 0, first = w->nsigs;
 	CMS_ContentInfo *cms = NULL;
 	int closed, rc;
 
 	memset(&se, 0, sizeof(se));
+	*covered = 1;   /* whenever a result is recorded for this entity, it speaks for it */
 	rc = mlt_multipart_split(buf, e->body, e->end, mlt_entity_param(e, "boundary"),
 	    w->ctx->limits.max_parts - w->parts, &parts, &nparts, &closed);
 	if (rc == KMS_ERR_TOOBIG) {
-		rc = hit_bound(w, kms_last_error());
+		char t[96];
+
+		snprintf(t, sizeof(t), "more than %ld MIME parts ([milter] max_parts)", w->ctx->limits.max_parts);
+		rc = hit_bound(w, t);
 		goto out;
 	}
 	if (rc != 0 || nparts < 2) {
@@ -415,7 +625,15 @@ do_detached(struct walk *w, const unsigned char *buf, const struct mlt_entity *e
 	if ((rc = verify_signed(w, cms, buf + parts[0].start, parts[0].end - parts[0].start,
 	    MLT_SIG_DETACHED)) != 0)
 		goto out;
-	rc = walk_child(w, buf, &parts[0], 1, depth + 1);
+	if ((rc = check_protected(w, buf, parts[0].start, parts[0].end, first)) != 0)
+		goto out;
+	/* Parts after the signature are shown by some clients, and signed by no one. */
+	for (size_t i = 2; i < nparts && rc == 0; i++) {
+		*covered = 0;
+		rc = note_uncovered(w, i + 1, "after the signature");
+	}
+	if (rc == 0)
+		rc = walk_signed_content(w, buf, &parts[0], depth + 1);
 out:
 	CMS_ContentInfo_free(cms);
 	free(der);
@@ -424,44 +642,93 @@ out:
 	return rc;
 }
 
+/* Append text to the detail of the signatures from first on. */
+static int
+sigs_note(struct walk *w, size_t first, const char *text)
+{
+	for (size_t i = first; i < w->nsigs; i++) {
+		char *d = NULL, *c;
+		int rc = mlt_strcatf(&d, "%s%s", w->sigs[i].detail ? w->sigs[i].detail : "", text);
+
+		if (rc != 0)
+			return rc;
+		if ((c = mlt_clean_text(d, strlen(d), 3 * MLT_MAX_TEXT)) == NULL) {
+			free(d);
+			return kms_fail(KMS_ERR_NOMEM, "out of memory");
+		}
+		free(d);
+		free(w->sigs[i].detail);
+		w->sigs[i].detail = c;
+	}
+	return 0;
+}
+
 /*
- * A CMS blob in a part (application/pkcs7-mime or *.p7m).  smime_type is
- * the parameter (NULL if absent): the blob's own content type decides.
+ * A CMS blob in a part (application/(x-)pkcs7-mime or *.p7m).  The blob's
+ * own content type decides, never the smime-type label: a signed-data
+ * labelled enveloped-data is verified like any other.
  */
 static int
-do_blob(struct walk *w, const unsigned char *buf, const struct mlt_entity *e, long depth, int named_only)
+do_blob(struct walk *w, const unsigned char *buf, const struct mlt_entity *e, long depth, int named_only,
+    int *covered)
 {
+	const char *st = mlt_entity_param(e, "smime-type");
 	unsigned char *der = NULL;
-	size_t derlen = 0;
+	size_t derlen = 0, first = w->nsigs;
 	CMS_ContentInfo *cms = NULL;
 	ASN1_OCTET_STRING **pos;
-	int rc;
+	char what[160];
+	int rc, nid;
 
+	*covered = 0;
 	if ((rc = mlt_decode_cte(e->cte, buf + e->body, e->end - e->body, &der, &derlen)) != 0)
 		return rc;
 	if ((cms = parse_cms(der, derlen)) == NULL) {
 		/* A file merely named .p7m that is no CMS is not our business. */
-		rc = named_only ? 0 : sig_broken(w, MLT_SIG_OPAQUE, "application/pkcs7-mime part is not CMS (garbage or truncated)");
+		if (named_only) {
+			rc = note_uncovered(w, 0, "attachment named .p7m");
+			goto out;
+		}
+		*covered = 1;
+		rc = sig_broken(w, MLT_SIG_OPAQUE, "application/pkcs7-mime part is not CMS (garbage or truncated)");
 		goto out;
 	}
+	nid = OBJ_obj2nid(CMS_get0_type(cms));
 	if (cms_is_encrypted(cms)) {
 		w->nencrypted++;
+		rc = note_uncovered(w, 0, "encrypted");
 		goto out;
 	}
-	if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed)
-		goto out;       /* compressed-data, certs-only, ...: nothing signed to check */
-	/* A certs-only blob (signed-data without signers) is not a signature. */
-	if (sk_CMS_SignerInfo_num(CMS_get0_SignerInfos(cms)) <= 0) {
+	/* certs-only is signed-data without signers: it signs nothing. */
+	if (nid != NID_pkcs7_signed || sk_CMS_SignerInfo_num(CMS_get0_SignerInfos(cms)) <= 0) {
 		ERR_clear_error();
+		snprintf(what, sizeof(what), "CMS %s, nothing signed", nid == NID_pkcs7_signed ? "certs-only" :
+		    nid != NID_undef ? OBJ_nid2sn(nid) : "of an unknown type");
+		rc = note_uncovered(w, 0, what);
 		goto out;
 	}
+	*covered = 1;
 	if ((rc = verify_signed(w, cms, NULL, 0, MLT_SIG_OPAQUE)) != 0)
 		goto out;
+	if (st != NULL && strcasecmp(st, "signed-data") != 0) {
+		char *c = mlt_clean_text(st, strlen(st), 40);
+
+		if (c == NULL) {
+			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		snprintf(what, sizeof(what), " (signed-data labelled smime-type=%s)", c);
+		free(c);
+		if ((rc = sigs_note(w, first, what)) != 0)
+			goto out;
+	}
 	/* Signatures and encryption inside the signed content. */
 	if ((pos = CMS_get0_content(cms)) != NULL && *pos != NULL && ASN1_STRING_length(*pos) > 0) {
 		struct mlt_span sp = { 0, (size_t)ASN1_STRING_length(*pos) };
 
-		rc = walk_child(w, ASN1_STRING_get0_data(*pos), &sp, 1, depth + 1);
+		if ((rc = check_protected(w, ASN1_STRING_get0_data(*pos), sp.start, sp.end, first)) != 0)
+			goto out;
+		rc = walk_signed_content(w, ASN1_STRING_get0_data(*pos), &sp, depth + 1);
 	}
 out:
 	ERR_clear_error();
@@ -481,12 +748,14 @@ name_is_p7m(const char *fn)
 }
 
 static int
-walk_entity(struct walk *w, const unsigned char *buf, size_t start, size_t end, long depth)
+walk_entity(struct walk *w, const unsigned char *buf, size_t start, size_t end, long depth, int *covered)
 {
 	const struct mlt_limits *lim = &w->ctx->limits;
 	struct mlt_entity e;
+	char type[112];
 	int rc;
 
+	*covered = 0;
 	if (w->bound != NULL)
 		return 0;
 	if (++w->parts > lim->max_parts) {
@@ -516,14 +785,15 @@ walk_entity(struct walk *w, const unsigned char *buf, size_t start, size_t end, 
 		if (proto == NULL || strcasecmp(proto, "application/pkcs7-signature") == 0 ||
 		    strcasecmp(proto, "application/x-pkcs7-signature") == 0) {
 			/* Without a protocol the second part's type decides. */
-			if ((rc = do_detached(w, buf, &e, depth, proto != NULL)) <= 0)
+			if ((rc = do_detached(w, buf, &e, depth, proto != NULL, covered)) <= 0)
 				goto out;
+			*covered = 0;
 		}
 	}
 	if (mlt_entity_is(&e, "multipart", "*")) {
 		struct mlt_span *parts = NULL;
 		size_t nparts = 0;
-		int closed;
+		int closed, all = 1;
 
 		rc = mlt_multipart_split(buf, e.body, e.end, mlt_entity_param(&e, "boundary"),
 		    lim->max_parts - w->parts + 1, &parts, &nparts, &closed);
@@ -535,42 +805,72 @@ walk_entity(struct walk *w, const unsigned char *buf, size_t start, size_t end, 
 		} else if (rc == KMS_ERR_INVALID) {
 			rc = 0;         /* a multipart without boundary: nothing inside to see */
 		}
-		for (size_t i = 0; rc == 0 && i < nparts && w->bound == NULL; i++)
-			rc = walk_child(w, buf, &parts[i], i + 1, depth + 1);
+		/* A multipart is covered when every one of its parts is. */
+		for (size_t i = 0; rc == 0 && i < nparts && w->bound == NULL; i++) {
+			int cov = 0;
+
+			rc = walk_child(w, buf, &parts[i], i + 1, depth + 1, &cov);
+			all = all && cov;
+		}
+		*covered = nparts > 0 && all;
+		if (rc == 0 && nparts == 0) {
+			entity_type(&e, type, sizeof(type));
+			rc = note_uncovered(w, 0, type);
+		}
 		free(parts);
 		goto out;
 	}
+	/* Every pkcs7-mime part is parsed: its content type decides, not smime-type. */
 	if (mlt_entity_is(&e, "application", "pkcs7-mime") || mlt_entity_is(&e, "application", "x-pkcs7-mime")) {
-		const char *st = mlt_entity_param(&e, "smime-type");
-
-		if (st != NULL && (strcasecmp(st, "enveloped-data") == 0 || strcasecmp(st, "authEnveloped-data") == 0))
-			w->nencrypted++;
-		else if (st == NULL || strcasecmp(st, "signed-data") == 0)
-			rc = do_blob(w, buf, &e, depth, 0);
+		rc = do_blob(w, buf, &e, depth, 0, covered);
 		goto out;
 	}
-	if (!mlt_entity_is(&e, "message", "*") && name_is_p7m(e.filename))
-		rc = do_blob(w, buf, &e, depth, 1);
+	if (!mlt_entity_is(&e, "message", "*") && name_is_p7m(e.filename)) {
+		rc = do_blob(w, buf, &e, depth, 1, covered);
+		goto out;
+	}
+	entity_type(&e, type, sizeof(type));
+	rc = note_uncovered(w, 0, type);
 out:
 	mlt_entity_clear(&e);
 	return rc;
 }
 
-/* The message verdict from the signatures found. */
+/*
+ * The message verdict from the signatures found: the most severe, a
+ * revoked signer before all (even past a bound that stopped the walk).
+ * covered: a signature covers the whole message; when none does, good
+ * signatures become partial and every detail names what is not covered.
+ */
 static int
-assemble(struct walk *w, struct mlt_result *res)
+assemble(struct walk *w, struct mlt_result *res, int covered)
 {
+	int rc = 0;
+
 	res->sigs = w->sigs;
 	res->nsigs = w->nsigs;
 	res->nencrypted = w->nencrypted;
 	w->sigs = NULL;
 	w->nsigs = 0;
 	res->main = res->nsigs;
-	if (w->bound != NULL) {
-		res->verdict = POL_V_ERROR;
-		res->detail = w->bound;
-		w->bound = NULL;
-		return 0;
+	if (res->nsigs > 0 && !covered && w->bound == NULL) {
+		char *note = NULL;
+
+		for (size_t i = 0; i < res->nsigs; i++)
+			if (res->sigs[i].verdict == POL_V_PASS)
+				res->sigs[i].verdict = POL_V_PARTIAL;
+		if ((rc = mlt_strcatf(&note, "; not covered by any signature: %s",
+		    w->uncovered ? w->uncovered : "part of the message")) != 0)
+			return rc;
+		/* sigs_note works on the walk's array: lend it back for a moment. */
+		w->sigs = res->sigs;
+		w->nsigs = res->nsigs;
+		rc = sigs_note(w, 0, note);
+		w->sigs = NULL;
+		w->nsigs = 0;
+		free(note);
+		if (rc != 0)
+			return rc;
 	}
 	if (res->nsigs > 0) {
 		res->main = 0;
@@ -581,10 +881,30 @@ assemble(struct walk *w, struct mlt_result *res)
 				res->main = i;
 			}
 		}
+	}
+	if (w->bound != NULL) {
+		if (res->nsigs > 0 && res->verdict == POL_V_REVOKED) {
+			/* A bound never hides a revocation already seen. */
+			rc = mlt_strcatf(&res->detail, "%s; the rest of the message was not checked: %s",
+			    res->sigs[res->main].detail ? res->sigs[res->main].detail : "", w->bound);
+			return rc;
+		}
+		res->verdict = POL_V_ERROR;
+		res->main = res->nsigs;
+		res->detail = w->bound;
+		w->bound = NULL;
+		return 0;
+	}
+	if (res->nsigs > 0) {
 		res->detail = strdup(res->sigs[res->main].detail ? res->sigs[res->main].detail : "");
 	} else if (res->nencrypted > 0) {
 		res->verdict = POL_V_ENCRYPTED;
 		res->detail = strdup("message is encrypted; its signature, if any, cannot be seen");
+	} else if (w->uncovered != NULL && strstr(w->uncovered, "CMS ") != NULL) {
+		/* A pkcs7-mime part that holds no signature and no encryption: say what it was. */
+		res->verdict = POL_V_NONE;
+		rc = mlt_strcatf(&res->detail, "no S/MIME signature; %s", w->uncovered);
+		return rc;
 	} else {
 		res->verdict = POL_V_NONE;
 		res->detail = strdup("no S/MIME signature");
@@ -614,13 +934,45 @@ mlt_result_error(const char *authserv_id, const char *detail, struct mlt_result 
 	return 0;
 }
 
+/* The outer Subject fields as a reader sees them (for header protection). */
+static int
+outer_subjects(struct walk *w, const unsigned char *msg, size_t len)
+{
+	struct mlt_hdr_iter it;
+	struct mlt_field f;
+	size_t n = 0;
+	long seen = 0;
+
+	mlt_hdr_begin(&it, msg, 0, len);
+	while (mlt_hdr_next(&it, &f, NULL)) {
+		char *v, **nv;
+
+		if (++seen > w->ctx->limits.max_headers)
+			break;
+		if (!mlt_field_is(msg, &f, "Subject") || n >= 16)
+			continue;
+		if ((nv = realloc(w->subjects, (n + 2) * sizeof(*nv))) == NULL)
+			return kms_fail(KMS_ERR_NOMEM, "out of memory");
+		w->subjects = nv;
+		nv[n] = NULL;
+		if ((v = mlt_field_value(msg, &f, MAX_SUBJECT)) == NULL)
+			return kms_fail(KMS_ERR_NOMEM, "out of memory");
+		nv[n] = subject_norm(v);
+		free(v);
+		if (nv[n] == NULL)
+			return kms_fail(KMS_ERR_NOMEM, "out of memory");
+		nv[++n] = NULL;
+	}
+	return 0;
+}
+
 int
 mlt_check_message(const struct mlt_check_ctx *ctx, const unsigned char *msg, size_t len,
     struct mlt_result **out)
 {
 	struct walk w;
 	struct mlt_result *res = NULL;
-	int rc;
+	int rc, covered = 0;
 
 	*out = NULL;
 	mlt_smime_init();
@@ -644,10 +996,15 @@ mlt_check_message(const struct mlt_check_ctx *ctx, const unsigned char *msg, siz
 			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
 			goto out;
 		}
-		if ((rc = walk_entity(&w, msg, 0, len, 0)) != 0)
+		if (w.nfrom_fields > 0 &&
+		    (rc = mlt_from_display_check(msg, len, ctx->limits.max_headers, w.from, &w.from_note)) != 0)
+			goto out;
+		if ((rc = outer_subjects(&w, msg, len)) != 0)
+			goto out;
+		if ((rc = walk_entity(&w, msg, 0, len, 0, &covered)) != 0)
 			goto out;
 	}
-	if ((rc = assemble(&w, res)) != 0)
+	if ((rc = assemble(&w, res, covered)) != 0)
 		goto out;
 	if ((rc = mlt_ar_build(ctx->authserv_id, res)) != 0)
 		goto out;
@@ -658,6 +1015,9 @@ out:
 		sig_clear(&w.sigs[i]);
 	free(w.sigs);
 	free(w.bound);
+	free(w.from_note);
+	free(w.uncovered);
+	kms_strv_free(w.subjects);
 	kms_strv_free(w.from);
 	mlt_result_free(res);
 	ERR_clear_error();

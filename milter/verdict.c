@@ -297,7 +297,8 @@ tstr(time_t t, char *buf, size_t len)
 
 int
 mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(X509) *untrusted,
-    int sig_ok, const char *sig_why, char *const *from, size_t nfrom_fields, struct mlt_sig *sig)
+    int sig_ok, const char *sig_why, char *const *from, size_t nfrom_fields, const char *from_note,
+    struct mlt_sig *sig)
 {
 	STACK_OF(X509) *chain = NULL;
 	struct chain_state cs;
@@ -352,6 +353,9 @@ mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(
 		}
 	}
 	if (rc != 0)
+		goto out;
+	/* The address matches, but the name the reader sees is another address. */
+	if (mismatch == NULL && from_note != NULL && (rc = mlt_strcatf(&mismatch, "%s", from_note)) != 0)
 		goto out;
 	if (mismatch != NULL) {
 		free(sig->signer);
@@ -507,9 +511,18 @@ mlt_ar_build(const char *authserv_id, struct mlt_result *res)
 		if (rc == 0)
 			rc = add_comment(&s, res->verdict, res->detail);
 	}
-	for (size_t i = 0; rc == 0 && res->verdict != POL_V_ERROR && i < res->nsigs && i < AR_MAX_SIGS; i++) {
+	/*
+	 * One result per signature (RFC 7281 allows several), in message
+	 * order, at most AR_MAX_SIGS; the one that decided the verdict is
+	 * always among them.
+	 */
+	for (size_t i = 0, shown = 0; rc == 0 && res->verdict != POL_V_ERROR && i < res->nsigs; i++) {
 		const struct mlt_sig *g = &res->sigs[i];
+		int main_left = res->main < res->nsigs && res->main > i;
 
+		if (i != res->main && shown + (main_left ? 1 : 0) >= AR_MAX_SIGS)
+			continue;
+		shown++;
 		rc = mlt_strcatf(&s, ";\n\tsmime=%s", pol_verdict_ar_result(g->verdict));
 		if (rc == 0)
 			rc = add_comment(&s, g->verdict, g->detail);
@@ -518,6 +531,8 @@ mlt_ar_build(const char *authserv_id, struct mlt_result *res)
 			if (rc == 0)
 				rc = plain_address(g->signer) ? mlt_strcatf(&s, "%s", g->signer) : add_quoted(&s, g->signer);
 		}
+		if (rc == 0 && g->part != NULL && g->part[0] != '\0')
+			rc = mlt_strcatf(&s, "\n\tbody.smime-part=%s", g->part);
 		if (rc == 0 && g->serial != NULL)
 			rc = mlt_strcatf(&s, "\n\tbody.smime-serial=%s", g->serial);
 		if (rc == 0 && g->issuer != NULL) {

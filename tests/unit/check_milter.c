@@ -450,12 +450,13 @@ static const struct shape_case shape_cases[SHAPE_COUNT] = {
 	[SHAPE_X_PROTOCOL_UPPERCASE] = { "protocol Application/X-PKCS7-Signature", POL_V_PASS, 1, "" },
 	[SHAPE_NO_PROTOCOL] = { "no protocol parameter", POL_V_PASS, 1, "" },
 	[SHAPE_FOLDED_CONTENT_TYPE] = { "Content-Type folded over three lines", POL_V_PASS, 1, "" },
-	[SHAPE_IN_MIXED_WITH_FOOTER] = { "inside multipart/mixed with a list footer", POL_V_PASS, 1, "1" },
-	[SHAPE_TWO_LEVELS_DEEP] = { "two multiparts deep", POL_V_PASS, 1, "2.1" },
+	/* An unsigned part beside the signed one: the signature does not cover the message. */
+	[SHAPE_IN_MIXED_WITH_FOOTER] = { "inside multipart/mixed with a list footer", POL_V_PARTIAL, 1, "1" },
+	[SHAPE_TWO_LEVELS_DEEP] = { "two multiparts deep", POL_V_PARTIAL, 1, "2.1" },
 	[SHAPE_TWICE_IN_MIXED] = { "two signed parts in one message", POL_V_PASS, 2, "1" },
 	[SHAPE_OPAQUE_AS_P7M_NAME] = { "opaque, application/octet-stream named smime.p7m", POL_V_PASS, 1, "" },
 	[SHAPE_OPAQUE_X_NO_SMIME_TYPE] = { "opaque, x-pkcs7-mime without smime-type", POL_V_PASS, 1, "" },
-	[SHAPE_OPAQUE_IN_MIXED] = { "opaque inside multipart/mixed", POL_V_PASS, 1, "1" },
+	[SHAPE_OPAQUE_IN_MIXED] = { "opaque inside multipart/mixed", POL_V_PARTIAL, 1, "1" },
 	[SHAPE_FORWARDED_AS_RFC822] = { "signed message forwarded as message/rfc822", POL_V_NONE, 0, NULL },
 };
 
@@ -962,9 +963,9 @@ START_TEST(test_wrapped_inner_part_still_verifies)
 	FILE *fp;
 
 	wrap_dave(&in, &inlen, &out, &outlen, NULL);
-	/* Our own check finds the inner signature: good without revocation data... */
+	/* Our own check finds the inner signature: good without revocation data (beside our unsigned notice)... */
 	res = check_buf(out, outlen, NULL);
-	ck_verdict(res, POL_V_PASS);
+	ck_verdict(res, POL_V_PARTIAL);
 	ck_assert_str_eq(res->sigs[0].part, "2");
 	mlt_result_free(res);
 	/* ...and revoked with it. */
@@ -1283,7 +1284,7 @@ START_TEST(test_twenty_megabyte_message_is_checked)
 	len += (size_t)snprintf((char *)msg + len, cap - len, "--big--\r\n");
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	res = check_buf(msg, len, crl_idx);
-	ck_verdict(res, POL_V_PASS);
+	ck_verdict(res, POL_V_PARTIAL);     /* the big attachment is not signed */
 	ck_assert_msg(elapsed(&t0) < 5.0, "20 MB took %.1f s", elapsed(&t0));
 	mlt_result_free(res);
 	g_free(cfields);
@@ -1576,6 +1577,547 @@ START_TEST(test_offline_exit_status)
 }
 END_TEST
 
+/* ------------------------------------------ hostile corpus (tests/data/hostile) */
+
+/*
+ * The messages of tests/data/hostile (mkcorpus.sh) have their own CA and
+ * CRL (dave revoked): a trust store and index for them.
+ */
+static X509_STORE *h_trust;
+static struct ca_revidx *h_rev;
+
+static void
+hostile_setup(void)
+{
+	char *path = tu_datafile("hostile/ca.pem");
+	FILE *fp = fopen(path, "r");
+	X509 *ca;
+	X509_CRL *crl;
+	struct ca_revidx_builder *b;
+
+	setup();
+	ck_assert_ptr_nonnull(fp);
+	ca = PEM_read_X509(fp, NULL, NULL, NULL);
+	fclose(fp);
+	free(path);
+	path = tu_datafile("hostile/crl.pem");
+	ck_assert_ptr_nonnull(fp = fopen(path, "r"));
+	crl = PEM_read_X509_CRL(fp, NULL, NULL, NULL);
+	fclose(fp);
+	free(path);
+	ck_assert_ptr_nonnull(ca);
+	ck_assert_ptr_nonnull(crl);
+	h_trust = X509_STORE_new();
+	ck_assert_int_eq(X509_STORE_add_cert(h_trust, ca), 1);
+	ck_assert_int_eq(ca_revidx_builder_new(&b), 0);
+	ck_assert_int_eq(ca_revidx_add_crl(b, crl, ca, TEST_NOW), 0);
+	ck_assert_int_eq(ca_revidx_build(b, &h_rev), 0);
+	ca_revidx_builder_free(b);
+	X509_CRL_free(crl);
+	X509_free(ca);
+}
+
+static void
+hostile_teardown(void)
+{
+	ca_revidx_unref(h_rev);
+	X509_STORE_free(h_trust);
+	teardown();
+}
+
+/* A corpus message as SMTP carries it. */
+static unsigned char *
+hostile_msg(const char *name, size_t *len)
+{
+	char rel[160], *path;
+	unsigned char *raw, *msg;
+	size_t rawlen;
+
+	snprintf(rel, sizeof(rel), "hostile/%s", name);
+	path = tu_datafile(rel);
+	ck_assert_msg(kms_read_file(path, 16 * 1024 * 1024, &raw, &rawlen) == 0, "%s: %s", path, kms_last_error());
+	ck_assert_int_eq(mlt_canon_crlf(raw, rawlen, &msg, len), 0);
+	free(raw);
+	free(path);
+	return msg;
+}
+
+static struct mlt_result *
+hostile_check_buf(const unsigned char *msg, size_t len)
+{
+	struct mlt_check_ctx ctx;
+	struct mlt_result *res = NULL;
+
+	ctx_init(&ctx, h_rev);
+	ctx.trust = h_trust;
+	ck_assert_msg(mlt_check_message(&ctx, msg, len, &res) == 0, "check: %s", kms_last_error());
+	return res;
+}
+
+static struct mlt_result *
+hostile_check(const char *name)
+{
+	size_t len;
+	unsigned char *msg = hostile_msg(name, &len);
+	struct mlt_result *res = hostile_check_buf(msg, len);
+
+	free(msg);
+	return res;
+}
+
+/* Count the occurrences of needle in hay. */
+static size_t
+count_str(const char *hay, const char *needle)
+{
+	size_t n = 0;
+
+	for (const char *p = hay; p != NULL && (p = strstr(p, needle)) != NULL; p++)
+		n++;
+	return n;
+}
+
+/* Does every Subject field of the top-level header of msg start with tag? */
+static int
+every_subject_tagged(const unsigned char *msg, size_t len, const char *tag, int *nsubjects)
+{
+	struct mlt_hdr_iter it;
+	struct mlt_field f;
+	int ok = 1;
+
+	*nsubjects = 0;
+	mlt_hdr_begin(&it, msg, 0, len);
+	while (mlt_hdr_next(&it, &f, NULL)) {
+		char *v;
+
+		if (!mlt_field_is(msg, &f, "Subject"))
+			continue;
+		(*nsubjects)++;
+		v = mlt_field_value(msg, &f, 4096);
+		ok = ok && strncmp(v, tag, strlen(tag)) == 0;
+		free(v);
+	}
+	return ok;
+}
+
+/*
+ * Every line of tests/data/hostile/expected: the verdict, the A-R result
+ * keyword, and what the default policy does (revoked: tag on every
+ * Subject, X-KMS-Warning, wrapper; warn: X-KMS-Warning only; -: neither).
+ */
+START_TEST(test_hostile_corpus_gets_expected_verdicts_and_marks)
+{
+	char *path = tu_datafile("hostile/expected"), line[512];
+	FILE *fp = fopen(path, "r");
+	int cases = 0;
+
+	ck_assert_ptr_nonnull(fp);
+	while (fgets(line, sizeof(line), fp) != NULL) {
+		char file[128], verdict[32], ar[32], marks[32], want_ar[64];
+		unsigned char *msg, *out;
+		size_t len, olen;
+		struct mlt_result *res;
+		struct mlt_rewrite *rw;
+		int has_warning = 0, nsubj = 0;
+
+		if (line[0] == '#' || sscanf(line, "%127s %31s %31s %31s", file, verdict, ar, marks) != 4)
+			continue;
+		cases++;
+		msg = hostile_msg(file, &len);
+		res = hostile_check_buf(msg, len);
+		ck_assert_msg(strcmp(pol_verdict_name(res->verdict), verdict) == 0, "%s: verdict %s, want %s (%s)", file,
+		    pol_verdict_name(res->verdict), verdict, res->detail);
+		if (res->verdict == POL_V_NONE) {
+			ck_assert_msg(res->ar_value == NULL, "%s: unsigned mail gets no A-R", file);
+		} else {
+			snprintf(want_ar, sizeof(want_ar), "smime=%s (%s:", ar, verdict);
+			ck_assert_msg(res->ar_value != NULL && strstr(res->ar_value, want_ar) != NULL, "%s: A-R lacks %s: %s",
+			    file, want_ar, res->ar_value ? res->ar_value : "(none)");
+		}
+		ck_assert_int_eq(mlt_rewrite_plan(cfg, AUTHSERV, res, msg, len, &rw), 0);
+		for (size_t i = 0; i < rw->nedits; i++)
+			if (rw->edits[i].op == MLT_HDR_ADD && strcmp(rw->edits[i].name, "X-KMS-Warning") == 0)
+				has_warning = 1;
+		ck_assert_int_eq(mlt_rewrite_apply(msg, len, rw, &out, &olen), 0);
+		if (strcmp(marks, "revoked") == 0) {
+			ck_assert_msg(rw->action == KMS_ACT_WARN && has_warning, "%s: no X-KMS-Warning", file);
+			ck_assert_msg(every_subject_tagged(out, olen, "[REVOKED SENDER] ", &nsubj) && nsubj > 0,
+			    "%s: a Subject without the tag", file);
+			ck_assert_msg(rw->body != NULL && memmem(rw->body, rw->body_len, "revoked", 7) != NULL,
+			    "%s: no notice", file);
+			ck_assert_msg(memmem(out, olen, "[REVOKED SENDER] [REVOKED SENDER]", 33) == NULL, "%s: tagged twice", file);
+		} else if (strcmp(marks, "warn") == 0) {
+			ck_assert_msg(rw->action == KMS_ACT_WARN && has_warning, "%s: no X-KMS-Warning", file);
+			ck_assert_msg(rw->body == NULL, "%s: wrapped, but no revoked signer", file);
+			ck_assert_msg(memmem(out, olen, "[REVOKED SENDER]", 16) == NULL, "%s: tagged, but no revoked signer", file);
+		} else {
+			ck_assert_msg(!has_warning && rw->body == NULL, "%s: warned", file);
+		}
+		free(out);
+		mlt_rewrite_free(rw);
+		mlt_result_free(res);
+		free(msg);
+	}
+	fclose(fp);
+	free(path);
+	ck_assert_int_ge(cases, 25);
+}
+END_TEST
+
+START_TEST(test_every_signature_has_its_own_result)
+{
+	struct mlt_result *res = hostile_check("mask-garbage-part.eml");
+
+	/* dave's signature over the whole message, and the garbage blob inside it. */
+	ck_verdict(res, POL_V_REVOKED);
+	ck_assert_uint_eq(res->nsigs, 2);
+	ck_assert_int_eq(res->sigs[0].verdict, POL_V_REVOKED);
+	ck_assert_str_eq(res->sigs[0].part, "");
+	ck_assert_int_eq(res->sigs[1].verdict, POL_V_FAIL);
+	ck_assert_str_eq(res->sigs[1].part, "1.2");
+	ck_assert_uint_eq(res->main, 0);
+	ck_assert_uint_eq(count_str(res->ar_value, "smime="), 2);
+	ck_assert_ptr_nonnull(strstr(res->ar_value, "smime=fail (revoked:"));
+	ck_assert_ptr_nonnull(strstr(res->ar_value, "smime=fail (fail:"));
+	ck_assert_ptr_nonnull(strstr(res->ar_value, "body.smime-part=1.2"));
+	mlt_result_free(res);
+
+	/* Two SignerInfos in one signature: each judged, the broken one does not hide dave. */
+	res = hostile_check("mask-second-signer.eml");
+	ck_verdict(res, POL_V_REVOKED);
+	ck_assert_uint_eq(res->nsigs, 2);
+	ck_assert_int_eq(res->sigs[1].verdict, POL_V_FAIL);
+	ck_assert_ptr_nonnull(strstr(res->sigs[1].detail, "signature does not verify"));
+	ck_assert_uint_eq(count_str(res->ar_value, "smime="), 2);
+	mlt_result_free(res);
+}
+END_TEST
+
+START_TEST(test_label_never_decides_the_cms_type)
+{
+	static const char *const labels[] = { "enveloped-data", "authEnveloped-data", "certs-only" };
+	size_t len;
+	unsigned char *msg;
+	struct mlt_result *res;
+	char *p;
+
+	for (size_t i = 0; i < 3; i++) {
+		char name[64], want[80];
+
+		snprintf(name, sizeof(name), "label-%s.eml", labels[i]);
+		res = hostile_check(name);
+		ck_verdict(res, POL_V_REVOKED);
+		snprintf(want, sizeof(want), "signed-data labelled smime-type=%s", labels[i]);
+		ck_assert_msg(strstr(res->detail, want) != NULL, "%s: %s", name, res->detail);
+		mlt_result_free(res);
+	}
+	/* The other way round: encrypted data labelled signed-data is encrypted. */
+	msg = fixture("encrypted.eml", &len);
+	ck_assert_ptr_nonnull(p = strstr((char *)msg, "enveloped-data"));
+	memcpy(p, "signed-data   ", 14);
+	res = check_buf(msg, len, crl_idx);
+	ck_verdict(res, POL_V_ENCRYPTED);
+	mlt_result_free(res);
+	free(msg);
+	/* A real certs-only signs nothing, and the detail says what it was. */
+	res = hostile_check("certs-only.eml");
+	ck_verdict(res, POL_V_NONE);
+	ck_assert_ptr_nonnull(strstr(res->detail, "certs-only"));
+	mlt_result_free(res);
+}
+END_TEST
+
+START_TEST(test_partial_names_what_is_not_covered)
+{
+	struct mlt_result *res = hostile_check("partial-mixed-alice.eml");
+
+	ck_verdict(res, POL_V_PARTIAL);
+	ck_assert_ptr_nonnull(strstr(res->detail, "not covered by any signature: part 2 (text/html)"));
+	ck_assert_ptr_null(strstr(res->ar_value, "smime=pass"));
+	ck_assert_ptr_nonnull(strstr(res->ar_value, "smime=policy (partial:"));
+	mlt_result_free(res);
+	res = hostile_check("partial-third-part.eml");
+	ck_verdict(res, POL_V_PARTIAL);
+	ck_assert_ptr_nonnull(strstr(res->detail, "part 3 (after the signature)"));
+	mlt_result_free(res);
+	/* Header protection: the outer Subject is not the signed one. */
+	res = hostile_check("hp-subject-alice.eml");
+	ck_verdict(res, POL_V_PARTIAL);
+	ck_assert_ptr_nonnull(strstr(res->detail, "outer Subject is not the signed one"));
+	mlt_result_free(res);
+	res = hostile_check("wrapper-subject-alice.eml");
+	ck_verdict(res, POL_V_PARTIAL);
+	mlt_result_free(res);
+	res = hostile_check("hp-same-alice.eml");
+	ck_verdict(res, POL_V_PASS);
+	mlt_result_free(res);
+}
+END_TEST
+
+START_TEST(test_protected_from_differing_is_partial)
+{
+	size_t len;
+	unsigned char *msg = hostile_msg("hp-same-alice.eml", &len);
+	struct mlt_result *res;
+	/* Outer From gains a second address: not the signed From any more. */
+	char *p = strstr((char *)msg, "From: alice@example.org\r\nTo:");
+	unsigned char *m2;
+	size_t l2;
+
+	ck_assert_ptr_nonnull(p);
+	{
+		size_t off = (size_t)(p - (char *)msg) + strlen("From: alice@example.org");
+
+		m2 = malloc(len + 32);
+		ck_assert_ptr_nonnull(m2);
+		memcpy(m2, msg, off);
+		memcpy(m2 + off, ", alice@example.org", 19);
+		memcpy(m2 + off + 19, msg + off, len - off);
+		l2 = len + 19;
+	}
+	res = hostile_check_buf(m2, l2);
+	ck_verdict(res, POL_V_PASS);    /* the same address twice is the same set */
+	mlt_result_free(res);
+	memcpy(p, "From: alicf", 11);      /* alicf@example.org: a mismatch first, and not the signed From */
+	res = hostile_check_buf(msg, len);
+	ck_verdict(res, POL_V_MISMATCH);
+	ck_assert_ptr_nonnull(strstr(res->detail, "outer From is not the signed one"));
+	mlt_result_free(res);
+	free(m2);
+	free(msg);
+}
+END_TEST
+
+START_TEST(test_display_name_holding_another_address_is_mismatch)
+{
+	static const struct { const char *from; int spoof; } cases[] = {
+		{ "From: \"alice@example.org\" <mallory@example.org>\r\n", 1 },
+		{ "From: alice@example.org <mallory@example.org>\r\n", 1 },
+		{ "From: =?UTF-8?Q?alice=40example=2Eorg?= <mallory@example.org>\r\n", 1 },
+		{ "From: \"=?UTF-8?Q?alice=40example=2Eorg?=\" <mallory@example.org>\r\n", 1 },
+		{ "From: mallory@example.org (alice@example.org)\r\n", 1 },
+		{ "From: (alice@example.org) <mallory@example.org>\r\n", 1 },
+		{ "From: \"Alice (alice@example.org)\" <mallory@example.org>\r\n", 1 },
+		{ "From: =?UTF-8?B?YWxpY2XvvKBleGFtcGxlLm9yZw==?= <mallory@example.org>\r\n", 1 },
+		{ "From: \"ALICE@EXAMPLE.ORG\"\r\n <mallory@example.org>\r\n", 1 },
+		{ "From: \"Mallory\" <mallory@example.org>\r\n", 0 },
+		{ "From: \"MALLORY@example.org\" <mallory@example.org>\r\n", 0 },
+		{ "From: mallory@example.org\r\n", 0 },
+		{ "From: Mallory at home <mallory@example.org>\r\n", 0 },
+		{ "From: \"@\" <mallory@example.org>\r\n", 0 },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *text = g_strdup_printf("%sSubject: x\r\n\r\nbody\r\n", cases[i].from), *why = NULL, **addrs = NULL;
+		size_t nf = 0, len = strlen(text);
+
+		ck_assert_int_eq(mlt_from_addresses((unsigned char *)text, len, 100, &addrs, &nf), 0);
+		ck_assert_int_eq(mlt_from_display_check((unsigned char *)text, len, 100, addrs, &why), 0);
+		ck_assert_msg((why != NULL) == cases[i].spoof, "%s: %s", cases[i].from, why ? why : "no finding");
+		if (why != NULL)
+			ck_assert_msg(strstr(why, "not the From address mallory@example.org") != NULL, "%s", why);
+		free(why);
+		kms_strv_free(addrs);
+		g_free(text);
+	}
+}
+END_TEST
+
+START_TEST(test_subject_tag_on_every_field_unless_it_starts_with_the_tag)
+{
+	static const struct { const char *subjects; const char *want[2]; } cases[] = {
+		{ "Subject: Re: [REVOKED SENDER] minutes\n", { "[REVOKED SENDER] Re: [REVOKED SENDER] minutes", NULL } },
+		{ "Subject: [revoked sender] minutes\n", { "[REVOKED SENDER] [revoked sender] minutes", NULL } },
+		{ "Subject: [REVOKED SENDER] minutes\n", { "[REVOKED SENDER] minutes", NULL } },
+		{ "Subject: [REVOKED SENDER] old\nSubject: figures\n", { "[REVOKED SENDER] old", "[REVOKED SENDER] figures" } },
+		{ "Subject: one\nSubject: two\n", { "[REVOKED SENDER] one", "[REVOKED SENDER] two" } },
+	};
+	size_t flen;
+	unsigned char *f = fixture("dave-revoked.eml", &flen);
+	char *cfields, *others;
+	const unsigned char *body;
+	size_t blen;
+
+	split_top(f, flen, &cfields, &others, &body, &blen);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *h = g_strdup_printf("From: dave@example.org\nTo: rcpt@example.net\n%sMIME-Version: 1.0\n", cases[i].subjects);
+		size_t hlen, mlen, olen;
+		unsigned char *hc = crlf(h, &hlen), *msg, *out;
+		struct mlt_result *res;
+		struct mlt_rewrite *rw;
+		struct mlt_hdr_iter it;
+		struct mlt_field fl;
+		int k = 0;
+		GString *g = g_string_new_len((const char *)hc, (gssize)hlen);
+
+		g_string_append(g, cfields);
+		g_string_append(g, "\r\n");
+		g_string_append_len(g, (const char *)body, (gssize)blen);
+		mlen = g->len;
+		msg = (unsigned char *)g_string_free(g, FALSE);
+		res = check_buf(msg, mlen, crl_idx);
+		ck_verdict(res, POL_V_REVOKED);
+		ck_assert_int_eq(mlt_rewrite_plan(cfg, AUTHSERV, res, msg, mlen, &rw), 0);
+		ck_assert_int_eq(mlt_rewrite_apply(msg, mlen, rw, &out, &olen), 0);
+		mlt_hdr_begin(&it, out, 0, olen);
+		while (mlt_hdr_next(&it, &fl, NULL)) {
+			char *v;
+
+			if (!mlt_field_is(out, &fl, "Subject"))
+				continue;
+			ck_assert_int_lt(k, 2);
+			v = mlt_field_value(out, &fl, 4096);
+			ck_assert_ptr_nonnull(cases[i].want[k]);
+			ck_assert_str_eq(v, cases[i].want[k]);
+			free(v);
+			k++;
+		}
+		ck_assert_int_eq(k, cases[i].want[1] ? 2 : 1);
+		free(out);
+		mlt_rewrite_free(rw);
+		mlt_result_free(res);
+		g_free(msg);
+		free(hc);
+		g_free(h);
+	}
+	g_free(cfields);
+	g_free(others);
+	free(f);
+}
+END_TEST
+
+START_TEST(test_partial_warns_without_the_revoked_tag)
+{
+	size_t len;
+	unsigned char *msg = hostile_msg("partial-mixed-alice.eml", &len);
+	struct mlt_result *res = hostile_check_buf(msg, len);
+	struct mlt_rewrite *rw;
+	int warned = 0;
+
+	ck_verdict(res, POL_V_PARTIAL);
+	ck_assert_int_eq(mlt_rewrite_plan(cfg, AUTHSERV, res, msg, len, &rw), 0);
+	ck_assert_int_eq(rw->action, KMS_ACT_WARN);     /* [policy] on_partial defaults to warn */
+	for (size_t i = 0; i < rw->nedits; i++) {
+		ck_assert_msg(strcmp(rw->edits[i].name, "Subject") != 0, "partial tagged as revoked sender");
+		if (strcmp(rw->edits[i].name, "X-KMS-Warning") == 0) {
+			warned = 1;
+			ck_assert_ptr_nonnull(strstr(rw->edits[i].value, "part 2 (text/html)"));
+		}
+	}
+	ck_assert(warned);
+	ck_assert_ptr_null(rw->body);
+	mlt_rewrite_free(rw);
+	/* on_partial = reject: 550 naming what is not signed. */
+	cfg->policy.on_partial = KMS_ACT_REJECT;
+	ck_assert_int_eq(mlt_rewrite_plan(cfg, AUTHSERV, res, msg, len, &rw), 0);
+	ck_assert_str_eq(rw->rcode, "550");
+	ck_assert_ptr_nonnull(strstr(rw->reply, "S/MIME partial: "));
+	mlt_rewrite_free(rw);
+	mlt_result_free(res);
+	free(msg);
+}
+END_TEST
+
+/* multipart/mixed: n copies of part a, then part b (whole messages' bodies with their Content-* fields). */
+static unsigned char *
+mixed_of(const char *a, size_t n, const char *b, size_t *len)
+{
+	GString *g = g_string_new("From: dave@example.org\r\nSubject: many\r\nMIME-Version: 1.0\r\n"
+	    "Content-Type: multipart/mixed; boundary=\"many-parts\"\r\n\r\n");
+	const char *names[2] = { a, b };
+
+	for (size_t i = 0; i <= n; i++) {
+		size_t flen, blen;
+		unsigned char *f = fixture(names[i == n], &flen);
+		char *cfields, *others;
+		const unsigned char *body;
+
+		split_top(f, flen, &cfields, &others, &body, &blen);
+		g_string_append_printf(g, "--many-parts\r\n%s\r\n", cfields);
+		g_string_append_len(g, (const char *)body, (gssize)blen);
+		g_string_append(g, "\r\n");
+		g_free(cfields);
+		g_free(others);
+		free(f);
+	}
+	g_string_append(g, "--many-parts--\r\n");
+	*len = g->len;
+	return (unsigned char *)g_string_free(g, FALSE);
+}
+
+START_TEST(test_ar_always_names_the_revoked_signature)
+{
+	size_t len;
+	/* 20 broken signatures, dave's revoked one last: past the 16 results the header holds. */
+	unsigned char *msg = mixed_of("alice-tampered.eml", 20, "dave-revoked.eml", &len);
+	struct mlt_result *res = check_buf(msg, len, crl_idx);
+
+	ck_verdict(res, POL_V_REVOKED);
+	ck_assert_uint_eq(res->nsigs, 21);
+	ck_assert_uint_eq(res->main, 20);
+	ck_assert_uint_eq(count_str(res->ar_value, "smime="), 16);
+	ck_assert_ptr_nonnull(strstr(res->ar_value, "smime=fail (revoked:"));
+	ck_assert_ptr_nonnull(strstr(res->ar_value, "body.smime-part=21"));
+	mlt_result_free(res);
+	free(msg);
+}
+END_TEST
+
+START_TEST(test_a_bound_never_hides_a_revoked_signature)
+{
+	size_t len;
+	/* dave's revoked signature first, then more parts than max_parts allows. */
+	unsigned char *msg = mixed_of("dave-revoked.eml", 1, "alice-detached.eml", &len);
+	struct mlt_check_ctx ctx;
+	struct mlt_result *res = NULL;
+
+	ctx_init(&ctx, crl_idx);
+	ctx.limits.max_parts = 5;       /* root, dave's 2 + 1 walked, then alice's: over */
+	ck_assert_int_eq(mlt_check_message(&ctx, msg, len, &res), 0);
+	ck_verdict(res, POL_V_REVOKED);
+	ck_assert_msg(strstr(res->detail, "the rest of the message was not checked: more than 5 MIME parts") != NULL, "%s", res->detail);
+	ck_assert_ptr_nonnull(strstr(res->ar_value, "smime=fail (revoked:"));
+	mlt_result_free(res);
+	/* Without a revoked signature a bound is an error, as before. */
+	free(msg);
+	msg = mixed_of("alice-detached.eml", 1, "alice-detached.eml", &len);
+	ck_assert_int_eq(mlt_check_message(&ctx, msg, len, &res), 0);
+	ck_verdict(res, POL_V_ERROR);
+	mlt_result_free(res);
+	free(msg);
+}
+END_TEST
+
+START_TEST(test_comment_nesting_bound_removes_the_field)
+{
+	GString *deep = g_string_new(" "), *ok = g_string_new(" ");
+
+	/* 65 nested comments: past the bound; the field hides its authserv-id and is treated as ours. */
+	for (int i = 0; i < 65; i++)
+		g_string_append_c(deep, '(');
+	for (int i = 0; i < 65; i++)
+		g_string_append_c(deep, ')');
+	g_string_append(deep, " other.example; smime=pass");
+	ck_assert_int_eq(mlt_ar_is_ours(deep->str, deep->len, AUTHSERV), 1);
+	/* 64 levels are followed: the token after them decides. */
+	for (int i = 0; i < 64; i++)
+		g_string_append_c(ok, '(');
+	for (int i = 0; i < 64; i++)
+		g_string_append_c(ok, ')');
+	g_string_append(ok, " other.example; smime=pass");
+	ck_assert_int_eq(mlt_ar_is_ours(ok->str, ok->len, AUTHSERV), 0);
+	g_string_truncate(ok, ok->len - strlen(" other.example; smime=pass"));
+	g_string_append(ok, " test.example; smime=pass");
+	ck_assert_int_eq(mlt_ar_is_ours(ok->str, ok->len, AUTHSERV), 1);
+	/* The bound holds at any depth, not only for the first parenthesis. */
+	g_string_assign(deep, " (a");
+	for (int i = 0; i < 100; i++)
+		g_string_append(deep, "(b");
+	ck_assert_int_eq(mlt_ar_is_ours(deep->str, deep->len, AUTHSERV), 1);
+	g_string_free(deep, TRUE);
+	g_string_free(ok, TRUE);
+}
+END_TEST
+
 static Suite *
 milter_suite(void)
 {
@@ -1644,6 +2186,22 @@ milter_suite(void)
 	tcase_add_test(tc, test_too_many_headers_is_error);
 	tcase_add_test(tc, test_malformed_multiparts_give_a_verdict);
 	tcase_add_test(tc, test_mutated_messages_never_crash);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("corpus");
+	tcase_add_checked_fixture(tc, hostile_setup, hostile_teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_hostile_corpus_gets_expected_verdicts_and_marks);
+	tcase_add_test(tc, test_every_signature_has_its_own_result);
+	tcase_add_test(tc, test_label_never_decides_the_cms_type);
+	tcase_add_test(tc, test_partial_names_what_is_not_covered);
+	tcase_add_test(tc, test_protected_from_differing_is_partial);
+	tcase_add_test(tc, test_display_name_holding_another_address_is_mismatch);
+	tcase_add_test(tc, test_subject_tag_on_every_field_unless_it_starts_with_the_tag);
+	tcase_add_test(tc, test_partial_warns_without_the_revoked_tag);
+	tcase_add_test(tc, test_ar_always_names_the_revoked_signature);
+	tcase_add_test(tc, test_a_bound_never_hides_a_revoked_signature);
+	tcase_add_test(tc, test_comment_nesting_bound_removes_the_field);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("collecting");

@@ -10,6 +10,7 @@
 # on_revoked action, each with its own kmsd.  TAP-like output; exit 0 when
 # every script passed, 77 when miltertest is missing.  kmsd runs with
 # max_memory = 64K and max_message_size = 4M so that big.lua exercises both.
+# hostile.lua runs against a kmsd that trusts the CA of tests/data/hostile.
 . "${srcdir:-.}/tests/integration/lib.sh"
 
 need_cmd miltertest
@@ -31,21 +32,28 @@ mt_run() {
 	sed 's/^/#   /' "$T/mt.out"
 }
 
-# start POLICY: a kmsd with on_revoked = POLICY; waits until dave's revocation is known.
+HOSTILE="$(cd "$srcdir/tests/data/hostile" && pwd)"
+
+# start POLICY [CADIR]: a kmsd with on_revoked = POLICY trusting CADIR's ca.pem
+# and loading its crl.pem (default tests/data/smime); waits until dave's
+# revocation is known.
 start() {
+	cadir=${2:-$SMIME}
 	if [ "$KIND" = inet ]; then
 		MSOCK="inet:$(free_port)@127.0.0.1"
 	else
 		MSOCK="unix:$STATE/milter.sock"
 	fi
 	write_conf "[kmsd]" "milter_socket = $MSOCK" \
-	    "[milter]" "trust_file = $SMIME/ca.pem" "max_memory = 64K" "max_message_size = 4M" \
-	    "[crl]" "external = $SMIME/crl.pem" "external_ca = $SMIME/ca.pem" \
+	    "[milter]" "trust_file = $cadir/ca.pem" "max_memory = 64K" "max_message_size = 4M" \
+	    "[crl]" "external = $cadir/crl.pem" "external_ca = $cadir/ca.pem" \
 	    "[policy]" "on_revoked = $1"
+	# Only this kmsd's lines count: the log holds the earlier ones too.
+	seen=$(cat "$T/kmsd.log" 2>/dev/null | wc -l)
 	start_kmsd || return 1
 	# The external CRL is read by a thread after start: wait for the index.
 	for _ in $(seq 1 50); do
-		grep -Eq "revocation index rebuilt: [1-9]" "$T/kmsd.log" 2>/dev/null && break
+		tail -n +"$((seen + 1))" "$T/kmsd.log" | grep -Eq "revocation index rebuilt: [1-9]" && break
 		sleep 0.1
 	done
 	return 0
@@ -60,6 +68,13 @@ if start warn; then
 	stop_kmsd
 else
 	fail "kmsd starts with the test trust anchors"
+fi
+if start warn "$HOSTILE"; then
+	mt_run "hostile corpus: label, masking, partial, subject tag, display names ($KIND)" hostile.lua \
+	    -D hostile="$HOSTILE"
+	stop_kmsd
+else
+	fail "kmsd starts with the hostile corpus's trust anchor"
 fi
 # The reply text names the verdict's detail: take it from kmsd -t.
 DETAIL=$("$KMSD" -t -c "$CONF" --trust "$SMIME/ca.pem" --crl "$SMIME/crl.pem" "$SMIME/dave-revoked.eml" |

@@ -181,7 +181,7 @@ check_file(struct offline *o, const char *path)
 		for (size_t i = 0; i < rw->nedits; i++) {
 			const struct mlt_hdr_edit *e = &rw->edits[i];
 
-			if (e->op != MLT_HDR_DELETE && strncasecmp(e->name, "Content-", 8) != 0 &&
+			if ((e->op == MLT_HDR_ADD || e->op == MLT_HDR_CHANGE) && strncasecmp(e->name, "Content-", 8) != 0 &&
 			    strcasecmp(e->name, "MIME-Version") != 0)
 				printf("%s: %s\n", e->name, e->value);
 		}

@@ -171,6 +171,26 @@ const char *ca_reason_name(int code);           /* "unspecified" for unknown */
 int ca_store_revoke(struct kms_store *st, const char *serial, time_t when, int reason,
     time_t invalidity, int *already);
 
+/* What ca_revoke_target did, row by row. */
+enum ca_revoke_outcome { CA_REVOKE_SKIPPED = 0, CA_REVOKE_DONE, CA_REVOKE_ALREADY };
+struct ca_revoke_result {
+	struct ca_cert_row *rows;       /* every row the target named */
+	size_t n;
+	enum ca_revoke_outcome *outcome;        /* one per row */
+	size_t nrevoked, nalready;
+};
+void ca_revoke_result_free(struct ca_revoke_result *r);
+/*
+ * Revoke what an address or a serial names, in one transaction of its
+ * own: by address, the user's certificates that are still valid (expired
+ * ones are left alone); by serial, that certificate.  The key-recovery
+ * key is never revoked here (KMS_ERR_INVALID: it is replaced with escrow
+ * rotate).  KMS_ERR_NOTFOUND when the target names no certificate.  On
+ * failure nothing is revoked.
+ */
+int ca_revoke_target(struct kms_store *st, const char *target, time_t now, int reason, time_t invalidity,
+    struct ca_revoke_result *res);
+
 /* ===================================================================== CRL */
 
 struct ca_crl_opts {

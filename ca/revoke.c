@@ -183,3 +183,57 @@ out:
 	sqlite3_finalize(s);
 	return rc;
 }
+
+void
+ca_revoke_result_free(struct ca_revoke_result *r)
+{
+	ca_cert_rows_free(r->rows, r->n);
+	free(r->outcome);
+	memset(r, 0, sizeof(*r));
+}
+
+int
+ca_revoke_target(struct kms_store *st, const char *target, time_t now, int reason, time_t invalidity,
+    struct ca_revoke_result *res)
+{
+	int rc, by_email = strchr(target, '@') != NULL;
+
+	memset(res, 0, sizeof(*res));
+	if ((rc = ca_store_find(st, target, &res->rows, &res->n)) != 0)
+		return rc;
+	if (!by_email && res->n == 1 && strcmp(res->rows[0].usage, "krk") == 0) {
+		ca_revoke_result_free(res);
+		return kms_fail(KMS_ERR_INVALID, "that is the key-recovery key; replace it with `kmsctl escrow rotate`");
+	}
+	if ((res->outcome = calloc(res->n, sizeof(*res->outcome))) == NULL) {
+		ca_revoke_result_free(res);
+		return KMS_ERR_NOMEM;
+	}
+	if ((rc = kms_store_begin(st)) != 0)
+		goto fail;
+	for (size_t i = 0; i < res->n; i++) {
+		const struct ca_cert_row *row = &res->rows[i];
+		int was = 0;
+
+		if (strcmp(row->usage, "krk") == 0)
+			continue;
+		/* By address: the user's valid certificates; expired ones are left alone. */
+		if (by_email && row->revoked_at == 0 && row->not_after < now)
+			continue;
+		if ((rc = ca_store_revoke(st, row->serial, now, reason, invalidity, &was)) != 0) {
+			kms_store_rollback(st);
+			goto fail;
+		}
+		res->outcome[i] = was ? CA_REVOKE_ALREADY : CA_REVOKE_DONE;
+		if (was)
+			res->nalready++;
+		else
+			res->nrevoked++;
+	}
+	if ((rc = kms_store_commit(st)) != 0)
+		goto fail;
+	return 0;
+fail:
+	ca_revoke_result_free(res);
+	return rc;
+}

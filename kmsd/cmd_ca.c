@@ -29,26 +29,13 @@
 
 /* ------------------------------------------------------------------ status */
 
-json_t *
-kmsd_cmd_status(struct kmsd_req *req)
+/* The "ca" part of status: our CA certificate (with its PEM) or "not initialised". */
+static json_t *
+ca_json(const struct kmsd_env *env, const struct ca *ca)
 {
-	const struct ca *ca = kmsd_ca();
-	struct kmsd_env *env = req->env;
-	json_t *res, *roles = json_array(), *jca;
-	X509 *krk = NULL;
-	long long krk_id = 0;
-	struct ca_crl_set *crl = NULL;
+	json_t *jca;
 	char t[32];
 
-	for (unsigned b = 1; b <= POL_ROLE_AUDITOR; b <<= 1)
-		if (req->roles & b)
-			json_array_append_new(roles, json_string(pol_role_name(b)));
-	res = json_pack("{s:s,s:I,s:I,s:{s:I,s:s,s:o},s:s,s:s}",
-	    "version", PACKAGE_VERSION, "uptime", kmsd_uptime(), "store_version", (json_int_t)kms_store_version(req->st),
-	    "you", "uid", (json_int_t)req->uid, "user", req->user, "roles", roles,
-	    "state_dir", env->cfg->kmsd.state_dir, "authserv_id", env->cfg->kmsd.authserv_id);
-	if (res == NULL)
-		return NULL;
 	if (env->ca_cert) {
 		char *fp = ca_cert_fingerprint(env->ca_cert);
 		char *subj = X509_NAME_oneline(X509_get_subject_name(env->ca_cert), NULL, 0);
@@ -79,6 +66,30 @@ kmsd_cmd_status(struct kmsd_req *req)
 	} else {
 		jca = json_pack("{s:b,s:s}", "initialized", 0, "name", env->cfg->ca.name);
 	}
+	return jca;
+}
+
+json_t *
+kmsd_cmd_status(struct kmsd_req *req)
+{
+	const struct ca *ca = kmsd_ca();
+	struct kmsd_env *env = req->env;
+	json_t *res, *roles = json_array(), *jca;
+	X509 *krk = NULL;
+	long long krk_id = 0;
+	struct ca_crl_set *crl = NULL;
+	char t[32];
+
+	for (unsigned b = 1; b <= POL_ROLE_AUDITOR; b <<= 1)
+		if (req->roles & b)
+			json_array_append_new(roles, json_string(pol_role_name(b)));
+	res = json_pack("{s:s,s:I,s:I,s:{s:I,s:s,s:o},s:s,s:s}",
+	    "version", PACKAGE_VERSION, "uptime", kmsd_uptime(), "store_version", (json_int_t)kms_store_version(req->st),
+	    "you", "uid", (json_int_t)req->uid, "user", req->user, "roles", roles,
+	    "state_dir", env->cfg->kmsd.state_dir, "authserv_id", env->cfg->kmsd.authserv_id);
+	if (res == NULL)
+		return NULL;
+	jca = ca_json(env, ca);
 	json_object_set_new(res, "ca", jca);
 	if (kmsd_krk_get(req->st, &krk, &krk_id) == 0) {
 		char *fp = ca_cert_fingerprint(krk);

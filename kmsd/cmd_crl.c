@@ -24,18 +24,37 @@ index_add(const struct ca_cert_row *row, time_t when, int reason, time_t invalid
 	X509_free(x);
 }
 
+/* The revoke reply: what was revoked now and what was revoked before. */
+static json_t *
+revoke_json(const char *target, const struct ca_revoke_result *res, int reason)
+{
+	json_t *done = json_array(), *already = json_array();
+
+	for (size_t i = 0; i < res->n; i++) {
+		const struct ca_cert_row *row = &res->rows[i];
+		char t[32];
+
+		if (res->outcome[i] == CA_REVOKE_DONE)
+			json_array_append_new(done, json_string(row->serial));
+		else if (res->outcome[i] == CA_REVOKE_ALREADY)
+			json_array_append_new(already, json_pack("{s:s,s:s,s:s}", "serial", row->serial,
+			    "revoked_at", kms_time_format(row->revoked_at, t, sizeof(t)), "reason",
+			    ca_reason_name(row->reason)));
+	}
+	return kms_reply_ok(json_pack("{s:s,s:o,s:o,s:s}", "target", target, "revoked", done,
+	    "already_revoked", already, "reason", ca_reason_name(reason)));
+}
+
 json_t *
 kmsd_cmd_revoke(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "target", "reason", "invalidity_date", NULL };
 	const struct ca *ca = kmsd_ca();
 	const char *target, *reason_name, *inv;
-	json_t *reply = NULL, *done, *already;
-	struct ca_cert_row *rows = NULL;
-	size_t n = 0, nrev = 0;
+	json_t *reply = NULL;
+	struct ca_revoke_result res;
 	time_t now = time(NULL), invalidity = 0;
-	int reason = 0, rc, by_email, in_tx = 0;
-	unsigned char *revoked_now = NULL;
+	int reason = 0, rc;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
 		return reply;
@@ -57,72 +76,24 @@ kmsd_cmd_revoke(struct kmsd_req *req)
 		return kms_reply_error("bad_args", "revoke: the invalidity date is in the future");
 	if (ca == NULL || ca->key == NULL)
 		return kms_reply_error("bad_state", "revoke: the CA is not initialised or its key is not loaded");
-	if ((rc = ca_store_find(req->st, target, &rows, &n)) != 0) {
+	if ((rc = ca_revoke_target(req->st, target, now, reason, invalidity, &res)) != 0) {
 		if (rc == KMS_ERR_NOTFOUND)
 			return kms_reply_error("not_found", "revoke: no certificate for \"%s\"", req->target);
+		if (rc == KMS_ERR_INVALID)
+			return kms_reply_error("bad_args", "revoke: %s", kms_last_error());
 		return kmsd_reply_fail(rc);
 	}
-	by_email = strchr(target, '@') != NULL;
-	if (!by_email && n == 1 && strcmp(rows[0].usage, "krk") == 0) {
-		ca_cert_rows_free(rows, n);
-		return kms_reply_error("bad_args", "revoke: that is the key-recovery key; replace it with `kmsctl escrow rotate`");
-	}
-	revoked_now = calloc(n ? n : 1, 1);
-	if (revoked_now == NULL) {
-		ca_cert_rows_free(rows, n);
-		return kms_reply_error("internal", "out of memory");
-	}
-	done = json_array();
-	already = json_array();
-	if ((rc = kms_store_begin(req->st)) != 0)
-		goto fail;
-	in_tx = 1;
-	for (size_t i = 0; i < n; i++) {
-		int was = 0;
-
-		if (strcmp(rows[i].usage, "krk") == 0)
-			continue;
-		/* By address: the user's valid certificates; expired ones are left alone. */
-		if (by_email && rows[i].revoked_at == 0 && rows[i].not_after < now)
-			continue;
-		if ((rc = ca_store_revoke(req->st, rows[i].serial, now, reason, invalidity, &was)) != 0)
-			goto fail;
-		if (was) {
-			char t[32];
-
-			json_array_append_new(already, json_pack("{s:s,s:s,s:s}", "serial", rows[i].serial,
-			    "revoked_at", kms_time_format(rows[i].revoked_at, t, sizeof(t)),
-			    "reason", ca_reason_name(rows[i].reason)));
-		} else {
-			json_array_append_new(done, json_string(rows[i].serial));
-			revoked_now[i] = 1;
-			nrev++;
-		}
-	}
-	if ((rc = kms_store_commit(req->st)) != 0)
-		goto fail;
-	in_tx = 0;
-	for (size_t i = 0; i < n; i++)
-		if (revoked_now[i])
-			index_add(&rows[i], now, reason, invalidity);
-	if (nrev > 0 && kmsd_crl_publish_new(req->st, "revocation") != 0) {
+	for (size_t i = 0; i < res.n; i++)
+		if (res.outcome[i] == CA_REVOKE_DONE)
+			index_add(&res.rows[i], now, reason, invalidity);
+	if (res.nrevoked > 0 && kmsd_crl_publish_new(req->st, "revocation") != 0) {
 		/* The revocation stands and the index has it; the timer retries the CRL. */
 		kms_log(KMS_LOG_ERR, "revoke: the new CRL could not be published yet: %s", kms_last_error());
 	}
-	snprintf(req->detail, sizeof(req->detail), "%zu certificate(s) revoked, reason %s%s", nrev,
-	    ca_reason_name(reason), json_array_size(already) ? "; some were already revoked" : "");
-	reply = kms_reply_ok(json_pack("{s:s,s:o,s:o,s:s}", "target", target, "revoked", done,
-	    "already_revoked", already, "reason", ca_reason_name(reason)));
-	goto out;
-fail:
-	if (in_tx)
-		kms_store_rollback(req->st);
-	json_decref(done);
-	json_decref(already);
-	reply = kmsd_reply_fail(rc);
-out:
-	free(revoked_now);
-	ca_cert_rows_free(rows, n);
+	snprintf(req->detail, sizeof(req->detail), "%zu certificate(s) revoked, reason %s%s", res.nrevoked,
+	    ca_reason_name(reason), res.nalready ? "; some were already revoked" : "");
+	reply = revoke_json(target, &res, reason);
+	ca_revoke_result_free(&res);
 	return reply;
 }
 

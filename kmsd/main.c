@@ -366,17 +366,22 @@ install_handlers(void)
 	sigaction(SIGINT, &sa, NULL);
 }
 
-static int
-run(const char *config_path, struct kms_config *cfg)
-{
+/* What run() sets up and tears down. */
+struct run_ctx {
+	const char *config_path;
+	struct kms_config *cfg;
 	struct ids ids;
-	struct kms_store *st = NULL;
-	struct pub_http_server *http = NULL;
-	int ctl_fd = -1, http_fd = -1, rc;
-	char *dbpath;
-	pthread_t mt;
-	time_t last_tick = 0;
-	int exit_code = 0;
+	int ctl_fd, http_fd;
+	struct kms_store *st;
+	struct pub_http_server *http;
+	pthread_t milter;
+};
+
+/* As root (maybe): secure heap, no core dumps, signals, the sockets and pid file; then drop privileges. */
+static void
+start_privileged(struct run_ctx *r)
+{
+	struct kms_config *cfg = r->cfg;
 
 	if (kms_secmem_init(SECURE_HEAP_SIZE) != 0)
 		kms_log(KMS_LOG_WARNING, "%s; private keys will use ordinary memory", kms_last_error());
@@ -388,51 +393,62 @@ run(const char *config_path, struct kms_config *cfg)
 	/* Threads created from here on inherit a mask without HUP/TERM/INT. */
 	block_signals(SIG_BLOCK);
 
-	resolve_ids(cfg, &ids);
+	resolve_ids(cfg, &r->ids);
 	if (kms_mkdir_p(cfg->kmsd.state_dir, 0750) != 0)
 		die("cannot make the state directory");
-	if (ids.drop && chown(cfg->kmsd.state_dir, ids.uid, ids.gid) != 0)
+	if (r->ids.drop && chown(cfg->kmsd.state_dir, r->ids.uid, r->ids.gid) != 0)
 		die("cannot give the state directory to the kmsd user");
-	if (kmsd_server_listen(cfg->kmsd.control_socket, ids.drop ? ids.uid : (uid_t)-1, ids.gid, &ctl_fd) != 0)
+	if (kmsd_server_listen(cfg->kmsd.control_socket, r->ids.drop ? r->ids.uid : (uid_t)-1, r->ids.gid,
+	    &r->ctl_fd) != 0)
 		die("cannot open the control socket");
-	open_milter_socket(cfg, &ids);
-	if (cfg->http.listen[0] != '\0' && pub_http_listen(cfg->http.listen, &http_fd) != 0)
+	open_milter_socket(cfg, &r->ids);
+	if (cfg->http.listen[0] != '\0' && pub_http_listen(cfg->http.listen, &r->http_fd) != 0)
 		die("cannot open the HTTP distribution point");
 	write_pid_file(cfg->kmsd.pid_file);
-	drop_privileges(cfg, &ids);
-	if (ids.drop)
+	drop_privileges(cfg, &r->ids);
+	if (r->ids.drop)
 		kms_disable_core_dumps();       /* setuid resets the dumpable flag */
+}
+
+/* As the kmsd user: the store, the runtime, then every service thread. */
+static void
+start_services(struct run_ctx *r)
+{
+	struct kms_config *cfg = r->cfg;
+	char *dbpath;
+	int rc;
 
 	dbpath = kms_path_join(cfg->kmsd.state_dir, KMS_STORE_FILE);
 	if (dbpath == NULL)
 		die("out of memory");
-	rc = kms_store_open(dbpath, KMS_STORE_CREATE | KMS_STORE_CHECK, &st);
+	rc = kms_store_open(dbpath, KMS_STORE_CREATE | KMS_STORE_CHECK, &r->st);
 	free(dbpath);
 	if (rc != 0)
 		die("cannot open the store");
-	if (kmsd_runtime_start(kms_config_ref(cfg), st) != 0)
+	if (kmsd_runtime_start(kms_config_ref(cfg), r->st) != 0)
 		die("cannot start");
-	if (cfg->http.listen[0] != '\0' && kmsd_http_start(http_fd, &http) != 0)
+	if (cfg->http.listen[0] != '\0' && kmsd_http_start(r->http_fd, &r->http) != 0)
 		die("cannot start the HTTP distribution point");
-	if (kmsd_revidx_rebuild(st) != 0)
+	if (kmsd_revidx_rebuild(r->st) != 0)
 		kms_log(KMS_LOG_ERR, "revocation index: %s", kms_last_error());
 	/* Shares and recovered keys lived only in the memory of a previous run. */
-	kmsd_recovery_abort_all(st, NULL);
-	kmsd_periodic(st, time(NULL));
-	if (kmsd_server_start(ctl_fd, cfg->kmsd.control_socket) != 0)
+	kmsd_recovery_abort_all(r->st, NULL);
+	kmsd_periodic(r->st, time(NULL));
+	if (kmsd_server_start(r->ctl_fd, cfg->kmsd.control_socket) != 0)
 		die("cannot start the control server");
-	if (pthread_create(&mt, NULL, milter_thread, NULL) != 0) {
+	if (pthread_create(&r->milter, NULL, milter_thread, NULL) != 0) {
 		kms_fail(KMS_ERR_IO, "pthread_create");
 		die("cannot start the milter");
 	}
 	M.milter_running = 1;
 	if (kmsd_sync_start() != 0)
 		kms_log(KMS_LOG_ERR, "CRL synchronisation: %s", kms_last_error());
-	block_signals(SIG_UNBLOCK);
+}
 
-	kms_log(KMS_LOG_INFO, "kmsd %s started: control %s, milter %s%s%s, config %s", PACKAGE_VERSION,
-	    cfg->kmsd.control_socket, cfg->kmsd.milter_socket, cfg->http.listen[0] ? ", http " : "",
-	    cfg->http.listen, config_path ? config_path : "built-in defaults");
+/* Tell a waiting parent (kmsd without -f) that we are up. */
+static void
+report_ready(void)
+{
 	if (M.ready_fd >= 0) {
 		if (write(M.ready_fd, "OK\n", 3) < 0) {
 			/* the parent is gone */
@@ -440,6 +456,13 @@ run(const char *config_path, struct kms_config *cfg)
 		close(M.ready_fd);
 		M.ready_fd = -1;
 	}
+}
+
+/* Signals and the once-a-second timer until SIGTERM/SIGINT: 0, or 1 when the milter died. */
+static int
+main_loop(struct run_ctx *r)
+{
+	time_t last_tick = 0;
 
 	while (!M.got_term) {
 		struct pollfd pfd = { M.sig_pipe[0], POLLIN, 0 };
@@ -452,8 +475,8 @@ run(const char *config_path, struct kms_config *cfg)
 		}
 		if (M.got_hup) {
 			M.got_hup = 0;
-			kms_log(KMS_LOG_INFO, "SIGHUP: reloading %s", config_path ? config_path : "built-in defaults");
-			if (kmsd_reload(config_path) != 0)
+			kms_log(KMS_LOG_INFO, "SIGHUP: reloading %s", r->config_path ? r->config_path : "built-in defaults");
+			if (kmsd_reload(r->config_path) != 0)
 				kms_log(KMS_LOG_ERR, "reload refused, the running configuration is kept: %s", kms_last_error());
 			else
 				kms_log(KMS_LOG_INFO, "configuration reloaded");
@@ -461,16 +484,21 @@ run(const char *config_path, struct kms_config *cfg)
 		}
 		if (M.milter_exited) {
 			kms_log(KMS_LOG_ERR, "the milter listener stopped; shutting down so that the service manager can restart kmsd");
-			exit_code = 1;
-			break;
+			return 1;
 		}
 		now = time(NULL);
 		if (now != last_tick) {
 			last_tick = now;
-			kmsd_periodic(st, now);
+			kmsd_periodic(r->st, now);
 		}
 	}
+	return 0;
+}
 
+/* In the reverse order of start-up: running commands finish, secrets are wiped, the store closes. */
+static void
+stop_services(struct run_ctx *r)
+{
 	kms_log(KMS_LOG_INFO, "shutting down");
 	block_signals(SIG_BLOCK);
 	kmsd_server_stop(30);
@@ -478,14 +506,31 @@ run(const char *config_path, struct kms_config *cfg)
 	kmsd_sync_stop();
 	kms_log(KMS_LOG_DEBUG, "CRL sync stopped");
 	if (M.milter_running)
-		stop_milter(mt);
-	kmsd_http_stop(http);
+		stop_milter(r->milter);
+	kmsd_http_stop(r->http);
 	kms_log(KMS_LOG_DEBUG, "HTTP server stopped");
-	kmsd_recovery_abort_all(st, "kmsd stopped: open requests failed, their shares and keys wiped");
+	kmsd_recovery_abort_all(r->st, "kmsd stopped: open requests failed, their shares and keys wiped");
 	kmsd_runtime_stop();
-	kms_store_close(st);
-	unlink(cfg->kmsd.pid_file);
+	kms_store_close(r->st);
+	unlink(r->cfg->kmsd.pid_file);
 	kms_log(KMS_LOG_INFO, "stopped");
+}
+
+static int
+run(const char *config_path, struct kms_config *cfg)
+{
+	struct run_ctx r = { .config_path = config_path, .cfg = cfg, .ctl_fd = -1, .http_fd = -1 };
+	int exit_code;
+
+	start_privileged(&r);
+	start_services(&r);
+	block_signals(SIG_UNBLOCK);
+	kms_log(KMS_LOG_INFO, "kmsd %s started: control %s, milter %s%s%s, config %s", PACKAGE_VERSION,
+	    cfg->kmsd.control_socket, cfg->kmsd.milter_socket, cfg->http.listen[0] ? ", http " : "",
+	    cfg->http.listen, config_path ? config_path : "built-in defaults");
+	report_ready();
+	exit_code = main_loop(&r);
+	stop_services(&r);
 	return exit_code;
 }
 

@@ -304,6 +304,58 @@ START_TEST(test_revoke_twice_reports_already_and_changes_nothing)
 }
 END_TEST
 
+START_TEST(test_revoke_by_address_takes_valid_certificates_in_one_transaction)
+{
+	struct ca_revoke_result res;
+	time_t now = time(NULL);
+	size_t done = 0, already = 0, skipped = 0;
+
+	add_row("a1", now + 86400);
+	add_row("b2", now - 10);                /* expired: left alone by address */
+	add_row("c3", now + 86400);
+	do_revoke("c3", 1, now - 100, 0);
+	ck_assert_int_eq(ca_revoke_target(st, "u@example.org", now, 4, 0, &res), 0);
+	ck_assert_uint_eq(res.n, 3);
+	for (size_t i = 0; i < res.n; i++) {
+		if (strcmp(res.rows[i].serial, "a1") == 0) {
+			ck_assert_int_eq(res.outcome[i], CA_REVOKE_DONE);
+			done++;
+		} else if (strcmp(res.rows[i].serial, "b2") == 0) {
+			ck_assert_int_eq(res.outcome[i], CA_REVOKE_SKIPPED);
+			skipped++;
+		} else {
+			ck_assert_int_eq(res.outcome[i], CA_REVOKE_ALREADY);
+			already++;
+		}
+	}
+	ck_assert_uint_eq(done + skipped + already, 3);
+	ck_assert_uint_eq(res.nrevoked, 1);
+	ck_assert_uint_eq(res.nalready, 1);
+	ca_revoke_result_free(&res);
+	/* By serial, an expired certificate is revoked too. */
+	ck_assert_int_eq(ca_revoke_target(st, "b2", now, 1, 0, &res), 0);
+	ck_assert_uint_eq(res.nrevoked, 1);
+	ca_revoke_result_free(&res);
+	ck_assert_int_eq(ca_revoke_target(st, "nobody@example.org", now, 1, 0, &res), KMS_ERR_NOTFOUND);
+	ck_assert_ptr_null(res.rows);
+	ck_assert_int_eq(sqlite3_get_autocommit(kms_store_db(st)), 1);
+}
+END_TEST
+
+START_TEST(test_revoke_refuses_the_key_recovery_key)
+{
+	struct ca_revoke_result res;
+
+	ck_assert_int_eq(sqlite3_exec(kms_store_db(st),
+	    "INSERT INTO certs(serial, email, usage, key_type, origin, subject, not_before, not_after, cert, issued) "
+	    "VALUES ('d4', '', 'krk', 'rsa:3072', 'init', 'CN=Key Recovery Key', 0, 4102444800, x'00', 0)",
+	    NULL, NULL, NULL), SQLITE_OK);
+	ck_assert_int_eq(ca_revoke_target(st, "d4", time(NULL), 1, 0, &res), KMS_ERR_INVALID);
+	ck_assert_ptr_null(res.rows);
+	ck_assert_int_eq(sqlite3_get_autocommit(kms_store_db(st)), 1);
+}
+END_TEST
+
 START_TEST(test_revoke_unknown_serial_and_bad_input_fail)
 {
 	int already = 0;
@@ -1337,6 +1389,8 @@ revocation_suite(void)
 	tcase_add_test(tc, test_reason_names_are_rfc5280_and_round_trip);
 	tcase_add_test(tc, test_revoke_twice_reports_already_and_changes_nothing);
 	tcase_add_test(tc, test_revoke_unknown_serial_and_bad_input_fail);
+	tcase_add_test(tc, test_revoke_by_address_takes_valid_certificates_in_one_transaction);
+	tcase_add_test(tc, test_revoke_refuses_the_key_recovery_key);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("crl");

@@ -45,6 +45,7 @@ flow_teardown(void)
 	kms_store_close(fst);
 	fst = NULL;
 	tu_rmtree(fdir);
+	free(fdir);
 	fdir = NULL;
 }
 

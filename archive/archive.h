@@ -95,6 +95,14 @@ int esc_share_encode(const struct esc_share *share, const struct esc_share_meta 
  */
 int esc_share_decode(const char *text, size_t len, const char *passphrase,
     struct esc_share *share, struct esc_share_meta *meta);
+/*
+ * Are these scrypt parameters of a share file within what we derive?
+ * (N a power of two >= 1024, memory 128*N*r <= 256 MiB, r <= 32, p <= 4,
+ * N*r*p at most twice what esc_share_encode() writes.)  1 or 0.  A file
+ * over them gives KMS_ERR_TOOBIG from esc_share_decode() before any work;
+ * at most two derivations run at once in the process.
+ */
+int esc_kdf_params_ok(unsigned long n, unsigned long r, unsigned long p);
 /* Parse only the headers (no passphrase needed). */
 int esc_share_peek(const char *text, size_t len, struct esc_share_meta *meta);
 /* Hex SHA-256 commitment of a share (index and bytes), stored at init to spot edited or foreign shares. */
@@ -209,18 +217,42 @@ int esc_enveloped_decrypt(const struct esc_enveloped *e, const unsigned char *ce
 /* The share files of one KRK: their paths and the digests init records. */
 struct esc_share_files {
 	char **paths;
+	char **names;               /* in dirfd */
 	char **digests;             /* hex SHA-256 of each share (esc_share_digest) */
+	int dirfd;                  /* our own copy, to remove them */
 	int n;
 };
 /*
+ * Directories a client named for share files and their passphrases,
+ * opened for the requester with kms_dir_open_checked() (no link
+ * followed, nothing created): the files are made there with openat().
+ */
+struct esc_share_dest {
+	int dirfd;
+	int passfd;                 /* -1: clear shares */
+	uid_t owner;                /* the requester: owns the share files and the passphrase files */
+	uid_t alt;                  /* an unprivileged kmsd's own uid, else (uid_t)-1 */
+};
+/*
+ * Open dir (and pass_dir unless NULL or "") for requester; alt is the
+ * other owner accepted (an unprivileged kmsd's uid) or (uid_t)-1.  The
+ * errors say which directory and which rule.  Close with
+ * esc_share_dest_close().
+ */
+int esc_share_dest_open(const char *dir, const char *pass_dir, uid_t requester, uid_t alt, struct esc_share_dest *d);
+void esc_share_dest_close(struct esc_share_dest *d);
+/*
  * Split the KRK private key into n shares (threshold m) and write one
- * armored file per share into dir (made 0700 if absent; files 0600, never
- * overwritten).  With pass_dir, share i is encrypted under the passphrase
- * in pass_dir/share-<i>.passphrase (at least 8 characters).  On failure no
- * file is left and *sf is empty.
+ * armored file per share (0600, created exclusively, never through a
+ * link) into dest->dirfd, or when dest is NULL into dir, kmsd's own
+ * directory (made 0700 if absent).  With a passphrase directory share i
+ * is encrypted under the passphrase in share-<i>.passphrase there (a
+ * regular file of the owner's, never a link; at least 8 characters).
+ * dir and pass_dir name the directories in paths and messages.  On
+ * failure no file is left and *sf is empty.
  */
 int esc_share_files_write(EVP_PKEY *krk, X509 *krk_cert, int n, int m, const char *dir, const char *pass_dir,
-    struct esc_share_files *sf);
+    const struct esc_share_dest *dest, struct esc_share_files *sf);
 /* Remove the files (after a failed transaction); free frees the lists only. */
 void esc_share_files_remove(struct esc_share_files *sf);
 void esc_share_files_free(struct esc_share_files *sf);
@@ -254,6 +286,7 @@ struct esc_rotate_req {
 	const char *crl_url;
 	int shares, threshold;
 	const char *share_dir, *pass_dir;
+	const struct esc_share_dest *dest;  /* the requester's directories, or NULL: kmsd's own share_dir */
 	const char *user;           /* who asked (recorded as the issuer) */
 	time_t now;
 };
@@ -308,6 +341,7 @@ struct esc_request_new {
 	const char *requester;
 	long long krk_id;
 	time_t now, expires;
+	const char *share_dir, *pass_dir;   /* rotate: where the new shares go (shown by recover list) */
 };
 /* Record a new open request; id gets its random id ("R-" and 12 hex digits). */
 int esc_request_open(struct kms_store *st, const struct esc_request_new *nr, char id[ESC_REQUEST_ID_MAX]);
@@ -324,6 +358,7 @@ void esc_request_officers(const struct esc_request *rq, char *buf, size_t len);
 /* One row of esc_request_list (strings borrowed for the callback only). */
 struct esc_request_row {
 	const char *id, *purpose, *email, *why, *requester, *state, *detail, *officers;
+	const char *share_dir, *pass_dir;   /* rotate: where the new shares go, "" otherwise */
 	uid_t requester_uid;
 	time_t created, expires;
 	int threshold, napprovals;
@@ -344,8 +379,10 @@ struct esc_init_req {
 	int ca_days;
 	const char *crl_url;
 	const char *passphrase;     /* encrypts the CA key at rest */
+	int not_before_margin;      /* the new CA's ([ca] not_before_margin) */
 	int shares, threshold;
 	const char *share_dir, *pass_dir;
+	const struct esc_share_dest *dest;  /* the requester's directories, or NULL: kmsd's own share_dir */
 	const char *user;
 };
 struct esc_init_result {
@@ -379,6 +416,13 @@ struct esc_enroll_req {
 struct esc_enrollment {
 	EVP_PKEY *skey, *ekey;
 	X509 *scert, *ecert;
+	/*
+	 * Random id of this pair: the subject serialNumber of both
+	 * certificates, for kmsd's friendly names too.  A renewal never
+	 * shares a subject with the pair it renews (NSS keys nicknames by
+	 * subject); the two of one pair do share one (gpgsm's identity).
+	 */
+	char generation[17];
 	unsigned char *envelope;
 	size_t envlen;
 };

@@ -26,6 +26,7 @@
 #include "config.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,8 +45,17 @@
 #define SCRYPT_N 131072UL       /* 2^17: 128 MiB, about half a second */
 #define SCRYPT_R 8UL
 #define SCRYPT_P 1UL
-/* What we accept when reading: at most 256 MiB of scrypt memory. */
+/*
+ * What we accept when reading, since the parameters come from the file:
+ * at most 256 MiB of scrypt memory (128 N r), p at most 4, and at most
+ * twice the work of what we write (N r p <= 2^21, about a second), so a
+ * hostile share file cannot cost more than an honest one by much.
+ */
 #define SCRYPT_MAX_MEM (256UL * 1024 * 1024)
+#define SCRYPT_MAX_P 4UL
+#define SCRYPT_MAX_WORK (2UL * SCRYPT_N * SCRYPT_R * SCRYPT_P)
+/* Derivations running at once (each holds up to SCRYPT_MAX_MEM). */
+#define SCRYPT_MAX_CONCURRENT 2
 
 #define SALT_LEN 16
 #define NONCE_LEN 12
@@ -136,24 +146,40 @@ checksum(const char *header, size_t hlen, const unsigned char *payload, size_t p
 	return ok ? 0 : kms_fail_openssl(KMS_ERR_CRYPTO, "share checksum");
 }
 
-static int
-kdf_ok(const struct kdf *k)
+int
+esc_kdf_params_ok(unsigned long n, unsigned long r, unsigned long p)
 {
-	/* N a power of two, and the memory scrypt needs (128 N r) bounded. */
-	if (k->n < 1024 || (k->n & (k->n - 1)) != 0 || k->r < 1 || k->r > 32 || k->p < 1 || k->p > 16)
+	/* N a power of two; memory (128 N r), p and work (N r p) bounded. */
+	if (n < 1024 || (n & (n - 1)) != 0 || r < 1 || r > 32 || p < 1 || p > SCRYPT_MAX_P)
 		return 0;
-	return k->n <= SCRYPT_MAX_MEM / 128 / k->r;
+	if (n > SCRYPT_MAX_MEM / 128 / r)
+		return 0;
+	return n * r <= SCRYPT_MAX_WORK / p;
 }
+
+static pthread_mutex_t kdf_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t kdf_cond = PTHREAD_COND_INITIALIZER;
+static int kdf_running;
 
 static int
 derive_key(const char *passphrase, const unsigned char *salt, const struct kdf *k, unsigned char *key)
 {
 	uint64_t maxmem = 128 * (uint64_t)k->r * (k->n + 2) + 128 * (uint64_t)k->r * k->p + 65536;
+	int ok;
 
-	if (EVP_PBE_scrypt(passphrase, strlen(passphrase), salt, SALT_LEN, k->n, k->r, k->p, maxmem,
-	    key, KEY_LEN) != 1)
-		return kms_fail_openssl(KMS_ERR_CRYPTO, "scrypt");
-	return 0;
+	/* A few at a time: each may hold SCRYPT_MAX_MEM. */
+	pthread_mutex_lock(&kdf_lock);
+	while (kdf_running >= SCRYPT_MAX_CONCURRENT)
+		pthread_cond_wait(&kdf_cond, &kdf_lock);
+	kdf_running++;
+	pthread_mutex_unlock(&kdf_lock);
+	ok = EVP_PBE_scrypt(passphrase, strlen(passphrase), salt, SALT_LEN, k->n, k->r, k->p, maxmem,
+	    key, KEY_LEN) == 1;
+	pthread_mutex_lock(&kdf_lock);
+	kdf_running--;
+	pthread_cond_signal(&kdf_cond);
+	pthread_mutex_unlock(&kdf_lock);
+	return ok ? 0 : kms_fail_openssl(KMS_ERR_CRYPTO, "scrypt");
 }
 
 /*
@@ -395,7 +421,7 @@ parse_encryption_line(const char *v, int *encrypted, struct kdf *k)
 	    parse_num(&v, 1024, &k->r) || expect(&v, " p=") || parse_num(&v, 1024, &k->p) || *v != '\0')
 		return -1;
 	*encrypted = 1;
-	return kdf_ok(k) ? 0 : -1;
+	return esc_kdf_params_ok(k->n, k->r, k->p) ? 0 : -2;
 }
 
 static int
@@ -446,8 +472,13 @@ parse(const char *text, size_t len, struct parsed *pp)
 	if (!next_line(&c, &line, &n) || header_value(line, n, "Share", val, sizeof(val)) ||
 	    parse_share_line(val, &pp->meta))
 		return CORRUPT("bad or missing Share line");
-	if (!next_line(&c, &line, &n) || header_value(line, n, "Encryption", val, sizeof(val)) ||
-	    parse_encryption_line(val, &pp->meta.encrypted, &pp->kdf))
+	if (!next_line(&c, &line, &n) || header_value(line, n, "Encryption", val, sizeof(val)))
+		return CORRUPT("bad or missing Encryption line");
+	if ((rc = parse_encryption_line(val, &pp->meta.encrypted, &pp->kdf)) == -2)
+		return kms_fail(KMS_ERR_TOOBIG, "share file asks for scrypt N=%lu r=%lu p=%lu: over the bounds "
+		    "(memory 128*N*r at most %lu MiB, p at most %lu, N*r*p at most %lu)", pp->kdf.n, pp->kdf.r,
+		    pp->kdf.p, SCRYPT_MAX_MEM >> 20, SCRYPT_MAX_P, SCRYPT_MAX_WORK);
+	if (rc != 0)
 		return CORRUPT("bad or missing Encryption line");
 	if (!meta_valid(&pp->meta))
 		return CORRUPT("impossible index, total or threshold");

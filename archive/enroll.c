@@ -14,8 +14,11 @@
  */
 #include "config.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/rand.h>
 
 #include "archive/archive.h"
 
@@ -43,6 +46,7 @@ esc_init(struct kms_store *st, const struct esc_init_req *ir, struct esc_init_re
 	memset(res, 0, sizeof(*res));
 	if ((rc = ca_create_root(ir->org, ir->ca_name, ir->ca_key_type, ir->ca_days, &ca)) != 0)
 		goto out;
+	ca->not_before_margin = ir->not_before_margin;
 	if ((rc = ca_key_encrypt(ca->key, ir->passphrase, &pem, &pemlen)) != 0)
 		goto out;
 	if ((rc = ca_keygen(ir->krk_key_type, &krk)) != 0)
@@ -56,7 +60,7 @@ esc_init(struct kms_store *st, const struct esc_init_req *ir, struct esc_init_re
 	}
 	/* Files first: a KRK recorded without its shares could never be used. */
 	if ((rc = esc_share_files_write(krk, krk_cert, ir->shares, ir->threshold, ir->share_dir, ir->pass_dir,
-	    &sf)) != 0)
+	    ir->dest, &sf)) != 0)
 		goto out;
 	EVP_PKEY_free(krk);         /* the only copy of the KRK private key goes now */
 	krk = NULL;
@@ -118,8 +122,18 @@ esc_enroll_prepare(const struct esc_enroll_req *er, struct esc_enrollment *en)
 	if ((rc = ca_keygen(er->key_type, &en->skey)) != 0 || (rc = ca_keygen(er->key_type, &en->ekey)) != 0)
 		goto out;
 	{
+		unsigned char r[8];
+
+		if (RAND_bytes(r, sizeof(r)) != 1) {
+			rc = kms_fail_openssl(KMS_ERR_CRYPTO, "random");
+			goto out;
+		}
+		for (size_t i = 0; i < sizeof(r); i++)
+			snprintf(en->generation + 2 * i, 3, "%02x", r[i]);
+	}
+	{
 		struct ca_issue_req sr = { .usage = CA_USAGE_SIGN, .pubkey = en->skey, .email = er->email,
-			.name = er->name, .days = er->days, .crl_url = er->crl_url };
+			.name = er->name, .days = er->days, .crl_url = er->crl_url, .subject_serial = en->generation };
 		struct ca_issue_req enc = sr;
 
 		enc.usage = CA_USAGE_ENC;

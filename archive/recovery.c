@@ -29,45 +29,74 @@
 void
 esc_share_files_remove(struct esc_share_files *sf)
 {
-	for (int i = 0; i < sf->n; i++)
-		if (sf->paths[i])
-			unlink(sf->paths[i]);
+	for (int i = 0; sf->names && i < sf->n; i++)
+		if (sf->names[i])
+			kms_unlink_at(sf->dirfd, sf->names[i]);
 }
 
 void
 esc_share_files_free(struct esc_share_files *sf)
 {
-	for (int i = 0; sf->paths && i < sf->n; i++)
-		free(sf->paths[i]);
-	free(sf->paths);
-	sf->paths = NULL;
-	if (sf->digests) {
-		for (int i = 0; i < sf->n; i++)
+	for (int i = 0; i < sf->n; i++) {
+		if (sf->paths)
+			free(sf->paths[i]);
+		if (sf->names)
+			free(sf->names[i]);
+		if (sf->digests)
 			free(sf->digests[i]);
-		free(sf->digests);
-		sf->digests = NULL;
 	}
-	sf->n = 0;
+	free(sf->paths);
+	free(sf->names);
+	free(sf->digests);
+	if (sf->dirfd > 0)
+		close(sf->dirfd);
+	memset(sf, 0, sizeof(*sf));
 }
 
-/* The passphrase of share index from pass_dir/share-<index>.passphrase; *out secret. */
-static int
-share_passphrase(const char *pass_dir, int index, char **out)
+int
+esc_share_dest_open(const char *dir, const char *pass_dir, uid_t requester, uid_t alt, struct esc_share_dest *d)
 {
-	char pname[64], *ppath;
+	char why[400];
+	int rc;
+
+	d->dirfd = d->passfd = -1;
+	d->owner = requester;
+	d->alt = alt;
+	if ((rc = kms_dir_open_checked(dir, requester, alt, &d->dirfd)) != 0) {
+		snprintf(why, sizeof(why), "%s", kms_last_error());
+		return kms_fail(rc, "share directory: %s", why);
+	}
+	if (pass_dir != NULL && *pass_dir != '\0' && (rc = kms_dir_open_checked(pass_dir, requester, alt, &d->passfd)) != 0) {
+		snprintf(why, sizeof(why), "%s", kms_last_error());
+		esc_share_dest_close(d);
+		return kms_fail(rc, "passphrase directory: %s", why);
+	}
+	return 0;
+}
+
+void
+esc_share_dest_close(struct esc_share_dest *d)
+{
+	if (d->dirfd >= 0)
+		close(d->dirfd);
+	if (d->passfd >= 0)
+		close(d->passfd);
+	d->dirfd = d->passfd = -1;
+}
+
+/* The passphrase of share index from share-<index>.passphrase in d->passfd; *out secret. */
+static int
+share_passphrase(const struct esc_share_dest *d, const char *pass_dir, int index, char **out)
+{
+	char pname[64], why[300];
 	int rc;
 
 	*out = NULL;
 	snprintf(pname, sizeof(pname), "share-%d.passphrase", index);
-	if ((ppath = kms_path_join(pass_dir, pname)) == NULL)
-		return KMS_ERR_NOMEM;
-	rc = kms_read_secret_file(ppath, out);
-	if (rc != 0) {
-		rc = kms_fail(rc, "share %d: cannot read its passphrase file %s", index, ppath);
-		free(ppath);
-		return rc;
+	if ((rc = kms_read_secret_file_at(d->passfd, pname, d->owner, d->alt, out)) != 0) {
+		snprintf(why, sizeof(why), "%s", kms_last_error());
+		return kms_fail(rc, "share %d: passphrase file in %s refused: %s", index, pass_dir, why);
 	}
-	free(ppath);
 	if (strlen(*out) < MIN_SHARE_PASSPHRASE) {
 		kms_secret_free(*out);
 		*out = NULL;
@@ -77,61 +106,71 @@ share_passphrase(const char *pass_dir, int index, char **out)
 	return 0;
 }
 
-/* Encode share i and write it to its own file in dir. */
+/* Encode share i and write it to its own file in the destination. */
 static int
 share_file_write(const struct esc_share *share, const struct esc_share_meta *meta, const char *dir,
-    const char *pass_dir, const char *fp, int n, char **path)
+    const char *pass_dir, const struct esc_share_dest *d, const char *fp, int n, char **path, char **fname)
 {
 	char name[96], *text = NULL, *pass = NULL;
 	size_t tlen = 0;
 	int rc;
 
-	*path = NULL;
-	if (pass_dir != NULL && (rc = share_passphrase(pass_dir, share->index, &pass)) != 0)
+	*path = *fname = NULL;
+	if (d->passfd >= 0 && (rc = share_passphrase(d, pass_dir, share->index, &pass)) != 0)
 		return rc;
 	rc = esc_share_encode(share, meta, pass, &text, &tlen);
 	kms_secret_free(pass);
 	if (rc != 0)
 		return rc;
 	snprintf(name, sizeof(name), "krk-%.8s-share-%d-of-%d.txt", fp, share->index, n);
-	if ((*path = kms_path_join(dir, name)) == NULL)
+	if ((*path = kms_path_join(dir, name)) == NULL || (*fname = strdup(name)) == NULL)
 		rc = KMS_ERR_NOMEM;
 	else
-		rc = kms_write_file_excl(*path, text, tlen, 0600);
+		rc = kms_write_file_at_excl(d->dirfd, name, d->owner, text, tlen, 0600);
 	kms_wipe(text, tlen);
 	free(text);
 	if (rc != 0) {
 		free(*path);
-		*path = NULL;
+		free(*fname);
+		*path = *fname = NULL;
 	}
 	return rc;
 }
 
 int
 esc_share_files_write(EVP_PKEY *krk, X509 *krk_cert, int n, int m, const char *dir, const char *pass_dir,
-    struct esc_share_files *sf)
+    const struct esc_share_dest *dest, struct esc_share_files *sf)
 {
 	unsigned char *secret = NULL;
 	size_t slen = 0;
 	struct esc_share *shares = NULL;
+	struct esc_share_dest own = { -1, -1, 0, (uid_t)-1 };
 	char *fp = ca_cert_fingerprint(krk_cert);
 	int rc;
 
 	memset(sf, 0, sizeof(*sf));
+	sf->dirfd = -1;
 	if (n < 2 || n > ESC_MAX_SHARES || m < 2 || m > n) {
 		rc = kms_fail(KMS_ERR_INVALID, "shares %d and threshold %d: need 2 <= threshold <= shares <= %d",
 		    n, m, ESC_MAX_SHARES);
 		goto out;
 	}
+	if (dest == NULL) {
+		/* kmsd's own directory (the configured default): ours to make. */
+		if ((rc = kms_mkdir_p(dir, 0700)) != 0 ||
+		    (rc = esc_share_dest_open(dir, pass_dir, geteuid(), (uid_t)-1, &own)) != 0)
+			goto out;
+		dest = &own;
+	}
 	sf->paths = calloc((size_t)n, sizeof(char *));
+	sf->names = calloc((size_t)n, sizeof(char *));
 	sf->digests = calloc((size_t)n, sizeof(char *));
-	if (sf->paths == NULL || sf->digests == NULL || fp == NULL) {
+	if (sf->paths == NULL || sf->names == NULL || sf->digests == NULL || fp == NULL ||
+	    (sf->dirfd = dup(dest->dirfd)) < 0) {
 		rc = KMS_ERR_NOMEM;
 		goto out;
 	}
 	sf->n = n;
-	if ((rc = kms_mkdir_p(dir, 0700)) != 0)
-		goto out;
 	if ((rc = esc_key_to_secret(krk, &secret, &slen)) != 0)
 		goto out;
 	if ((rc = esc_split(secret, slen, n, m, &shares)) != 0)
@@ -140,7 +179,8 @@ esc_share_files_write(EVP_PKEY *krk, X509 *krk_cert, int n, int m, const char *d
 		struct esc_share_meta meta = { .index = shares[i].index, .threshold = m, .total = n };
 
 		snprintf(meta.krk_fingerprint, sizeof(meta.krk_fingerprint), "%s", fp);
-		if ((rc = share_file_write(&shares[i], &meta, dir, pass_dir, fp, n, &sf->paths[i])) != 0)
+		if ((rc = share_file_write(&shares[i], &meta, dir, pass_dir, dest, fp, n, &sf->paths[i],
+		    &sf->names[i])) != 0)
 			goto out;
 		if ((sf->digests[i] = esc_share_digest(&shares[i])) == NULL) {
 			rc = KMS_ERR_NOMEM;
@@ -153,6 +193,7 @@ out:
 		esc_share_files_remove(sf);
 		esc_share_files_free(sf);
 	}
+	esc_share_dest_close(&own);
 	esc_shares_free(shares, (size_t)n);
 	if (secret)
 		OPENSSL_secure_clear_free(secret, slen);
@@ -295,7 +336,8 @@ esc_krk_rotate(struct kms_store *st, const struct ca *ca, const struct esc_rotat
 		goto out;
 	}
 	/* Files first: a KRK recorded without its shares could never be used. */
-	if ((rc = esc_share_files_write(krk, cert, rr->shares, rr->threshold, rr->share_dir, rr->pass_dir, &sf)) != 0)
+	if ((rc = esc_share_files_write(krk, cert, rr->shares, rr->threshold, rr->share_dir, rr->pass_dir, rr->dest,
+	    &sf)) != 0)
 		goto out;
 	EVP_PKEY_free(krk);         /* the only copy of the new KRK private key goes now */
 	krk = NULL;

@@ -54,8 +54,8 @@ esc_request_open(struct kms_store *st, const struct esc_request_new *nr, char id
 	if ((rc = new_request_id(id, ESC_REQUEST_ID_MAX)) != 0)
 		return rc;
 	if (sqlite3_prepare_v2(kms_store_db(st), "INSERT INTO recovery(id, purpose, email, why, requester_uid, "
-	    "requester, krk_id, created, expires, state, state_time) VALUES (?,?,?,?,?,?,?,?,?,'open',?)",
-	    -1, &s, NULL) != SQLITE_OK)
+	    "requester, krk_id, created, expires, state, state_time, share_dir, pass_dir) "
+	    "VALUES (?,?,?,?,?,?,?,?,?,'open',?,?,?)", -1, &s, NULL) != SQLITE_OK)
 		return kms_store_fail(st, "recovery request");
 	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(s, 2, nr->purpose, -1, SQLITE_STATIC);
@@ -67,6 +67,8 @@ esc_request_open(struct kms_store *st, const struct esc_request_new *nr, char id
 	sqlite3_bind_int64(s, 8, (long long)nr->now);
 	sqlite3_bind_int64(s, 9, (long long)nr->expires);
 	sqlite3_bind_int64(s, 10, (long long)nr->now);
+	sqlite3_bind_text(s, 11, nr->share_dir ? nr->share_dir : "", -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 12, nr->pass_dir ? nr->pass_dir : "", -1, SQLITE_STATIC);
 	rc = sqlite3_step(s) == SQLITE_DONE ? 0 : kms_store_fail(st, "recovery request");
 	sqlite3_finalize(s);
 	if (rc != 0)
@@ -199,7 +201,7 @@ esc_request_list(struct kms_store *st, int all, time_t now, esc_request_row_fn f
 	if (sqlite3_prepare_v2(kms_store_db(st), "SELECT r.id, r.purpose, r.email, r.why, r.requester, r.created, "
 	    "r.expires, r.state, r.detail, k.threshold, (SELECT group_concat(officer, ', ') FROM approvals a "
 	    "WHERE a.request_id = r.id), (SELECT count(*) FROM approvals a WHERE a.request_id = r.id), "
-	    "r.requester_uid FROM recovery r JOIN krk k ON k.id = r.krk_id WHERE ? OR r.state IN ('open', 'approved') "
+	    "r.requester_uid, r.share_dir, r.pass_dir FROM recovery r JOIN krk k ON k.id = r.krk_id WHERE ? OR r.state IN ('open', 'approved') "
 	    "OR r.state_time > ? ORDER BY r.created", -1, &s, NULL) != SQLITE_OK)
 		return kms_store_fail(st, "recovery list");
 	sqlite3_bind_int(s, 1, all);
@@ -211,6 +213,7 @@ esc_request_list(struct kms_store *st, int all, time_t now, esc_request_row_fn f
 			.expires = (time_t)sqlite3_column_int64(s, 6), .state = text(s, 7), .detail = text(s, 8),
 			.threshold = sqlite3_column_int(s, 9), .officers = text(s, 10),
 			.napprovals = sqlite3_column_int(s, 11), .requester_uid = (uid_t)sqlite3_column_int64(s, 12),
+			.share_dir = text(s, 13), .pass_dir = text(s, 14),
 		};
 
 		if ((rc = fn(arg, &row)) != 0) {

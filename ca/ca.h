@@ -50,7 +50,9 @@ struct ca {
 	X509 *cert;          /* the root certificate */
 	EVP_PKEY *key;       /* its private key; NULL when loaded without passphrase */
 	char *name;          /* short name ([ca] name): file names and URLs */
+	int not_before_margin;  /* seconds ca_issue() sets notBefore back ([ca] not_before_margin); 0 at creation */
 };
+#define CA_MAX_NOT_BEFORE_MARGIN 86400
 
 /*
  * Make a new self-signed root: subject "O=<org>, CN=<org> S/MIME CA",
@@ -86,12 +88,15 @@ struct ca_issue_req {
 	const char *name;       /* subject CN; NULL or "" uses the address */
 	int days;               /* validity from now */
 	const char *crl_url;    /* CRL distribution point; NULL or "" for none */
+	const char *subject_serial;  /* subject serialNumber (printable), or NULL for none */
 };
 
 /*
  * Issue a certificate signed by ca (which must hold its key): X.509 v3,
  * 128-bit random positive serial, SHA-256 (RSA) or SHA-384 (P-384 CA)
- * signature, subject O=<CA org>, CN=<name>, emailAddress=<email>, and the
+ * signature, notBefore ca->not_before_margin seconds before now, subject
+ * O=<CA org>, CN=<name>, serialNumber=<subject_serial> when given,
+ * emailAddress=<email>, and the
  * extensions of DESIGN section 4: basicConstraints CA:FALSE (critical),
  * keyUsage (critical), extendedKeyUsage emailProtection, subjectAltName
  * rfc822Name, SKI, AKI (keyid), crlDistributionPoints.
@@ -147,6 +152,12 @@ int ca_store_find(struct kms_store *st, const char *email_or_serial, struct ca_c
 int ca_store_list(struct kms_store *st, int revoked_only, struct ca_cert_row **rows, size_t *n);
 /* 1 if email has an unrevoked, unexpired certificate at now, 0 if not. */
 int ca_store_has_valid(struct kms_store *st, const char *email, time_t now);
+/*
+ * The display name (CN) of email's newest enrolled certificate, which a
+ * renewal keeps when no new one is given; *name malloc'd.
+ * KMS_ERR_NOTFOUND when the address was never enrolled under a name.
+ */
+int ca_store_display_name(struct kms_store *st, const char *email, char **name);
 /* Does the store know this address at all (any certificate)?  1 or 0. */
 int ca_store_knows_email(struct kms_store *st, const char *email);
 /* What kmsctl status shows: users, their certificates (not the KRK's), revoked ones (-1 each on error). */

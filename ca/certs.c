@@ -330,6 +330,28 @@ ca_store_knows_email(struct kms_store *st, const char *email)
 	return exists(st, "SELECT 1 FROM certs WHERE email = ? LIMIT 1", email, 0, 0);
 }
 
+int
+ca_store_display_name(struct kms_store *st, const char *email, char **name)
+{
+	sqlite3_stmt *s = NULL;
+	int rc;
+
+	*name = NULL;
+	if (sqlite3_prepare_v2(kms_store_db(st), "SELECT name FROM certs WHERE email = ? AND origin = 'enroll' "
+	    "AND name != '' ORDER BY issued DESC, rowid DESC LIMIT 1", -1, &s, NULL) != SQLITE_OK)
+		return kms_store_fail(st, "display name");
+	sqlite3_bind_text(s, 1, email, -1, SQLITE_STATIC);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW)
+		rc = (*name = strdup((const char *)sqlite3_column_text(s, 0))) ? 0 : KMS_ERR_NOMEM;
+	else if (rc == SQLITE_DONE)
+		rc = KMS_ERR_NOTFOUND;
+	else
+		rc = kms_store_fail(st, "display name");
+	sqlite3_finalize(s);
+	return rc;
+}
+
 static X509 *
 der_to_cert(sqlite3_stmt *s, int col)
 {

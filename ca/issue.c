@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <openssl/bn.h>
 #include <openssl/err.h>
@@ -175,9 +176,16 @@ issuer_key_id(X509 *ca_cert)
 	return id;
 }
 
-/* O copied from the CA's subject, CN, and emailAddress unless email is NULL. */
+/*
+ * O copied from the CA's subject, CN, serialNumber unless sn is NULL, and
+ * emailAddress unless email is NULL.  kmsd gives each enrollment's pair a
+ * serialNumber of its own: Mozilla NSS keys nicknames by subject, so a
+ * renewal with the old subject would take the old nicknames; within one
+ * pair the subject is shared, which is how gpgsm tells one identity's
+ * signing and encryption certificates from two identities.
+ */
 static int
-user_subject(X509 *ca_cert, const char *cn, const char *email, X509_NAME **out)
+user_subject(X509 *ca_cert, const char *cn, const char *sn, const char *email, X509_NAME **out)
 {
 	const X509_NAME *ca_name = X509_get_subject_name(ca_cert);
 	X509_NAME *n;
@@ -193,6 +201,11 @@ user_subject(X509 *ca_cert, const char *cn, const char *email, X509_NAME **out)
 	}
 	if (!X509_NAME_add_entry_by_NID(n, NID_commonName, MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0)) {
 		rc = kms_fail_openssl(KMS_ERR_INVALID, "subject common name");
+		goto out;
+	}
+	if (sn != NULL && !X509_NAME_add_entry_by_NID(n, NID_serialNumber, MBSTRING_ASC, (const unsigned char *)sn,
+	    -1, -1, 0)) {
+		rc = kms_fail_openssl(KMS_ERR_INVALID, "subject serialNumber");
 		goto out;
 	}
 	if (email != NULL && !X509_NAME_add_entry_by_NID(n, NID_pkcs9_emailAddress, MBSTRING_ASC,
@@ -367,15 +380,27 @@ ca_issue(const struct ca *ca, const struct ca_issue_req *req, X509 **out)
 	X509_NAME *subject = NULL;
 	X509 *x = NULL;
 	const char *cn;
+	time_t nb;
 	int rc;
 
 	*out = NULL;
 	if ((rc = check_request(ca, req, &cn)) != 0)
 		return rc;
-	if ((rc = user_subject(ca->cert, cn, req->usage == CA_USAGE_KRK ? NULL : req->email, &subject)) != 0)
+	if (ca->not_before_margin < 0 || ca->not_before_margin > CA_MAX_NOT_BEFORE_MARGIN)
+		return kms_fail(KMS_ERR_INVALID, "notBefore margin of %d s out of range", ca->not_before_margin);
+	if (req->subject_serial != NULL && (strlen(req->subject_serial) == 0 || strlen(req->subject_serial) > 64))
+		return kms_fail(KMS_ERR_INVALID, "subject serialNumber of 1 to 64 characters");
+	if ((rc = user_subject(ca->cert, cn, req->subject_serial, req->usage == CA_USAGE_KRK ? NULL : req->email,
+	    &subject)) != 0)
 		goto out;
 	if ((rc = ca_cert_begin(subject, req->pubkey, req->days, &x)) != 0)
 		goto out;
+	/* Recipients whose clock is a little behind must not see a new certificate as not yet valid. */
+	nb = time(NULL) - ca->not_before_margin;
+	if (ca->not_before_margin > 0 && X509_time_adj_ex(X509_getm_notBefore(x), 0, 0, &nb) == NULL) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "notBefore");
+		goto out;
+	}
 	if (!X509_set_issuer_name(x, X509_get_subject_name(ca->cert))) {
 		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "issuer name");
 		goto out;

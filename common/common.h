@@ -132,6 +132,7 @@ struct kms_config {
 		long long user_validity_days;
 		char *pkcs12_format;              /* "modern" or "compat" */
 		long long pkcs12_iterations;
+		long long not_before_margin;      /* seconds notBefore is set back */
 	} ca;
 	struct {
 		char *url;
@@ -209,6 +210,7 @@ enum kms_store_flags {
 	KMS_STORE_CREATE = 1,      /* create the file if absent */
 	KMS_STORE_READONLY = 2,    /* open read-only, no migration */
 	KMS_STORE_CHECK = 4,       /* run PRAGMA integrity_check */
+	KMS_STORE_PRIVATE = 8,     /* refuse a file, WAL or SHM open to other users (kmsd) */
 };
 
 /*
@@ -320,10 +322,44 @@ int kms_write_file_atomic(const char *path, const void *data, size_t len, mode_t
 int kms_read_file(const char *path, size_t max, unsigned char **out, size_t *outlen);
 /* Read a secret file (passphrase, password): first line, trailing CR/LF cut; wipe and free with kms_secret_free(). */
 int kms_read_secret_file(const char *path, char **out);
-/* mkdir -p with mode for the directories it creates. */
+/* mkdir -p; the directories it creates get exactly mode, whatever the umask. */
 int kms_mkdir_p(const char *path, mode_t mode);
 /* Join a directory and a name into a new string. */
 char *kms_path_join(const char *dir, const char *name);
+/*
+ * Open a directory that a client named, for kmsd to work in on its
+ * behalf, without trusting the path: absolute, no "." or "..", each
+ * component opened from "/" with O_NOFOLLOW|O_DIRECTORY (a symbolic link
+ * anywhere is refused) and checked with fstat: the directory owned by
+ * owner (or alt, unless it is (uid_t)-1: an unprivileged kmsd's own uid),
+ * its ancestors by root, owner or alt, none writable by group or others
+ * (an ancestor may be if sticky, as /tmp is).  Nothing is created: a missing directory is
+ * KMS_ERR_NOTFOUND.  KMS_ERR_PERM names the component and the rule.
+ * *dirfd is the caller's to close.
+ */
+int kms_dir_open_checked(const char *path, uid_t owner, uid_t alt, int *dirfd);
+/*
+ * Create name (no '/') in dirfd with O_EXCL|O_NOFOLLOW and mode, give it
+ * to owner when running as root, write, fsync file and directory.  On
+ * failure nothing is left behind.
+ */
+int kms_write_file_at_excl(int dirfd, const char *name, uid_t owner, const void *data, size_t len, mode_t mode);
+void kms_unlink_at(int dirfd, const char *name);
+/*
+ * kms_read_secret_file() for name in dirfd: never through a symbolic
+ * link, only a regular file owned by owner (or alt) with a single link (so no
+ * hard link to someone else's file), at most 4 KiB.
+ */
+int kms_read_secret_file_at(int dirfd, const char *name, uid_t owner, uid_t alt, char **out);
+/*
+ * Is path kept from other users?  A file: no group or other permission
+ * bits at all.  A directory (is_dir): not writable by its group, nothing
+ * for others (the group may read and search it: the control socket's
+ * group reaches the socket).  Symbolic links are refused.  0,
+ * KMS_ERR_NOTFOUND, or KMS_ERR_PERM with a detail that gives the chmod
+ * that fixes it.
+ */
+int kms_check_private(const char *path, int is_dir);
 
 /* ----------------------------------------------------------------- secrets */
 

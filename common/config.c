@@ -137,6 +137,8 @@ static const struct cfg_key schema[] = {
 	  "modern (AES-256, PBKDF2, SHA-256 MAC) or compat (3DES, SHA-1 MAC; gpgsm 2.2)" },
 	{ "ca", "pkcs12_iterations", T_INT, "10000", 1000, 10000000, NULL, NULL, OFF(ca.pkcs12_iterations),
 	  "key derivation iterations in security files under an admin-given password" },
+	{ "ca", "not_before_margin", T_DURATION, "300", 0, 86400, NULL, NULL, OFF(ca.not_before_margin),
+	  "how far before the moment of issue certificates start (recipients whose clock is behind)" },
 
 	{ "crl", "url", T_STRING, "", 0, 0, NULL, NULL, OFF(crl.url),
 	  "CRL distribution point written into certificates (default http://<http listen>/crl/<name>.crl)" },

@@ -256,10 +256,222 @@ kms_mkdir_p(const char *path, mode_t mode)
 			char c = buf[i];
 
 			buf[i] = '\0';
-			if (mkdir(buf, mode) != 0 && errno != EEXIST)
+			if (mkdir(buf, mode) == 0) {
+				/* The mode asked for, whatever the umask (published directories are read by others). */
+				if (chmod(buf, mode) != 0)
+					return kms_fail(KMS_ERR_IO, "chmod %s: %s", buf, strerror(errno));
+			} else if (errno != EEXIST) {
 				return kms_fail(KMS_ERR_IO, "mkdir %s: %s", buf, strerror(errno));
+			}
 			buf[i] = c;
 		}
 	}
+	return 0;
+}
+
+/* ------------------------------------------------ paths named by a client */
+
+/* Is uid one of the two accepted owners (alt (uid_t)-1: none)? */
+static int
+owned_by(uid_t uid, uid_t owner, uid_t alt)
+{
+	return uid == owner || (alt != (uid_t)-1 && uid == alt);
+}
+
+static int
+fd_check_dir(int fd, const char *what, uid_t owner, uid_t alt, int final)
+{
+	struct stat sb;
+
+	if (fstat(fd, &sb) != 0)
+		return kms_fail(KMS_ERR_IO, "%s: %s", what, strerror(errno));
+	if (!S_ISDIR(sb.st_mode))
+		return kms_fail(KMS_ERR_PERM, "%s is not a directory", what);
+	/* The directory itself is the requester's; above it, root's or theirs. */
+	if (final ? !owned_by(sb.st_uid, owner, alt) : sb.st_uid != 0 && !owned_by(sb.st_uid, owner, alt))
+		return kms_fail(KMS_ERR_PERM, "%s belongs to uid %u, not to the requester (uid %u)%s", what,
+		    (unsigned)sb.st_uid, (unsigned)owner, final ? "" : " nor to root");
+	/* Others may not swap what is in it; a sticky ancestor (/tmp) keeps them from our entries. */
+	if ((sb.st_mode & (S_IWGRP | S_IWOTH)) && (final || !(sb.st_mode & S_ISVTX)))
+		return kms_fail(KMS_ERR_PERM, "%s is writable by %s (mode %04o): chmod go-w it", what,
+		    (sb.st_mode & S_IWOTH) ? "every user" : "its group", (unsigned)(sb.st_mode & 07777));
+	return 0;
+}
+
+int
+kms_dir_open_checked(const char *path, uid_t owner, uid_t alt, int *dirfd)
+{
+	char buf[PATH_MAX], *comp[PATH_MAX / 2], *save = NULL, *t;
+	size_t n = 0;
+	int fd, rc;
+
+	*dirfd = -1;
+	if (path == NULL || path[0] != '/')
+		return kms_fail(KMS_ERR_INVALID, "directory \"%.200s\" is not an absolute path", path ? path : "");
+	if (strlen(path) >= sizeof(buf))
+		return kms_fail(KMS_ERR_INVALID, "directory path too long");
+	memcpy(buf, path, strlen(path) + 1);
+	for (t = strtok_r(buf, "/", &save); t != NULL; t = strtok_r(NULL, "/", &save)) {
+		if (strcmp(t, ".") == 0 || strcmp(t, "..") == 0)
+			return kms_fail(KMS_ERR_INVALID, "directory %.200s: \".\" and \"..\" are not allowed in it", path);
+		comp[n++] = t;
+	}
+	fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return kms_fail(KMS_ERR_IO, "open /: %s", strerror(errno));
+	if ((rc = fd_check_dir(fd, "/", owner, alt, n == 0)) != 0)
+		goto fail;
+	for (size_t i = 0; i < n; i++) {
+		int nfd = openat(fd, comp[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+		if (nfd < 0) {
+			int e = errno;
+			struct stat lsb;
+
+			/* O_NOFOLLOW|O_DIRECTORY on a link gives ELOOP or ENOTDIR: say which it was. */
+			if ((e == ELOOP || e == ENOTDIR) && fstatat(fd, comp[i], &lsb, AT_SYMLINK_NOFOLLOW) == 0 &&
+			    S_ISLNK(lsb.st_mode))
+				rc = kms_fail(KMS_ERR_PERM, "%.200s: \"%.100s\" is a symbolic link; name the real directory",
+				    path, comp[i]);
+			else
+				rc = kms_fail(e == ENOENT ? KMS_ERR_NOTFOUND : e == EACCES ? KMS_ERR_PERM : KMS_ERR_INVALID,
+				    "%.200s: %s%s", path, strerror(e), e == ENOENT ?
+				    " (the directory must exist before kmsd is asked to use it)" : "");
+			goto fail;
+		}
+		close(fd);
+		fd = nfd;
+		if ((rc = fd_check_dir(fd, i + 1 == n ? path : comp[i], owner, alt, i + 1 == n)) != 0)
+			goto fail;
+	}
+	*dirfd = fd;
+	return 0;
+fail:
+	close(fd);
+	return rc;
+}
+
+int
+kms_write_file_at_excl(int dirfd, const char *name, uid_t owner, const void *data, size_t len, mode_t mode)
+{
+	int fd, rc;
+
+	if (strchr(name, '/') != NULL || name[0] == '\0' || name[0] == '.')
+		return kms_fail(KMS_ERR_INVALID, "bad file name \"%.100s\"", name);
+	fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+	if (fd < 0)
+		return kms_fail(errno == EEXIST ? KMS_ERR_EXISTS : KMS_ERR_IO, "create %s: %s", name, strerror(errno));
+	if (fchmod(fd, mode) != 0) {
+		rc = kms_fail(KMS_ERR_IO, "chmod %s: %s", name, strerror(errno));
+		goto fail;
+	}
+	/* Root writes it for the requester, who must be able to read it; others cannot chown. */
+	if (geteuid() == 0 && owner != 0 && fchown(fd, owner, (gid_t)-1) != 0) {
+		rc = kms_fail(KMS_ERR_IO, "chown %s: %s", name, strerror(errno));
+		goto fail;
+	}
+	if ((rc = write_fd(fd, data, len, name)) != 0)
+		goto fail;
+	if (close(fd) != 0) {
+		fd = -1;
+		rc = kms_fail(KMS_ERR_IO, "close %s: %s", name, strerror(errno));
+		goto fail;
+	}
+	fsync(dirfd);
+	return 0;
+fail:
+	if (fd >= 0)
+		close(fd);
+	unlinkat(dirfd, name, 0);
+	return rc;
+}
+
+void
+kms_unlink_at(int dirfd, const char *name)
+{
+	if (dirfd >= 0 && name != NULL && strchr(name, '/') == NULL)
+		unlinkat(dirfd, name, 0);
+}
+
+int
+kms_read_secret_file_at(int dirfd, const char *name, uid_t owner, uid_t alt, char **out)
+{
+	struct stat sb;
+	char buf[4097];
+	size_t len = 0, n;
+	int fd, rc;
+
+	*out = NULL;
+	if (strchr(name, '/') != NULL || name[0] == '\0')
+		return kms_fail(KMS_ERR_INVALID, "bad file name \"%.100s\"", name);
+	fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+
+		return kms_fail(e == ENOENT ? KMS_ERR_NOTFOUND : e == ELOOP ? KMS_ERR_PERM : KMS_ERR_IO, "%s: %s", name,
+		    e == ELOOP ? "a symbolic link (refused: name the real file)" : strerror(e));
+	}
+	/* A regular file of the requester's own, with no other name (no hard link to another's file). */
+	if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+		rc = kms_fail(KMS_ERR_PERM, "%s: not a regular file", name);
+		goto out;
+	}
+	if (!owned_by(sb.st_uid, owner, alt)) {
+		rc = kms_fail(KMS_ERR_PERM, "%s belongs to uid %u, not to the requester (uid %u)", name,
+		    (unsigned)sb.st_uid, (unsigned)owner);
+		goto out;
+	}
+	if (sb.st_nlink != 1) {
+		rc = kms_fail(KMS_ERR_PERM, "%s has %lu names (hard links): refused", name, (unsigned long)sb.st_nlink);
+		goto out;
+	}
+	if (sb.st_size > 4096) {
+		rc = kms_fail(KMS_ERR_TOOBIG, "%s: larger than 4096 bytes", name);
+		goto out;
+	}
+	for (;;) {
+		ssize_t r = read(fd, buf + len, sizeof(buf) - 1 - len);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			rc = kms_fail(KMS_ERR_IO, "read %s: %s", name, strerror(errno));
+			goto out;
+		}
+		if (r == 0 || (len += (size_t)r) == sizeof(buf) - 1)
+			break;
+	}
+	buf[len] = '\0';
+	n = strcspn(buf, "\r\n");
+	buf[n] = '\0';
+	if (n == 0) {
+		rc = kms_fail(KMS_ERR_INVALID, "%s: empty first line", name);
+		goto out;
+	}
+	if ((*out = strdup(buf)) == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	rc = 0;
+out:
+	kms_wipe(buf, sizeof(buf));
+	close(fd);
+	return rc;
+}
+
+int
+kms_check_private(const char *path, int is_dir)
+{
+	struct stat sb;
+	mode_t bad = is_dir ? (S_IWGRP | S_IROTH | S_IWOTH) : (S_IRWXG | S_IRWXO);
+
+	if (lstat(path, &sb) != 0)
+		return errno == ENOENT ? KMS_ERR_NOTFOUND : kms_fail(KMS_ERR_IO, "%s: %s", path, strerror(errno));
+	if (S_ISLNK(sb.st_mode))
+		return kms_fail(KMS_ERR_PERM, "%s is a symbolic link: give the real path", path);
+	if (sb.st_mode & bad)
+		return kms_fail(KMS_ERR_PERM, "%s is open to other users (mode %04o): kmsd will not run on it; "
+		    "fix it with: chmod %s %s", path, (unsigned)(sb.st_mode & 07777),
+		    is_dir ? "g-w,o-rwx" : "600", path);
 	return 0;
 }

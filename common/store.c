@@ -10,6 +10,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -109,6 +110,14 @@ static const char *const migrations[] = {
 	"CREATE INDEX certs_crl ON certs(serial, revoked_at, reason, invalidity, not_after, crl_number) "
 	"  WHERE revoked_at IS NOT NULL;"
 	"CREATE INDEX certs_crl_pending ON certs(serial) WHERE revoked_at IS NOT NULL AND crl_number IS NULL;",
+
+	/*
+	 * 7: where a KRK rotation writes its new shares (and reads their
+	 * passphrases), so that the officers asked to approve it see it in
+	 * recover list.  '' for recoveries.
+	 */
+	"ALTER TABLE recovery ADD COLUMN share_dir TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE recovery ADD COLUMN pass_dir TEXT NOT NULL DEFAULT '';",
 };
 
 #define LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -232,6 +241,43 @@ fail:
 	return rc;
 }
 
+/*
+ * SQLite creates a database with mode 0644 less the umask, and gives its
+ * WAL and SHM files the database file's mode: so the file is made here,
+ * 0600, before SQLite sees it, whatever the umask.
+ */
+static int
+create_private(const char *path)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+	if (fd < 0)
+		return kms_fail(errno == ELOOP ? KMS_ERR_PERM : KMS_ERR_IO, "cannot create store %s: %s", path,
+		    errno == ELOOP ? "it is a symbolic link" : strerror(errno));
+	close(fd);
+	return 0;
+}
+
+/* The file, and the WAL and SHM beside it when present, closed to other users. */
+static int
+check_private(const char *path)
+{
+	static const char *const suffix[] = { "", "-wal", "-shm" };
+	char p[4096];
+	int rc;
+
+	for (size_t i = 0; i < sizeof(suffix) / sizeof(suffix[0]); i++) {
+		if ((size_t)snprintf(p, sizeof(p), "%s%s", path, suffix[i]) >= sizeof(p))
+			return kms_fail(KMS_ERR_INVALID, "store path too long");
+		rc = kms_check_private(p, 0);
+		if (rc == KMS_ERR_NOTFOUND && i > 0)
+			continue;
+		if (rc != 0)
+			return rc;
+	}
+	return 0;
+}
+
 int
 kms_store_open_version(const char *path, int flags, int version, struct kms_store **out)
 {
@@ -250,6 +296,10 @@ kms_store_open_version(const char *path, int flags, int version, struct kms_stor
 	else
 		oflags = SQLITE_OPEN_READWRITE | ((flags & KMS_STORE_CREATE) ? SQLITE_OPEN_CREATE : 0);
 	oflags |= SQLITE_OPEN_NOMUTEX;
+	if ((flags & KMS_STORE_CREATE) && !st->readonly && (rc = create_private(path)) != 0)
+		goto out;
+	if ((flags & KMS_STORE_PRIVATE) && (rc = check_private(path)) != 0)
+		goto out;
 	if (sqlite3_open_v2(path, &st->db, oflags, NULL) != SQLITE_OK) {
 		rc = kms_fail(access(path, F_OK) == 0 ? KMS_ERR_DB : KMS_ERR_NOTFOUND,
 		    "cannot open store %s: %s", path, st->db ? sqlite3_errmsg(st->db) : "out of memory");

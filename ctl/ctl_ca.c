@@ -150,6 +150,14 @@ ctl_cmd_init(struct ctl *ctl, int argc, char **argv)
 		free(pdir);
 		return CTL_ERR_USAGE;
 	}
+	/* kmsd creates nothing outside the directory it is given: the caller makes it, as themselves. */
+	if (dir && kms_mkdir_p(dir, 0700) != 0) {
+		fprintf(stderr, "kmsctl: %s\n", kms_last_error());
+		json_decref(args);
+		free(dir);
+		free(pdir);
+		return CTL_ERR_USAGE;
+	}
 	if (dir)
 		json_object_set_new(args, "share_dir", json_string(dir));
 	if (pdir)

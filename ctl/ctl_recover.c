@@ -190,6 +190,18 @@ print_list(json_t *r)
 		    (long long)json_integer_value(json_object_get(q, "threshold")),
 		    ctl_str(q, "officers")[0] ? " from " : "", ctl_str(q, "officers"), ctl_str(q, "expires"));
 		printf("    why: %s\n", ctl_str(q, "why"));
+		/* What an officer's approval does, before they give their share. */
+		if (strcmp(ctl_str(q, "purpose"), "rotate") == 0)
+			printf("    approving replaces the key-recovery key; the new shares are written to %s%s%s%s\n",
+			    ctl_str(q, "share_dir"), ctl_str(q, "share_passphrase_dir")[0] ? " (encrypted under the "
+			    "passphrases in " : "", ctl_str(q, "share_passphrase_dir"),
+			    ctl_str(q, "share_passphrase_dir")[0] ? ")" : "");
+		else if (strcmp(ctl_str(q, "purpose"), "archive") == 0)
+			printf("    approving lets %s decrypt the archived mail of %s\n", ctl_str(q, "requester"),
+			    ctl_str(q, "email"));
+		else
+			printf("    approving hands the escrowed keys of %s to %s\n", ctl_str(q, "email"),
+			    ctl_str(q, "requester"));
 		if (ctl_str(q, "detail")[0])
 			printf("    %s\n", ctl_str(q, "detail"));
 	}
@@ -525,6 +537,14 @@ ctl_cmd_escrow(struct ctl *ctl, int argc, char **argv)
 		return ctl_usage_error("escrow rotate: unexpected argument \"%s\"", argv[optind]);
 	}
 	args = json_object();
+	/* kmsd creates nothing outside the directory it is given: the caller makes it, as themselves. */
+	if (dir && kms_mkdir_p(dir, 0700) != 0) {
+		fprintf(stderr, "kmsctl: %s\n", kms_last_error());
+		json_decref(args);
+		free(dir);
+		free(pdir);
+		return CTL_ERR_USAGE;
+	}
 	if (dir)
 		json_object_set_new(args, "share_dir", json_string(dir));
 	if (pdir)

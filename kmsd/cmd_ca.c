@@ -195,6 +195,7 @@ kmsd_cmd_init(struct kmsd_req *req)
 	long long n, m;
 	char *pass = NULL;
 	struct esc_init_result ir = { 0 };
+	struct esc_share_dest dest = { -1, -1, 0, (uid_t)-1 };
 	int created = 0, rc, default_dir;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
@@ -225,6 +226,10 @@ kmsd_cmd_init(struct kmsd_req *req)
 		return kms_reply_error("bad_state", "init: this kmsd is a replica ([ca] enabled = no)");
 	if (kmsd_ca() != NULL || req->env->ca_cert != NULL)
 		return kms_reply_error("exists", "init: the CA is already initialised");
+	/* The requester's own directories, checked first: a refused path costs nothing and leaves nothing. */
+	if (!default_dir && (rc = esc_share_dest_open(share_dir, pass_dir, req->uid,
+	    geteuid() == 0 ? (uid_t)-1 : geteuid(), &dest)) != 0)
+		goto fail;
 
 	if ((rc = ca_passphrase(cfg, &pass, &created)) != 0)
 		goto fail;
@@ -233,8 +238,10 @@ kmsd_cmd_init(struct kmsd_req *req)
 	{
 		struct esc_init_req in = { .org = org, .ca_name = cfg->ca.name, .ca_key_type = cfg->ca.key,
 			.krk_key_type = cfg->escrow.krk_key, .ca_days = (int)cfg->ca.ca_validity_days,
-			.crl_url = cfg->crl.url, .passphrase = pass, .shares = (int)n, .threshold = (int)m,
-			.share_dir = share_dir, .pass_dir = pass_dir, .user = req->user };
+			.crl_url = cfg->crl.url, .passphrase = pass, .not_before_margin = (int)cfg->ca.not_before_margin,
+			.shares = (int)n, .threshold = (int)m,
+			.share_dir = share_dir, .pass_dir = pass_dir, .dest = default_dir ? NULL : &dest,
+			.user = req->user };
 
 		if ((rc = esc_init(req->st, &in, &ir)) != 0)
 			goto fail;
@@ -258,6 +265,7 @@ fail:
 		unlink(cfg->ca.passphrase_file);
 	reply = kmsd_reply_fail(rc);
 out:
+	esc_share_dest_close(&dest);
 	esc_init_result_free(&ir);
 	kms_secret_free(pass);
 	return reply;
@@ -361,7 +369,7 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 	const char *email, *name, *password;
 	json_t *reply = NULL;
 	X509 *krk = NULL;
-	char sname[160], ename[160];
+	char sname[160], ename[160], *kept_name = NULL;
 	int renew, rc, in_tx = 0, job_started = 0;
 	struct esc_enroll_req er = { 0 };
 	struct esc_enrollment en = { 0 };
@@ -382,8 +390,14 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 		return reply;
 	if (kmsd_krk_get(req->st, &krk, &er.krk_id) != 0)
 		return kms_reply_error("bad_state", "enroll: no key-recovery key: escrow is not initialised");
+	/* A renewal keeps the user's display name unless a new one is given. */
+	if ((name == NULL || *name == '\0') && renew && (rc = ca_store_display_name(req->st, email, &kept_name)) != 0 &&
+	    rc != KMS_ERR_NOTFOUND) {
+		X509_free(krk);
+		return kmsd_reply_fail(rc);
+	}
 	if (name == NULL || *name == '\0')
-		name = email;
+		name = kept_name ? kept_name : email;
 	er.ca = kmsd_ca();
 	er.krk_cert = krk;
 	er.email = email;
@@ -396,8 +410,9 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 	if ((rc = esc_enroll_prepare(&er, &en)) != 0)
 		goto fail;
 
-	snprintf(sname, sizeof(sname), "%s (signing)", name);
-	snprintf(ename, sizeof(ename), "%s (encryption)", name);
+	/* Friendly names (NSS nicknames) of this generation only. */
+	snprintf(sname, sizeof(sname), "%s (signing) #%.8s", name, en.generation);
+	snprintf(ename, sizeof(ename), "%s (encryption) #%.8s", name, en.generation);
 	job.res = json_pack("{s:s,s:s,s:o,s:o,s:b}", "email", email, "name", name,
 	    "signing", issued_json(en.scert), "encryption", issued_json(en.ecert), "renewed", renew);
 	if (job.res == NULL) {
@@ -453,6 +468,7 @@ out:
 	p12_job_discard(&job);
 	esc_enrollment_free(&en);
 	X509_free(krk);
+	free(kept_name);
 	return reply;
 }
 

@@ -37,6 +37,8 @@ struct kmsd_pending {
 	struct esc_recovered rec;       /* recovered keys, current first */
 	char *share_dir;                /* rotation: where the new shares go */
 	char *pass_dir;
+	struct esc_share_dest dest;     /* rotation: those directories, opened for the requester at request time */
+	int has_dest;
 	struct kmsd_pending *next;
 };
 
@@ -68,6 +70,7 @@ pending_find(const char *id, int create)
 	if (p == NULL)
 		return NULL;
 	snprintf(p->id, sizeof(p->id), "%s", id);
+	p->dest.dirfd = p->dest.passfd = -1;
 	p->next = E.pendings;
 	E.pendings = p;
 	return p;
@@ -86,6 +89,7 @@ pending_drop(const char *id)
 			pending_wipe(p);
 			free(p->share_dir);
 			free(p->pass_dir);
+			esc_share_dest_close(&p->dest);
 			free(p);
 			return;
 		}
@@ -104,9 +108,10 @@ set_state(struct kms_store *st, const char *id, const char *state, const char *d
 
 /* ---------------------------------------------------------------- request */
 
+/* Record a new request; a rotation's destination (NULL: kmsd's own share_dir) is taken over. */
 static json_t *
 open_request(struct kmsd_req *req, const char *purpose, const char *email, const char *why,
-    const char *share_dir, const char *pass_dir)
+    const char *share_dir, const char *pass_dir, struct esc_share_dest *dest)
 {
 	const struct kms_config *cfg = req->env->cfg;
 	struct esc_krk *krk = NULL;
@@ -115,16 +120,21 @@ open_request(struct kmsd_req *req, const char *purpose, const char *email, const
 	int rc;
 	json_t *reply;
 
-	if ((rc = esc_store_current_krk(req->st, &krk)) != 0)
+	if ((rc = esc_store_current_krk(req->st, &krk)) != 0) {
+		if (dest)
+			esc_share_dest_close(dest);
 		return rc == KMS_ERR_NOTFOUND ? kms_reply_error("bad_state", "escrow is not initialised (kmsctl init)") :
 		    kmsd_reply_fail(rc);
+	}
 	{
 		struct esc_request_new nr = { .purpose = purpose, .email = email, .why = why,
 			.requester_uid = req->uid, .requester = req->user, .krk_id = krk->id, .now = now,
-			.expires = expires };
+			.expires = expires, .share_dir = share_dir, .pass_dir = pass_dir };
 
 		if ((rc = esc_request_open(req->st, &nr, id)) != 0) {
 			esc_krk_free(krk);
+			if (dest)
+				esc_share_dest_close(dest);
 			return kmsd_reply_fail(rc);
 		}
 	}
@@ -136,8 +146,15 @@ open_request(struct kmsd_req *req, const char *purpose, const char *email, const
 		if (p) {
 			p->share_dir = strdup(share_dir);
 			p->pass_dir = pass_dir ? strdup(pass_dir) : NULL;
+			if (dest) {
+				p->dest = *dest;
+				p->has_dest = 1;
+				dest->dirfd = dest->passfd = -1;
+			}
 		}
 		pthread_mutex_unlock(&E.lock);
+		if (dest)
+			esc_share_dest_close(dest);
 	}
 	snprintf(req->request_id, sizeof(req->request_id), "%s", id);
 	snprintf(req->detail, sizeof(req->detail), "%s request; why: %.400s", purpose, why);
@@ -176,7 +193,7 @@ kmsd_cmd_recover_request(struct kmsd_req *req)
 		return kms_reply_error("not_found", "recover request: no escrowed key for %s", req->target);
 	if (rc != 0)
 		return kmsd_reply_fail(rc);
-	return open_request(req, purpose, email, why, NULL, NULL);
+	return open_request(req, purpose, email, why, NULL, NULL, NULL);
 }
 
 json_t *
@@ -185,6 +202,8 @@ kmsd_cmd_escrow_rotate(struct kmsd_req *req)
 	static const char *const allowed[] = { "share_dir", "share_passphrase_dir", "why", NULL };
 	const char *dir, *pdir, *why;
 	json_t *reply = NULL;
+	struct esc_share_dest dest = { -1, -1, 0, (uid_t)-1 };
+	int rc;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
 		return reply;
@@ -196,8 +215,13 @@ kmsd_cmd_escrow_rotate(struct kmsd_req *req)
 	if ((dir && dir[0] != '/') || (pdir && pdir[0] != '/'))
 		return kms_reply_error("bad_args", "escrow rotate: directories must be absolute paths");
 	snprintf(req->target, sizeof(req->target), "key-recovery key");
+	/* The requester's directories are checked now; the files are written there when officers approve. */
+	if (dir && *dir && (rc = esc_share_dest_open(dir, pdir, req->uid, geteuid() == 0 ? (uid_t)-1 : geteuid(),
+	    &dest)) != 0)
+		return kmsd_reply_fail(rc);
 	return open_request(req, "rotate", "", why && *why ? why : "KRK rotation",
-	    dir && *dir ? dir : req->env->cfg->escrow.share_dir, pdir && *pdir ? pdir : NULL);
+	    dir && *dir ? dir : req->env->cfg->escrow.share_dir, pdir && *pdir ? pdir : NULL,
+	    dir && *dir ? &dest : NULL);
 }
 
 /* ---------------------------------------------------------------- approve */
@@ -210,7 +234,8 @@ rotate(struct kmsd_req *req, EVP_PKEY *old_krk, const struct esc_krk *old, struc
 	const struct kms_config *cfg = req->env->cfg;
 	struct esc_rotate_req rr = { .key_type = cfg->escrow.krk_key, .days = (int)cfg->ca.ca_validity_days,
 		.crl_url = cfg->crl.url, .shares = (int)cfg->escrow.shares, .threshold = (int)cfg->escrow.threshold,
-		.share_dir = p->share_dir, .pass_dir = p->pass_dir, .user = req->user, .now = time(NULL) };
+		.share_dir = p->share_dir, .pass_dir = p->pass_dir, .dest = p->has_dest ? &p->dest : NULL,
+		.user = req->user, .now = time(NULL) };
 	struct esc_rotate_result res;
 	int rc;
 
@@ -301,12 +326,20 @@ kmsd_cmd_recover_approve(struct kmsd_req *req)
 		return reply;
 	kms_sanitize(id, 31, req->target, sizeof(req->target));
 	snprintf(req->request_id, sizeof(req->request_id), "%s", req->target);
+	/*
+	 * The passphrase's key derivation is the costly step (bounded by
+	 * esc_share_decode): it runs before the lock, so one officer's share
+	 * never holds up the other requests.
+	 */
+	if ((rc = esc_share_decode(text, strlen(text), pass, &share, &meta)) != 0)
+		return kmsd_reply_fail(rc);
 	pthread_mutex_lock(&E.lock);
 	if ((rc = esc_request_load(req->st, id, &rq)) != 0)
 		goto fail;
 	{
 		struct pol_approval pa[ESC_MAX_APPROVALS];
-		struct pol_request pr = { .expires = rq.expires, .approvals = pa, .napprovals = rq.napprovals };
+		struct pol_request pr = { .requester = rq.requester_uid, .expires = rq.expires, .approvals = pa,
+			.napprovals = rq.napprovals };
 
 		for (size_t i = 0; i < rq.napprovals; i++)
 			pa[i] = (struct pol_approval){ .officer = rq.approvals[i].officer_uid,
@@ -323,8 +356,6 @@ kmsd_cmd_recover_approve(struct kmsd_req *req)
 			rc = kms_fail(KMS_ERR_STATE, "request %s is %s: it takes no more approvals", rq.id, rq.state);
 			goto fail;
 		}
-		if ((rc = esc_share_decode(text, strlen(text), pass, &share, &meta)) != 0)
-			goto fail;
 		if (strcmp(meta.krk_fingerprint, krk->fingerprint) != 0) {
 			rc = kms_fail(KMS_ERR_CORRUPT, "this share belongs to another key-recovery key (%.16s...), "
 			    "not to the one of request %s (%.16s...)", meta.krk_fingerprint, rq.id, krk->fingerprint);
@@ -391,11 +422,12 @@ static int
 request_json(void *arg, const struct esc_request_row *r)
 {
 	char c[32], e[32];
-	json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:s}", "id", r->id,
+	json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:s,s:s,s:s}", "id", r->id,
 	    "purpose", r->purpose, "email", r->email, "why", r->why, "requester", r->requester,
 	    "created", kms_time_format(r->created, c, sizeof(c)), "expires", kms_time_format(r->expires, e, sizeof(e)),
 	    "state", r->state, "detail", r->detail, "threshold", (json_int_t)r->threshold,
-	    "approvals", (json_int_t)r->napprovals, "officers", r->officers);
+	    "approvals", (json_int_t)r->napprovals, "officers", r->officers,
+	    "share_dir", r->share_dir, "share_passphrase_dir", r->pass_dir);
 
 	if (o == NULL || json_array_append_new(arg, o) != 0)
 		return KMS_ERR_NOMEM;

@@ -394,8 +394,12 @@ start_privileged(struct run_ctx *r)
 	block_signals(SIG_BLOCK);
 
 	resolve_ids(cfg, &r->ids);
+	/* What kmsd makes is its own unless it says otherwise (published files, sockets). */
+	umask(077);
 	if (kms_mkdir_p(cfg->kmsd.state_dir, 0750) != 0)
 		die("cannot make the state directory");
+	if (kms_check_private(cfg->kmsd.state_dir, 1) != 0)
+		die("unsafe state directory");
 	if (r->ids.drop && chown(cfg->kmsd.state_dir, r->ids.uid, r->ids.gid) != 0)
 		die("cannot give the state directory to the kmsd user");
 	if (kmsd_server_listen(cfg->kmsd.control_socket, r->ids.drop ? r->ids.uid : (uid_t)-1, r->ids.gid,
@@ -421,7 +425,7 @@ start_services(struct run_ctx *r)
 	dbpath = kms_path_join(cfg->kmsd.state_dir, KMS_STORE_FILE);
 	if (dbpath == NULL)
 		die("out of memory");
-	rc = kms_store_open(dbpath, KMS_STORE_CREATE | KMS_STORE_CHECK, &r->st);
+	rc = kms_store_open(dbpath, KMS_STORE_CREATE | KMS_STORE_CHECK | KMS_STORE_PRIVATE, &r->st);
 	free(dbpath);
 	if (rc != 0)
 		die("cannot open the store");

@@ -262,6 +262,7 @@ kmsd_ca_load(struct kms_store *st, const struct kms_config *cfg)
 		return kms_fail(rc, "the passphrase in %s does not open the CA key", cfg->ca.passphrase_file);
 	if (rc != 0)
 		return rc;
+	ca->not_before_margin = (int)cfg->ca.not_before_margin;
 	kmsd_ca_install(ca);
 	return 0;
 }

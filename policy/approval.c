@@ -2,7 +2,9 @@
  * approval.c - the rules of M-of-N recovery: each officer counts once,
  * each share counts once, nothing after expiry or once the request is
  * closed or complete.  Pure functions over a snapshot of the request, so
- * the rules are tested without a daemon.
+ * the rules are tested without a daemon.  Separation of duties comes
+ * first: the requester of a recovery or a rotation never approves it,
+ * whatever roles they hold.
  */
 #include "config.h"
 
@@ -11,6 +13,9 @@
 int
 pol_approval_check(const struct pol_request *req, uid_t officer, int share_index, time_t now)
 {
+	if (officer == req->requester)
+		return kms_fail(KMS_ERR_PERM, "uid %u asked for this request and so may not approve it "
+		    "(separation of duties: another officer must)", (unsigned)officer);
 	if (req->closed)
 		return kms_fail(KMS_ERR_STATE, "the request is closed");
 	if (now >= req->expires)

@@ -98,6 +98,7 @@ struct pol_approval {
 };
 
 struct pol_request {
+	uid_t requester;              /* who asked: never an approver of it */
 	time_t expires;
 	int threshold;
 	int closed;                   /* closed, completed or failed */
@@ -107,9 +108,11 @@ struct pol_request {
 
 /*
  * May officer add the share with share_index to req at now?
- * 0 yes; KMS_ERR_EXPIRED after expiry; KMS_ERR_STATE when closed or
- * already complete; KMS_ERR_EXISTS when this officer already approved or
- * this share was already given (detail says which).
+ * 0 yes; KMS_ERR_PERM when officer is the requester (separation of
+ * duties: whatever roles they hold, nobody approves their own request);
+ * KMS_ERR_EXPIRED after expiry; KMS_ERR_STATE when closed or already
+ * complete; KMS_ERR_EXISTS when this officer already approved or this
+ * share was already given (detail says which).
  */
 int pol_approval_check(const struct pol_request *req, uid_t officer, int share_index, time_t now);
 /* Does req have enough distinct approvals?  1 or 0. */

@@ -20,8 +20,9 @@ write_conf "[kmsd]" "group = $GROUP" \
 	"[roles]" "officer = kmsoff1, kmsoff2, kmsoff3" "compliance = kmscomp" "admin = root" "auditor = root"
 start_kmsd || { fail "kmsd starts"; done_testing; }
 chgrp "$GROUP" "$STATE" && chmod 0750 "$STATE"
-chgrp "$GROUP" "$T" && chmod 0775 "$T"
+# kmsd writes shares only where no one else can swap a directory: before $T is opened to the group.
 ctl init --org "Archive Test" --share-dir "$T/shares" >/dev/null 2>&1
+chgrp "$GROUP" "$T" && chmod 0775 "$T"
 i=0
 for f in "$T"/shares/*-share-*; do
 	i=$((i + 1))

@@ -727,6 +727,58 @@ START_TEST(test_edited_share_file_is_corrupt)
 }
 END_TEST
 
+/* text with from replaced by to (any lengths); the caller frees. */
+static char *
+replaced(const char *text, const char *from, const char *to, size_t *len)
+{
+	const char *at = strstr(text, from);
+	size_t a, n;
+	char *out;
+
+	ck_assert_ptr_nonnull(at);
+	a = (size_t)(at - text);
+	n = strlen(text) - strlen(from) + strlen(to);
+	out = malloc(n + 1);
+	memcpy(out, text, a);
+	memcpy(out + a, to, strlen(to));
+	strcpy(out + a + strlen(to), at + strlen(from));
+	*len = n;
+	return out;
+}
+
+START_TEST(test_costly_scrypt_parameters_are_refused_before_any_work)
+{
+	static const char *const costly[] = {
+		"N=262144 r=8 p=16",            /* 11 s of CPU: p over its bound */
+		"N=131072 r=8 p=4",             /* four times the work we write */
+		"N=1048576 r=8 p=1",            /* 1 GiB of memory */
+		"N=131072 r=64 p=1",            /* r over its bound */
+	};
+	size_t elen, len;
+	char *etext = share_file(krk_cert, 3, "pass phrase", NULL, &elen);
+
+	ck_assert_int_eq(esc_kdf_params_ok(131072, 8, 1), 1);      /* what we write */
+	ck_assert_int_eq(esc_kdf_params_ok(262144, 8, 1), 1);      /* twice that: still fine */
+	ck_assert_int_eq(esc_kdf_params_ok(131072, 8, 2), 1);
+	ck_assert_int_eq(esc_kdf_params_ok(131072, 8, 3), 0);
+	ck_assert_int_eq(esc_kdf_params_ok(262144, 8, 16), 0);
+	ck_assert_int_eq(esc_kdf_params_ok(524288, 8, 1), 0);      /* 512 MiB */
+	ck_assert_int_eq(esc_kdf_params_ok(131071, 8, 1), 0);      /* not a power of two */
+	for (size_t i = 0; i < sizeof(costly) / sizeof(costly[0]); i++) {
+		char *copy = replaced(etext, "N=131072 r=8 p=1", costly[i], &len);
+		struct esc_share back;
+		struct esc_share_meta m;
+		int rc = esc_share_decode(copy, len, "pass phrase", &back, &m);
+
+		ck_assert_msg(rc == KMS_ERR_TOOBIG, "%s: got %d (%s)", costly[i], rc, kms_last_error());
+		ck_assert_ptr_nonnull(strstr(kms_last_error(), "over the bounds"));
+		ck_assert_ptr_null(back.data);
+		free(copy);
+	}
+	free(etext);
+}
+END_TEST
+
 START_TEST(test_garbage_share_file_is_corrupt)
 {
 	unsigned char junk[2048];
@@ -1876,6 +1928,7 @@ archive_suite(void)
 	tcase_add_test(tc, test_truncated_share_file_is_corrupt);
 	tcase_add_test(tc, test_edited_share_file_is_corrupt);
 	tcase_add_test(tc, test_garbage_share_file_is_corrupt);
+	tcase_add_test(tc, test_costly_scrypt_parameters_are_refused_before_any_work);
 	tcase_add_test(tc, test_foreign_krk_share_is_refused_by_the_store);
 	suite_add_tcase(s, tc);
 

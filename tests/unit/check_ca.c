@@ -277,7 +277,7 @@ static X509 *
 issue(const struct ca *ca, enum ca_usage usage, EVP_PKEY *key, const char *email, const char *name,
     int days, const char *crl_url)
 {
-	struct ca_issue_req req = { usage, key, email, name, days, crl_url };
+	struct ca_issue_req req = { usage, key, email, name, days, crl_url, NULL };
 	X509 *x = NULL;
 
 	ck_assert_msg(ca_issue(ca, &req, &x) == 0, "ca_issue: %s", kms_last_error());
@@ -289,7 +289,7 @@ static int
 issue_rc(const struct ca *ca, enum ca_usage usage, EVP_PKEY *key, const char *email, const char *name,
     int days, const char *crl_url)
 {
-	struct ca_issue_req req = { usage, key, email, name, days, crl_url };
+	struct ca_issue_req req = { usage, key, email, name, days, crl_url, NULL };
 	X509 *x = NULL;
 	int rc = ca_issue(ca, &req, &x);
 
@@ -625,6 +625,51 @@ START_TEST(test_no_crl_url_means_no_distribution_point)
 }
 END_TEST
 
+START_TEST(test_not_before_is_set_back_by_the_cas_margin)
+{
+	struct ca margin = { rsa_ca->cert, rsa_ca->key, rsa_ca->name, 300 };
+	X509 *x = issue(&margin, CA_USAGE_SIGN, ec_user_a, "ivan@example.org", "Ivan", 30, NULL);
+	struct tm tm;
+	time_t nb, na, now = time(NULL);
+
+	ck_assert_int_eq(ASN1_TIME_to_tm(X509_get0_notBefore(x), &tm), 1);
+	nb = timegm(&tm);
+	ck_assert_int_eq(ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm), 1);
+	na = timegm(&tm);
+	/* Five minutes back; the end stays days after the moment of issue. */
+	ck_assert_int_le(llabs((long long)(now - 300 - nb)), 5);
+	ck_assert_int_le(llabs((long long)(na - now - 30 * 86400LL)), 5);
+	X509_free(x);
+	margin.not_before_margin = CA_MAX_NOT_BEFORE_MARGIN + 1;
+	ck_assert_int_eq(issue_rc(&margin, CA_USAGE_SIGN, ec_user_a, "ivan@example.org", "Ivan", 30, NULL), KMS_ERR_INVALID);
+}
+END_TEST
+
+START_TEST(test_subject_serial_number_sets_generations_apart)
+{
+	struct ca_issue_req r = { .usage = CA_USAGE_SIGN, .pubkey = ec_user_a, .email = "judy@example.org",
+		.name = "Judy", .days = 30, .subject_serial = "3f2a9c01" };
+	X509 *a = NULL, *b = NULL, *c = NULL;
+
+	ck_assert_int_eq(ca_issue(rsa_ca, &r, &a), 0);
+	r.usage = CA_USAGE_ENC;
+	r.pubkey = ec_user_b;
+	ck_assert_int_eq(ca_issue(rsa_ca, &r, &b), 0);
+	r.subject_serial = "77e0d412";
+	ck_assert_int_eq(ca_issue(rsa_ca, &r, &c), 0);
+	/* One pair, one subject (gpgsm's identity); another generation, another subject (NSS's nickname). */
+	ck_assert_int_eq(X509_NAME_cmp(X509_get_subject_name(a), X509_get_subject_name(b)), 0);
+	ck_assert_int_ne(X509_NAME_cmp(X509_get_subject_name(b), X509_get_subject_name(c)), 0);
+	assert_name_entry(X509_get_subject_name(a), NID_serialNumber, "3f2a9c01");
+	ck_assert_int_eq(X509_NAME_entry_count(X509_get_subject_name(a)), 4);
+	X509_free(a);
+	X509_free(b);
+	X509_free(c);
+	r.subject_serial = "";
+	ck_assert_int_eq(ca_issue(rsa_ca, &r, &a), KMS_ERR_INVALID);
+}
+END_TEST
+
 START_TEST(test_serials_are_distinct)
 {
 	char *seen[24];
@@ -731,7 +776,7 @@ END_TEST
 
 START_TEST(test_issue_needs_the_ca_key)
 {
-	struct ca nokey = { rsa_ca->cert, NULL, rsa_ca->name };
+	struct ca nokey = { rsa_ca->cert, NULL, rsa_ca->name, 0 };
 
 	ck_assert_int_eq(issue_rc(&nokey, CA_USAGE_SIGN, ec_user_a, "j@example.org", NULL, 30, NULL), KMS_ERR_STATE);
 }
@@ -1106,6 +1151,29 @@ START_TEST(test_store_find_by_address_is_case_insensitive_newest_first)
 	ck_assert_uint_eq(n, 0);
 	X509_free(s);
 	X509_free(e);
+}
+END_TEST
+
+START_TEST(test_store_display_name_is_the_newest_enrolled_one)
+{
+	X509 *a = issue(rsa_ca, CA_USAGE_SIGN, rsa_user_a, "kim@example.org", "Kim Old", 365, NULL);
+	X509 *b = issue(rsa_ca, CA_USAGE_SIGN, rsa_user_a, "kim@example.org", "Kim Example", 365, NULL);
+	X509 *c = issue(rsa_ca, CA_USAGE_SIGN, rsa_user_a, "kim@example.org", NULL, 365, NULL);
+	char *name = NULL;
+
+	ck_assert_int_eq(ca_store_display_name(st, "kim@example.org", &name), KMS_ERR_NOTFOUND);
+	ck_assert_ptr_null(name);
+	ck_assert_int_eq(ca_store_add_cert(st, a, "kim@example.org", "Kim Old", CA_USAGE_SIGN, "enroll", "root"), 0);
+	sqlite3_exec(kms_store_db(st), "UPDATE certs SET issued = issued - 100", NULL, NULL, NULL);
+	ck_assert_int_eq(ca_store_add_cert(st, b, "kim@example.org", "Kim Example", CA_USAGE_SIGN, "enroll", "root"), 0);
+	/* A CSR certificate carries no display name: it does not count. */
+	ck_assert_int_eq(ca_store_add_cert(st, c, "kim@example.org", "", CA_USAGE_SIGN, "csr", "root"), 0);
+	ck_assert_int_eq(ca_store_display_name(st, "KIM@example.org", &name), 0);
+	ck_assert_str_eq(name, "Kim Example");
+	free(name);
+	X509_free(a);
+	X509_free(b);
+	X509_free(c);
 }
 END_TEST
 
@@ -1721,6 +1789,8 @@ ca_suite(void)
 	tcase_add_test(tc, test_krk_refuses_ec_key_and_missing_name);
 	tcase_add_test(tc, test_no_crl_url_means_no_distribution_point);
 	tcase_add_test(tc, test_serials_are_distinct);
+	tcase_add_test(tc, test_not_before_is_set_back_by_the_cas_margin);
+	tcase_add_test(tc, test_subject_serial_number_sets_generations_apart);
 	tcase_add_test(tc, test_issued_certs_verify_against_root_for_smime);
 	tcase_add_test(tc, test_validity_over_825_days_refused);
 	tcase_add_test(tc, test_cert_never_outlives_its_ca);
@@ -1753,6 +1823,7 @@ ca_suite(void)
 	tcase_add_test(tc, test_store_refuses_unencrypted_ca_key);
 	tcase_add_test(tc, test_store_find_by_address_is_case_insensitive_newest_first);
 	tcase_add_test(tc, test_store_find_by_serial_any_case_with_colons);
+	tcase_add_test(tc, test_store_display_name_is_the_newest_enrolled_one);
 	tcase_add_test(tc, test_store_has_valid_ignores_revoked_and_expired);
 	tcase_add_test(tc, test_store_list_orders_by_email_and_filters_revoked);
 	tcase_add_test(tc, test_store_find_cert_by_issuer_serial_and_by_ski);

@@ -740,6 +740,132 @@ START_TEST(test_sanitize_replaces_controls_and_truncates)
 }
 END_TEST
 
+/* A sub-directory of the fixture's, mode, made now; malloc'd path. */
+static char *
+subdir(const char *name, mode_t mode)
+{
+	char *p = kms_path_join(dir, name);
+
+	ck_assert_int_eq(mkdir(p, 0700), 0);
+	ck_assert_int_eq(chmod(p, mode), 0);
+	return p;
+}
+
+START_TEST(test_dir_open_checked_takes_only_the_requesters_own_directory)
+{
+	char *ok = subdir("mine", 0700), *ww = subdir("ww", 0777), *gw = subdir("gw", 0770);
+	char *link = kms_path_join(dir, "link"), *via = NULL, *missing = kms_path_join(dir, "missing");
+	char *dots = NULL;
+	int fd = -1;
+
+	/* The fixture's parents (/tmp: sticky) are fine; the directory is ours. */
+	ck_assert_int_eq(chmod(dir, 0700), 0);
+	ck_assert_msg(kms_dir_open_checked(ok, getuid(), (uid_t)-1, &fd) == 0, "%s", kms_last_error());
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	ck_assert_int_eq(kms_dir_open_checked(ok, getuid() + 1, (uid_t)-1, &fd), KMS_ERR_PERM);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "not to the requester"));
+	ck_assert_int_eq(fd, -1);
+	ck_assert_int_eq(kms_dir_open_checked(ww, getuid(), (uid_t)-1, &fd), KMS_ERR_PERM);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "writable by every user"));
+	ck_assert_int_eq(kms_dir_open_checked(gw, getuid(), (uid_t)-1, &fd), KMS_ERR_PERM);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "writable by its group"));
+	/* A link, as the directory or anywhere above it. */
+	ck_assert_int_eq(symlink(ok, link), 0);
+	ck_assert_int_eq(kms_dir_open_checked(link, getuid(), (uid_t)-1, &fd), KMS_ERR_PERM);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "symbolic link"));
+	ck_assert_int_eq(mkdir((via = kms_path_join(ok, "sub")), 0700), 0);
+	free(via);
+	via = kms_path_join(link, "sub");
+	ck_assert_int_eq(kms_dir_open_checked(via, getuid(), (uid_t)-1, &fd), KMS_ERR_PERM);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "\"link\" is a symbolic link"));
+	/* Nothing is created. */
+	ck_assert_int_eq(kms_dir_open_checked(missing, getuid(), (uid_t)-1, &fd), KMS_ERR_NOTFOUND);
+	ck_assert_int_eq(access(missing, F_OK), -1);
+	ck_assert_int_eq(kms_dir_open_checked("relative/dir", getuid(), (uid_t)-1, &fd), KMS_ERR_INVALID);
+	dots = kms_path_join(ok, "../mine");
+	ck_assert_int_eq(kms_dir_open_checked(dots, getuid(), (uid_t)-1, &fd), KMS_ERR_INVALID);
+	ck_assert_int_eq(fd, -1);
+	free(ok);
+	free(ww);
+	free(gw);
+	free(link);
+	free(via);
+	free(missing);
+	free(dots);
+}
+END_TEST
+
+START_TEST(test_files_at_are_made_exclusively_and_read_without_links)
+{
+	char *d = subdir("d", 0700), *p, *q, *s = NULL;
+	int fd = -1;
+
+	ck_assert_int_eq(kms_dir_open_checked(d, getuid(), (uid_t)-1, &fd), 0);
+	ck_assert_int_eq(kms_write_file_at_excl(fd, "share.txt", getuid(), "abc", 3, 0600), 0);
+	ck_assert_int_eq(kms_write_file_at_excl(fd, "share.txt", getuid(), "abc", 3, 0600), KMS_ERR_EXISTS);
+	ck_assert_int_eq(kms_write_file_at_excl(fd, "../x", getuid(), "abc", 3, 0600), KMS_ERR_INVALID);
+	p = tu_write(d, "pass", "a long passphrase\nsecond line\n");
+	ck_assert_int_eq(chmod(p, 0600), 0);
+	ck_assert_int_eq(kms_read_secret_file_at(fd, "pass", getuid(), (uid_t)-1, &s), 0);
+	ck_assert_str_eq(s, "a long passphrase");
+	kms_secret_free(s);
+	/* Another owner, a symbolic link (to /etc/shadow), a second name: refused. */
+	ck_assert_int_eq(kms_read_secret_file_at(fd, "pass", getuid() + 1, (uid_t)-1, &s), KMS_ERR_PERM);
+	ck_assert_ptr_null(s);
+	q = kms_path_join(d, "shadow");
+	ck_assert_int_eq(symlink("/etc/shadow", q), 0);
+	ck_assert_int_eq(kms_read_secret_file_at(fd, "shadow", getuid(), (uid_t)-1, &s), KMS_ERR_PERM);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "symbolic link"));
+	free(q);
+	q = kms_path_join(d, "hard");
+	ck_assert_int_eq(link(p, q), 0);
+	ck_assert_int_eq(kms_read_secret_file_at(fd, "hard", getuid(), (uid_t)-1, &s), KMS_ERR_PERM);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "hard links"));
+	ck_assert_int_eq(kms_read_secret_file_at(fd, "absent", getuid(), (uid_t)-1, &s), KMS_ERR_NOTFOUND);
+	close(fd);
+	free(p);
+	free(q);
+	free(d);
+}
+END_TEST
+
+START_TEST(test_store_is_private_whatever_the_umask)
+{
+	char *path = kms_path_join(dir, "kms.db"), *wal = kms_path_join(dir, "kms.db-wal");
+	struct kms_store *st = NULL;
+	struct stat sb;
+	mode_t old = umask(022);
+
+	ck_assert_int_eq(kms_store_open(path, KMS_STORE_CREATE | KMS_STORE_PRIVATE, &st), 0);
+	umask(old);
+	ck_assert_int_eq(stat(path, &sb), 0);
+	ck_assert_uint_eq(sb.st_mode & 0777, 0600);
+	ck_assert_int_eq(stat(wal, &sb), 0);
+	ck_assert_uint_eq(sb.st_mode & 0777, 0600);
+	kms_store_close(st);
+	st = NULL;
+	ck_assert_int_eq(chmod(path, 0640), 0);
+	ck_assert_int_eq(kms_store_open(path, KMS_STORE_PRIVATE, &st), KMS_ERR_PERM);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "chmod 600"));
+	ck_assert_ptr_null(st);
+	/* Without the flag (kmsctl's offline recovery reads a copy): opened. */
+	ck_assert_int_eq(kms_store_open(path, 0, &st), 0);
+	kms_store_close(st);
+	ck_assert_int_eq(kms_check_private(dir, 1), 0);
+	ck_assert_int_eq(chmod(dir, 0750), 0);
+	ck_assert_int_eq(kms_check_private(dir, 1), 0);
+	ck_assert_int_eq(chmod(dir, 0755), 0);
+	ck_assert_int_eq(kms_check_private(dir, 1), KMS_ERR_PERM);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "chmod g-w,o-rwx"));
+	ck_assert_int_eq(chmod(dir, 0770), 0);
+	ck_assert_int_eq(kms_check_private(dir, 1), KMS_ERR_PERM);
+	ck_assert_int_eq(chmod(dir, 0700), 0);
+	free(path);
+	free(wal);
+}
+END_TEST
+
 static Suite *
 common_suite(void)
 {
@@ -792,6 +918,9 @@ common_suite(void)
 	tcase_add_test(tc, test_write_excl_refuses_existing_and_symlink);
 	tcase_add_test(tc, test_write_atomic_replaces_whole_file);
 	tcase_add_test(tc, test_read_secret_file_takes_first_line);
+	tcase_add_test(tc, test_dir_open_checked_takes_only_the_requesters_own_directory);
+	tcase_add_test(tc, test_files_at_are_made_exclusively_and_read_without_links);
+	tcase_add_test(tc, test_store_is_private_whatever_the_umask);
 	tcase_add_test(tc, test_encodings_roundtrip_and_reject_garbage);
 	tcase_add_test(tc, test_time_parse_forms);
 	tcase_add_test(tc, test_random_passwords_are_long_and_distinct);

@@ -133,7 +133,7 @@ END_TEST
 START_TEST(test_approvals_need_distinct_officers_and_shares)
 {
 	struct pol_approval a[3] = { { 1001, 1 } };
-	struct pol_request req = { .expires = 1000, .threshold = 3, .approvals = a, .napprovals = 1 };
+	struct pol_request req = { .requester = 1000, .expires = 1000, .threshold = 3, .approvals = a, .napprovals = 1 };
 
 	ck_assert_int_eq(pol_approval_check(&req, 1001, 2, 10), KMS_ERR_EXISTS);   /* same officer */
 	ck_assert_int_eq(pol_approval_check(&req, 1002, 1, 10), KMS_ERR_EXISTS);   /* same share */
@@ -151,12 +151,29 @@ END_TEST
 
 START_TEST(test_approvals_refused_after_expiry_or_close)
 {
-	struct pol_request req = { .expires = 1000, .threshold = 2 };
+	struct pol_request req = { .requester = 1000, .expires = 1000, .threshold = 2 };
 
 	ck_assert_int_eq(pol_approval_check(&req, 1001, 1, 999), 0);
 	ck_assert_int_eq(pol_approval_check(&req, 1001, 1, 1000), KMS_ERR_EXPIRED);
 	req.closed = 1;
 	ck_assert_int_eq(pol_approval_check(&req, 1001, 1, 10), KMS_ERR_STATE);
+}
+END_TEST
+
+START_TEST(test_requester_never_approves_own_request)
+{
+	struct pol_approval a[2] = { { 1001, 1 } };
+	struct pol_request req = { .requester = 1005, .expires = 1000, .threshold = 2, .approvals = a, .napprovals = 1 };
+
+	/* Whatever roles the requester holds: refused before any other rule. */
+	ck_assert_int_eq(pol_approval_check(&req, 1005, 2, 10), KMS_ERR_PERM);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "separation of duties"));
+	req.requester = 0;      /* root asked: root may not approve either */
+	ck_assert_int_eq(pol_approval_check(&req, 0, 2, 10), KMS_ERR_PERM);
+	ck_assert_int_eq(pol_approval_check(&req, 1005, 2, 10), 0);
+	/* Even on an expired or closed request, the reason given is the duty rule. */
+	req.requester = 1005;
+	ck_assert_int_eq(pol_approval_check(&req, 1005, 2, 2000), KMS_ERR_PERM);
 }
 END_TEST
 
@@ -173,6 +190,7 @@ policy_suite(void)
 	tcase_add_test(tc, test_command_table_names_roles);
 	tcase_add_test(tc, test_approvals_need_distinct_officers_and_shares);
 	tcase_add_test(tc, test_approvals_refused_after_expiry_or_close);
+	tcase_add_test(tc, test_requester_never_approves_own_request);
 	suite_add_tcase(s, tc);
 	return s;
 }

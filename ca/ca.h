@@ -336,6 +336,12 @@ int ca_revidx_lookup(const struct ca_revidx *idx, const X509_NAME *issuer, const
 int ca_revidx_issuer_state(const struct ca_revidx *idx, const X509_NAME *issuer);
 size_t ca_revidx_count(const struct ca_revidx *idx);
 /*
+ * Each snapshot's own number, larger than that of every snapshot made
+ * before it in this process (0 for NULL): caches of results that depend
+ * on revocation data key on it.
+ */
+unsigned long ca_revidx_generation(const struct ca_revidx *idx);
+/*
  * A new snapshot equal to base plus one more revoked entry, sharing base's
  * bulk: O(entries added since base's bulk), so a revocation is visible to
  * the next lookup without a full rebuild.

@@ -81,8 +81,12 @@ struct rev_issuer {
 	int stale;
 };
 
+/* The generation of the last snapshot made. */
+static atomic_ulong revidx_gen;
+
 struct ca_revidx {
 	atomic_long refs;
+	unsigned long gen;
 	struct rev_bulk *bulk;
 	struct rev_table over;
 	struct rev_issuer *issuers;
@@ -726,8 +730,10 @@ idx_new(void)
 {
 	struct ca_revidx *idx = calloc(1, sizeof(*idx));
 
-	if (idx != NULL)
+	if (idx != NULL) {
 		atomic_init(&idx->refs, 1);
+		idx->gen = atomic_fetch_add(&revidx_gen, 1) + 1;
+	}
 	return idx;
 }
 
@@ -802,6 +808,12 @@ size_t
 ca_revidx_count(const struct ca_revidx *idx)
 {
 	return idx ? idx->count : 0;
+}
+
+unsigned long
+ca_revidx_generation(const struct ca_revidx *idx)
+{
+	return idx ? idx->gen : 0;
 }
 
 /* Merge bulk and overlay into a new bulk (the overlay wins on equal keys). */

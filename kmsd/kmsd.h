@@ -28,6 +28,7 @@ struct kmsd_env {
 	int refs;
 	struct kms_config *cfg;     /* the config in force */
 	X509_STORE *trust;          /* our CA plus [milter] trust_file; never NULL, may be empty */
+	unsigned long trust_gen;    /* mlt_generation_next() when trust was made: the milter caches per generation */
 	X509 *ca_cert;              /* our CA certificate; NULL before init (or on a replica without one) */
 	struct pol_roles *roles;    /* [roles] compiled */
 };

@@ -23,6 +23,7 @@
 
 #include "archive/archive.h"
 #include "kmsd/kmsd.h"
+#include "milter/milter.h"
 
 /* Our part of the process state: kmsd_state.rt (kmsd/state.c). */
 #define R kmsd_state.rt
@@ -140,6 +141,7 @@ env_build(struct kms_config *cfg, X509 *ca_cert, struct kmsd_env **out)
 		goto fail;
 	if ((rc = pol_roles_compile(cfg, geteuid(), &env->roles)) != 0)
 		goto fail;
+	env->trust_gen = mlt_generation_next();
 	*out = env;
 	return 0;
 fail:

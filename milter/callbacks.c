@@ -430,6 +430,7 @@ cb_eom(SMFICTX *ctx)
 		return on_error(ctx, cfg, "end of message without a message");
 	memset(&cc, 0, sizeof(cc));
 	cc.trust = c->view.trust;
+	cc.trust_gen = c->view.trust_gen;
 	cc.rev = host->revidx_get();
 	cc.find_cert = host->find_cert;
 	cc.find_cert_arg = host->find_cert_arg;

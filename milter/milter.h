@@ -52,7 +52,16 @@ struct mlt_check_ctx {
 	struct mlt_limits limits;
 	const char *authserv_id;        /* for Authentication-Results */
 	time_t now;                     /* verification time; 0 means time(NULL) */
+	/*
+	 * Generation of trust (mlt_generation_next() when the store was
+	 * made; a new store, a new one): chain results are cached per
+	 * generation.  0: nothing is cached for this context.
+	 */
+	unsigned long trust_gen;
 };
+
+/* A new generation number, larger than every one handed out before (thread-safe). */
+unsigned long mlt_generation_next(void);
 
 /* Fill limits from [milter] of cfg. */
 void mlt_limits_from_config(const struct kms_config *cfg, struct mlt_limits *lim);
@@ -241,6 +250,7 @@ void mlt_msgbuf_free(struct mlt_msgbuf *mb);
 struct mlt_view {
 	const struct kms_config *cfg;
 	X509_STORE *trust;
+	unsigned long trust_gen;        /* mlt_generation_next() of trust; 0: no caching */
 };
 
 struct mlt_host {

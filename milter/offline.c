@@ -34,6 +34,7 @@ struct offline {
 	struct kms_config *cfg;
 	struct kms_store *st;
 	X509_STORE *trust;
+	unsigned long trust_gen;        /* trust is set before the first message and never changes */
 	STACK_OF(X509) *anchors;        /* the same certificates, for CRL issuers */
 	struct ca_revidx *rev;
 };
@@ -148,6 +149,7 @@ check_file(struct offline *o, const char *path)
 
 	memset(&ctx, 0, sizeof(ctx));
 	ctx.trust = o->trust;
+	ctx.trust_gen = o->trust_gen;
 	ctx.rev = o->rev;
 	ctx.find_cert = find_cert_store;
 	ctx.find_cert_arg = o;
@@ -270,6 +272,7 @@ mlt_offline_main(int argc, char **argv)
 	}
 	if (sk_X509_num(o.anchors) == 0)
 		fprintf(stderr, "kmsd: note: no trust anchors (no --trust, no [milter] trust_file, no CA in the store)\n");
+	o.trust_gen = mlt_generation_next();
 
 	if (ca_revidx_builder_new(&b) != 0) {
 		fprintf(stderr, "kmsd: %s\n", kms_last_error());

@@ -46,6 +46,7 @@
 #include <openssl/err.h>
 #include <openssl/objects.h>
 
+#include "milter/cache.h"
 #include "milter/mime.h"
 #include "milter/milter.h"
 #include "milter/smime_int.h"
@@ -309,11 +310,10 @@ signer_cert(const struct mlt_check_ctx *ctx, CMS_SignerInfo *si, STACK_OF(X509) 
  * encapsulated content) and judge each signer.
  */
 static int
-verify_signed(struct walk *w, CMS_ContentInfo *cms, const unsigned char *content, size_t clen,
-    enum mlt_sig_kind kind)
+verify_signed(struct walk *w, CMS_ContentInfo *cms, STACK_OF(X509) *certs, const unsigned char *content,
+    size_t clen, enum mlt_sig_kind kind)
 {
 	STACK_OF(CMS_SignerInfo) *sis;
-	STACK_OF(X509) *certs = NULL;
 	BIO *dcont = NULL, *cmsbio = NULL;
 	X509 **signers = NULL;
 	char why[320];
@@ -335,8 +335,6 @@ verify_signed(struct walk *w, CMS_ContentInfo *cms, const unsigned char *content
 		ERR_clear_error();
 		return sig_broken(w, kind, "signed-data without content");
 	}
-	certs = CMS_get1_certs(cms);
-	ERR_clear_error();
 	if ((signers = calloc((size_t)n, sizeof(*signers))) == NULL) {
 		rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
 		goto out;
@@ -414,24 +412,10 @@ out:
 	for (int i = 0; signers != NULL && i < n; i++)
 		X509_free(signers[i]);
 	free(signers);
-	sk_X509_pop_free(certs, X509_free);
 	ERR_clear_error();
 	return rc;
 }
 
-/* Parse DER (or BER) CMS; NULL if it is not. */
-static CMS_ContentInfo *
-parse_cms(const unsigned char *der, size_t len)
-{
-	const unsigned char *p = der;
-	CMS_ContentInfo *cms;
-
-	if (len == 0 || len > (size_t)0x7fffffff)
-		return NULL;
-	cms = d2i_CMS_ContentInfo(NULL, &p, (long)len);
-	ERR_clear_error();
-	return cms;
-}
 
 static int
 cms_is_encrypted(CMS_ContentInfo *cms)
@@ -576,6 +560,7 @@ do_detached(struct walk *w, const unsigned char *buf, const struct mlt_entity *e
 	unsigned char *der = NULL;
 	size_t nparts = 0, derlen = 0, first = w->nsigs;
 	CMS_ContentInfo *cms = NULL;
+	STACK_OF(X509) *certs = NULL;
 	int closed, rc;
 
 	memset(&se, 0, sizeof(se));
@@ -613,7 +598,10 @@ do_detached(struct walk *w, const unsigned char *buf, const struct mlt_entity *e
 	}
 	if ((rc = mlt_decode_cte(se.cte, buf + se.body, se.end - se.body, &der, &derlen)) != 0)
 		goto out;
-	if ((cms = parse_cms(der, derlen)) == NULL) {
+	/* The certificates come from the cache (cache.h), not from the CMS. */
+	if ((rc = mlt_cms_decode(der, derlen, &cms, &certs)) != 0)
+		goto out;
+	if (cms == NULL) {
 		rc = sig_broken(w, MLT_SIG_DETACHED, "signature part is not CMS (garbage or truncated)");
 		goto out;
 	}
@@ -622,7 +610,7 @@ do_detached(struct walk *w, const unsigned char *buf, const struct mlt_entity *e
 		goto out;
 	}
 	w->parts++;     /* the signature part */
-	if ((rc = verify_signed(w, cms, buf + parts[0].start, parts[0].end - parts[0].start,
+	if ((rc = verify_signed(w, cms, certs, buf + parts[0].start, parts[0].end - parts[0].start,
 	    MLT_SIG_DETACHED)) != 0)
 		goto out;
 	if ((rc = check_protected(w, buf, parts[0].start, parts[0].end, first)) != 0)
@@ -635,6 +623,7 @@ do_detached(struct walk *w, const unsigned char *buf, const struct mlt_entity *e
 	if (rc == 0)
 		rc = walk_signed_content(w, buf, &parts[0], depth + 1);
 out:
+	sk_X509_pop_free(certs, X509_free);
 	CMS_ContentInfo_free(cms);
 	free(der);
 	free(parts);
@@ -676,6 +665,7 @@ do_blob(struct walk *w, const unsigned char *buf, const struct mlt_entity *e, lo
 	unsigned char *der = NULL;
 	size_t derlen = 0, first = w->nsigs;
 	CMS_ContentInfo *cms = NULL;
+	STACK_OF(X509) *certs = NULL;
 	ASN1_OCTET_STRING **pos;
 	char what[160];
 	int rc, nid;
@@ -683,7 +673,9 @@ do_blob(struct walk *w, const unsigned char *buf, const struct mlt_entity *e, lo
 	*covered = 0;
 	if ((rc = mlt_decode_cte(e->cte, buf + e->body, e->end - e->body, &der, &derlen)) != 0)
 		return rc;
-	if ((cms = parse_cms(der, derlen)) == NULL) {
+	if ((rc = mlt_cms_decode(der, derlen, &cms, &certs)) != 0)
+		goto out;
+	if (cms == NULL) {
 		/* A file merely named .p7m that is no CMS is not our business. */
 		if (named_only) {
 			rc = note_uncovered(w, 0, "attachment named .p7m");
@@ -708,7 +700,7 @@ do_blob(struct walk *w, const unsigned char *buf, const struct mlt_entity *e, lo
 		goto out;
 	}
 	*covered = 1;
-	if ((rc = verify_signed(w, cms, NULL, 0, MLT_SIG_OPAQUE)) != 0)
+	if ((rc = verify_signed(w, cms, certs, NULL, 0, MLT_SIG_OPAQUE)) != 0)
 		goto out;
 	if (st != NULL && strcasecmp(st, "signed-data") != 0) {
 		char *c = mlt_clean_text(st, strlen(st), 40);
@@ -732,6 +724,7 @@ do_blob(struct walk *w, const unsigned char *buf, const struct mlt_entity *e, lo
 	}
 out:
 	ERR_clear_error();
+	sk_X509_pop_free(certs, X509_free);
 	CMS_ContentInfo_free(cms);
 	free(der);
 	return rc;

@@ -23,6 +23,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "milter/cache.h"
 #include "milter/milter.h"
 #include "milter/smime_int.h"
 
@@ -305,7 +306,8 @@ mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(
 	char **addrs = NULL, *d = NULL, t1[32], t2[32], *mismatch = NULL;
 	const char *who;
 	enum pol_verdict v = POL_V_PASS;
-	int rc = 0;
+	unsigned char ckey[MLT_HASH_LEN];
+	int rc = 0, cached;
 
 	if (cert == NULL) {
 		sig->verdict = sig_ok ? POL_V_UNTRUSTED : POL_V_FAIL;
@@ -365,8 +367,13 @@ mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(
 		goto nomem;
 	who = sig->signer ? sig->signer : "the signer";
 
-	if ((rc = check_chain(ctx, now, cert, untrusted, &cs, &chain)) != 0)
-		goto out;
+	/* The chain from the cache when this signer was seen under these anchors (cache.h). */
+	if ((cached = mlt_chaincache_get(ctx, now, cert, untrusted, &cs, sizeof(cs), &chain, ckey)) != 1) {
+		if ((rc = check_chain(ctx, now, cert, untrusted, &cs, &chain)) != 0)
+			goto out;
+		if (cached == 0)
+			mlt_chaincache_put(ctx, now, ckey, &cs, sizeof(cs), chain);
+	}
 	check_revocation(ctx, chain, sig);
 
 	if (mismatch != NULL)

@@ -1,7 +1,7 @@
 /*
  * offline.c - `kmsd -t`: check message files with the milter's own code.
  *
- *   kmsd -t [-c FILE] [--trust PEM]... [--crl FILE]... MESSAGE...
+ *   kmsd -t [-c FILE] [--trust PEM]... [--crl FILE]... [--out DIR] MESSAGE...
  *
  * Entry point: mlt_offline_main (returns the exit status).
  *
@@ -15,7 +15,10 @@
  *   FILE: smime=<result> (<verdict>: <detail>)
  *
  * followed by the header fields the milter would add or change (the new
- * value), one per line, folds shown as they would be written.
+ * value), one per line, folds shown as they would be written.  With
+ * --out, each message is also written to DIR under its own file name as
+ * the MTA would pass it on (header edits applied, the new body if any;
+ * CRLF line ends).
  */
 #include "config.h"
 
@@ -37,12 +40,13 @@ struct offline {
 	unsigned long trust_gen;        /* trust is set before the first message and never changes */
 	STACK_OF(X509) *anchors;        /* the same certificates, for CRL issuers */
 	struct ca_revidx *rev;
+	const char *outdir;             /* --out, or NULL */
 };
 
 static void
 usage(FILE *fp)
 {
-	fprintf(fp, "usage: kmsd -t [-c FILE] [--trust PEM]... [--crl FILE]... MESSAGE...\n");
+	fprintf(fp, "usage: kmsd -t [-c FILE] [--trust PEM]... [--crl FILE]... [--out DIR] MESSAGE...\n");
 }
 
 static int
@@ -136,6 +140,26 @@ find_cert_store(void *arg, const X509_NAME *issuer, const ASN1_INTEGER *serial, 
 	return ca_store_find_cert(o->st, issuer, serial, skid, out);
 }
 
+/* Write msg as rewritten by rw to dir, under the base name of path. */
+static int
+write_out(const char *dir, const char *path, const unsigned char *msg, size_t len, const struct mlt_rewrite *rw)
+{
+	const char *base = strrchr(path, '/');
+	unsigned char *out = NULL;
+	size_t outlen = 0;
+	char *dest;
+	int rc;
+
+	base = base ? base + 1 : path;
+	if ((dest = kms_path_join(dir, base)) == NULL)
+		return kms_fail(KMS_ERR_NOMEM, "out of memory");
+	if ((rc = mlt_rewrite_apply(msg, len, rw, &out, &outlen)) == 0)
+		rc = kms_write_file_atomic(dest, out, outlen, 0644);
+	free(out);
+	free(dest);
+	return rc;
+}
+
 /* Print one file's line and the fields it would get.  0, or an error reading it. */
 static int
 check_file(struct offline *o, const char *path)
@@ -189,6 +213,10 @@ check_file(struct offline *o, const char *path)
 		}
 		if (rw->action != KMS_ACT_ACCEPT)
 			printf("  (policy: %s)\n", kms_action_name(rw->action));
+		if (o->outdir != NULL && (rc = write_out(o->outdir, path, msg, len, rw)) != 0) {
+			fprintf(stderr, "%s: %s\n", path, kms_last_error());
+			goto out;
+		}
 	}
 out:
 	mlt_rewrite_free(rw);
@@ -206,6 +234,7 @@ mlt_offline_main(int argc, char **argv)
 		{ "config", required_argument, NULL, 'c' },
 		{ "trust", required_argument, NULL, 'T' },
 		{ "crl", required_argument, NULL, 'C' },
+		{ "out", required_argument, NULL, 'O' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -230,6 +259,7 @@ mlt_offline_main(int argc, char **argv)
 		case 'c': config_path = optarg; break;
 		case 'T': trust[ntrust++] = optarg; break;
 		case 'C': crls[ncrl++] = optarg; break;
+		case 'O': o.outdir = optarg; break;
 		case 'h': usage(stdout); status = 0; goto out;
 		default: usage(stderr); goto out;
 		}

@@ -35,6 +35,11 @@
  *         revbig  mlt_check_message, a BIGN-entry revocation index
  *         plan10  rev10 plus mlt_rewrite_plan (all of kmsd's work at end
  *                 of message but the replies to the MTA)
+ *         nocache rev10 with the caches off (trust generation 0): every
+ *                 certificate decoded and every chain built again
+ *       The mlt_check_message variants run with a trust generation, as in
+ *       kmsd: certificates and chains come from the caches after the
+ *       first message (the messages of a group share one signer).
  *       The trust store holds the CA certificate (as kmsd's does).  The
  *       indexes are built with ca_revidx_builder from synthetic CRLs of the
  *       CA (random serials, reason keyCompromise), the last entry added
@@ -298,11 +303,13 @@ struct group {
 	size_t bytes;
 };
 
-enum variant { V_BARE = 0, V_BAREBIN, V_DER, V_NOREV, V_REV10, V_REVBIG, V_PLAN10, V_COUNT };
-static const char *const variant_name[V_COUNT] = { "bare", "barebin", "der", "norev", "rev10", "revbig", "plan10" };
+enum variant { V_BARE = 0, V_BAREBIN, V_DER, V_NOREV, V_REV10, V_REVBIG, V_PLAN10, V_NOCACHE, V_COUNT };
+static const char *const variant_name[V_COUNT] = { "bare", "barebin", "der", "norev", "rev10", "revbig", "plan10",
+	"nocache" };
 
 struct bench {
 	X509_STORE *trust;
+	unsigned long trust_gen;        /* as kmsd has it: the caches work; nocache runs with 0 */
 	struct ca_revidx *rev10, *revbig;
 	struct kms_config *cfg;
 };
@@ -549,6 +556,7 @@ kms_verify(const struct bench *bn, const struct msg *m, enum variant v)
 
 	memset(&ctx, 0, sizeof(ctx));
 	ctx.trust = bn->trust;
+	ctx.trust_gen = v == V_NOCACHE ? 0 : bn->trust_gen;
 	ctx.rev = v == V_NOREV ? NULL : v == V_REVBIG ? bn->revbig : bn->rev10;
 	ctx.authserv_id = bn->cfg->kmsd.authserv_id;
 	mlt_limits_from_config(bn->cfg, &ctx.limits);
@@ -628,6 +636,7 @@ cmd_verify(int argc, char **argv)
 	if ((fp = fopen(argv[0], "r")) == NULL || (ca = PEM_read_X509(fp, NULL, NULL, NULL)) == NULL)
 		die("cannot read the CA certificate");
 	fclose(fp);
+	bn.trust_gen = mlt_generation_next();
 	if ((bn.trust = X509_STORE_new()) == NULL || !X509_STORE_add_cert(bn.trust, ca))
 		die("cannot make the trust store");
 	if ((groups = calloc((size_t)ng, sizeof(*groups))) == NULL)

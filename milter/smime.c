@@ -416,7 +416,6 @@ out:
 	return rc;
 }
 
-
 static int
 cms_is_encrypted(CMS_ContentInfo *cms)
 {

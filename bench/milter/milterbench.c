@@ -35,7 +35,8 @@
  *         revbig  mlt_check_message, a BIGN-entry revocation index
  *         plan10  rev10 plus mlt_rewrite_plan (all of kmsd's work at end
  *                 of message but the replies to the MTA)
- *         nocache rev10 with the caches off (trust generation 0): every
+ *         nocache rev10 with the caches off (trust generation 0, the
+ *                 certificate table emptied before each message): every
  *                 certificate decoded and every chain built again
  *       The mlt_check_message variants run with a trust generation, as in
  *       kmsd: certificates and chains come from the caches after the
@@ -79,6 +80,7 @@
 
 #include "ca/ca.h"
 #include "common/common.h"
+#include "milter/cache.h"
 #include "milter/milter.h"
 
 #define CRL_CHUNK 10000         /* entries per synthetic CRL */
@@ -557,6 +559,8 @@ kms_verify(const struct bench *bn, const struct msg *m, enum variant v)
 	memset(&ctx, 0, sizeof(ctx));
 	ctx.trust = bn->trust;
 	ctx.trust_gen = v == V_NOCACHE ? 0 : bn->trust_gen;
+	if (v == V_NOCACHE)
+		mlt_certcache_clear();  /* every certificate decoded again, as before the caches */
 	ctx.rev = v == V_NOREV ? NULL : v == V_REVBIG ? bn->revbig : bn->rev10;
 	ctx.authserv_id = bn->cfg->kmsd.authserv_id;
 	mlt_limits_from_config(bn->cfg, &ctx.limits);

@@ -370,7 +370,7 @@ esc_store_rewrap(struct kms_store *st, const char *serial, long long krk_id, con
 static int
 entries_query(struct kms_store *st, sqlite3_stmt *s, struct esc_entry **out, size_t *n)
 {
-	struct esc_entry *e = NULL, *ne;
+	struct esc_entry *e = NULL;
 	size_t cnt = 0, cap = 0;
 	int rc;
 
@@ -379,15 +379,8 @@ entries_query(struct kms_store *st, sqlite3_stmt *s, struct esc_entry **out, siz
 		const void *blob;
 		int bl;
 
-		if (cnt == cap) {
-			cap = cap ? cap * 2 : 4;
-			ne = reallocarray(e, cap, sizeof(*e));
-			if (ne == NULL) {
-				rc = KMS_ERR_NOMEM;
-				goto out;
-			}
-			e = ne;
-		}
+		if ((rc = kms_array_reserve(&e, &cap, cnt + 1, sizeof(*e), SIZE_MAX)) != 0)
+			goto out;
 		x = &e[cnt];
 		memset(x, 0, sizeof(*x));
 		cnt++;

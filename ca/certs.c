@@ -103,17 +103,8 @@ collect_rows(struct kms_store *st, sqlite3_stmt *s, int want_one, struct ca_cert
 	int rc;
 
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		if (cnt == cap) {
-			size_t ncap = cap ? cap * 2 : 8;
-			struct ca_cert_row *nv = realloc(v, ncap * sizeof(*v));
-
-			if (nv == NULL) {
-				rc = kms_fail(KMS_ERR_NOMEM, "certificate rows");
-				goto fail;
-			}
-			v = nv;
-			cap = ncap;
-		}
+		if ((rc = kms_array_reserve(&v, &cap, cnt + 1, sizeof(*v), SIZE_MAX)) != 0)
+			goto fail;
 		rc = row_fill(s, &v[cnt]);
 		cnt++;
 		if (rc != 0)

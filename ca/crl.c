@@ -47,27 +47,12 @@
 static int
 der_grow(struct ca_der *d, size_t need)
 {
-	size_t cap;
-	unsigned char *np;
-
 	if (d->err)
 		return -1;
-	if (need <= d->cap - d->len)
-		return 0;
-	cap = d->cap ? d->cap : 4096;
-	while (cap - d->len < need) {
-		if (cap > SIZE_MAX / 2) {
-			d->err = 1;
-			return -1;
-		}
-		cap *= 2;
-	}
-	if ((np = realloc(d->p, cap)) == NULL) {
+	if (need > SIZE_MAX - d->len || kms_array_reserve(&d->p, &d->cap, d->len + need, 1, SIZE_MAX) != 0) {
 		d->err = 1;
 		return -1;
 	}
-	d->p = np;
-	d->cap = cap;
 	return 0;
 }
 

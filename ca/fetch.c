@@ -40,8 +40,7 @@ curl_init(void)
 }
 
 struct body {
-	unsigned char *p;
-	size_t len, cap, max;
+	struct kms_buf buf;     /* bounded by the caller's max */
 	int toobig;
 };
 
@@ -50,26 +49,11 @@ body_write(char *data, size_t size, size_t nmemb, void *arg)
 {
 	struct body *b = arg;
 	size_t n = size * nmemb;
+	int rc = kms_buf_append(&b->buf, data, n);
 
-	if (n > b->max - b->len) {
+	if (rc == KMS_ERR_TOOBIG)
 		b->toobig = 1;
-		return 0;
-	}
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 65536;
-		unsigned char *np;
-
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		if ((np = realloc(b->p, cap)) == NULL)
-			return 0;
-		b->p = np;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, data, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-	return n;
+	return rc == 0 ? n : 0;
 }
 
 static int
@@ -159,7 +143,6 @@ fetch_http(const char *url, int timeout, long long after, size_t max, const int 
 		free(full);
 		return KMS_ERR_NOMEM;
 	}
-	b->max = max;
 	curl_easy_setopt(c, CURLOPT_URL, full);
 #if LIBCURL_VERSION_NUM >= 0x075500
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -206,6 +189,8 @@ ca_crl_fetch(const char *url, int timeout, long long after, size_t max, const in
     unsigned char **der, size_t *derlen)
 {
 	struct body b = { 0 };
+	unsigned char *data = NULL;
+	size_t len = 0;
 	long status = 0;
 	int rc;
 	const char *path = url;
@@ -219,6 +204,7 @@ ca_crl_fetch(const char *url, int timeout, long long after, size_t max, const in
 		return kms_fail(KMS_ERR_INVALID, "no CRL URL");
 	if (max == 0 || max > CA_CRL_FETCH_MAX)
 		max = CA_CRL_FETCH_MAX;
+	kms_buf_init(&b.buf, max);
 	if (is_http(url)) {
 		if ((rc = fetch_http(url, timeout, after, max, cancel, &b, &status)) != 0)
 			goto out;
@@ -234,15 +220,17 @@ ca_crl_fetch(const char *url, int timeout, long long after, size_t max, const in
 			rc = kms_fail(KMS_ERR_PROTO, "%s: HTTP status %ld", url, status);
 			goto out;
 		}
+		data = b.buf.data;
+		len = b.buf.len;
 	} else {
 		if (strncasecmp(url, "file://", 7) == 0)
 			path = url + 7;
 		else if (strstr(url, "://") != NULL)
 			return kms_fail(KMS_ERR_INVALID, "%s: only http, https and local files are supported", url);
-		if ((rc = kms_read_file(path, max, &b.p, &b.len)) != 0)
+		if ((rc = kms_read_file(path, max, &data, &len)) != 0)
 			goto out;
 	}
-	if ((rc = ca_crl_parse(b.p, b.len, crl)) != 0) {
+	if ((rc = ca_crl_parse(data, len, crl)) != 0) {
 		char why[512];
 
 		/* kms_fail() writes the buffer kms_last_error() returns: copy first. */
@@ -263,7 +251,9 @@ ca_crl_fetch(const char *url, int timeout, long long after, size_t max, const in
 		*derlen = (size_t)n;
 	}
 out:
-	free(b.p);
+	if (data != b.buf.data)
+		free(data);
+	kms_buf_free(&b.buf);
 	return rc;
 }
 

@@ -18,8 +18,10 @@
  *     nonRepudiation for signing, keyEncipherment (RSA) or keyAgreement
  *     (EC) for encryption, never both (no dual use in strict);
  *   - extKeyUsage id-kp-emailProtection only;
- *   - subjectAltName: exactly one rfc822Name (ASCII mailbox), not critical;
- *     subject emailAddress equal to it;
+ *   - subjectAltName: exactly one rfc822Name (ASCII mailbox, kms_addr_valid),
+ *     not critical unless the subject is empty (RFC 5280 4.2.1.6);
+ *     subject emailAddress equal to it when it fits ub-emailaddress (128),
+ *     CN the given name, else the address when it fits ub-common-name (64);
  *   - authorityKeyIdentifier keyIdentifier only, equal to the CA's SKI;
  *     subjectKeyIdentifier present; cRLDistributionPoints with one HTTP
  *     URI whenever a CRL URL is configured.
@@ -44,8 +46,11 @@
 
 /* S/MIME BR 6.3.2: subscriber certificates of the strict profiles. */
 #define MAX_USER_DAYS 825
-/* ub-emailaddress as OpenSSL applies it to the subject emailAddress. */
-#define MAX_EMAIL_LEN 128
+/*
+ * ub-emailaddress as OpenSSL applies it to the subject emailAddress.  A
+ * longer address (up to KMS_ADDR_MAX) is certified in the SAN alone.
+ */
+#define CA_UB_EMAIL 128
 #define MAX_URL_LEN 2048
 #define MAX_RSA_BITS 8192
 
@@ -61,49 +66,6 @@ ca_usage_name(enum ca_usage u)
 		return "krk";
 	}
 	return "unknown";
-}
-
-/*
- * A mailbox we are willing to certify: ASCII, one '@', a dot-atom local
- * part (RFC 5322 atext and dots) and a host name of letters, digits,
- * hyphens and dots.  Quoted local parts and address literals are refused:
- * no mail client needs them and they are where parsers disagree.
- */
-static int
-email_valid(const char *s, size_t len)
-{
-	const char *at;
-	size_t local;
-
-	if (len == 0 || len > MAX_EMAIL_LEN || strlen(s) != len)
-		return 0;
-	if ((at = strchr(s, '@')) == NULL || strchr(at + 1, '@') != NULL)
-		return 0;
-	local = (size_t)(at - s);
-	if (local == 0 || local > 64 || s[0] == '.' || s[local - 1] == '.')
-		return 0;
-	for (size_t i = 0; i < local; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		if (c == '.' && s[i + 1] == '.')
-			return 0;
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		    strchr(".!#$%&'*+/=?^_`{|}~-", c) != NULL))
-			return 0;
-	}
-	at++;
-	if (*at == '\0' || *at == '.' || *at == '-' || strchr(at, '.') == NULL)
-		return 0;
-	for (const char *p = at; *p; p++) {
-		unsigned char c = (unsigned char)*p;
-
-		if (c == '.' && (p[1] == '.' || p[1] == '\0' || p[1] == '-' || p[-1] == '-'))
-			return 0;
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		    c == '.' || c == '-'))
-			return 0;
-	}
-	return at[strlen(at) - 1] != '-';
 }
 
 static int
@@ -177,12 +139,15 @@ issuer_key_id(X509 *ca_cert)
 }
 
 /*
- * O copied from the CA's subject, CN, serialNumber unless sn is NULL, and
- * emailAddress unless email is NULL.  kmsd gives each enrollment's pair a
- * serialNumber of its own: Mozilla NSS keys nicknames by subject, so a
- * renewal with the old subject would take the old nicknames; within one
- * pair the subject is shared, which is how gpgsm tells one identity's
- * signing and encryption certificates from two identities.
+ * O copied from the CA's subject, CN unless cn is NULL, serialNumber unless
+ * sn is NULL, and emailAddress unless email is NULL or longer than
+ * ub-emailaddress.  kmsd gives each enrollment's pair a serialNumber of its
+ * own: Mozilla NSS keys nicknames by subject, so a renewal with the old
+ * subject would take the old nicknames; within one pair the subject is
+ * shared, which is how gpgsm tells one identity's signing and encryption
+ * certificates from two identities.  The subject may come out empty (no O,
+ * an address too long for CN and emailAddress): the SAN then carries the
+ * identity and is marked critical.
  */
 static int
 user_subject(X509 *ca_cert, const char *cn, const char *sn, const char *email, X509_NAME **out)
@@ -199,7 +164,8 @@ user_subject(X509 *ca_cert, const char *cn, const char *sn, const char *email, X
 		rc = kms_fail_openssl(KMS_ERR_NOMEM, "subject organization");
 		goto out;
 	}
-	if (!X509_NAME_add_entry_by_NID(n, NID_commonName, MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0)) {
+	if (cn != NULL &&
+	    !X509_NAME_add_entry_by_NID(n, NID_commonName, MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0)) {
 		rc = kms_fail_openssl(KMS_ERR_INVALID, "subject common name");
 		goto out;
 	}
@@ -208,7 +174,7 @@ user_subject(X509 *ca_cert, const char *cn, const char *sn, const char *email, X
 		rc = kms_fail_openssl(KMS_ERR_INVALID, "subject serialNumber");
 		goto out;
 	}
-	if (email != NULL && !X509_NAME_add_entry_by_NID(n, NID_pkcs9_emailAddress, MBSTRING_ASC,
+	if (email != NULL && strlen(email) <= CA_UB_EMAIL && !X509_NAME_add_entry_by_NID(n, NID_pkcs9_emailAddress, MBSTRING_ASC,
 	    (const unsigned char *)email, -1, -1, 0)) {
 		rc = kms_fail_openssl(KMS_ERR_INVALID, "subject emailAddress");
 		goto out;
@@ -262,15 +228,17 @@ add_email_protection(X509 *x)
 	return rc;
 }
 
+/* The SAN, critical when it is all that names the subject (RFC 5280 4.2.1.6). */
 static int
 add_san_email(X509 *x, const char *email)
 {
 	GENERAL_NAMES *gens = one_general_name(GEN_EMAIL, email);
+	int critical = X509_NAME_entry_count(X509_get_subject_name(x)) == 0;
 	int rc = 0;
 
 	if (gens == NULL)
 		return kms_fail_openssl(KMS_ERR_NOMEM, "subjectAltName");
-	if (X509_add1_ext_i2d(x, NID_subject_alt_name, gens, 0, X509V3_ADD_REPLACE) != 1)
+	if (X509_add1_ext_i2d(x, NID_subject_alt_name, gens, critical, X509V3_ADD_REPLACE) != 1)
 		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "adding subjectAltName");
 	GENERAL_NAMES_free(gens);
 	return rc;
@@ -332,7 +300,7 @@ add_usage_extensions(X509 *x, const struct ca_issue_req *req)
 	return add_san_email(x, req->email);
 }
 
-/* Check a request before anything is built; fills *cn with the common name to use. */
+/* Check a request before anything is built; fills *cn with the common name to use (NULL: none). */
 static int
 check_request(const struct ca *ca, const struct ca_issue_req *req, const char **cn)
 {
@@ -347,12 +315,13 @@ check_request(const struct ca *ca, const struct ca_issue_req *req, const char **
 	if (req->usage != CA_USAGE_SIGN && req->usage != CA_USAGE_ENC && req->usage != CA_USAGE_KRK)
 		return kms_fail(KMS_ERR_INVALID, "unknown certificate usage %d", (int)req->usage);
 	if (req->usage != CA_USAGE_KRK) {
-		if (req->email == NULL || !email_valid(req->email, strlen(req->email))) {
+		if (!kms_addr_valid(req->email)) {
 			char clean[80];
 
 			return kms_fail(KMS_ERR_INVALID, "\"%s\" is not a mailbox address we can certify "
 			    "(ASCII local@domain, at most %d characters)",
-			    kms_sanitize(req->email ? req->email : "", 256, clean, sizeof(clean)), MAX_EMAIL_LEN);
+			    kms_sanitize(req->email ? req->email : "", KMS_ADDR_MAX + 1, clean, sizeof(clean)),
+			    KMS_ADDR_MAX);
 		}
 		if (req->days > MAX_USER_DAYS)
 			return kms_fail(KMS_ERR_INVALID, "validity of %d days is over the %d allowed for "
@@ -362,10 +331,13 @@ check_request(const struct ca *ca, const struct ca_issue_req *req, const char **
 		return kms_fail(KMS_ERR_INVALID, "validity of %d days", req->days);
 	if ((rc = key_acceptable(req->pubkey, req->usage)) != 0)
 		return rc;
-	*cn = req->name != NULL && *req->name != '\0' ? req->name : req->email;
-	if (*cn == NULL)
+	if (req->name != NULL && *req->name != '\0')
+		*cn = req->name;
+	else if (req->email != NULL && strlen(req->email) <= CA_UB_NAME)
+		*cn = req->email;
+	else if (req->usage == CA_USAGE_KRK)
 		return kms_fail(KMS_ERR_INVALID, "the key-recovery certificate needs a name");
-	if ((chars = ca_utf8_chars(*cn)) <= 0 || chars > CA_UB_NAME)
+	if (*cn != NULL && ((chars = ca_utf8_chars(*cn)) <= 0 || chars > CA_UB_NAME))
 		return kms_fail(KMS_ERR_INVALID, "the name must be 1 to %d characters of UTF-8 text without "
 		    "control characters", CA_UB_NAME);
 	if (req->crl_url != NULL && *req->crl_url != '\0' && !url_valid(req->crl_url))
@@ -535,7 +507,7 @@ csr_email(X509_REQ *csr, char **out)
 		    "rfc822Name nor a subject emailAddress)");
 		goto out;
 	}
-	if (!email_valid(s, strlen(s))) {
+	if (!kms_addr_valid(s)) {
 		rc = kms_fail(KMS_ERR_INVALID, "the CSR's address \"%s\" is not a mailbox we can certify",
 		    kms_sanitize(s, strlen(s), clean, sizeof(clean)));
 		goto out;

@@ -235,15 +235,8 @@ walk_push(struct walk *w, PKCS12_SAFEBAG *bag, EVP_PKEY *key, X509 *cert)
 	struct bag_entry *e;
 	char *name;
 
-	if (w->n == w->cap) {
-		size_t ncap = w->cap ? w->cap * 2 : 8;
-		struct bag_entry *ne = realloc(w->e, ncap * sizeof(*ne));
-
-		if (ne == NULL)
-			goto nomem;
-		w->e = ne;
-		w->cap = ncap;
-	}
+	if (kms_array_reserve(&w->e, &w->cap, w->n + 1, sizeof(*w->e), SIZE_MAX) != 0)
+		goto nomem;
 	e = &w->e[w->n];
 	memset(e, 0, sizeof(*e));
 	e->key = key;

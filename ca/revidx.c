@@ -246,25 +246,11 @@ table_reserve(struct rev_table *t, size_t n)
 	return 0;
 }
 
-static int
-grow(void **p, size_t *cap, size_t need, size_t size)
-{
-	size_t nc;
-	void *np;
-
-	if (need <= *cap)
-		return 0;
-	nc = *cap ? *cap : 64;
-	while (nc < need)
-		nc *= 2;
-	if ((np = realloc(*p, nc * size)) == NULL)
-		return KMS_ERR_NOMEM;
-	*p = np;
-	*cap = nc;
-	return 0;
-}
-
-/* Entries are cache-line aligned, so each lookup reads exactly one line of them. */
+/*
+ * Entries are cache-line aligned, so each lookup reads exactly one line of
+ * them: realloc() cannot keep that alignment, so this one array grows here
+ * rather than through kms_array_reserve().
+ */
 static int
 grow_ents(struct rev_table *t, size_t need)
 {
@@ -274,8 +260,11 @@ grow_ents(struct rev_table *t, size_t need)
 	if (need <= t->cap)
 		return 0;
 	nc = t->cap ? t->cap : 64;
-	while (nc < need)
+	while (nc < need) {
+		if (nc > SIZE_MAX / 2 / sizeof(*t->ents))
+			return KMS_ERR_TOOBIG;
 		nc *= 2;
+	}
 	if (posix_memalign(&np, 64, nc * sizeof(*t->ents)) != 0)
 		return KMS_ERR_NOMEM;
 	if (t->n > 0)
@@ -307,7 +296,7 @@ table_add(struct rev_table *t, unsigned issuer, int neg, const unsigned char *s,
 		e = &t->ents[k];
 	} else {
 		if ((rc = table_reserve(t, t->n + 1)) != 0 || (rc = grow_ents(t, t->n + 1)) != 0 ||
-		    (n > INLINE_SERIAL && (rc = grow((void **)&t->serials, &t->scap, t->slen + n, 1)) != 0))
+		    (n > INLINE_SERIAL && (rc = kms_array_reserve(&t->serials, &t->scap, t->slen + n, 1, SIZE_MAX)) != 0))
 			return rc;
 		e = &t->ents[t->n];
 		memset(e, 0, sizeof(*e));
@@ -338,7 +327,7 @@ table_copy(struct rev_table *dst, const struct rev_table *src, size_t extra)
 	memset(dst, 0, sizeof(*dst));
 	if (src->n == 0 && extra == 0)
 		return 0;
-	if (grow_ents(dst, src->n + extra) != 0 || grow((void **)&dst->serials, &dst->scap, src->slen + 1, 1) != 0)
+	if (grow_ents(dst, src->n + extra) != 0 || kms_array_reserve(&dst->serials, &dst->scap, src->slen + 1, 1, SIZE_MAX) != 0)
 		goto nomem;
 	if (src->n > 0)
 		memcpy(dst->ents, src->ents, src->n * sizeof(*src->ents));

@@ -4,6 +4,8 @@
  *
  *   errors     KMS_ERR_* codes, kms_strerror(), a per-thread detail message
  *   logging    kms_log() to syslog (and stderr in the foreground)
+ *   text       the sanitizer for log and header text, the address validator
+ *   buffer     the growable buffer (struct kms_buf) and array growth
  *   config     the kmsd.conf schema, loader and refcounted config object
  *   store      the SQLite store: open, migrate, integrity check, transactions
  *   audit      the tamper-evident audit chain kept in the store
@@ -80,12 +82,81 @@ void kms_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 void kms_vlog(int level, const char *fmt, va_list ap);
 /* Log what, then every entry of the OpenSSL error queue, and empty it. */
 void kms_log_openssl(int level, const char *what);
+
+/* ------------------------------------------------------------------- text */
+
 /*
- * Copy at most inlen bytes of untrusted text into out (outlen bytes,
- * NUL-terminated), replacing non-printable bytes with '?' and truncating
- * with "..." when it does not fit.  Returns out.
+ * The one sanitizer for untrusted text bound for a log line or a header:
+ * printable ASCII passes; controls, DEL and every byte >= 0x80 become '?';
+ * text that does not fit is cut and ends in "...".
+ *
+ * kms_sanitize() cleans at most inlen bytes of in (stopping at a NUL) into
+ * out (outlen bytes with the NUL) and returns out.
  */
 char *kms_sanitize(const char *in, size_t inlen, char *out, size_t outlen);
+/*
+ * kms_sanitize_new() cleans exactly n bytes (a NUL becomes '?') into a new
+ * string of at most max characters; NULL when out of memory.
+ */
+char *kms_sanitize_new(const char *in, size_t n, size_t max);
+
+/* RFC 5321 4.5.3.1: a forward path is 256 octets with its angle brackets. */
+#define KMS_ADDR_MAX 254
+/* RFC 5321 4.5.3.1.1: the local part. */
+#define KMS_ADDR_LOCAL_MAX 64
+/* RFC 1035 2.3.4: a DNS label. */
+#define KMS_ADDR_LABEL_MAX 63
+/*
+ * The one address validator (CA, control commands, milter): ASCII
+ * local@domain of at most KMS_ADDR_MAX characters, a dot-atom local part
+ * (RFC 5322 atext and single inner dots) of at most KMS_ADDR_LOCAL_MAX, and a
+ * host name of two or more letter-digit-hyphen labels.  Quoted local parts
+ * and address literals are refused: no mail client needs them for S/MIME and
+ * they are where parsers disagree.  1 if valid, 0 if not.
+ */
+int kms_addr_valid(const char *s);
+
+/* ----------------------------------------------------------------- buffer */
+
+/*
+ * The one growable buffer.  data holds len bytes followed by a NUL (not
+ * counted); it is NULL until the first append.  It never holds more than
+ * max bytes: an append past that fails with KMS_ERR_TOOBIG and leaves the
+ * buffer as it was.  A secret buffer (kms_buf_init_secret) wipes every copy
+ * of its bytes it leaves behind.  To write into it directly: reserve n, write
+ * at data + len, add to len.
+ */
+struct kms_buf {
+	unsigned char *data;
+	size_t len;
+	size_t cap;
+	size_t max;
+	int secret;
+};
+void kms_buf_init(struct kms_buf *b, size_t max);
+void kms_buf_init_secret(struct kms_buf *b, size_t max);
+/* Room for n more bytes (and the NUL): 0, KMS_ERR_TOOBIG or KMS_ERR_NOMEM. */
+int kms_buf_reserve(struct kms_buf *b, size_t n);
+int kms_buf_append(struct kms_buf *b, const void *p, size_t n);
+int kms_buf_append_str(struct kms_buf *b, const char *s);
+int kms_buf_appendf(struct kms_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int kms_buf_vappendf(struct kms_buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+/*
+ * The bytes (NUL-terminated, "" when empty) for the caller to free, with
+ * their length in *len if len is not NULL; the buffer is left empty.  NULL
+ * when out of memory.
+ */
+void *kms_buf_steal(struct kms_buf *b, size_t *len);
+/* Empty the buffer, keeping its storage (wiped if secret). */
+void kms_buf_reset(struct kms_buf *b);
+/* Release the storage (wiped if secret); the buffer may be used again after init. */
+void kms_buf_free(struct kms_buf *b);
+/*
+ * The same growth for an array of structs: make *arrp (a pointer to the
+ * array pointer) hold at least need elements of elsize bytes, *cap counting
+ * what it holds now; at most max_elems.  0, KMS_ERR_TOOBIG or KMS_ERR_NOMEM.
+ */
+int kms_array_reserve(void *arrp, size_t *cap, size_t need, size_t elsize, size_t max_elems);
 
 /* ------------------------------------------------------------------ config */
 
@@ -286,10 +357,9 @@ int kms_audit_list(struct kms_store *st, time_t since, long long limit, kms_audi
  * the stream stays usable.
  */
 struct kms_lines {
-	char *buf;
-	size_t len;       /* bytes held */
-	size_t start;     /* first byte not yet handed out */
-	size_t cap, max;
+	struct kms_buf b;     /* bytes held (a secret buffer) */
+	size_t start;         /* first byte not yet handed out */
+	size_t max;           /* longest line */
 };
 /* Read up to n bytes into buf: >0 bytes, 0 at end of stream, <0 KMS_ERR_*. */
 typedef ssize_t (*kms_read_fn)(void *ctx, char *buf, size_t n);
@@ -309,7 +379,10 @@ json_t *kms_reply_ok(json_t *result);     /* steals result; NULL gives {} */
 json_t *kms_reply_error(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Serialise obj compactly with a trailing newline and write it all. */
 int kms_send_json(int fd, const json_t *obj);
-/* Write all of buf (EINTR, short writes; no SIGPIPE). */
+/*
+ * The one write-all loop: all of buf to fd, through EINTR and short writes;
+ * on a socket without SIGPIPE.  0 or KMS_ERR_IO (detail names the errno).
+ */
 int kms_write_all(int fd, const void *buf, size_t len);
 
 /* ------------------------------------------------------------------- files */

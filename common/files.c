@@ -19,6 +19,9 @@
 
 #include "common/common.h"
 
+/* Bytes asked of read() at a time when reading a whole file. */
+#define READ_CHUNK 65536
+
 char *
 kms_path_join(const char *dir, const char *name)
 {
@@ -41,19 +44,8 @@ kms_path_join(const char *dir, const char *name)
 static int
 write_fd(int fd, const void *data, size_t len, const char *path)
 {
-	const char *p = data;
-
-	while (len > 0) {
-		ssize_t w = write(fd, p, len);
-
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return kms_fail(KMS_ERR_IO, "write %s: %s", path, strerror(errno));
-		}
-		p += w;
-		len -= (size_t)w;
-	}
+	if (kms_write_all(fd, data, len) != 0)
+		return kms_fail(KMS_ERR_IO, "write %s: %s", path, strerror(errno));
 	if (fsync(fd) != 0)
 		return kms_fail(KMS_ERR_IO, "fsync %s: %s", path, strerror(errno));
 	return 0;
@@ -147,13 +139,14 @@ fail:
 int
 kms_read_file(const char *path, size_t max, unsigned char **out, size_t *outlen)
 {
+	struct kms_buf buf;
 	struct stat sb;
-	unsigned char *buf = NULL;
-	size_t len = 0, cap;
 	int fd, rc;
 
 	*out = NULL;
 	*outlen = 0;
+	/* What is read may be a secret (passphrase, share): wipe what we drop. */
+	kms_buf_init_secret(&buf, max);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return kms_fail(errno == ENOENT ? KMS_ERR_NOTFOUND : KMS_ERR_IO, "%s: %s", path, strerror(errno));
@@ -166,31 +159,28 @@ kms_read_file(const char *path, size_t max, unsigned char **out, size_t *outlen)
 		rc = kms_fail(KMS_ERR_TOOBIG, "%s: larger than %zu bytes", path, max);
 		goto out;
 	}
-	cap = S_ISREG(sb.st_mode) ? (size_t)sb.st_size + 1 : 4096;
-	buf = malloc(cap);
-	if (buf == NULL) {
-		rc = KMS_ERR_NOMEM;
+	/* A regular file's size is known: one allocation. */
+	if (S_ISREG(sb.st_mode) && (rc = kms_buf_reserve(&buf, (size_t)sb.st_size)) != 0)
 		goto out;
-	}
 	for (;;) {
+		/* One more byte than max is room enough to see a file grow past it. */
+		size_t room = buf.len < max ? max - buf.len : 0;
 		ssize_t r;
 
-		if (len + 1 >= cap) {
-			unsigned char *nb;
+		if (room > READ_CHUNK)
+			room = READ_CHUNK;
+		if (room == 0) {
+			char c;
 
-			if (cap > max + 1) {
+			if ((r = read(fd, &c, 1)) > 0) {
 				rc = kms_fail(KMS_ERR_TOOBIG, "%s: larger than %zu bytes", path, max);
 				goto out;
 			}
-			nb = realloc(buf, cap * 2);
-			if (nb == NULL) {
-				rc = KMS_ERR_NOMEM;
+		} else {
+			if ((rc = kms_buf_reserve(&buf, room)) != 0)
 				goto out;
-			}
-			buf = nb;
-			cap *= 2;
+			r = read(fd, buf.data + buf.len, room);
 		}
-		r = read(fd, buf + len, cap - len - 1);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
@@ -199,22 +189,16 @@ kms_read_file(const char *path, size_t max, unsigned char **out, size_t *outlen)
 		}
 		if (r == 0)
 			break;
-		len += (size_t)r;
+		buf.len += (size_t)r;
 	}
-	if (len > max) {
-		rc = kms_fail(KMS_ERR_TOOBIG, "%s: larger than %zu bytes", path, max);
+	if ((*out = kms_buf_steal(&buf, outlen)) == NULL) {
+		rc = KMS_ERR_NOMEM;
 		goto out;
 	}
-	buf[len] = '\0';
-	*out = buf;
-	*outlen = len;
-	buf = NULL;
+	(*out)[*outlen] = '\0';
 	rc = 0;
 out:
-	if (buf) {
-		kms_wipe(buf, cap);
-		free(buf);
-	}
+	kms_buf_free(&buf);
 	close(fd);
 	return rc;
 }

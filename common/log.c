@@ -101,29 +101,3 @@ kms_log_openssl(int level, const char *what)
 		    (flags & ERR_TXT_STRING) && data ? data : "");
 	}
 }
-
-char *
-kms_sanitize(const char *in, size_t inlen, char *out, size_t outlen)
-{
-	size_t o = 0;
-
-	if (outlen == 0)
-		return out;
-	if (in == NULL) {
-		snprintf(out, outlen, "(null)");
-		return out;
-	}
-	for (size_t i = 0; i < inlen && in[i] != '\0'; i++) {
-		unsigned char c = (unsigned char)in[i];
-
-		if (o + 1 >= outlen) {
-			if (outlen >= 4)
-				memcpy(out + outlen - 4, "...", 3), o = outlen - 1;
-			break;
-		}
-		/* UTF-8 continuation and lead bytes pass; controls do not. */
-		out[o++] = (c >= 0x20 && c != 0x7f) ? (char)c : '?';
-	}
-	out[o] = '\0';
-	return out;
-}

@@ -23,16 +23,14 @@ kms_lines_init(struct kms_lines *lb, size_t max)
 {
 	memset(lb, 0, sizeof(*lb));
 	lb->max = max;
+	/* Requests carry passwords and shares: a secret buffer wipes what it held. */
+	kms_buf_init_secret(&lb->b, max > SIZE_MAX - READ_CHUNK - 1 ? SIZE_MAX - 1 : max + READ_CHUNK);
 }
 
 void
 kms_lines_free(struct kms_lines *lb)
 {
-	if (lb->buf) {
-		/* Requests carry passwords and shares: wipe what we held. */
-		kms_wipe(lb->buf, lb->cap);
-		free(lb->buf);
-	}
+	kms_buf_free(&lb->b);
 	memset(lb, 0, sizeof(*lb));
 }
 
@@ -54,31 +52,16 @@ kms_read_fd(void *ctx, char *buf, size_t n)
 static int
 make_room(struct kms_lines *lb)
 {
+	struct kms_buf *b = &lb->b;
+
 	if (lb->start > 0) {
-		kms_wipe(lb->buf, lb->start);
-		memmove(lb->buf, lb->buf + lb->start, lb->len - lb->start);
-		lb->len -= lb->start;
-		kms_wipe(lb->buf + lb->len, lb->start);
+		kms_wipe(b->data, lb->start);
+		memmove(b->data, b->data + lb->start, b->len - lb->start);
+		b->len -= lb->start;
+		kms_wipe(b->data + b->len, lb->start);
 		lb->start = 0;
 	}
-	if (lb->cap - lb->len < READ_CHUNK + 1) {
-		size_t ncap = lb->cap ? lb->cap * 2 : 2 * READ_CHUNK;
-		char *nb;
-
-		while (ncap - lb->len < READ_CHUNK + 1)
-			ncap *= 2;
-		nb = malloc(ncap);
-		if (nb == NULL)
-			return KMS_ERR_NOMEM;
-		if (lb->buf) {
-			memcpy(nb, lb->buf, lb->len);
-			kms_wipe(lb->buf, lb->cap);
-			free(lb->buf);
-		}
-		lb->buf = nb;
-		lb->cap = ncap;
-	}
-	return 0;
+	return kms_buf_reserve(b, READ_CHUNK);
 }
 
 int
@@ -89,8 +72,8 @@ kms_lines_read(struct kms_lines *lb, kms_read_fn readfn, void *ctx, char **line,
 	*line = NULL;
 	*len = 0;
 	for (;;) {
-		char *p = lb->buf + lb->start;
-		size_t avail = lb->len - lb->start;
+		char *p = (char *)lb->b.data + lb->start;
+		size_t avail = lb->b.len - lb->start;
 		char *nl = avail ? memchr(p, '\n', avail) : NULL;
 		ssize_t r;
 		int rc;
@@ -113,17 +96,17 @@ kms_lines_read(struct kms_lines *lb, kms_read_fn readfn, void *ctx, char **line,
 		if (avail > lb->max) {
 			/* No end in sight within the bound: drop it and skip to its end. */
 			kms_wipe(p, avail);
-			lb->start = lb->len;
+			lb->start = lb->b.len;
 			skipping = 1;
 		}
 		if ((rc = make_room(lb)) != 0)
 			return rc;
-		r = readfn(ctx, lb->buf + lb->len, READ_CHUNK);
+		r = readfn(ctx, (char *)lb->b.data + lb->b.len, READ_CHUNK);
 		if (r < 0)
 			return (int)r;
 		if (r == 0)
-			return (lb->len - lb->start > 0 || skipping) ? KMS_ERR_PROTO : 0;
-		lb->len += (size_t)r;
+			return (lb->b.len - lb->start > 0 || skipping) ? KMS_ERR_PROTO : 0;
+		lb->b.len += (size_t)r;
 	}
 }
 
@@ -173,10 +156,14 @@ kms_write_all(int fd, const void *buf, size_t len)
 	while (len > 0) {
 		ssize_t w = is_sock ? send(fd, p, len, MSG_NOSIGNAL) : write(fd, p, len);
 
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return kms_fail(KMS_ERR_IO, "write: %s", strerror(errno));
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			int e = w < 0 ? errno : EIO;
+
+			kms_fail(KMS_ERR_IO, "write: %s", strerror(e));
+			errno = e;      /* callers name the file with strerror(errno) */
+			return KMS_ERR_IO;
 		}
 		p += w;
 		len -= (size_t)w;

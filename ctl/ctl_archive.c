@@ -41,11 +41,13 @@
 #define MAX_MESSAGE ((size_t)100 * 1024 * 1024)
 #define BATCH 128
 #define MAX_REASONS 50
+/* A message's source in reports: a path and "#N" for its place in an mbox. */
+#define SOURCE_MAX 300
 
 struct msg {
 	unsigned char *raw;         /* the message as read (LF or CRLF) */
 	size_t len;
-	char source[300];           /* where it came from, for failure reports */
+	char source[SOURCE_MAX];    /* where it came from, for failure reports */
 	/* filled by examine() */
 	int kind;                   /* MSG_* */
 	char *why;                  /* failure reason */
@@ -716,16 +718,61 @@ take(struct arc *a, unsigned char *raw, size_t len, const char *source)
 
 /* --------------------------------------------------------------- inputs */
 
+/* Count a message over MAX_MESSAGE as failed, with its source in the report. */
+static void
+reject_too_big(struct arc *a, const char *source)
+{
+	struct msg m = { 0 };
+
+	snprintf(m.source, sizeof(m.source), "%s", source);
+	m.why = strdup("message larger than 100 MiB");
+	a->seen++;
+	a->failed++;
+	add_reason(a, &m);
+	free(m.why);
+}
+
+/* Hand the message collected in buf (message n of path) on, and empty buf. */
+static void
+mbox_message_end(struct arc *a, struct kms_buf *buf, int too_big, const char *path, size_t n)
+{
+	char source[SOURCE_MAX];
+	unsigned char *raw;
+	size_t len;
+
+	snprintf(source, sizeof(source), "%s#%zu", path, n);
+	if (too_big) {
+		reject_too_big(a, source);
+		kms_buf_free(buf);
+	} else if ((raw = kms_buf_steal(buf, &len)) == NULL) {
+		a->fatal = 1;
+	} else {
+		take(a, raw, len, source);
+	}
+	kms_buf_init(buf, MAX_MESSAGE);
+}
+
+/* mboxrd: a ">From " line (any number of '>') loses one '>'. */
+static int
+mboxrd_quoted(const char *l, size_t ll)
+{
+	size_t k = 0;
+
+	while (k < ll && l[k] == '>')
+		k++;
+	return k > 0 && ll - k >= 5 && memcmp(l + k, "From ", 5) == 0;
+}
+
 static int
 read_mbox(struct arc *a, FILE *fp, const char *path)
 {
+	struct kms_buf buf;
 	char *line = NULL;
-	size_t cap = 0, len = 0, bufcap = 0, n = 0;
-	unsigned char *buf = NULL;
+	size_t cap = 0, n = 0;
 	ssize_t r;
-	int prev_blank = 1, in_msg = 0, too_big = 0;
-	char source[300];
+	int prev_blank = 1, in_msg = 0, too_big = 0, rc = 0;
 
+	kms_buf_init(&buf, MAX_MESSAGE);
 	while ((r = getline(&line, &cap, fp)) >= 0) {
 		const char *l = line;
 		size_t ll = (size_t)r;
@@ -733,24 +780,9 @@ read_mbox(struct arc *a, FILE *fp, const char *path)
 		if (prev_blank && ll >= 5 && memcmp(l, "From ", 5) == 0) {
 			if (in_msg) {
 				/* The blank line before "From " separates messages. */
-				if (len > 0 && buf[len - 1] == '\n')
-					len--;
-				snprintf(source, sizeof(source), "%s#%zu", path, n);
-				if (too_big) {
-					struct msg m = { 0 };
-
-					snprintf(m.source, sizeof(m.source), "%s", source);
-					m.why = strdup("message larger than 100 MiB");
-					a->seen++;
-					a->failed++;
-					add_reason(a, &m);
-					free(m.why);
-					free(buf);
-				} else {
-					take(a, buf, len, source);
-				}
-				buf = NULL;
-				bufcap = len = 0;
+				if (buf.len > 0 && buf.data[buf.len - 1] == '\n')
+					buf.len--;
+				mbox_message_end(a, &buf, too_big, path, n);
 			}
 			in_msg = 1;
 			too_big = 0;
@@ -759,56 +791,33 @@ read_mbox(struct arc *a, FILE *fp, const char *path)
 			continue;
 		}
 		if (!in_msg) {
-			free(line);
-			return kms_fail(KMS_ERR_INVALID, "%s: not an mbox", path);
+			rc = kms_fail(KMS_ERR_INVALID, "%s: not an mbox", path);
+			goto out;
 		}
 		prev_blank = (ll == 1 && l[0] == '\n') || (ll == 2 && l[0] == '\r' && l[1] == '\n');
-		/* mboxrd: ">From " lines lose one '>'. */
-		{
-			size_t k = 0;
-
-			while (k < ll && l[k] == '>')
-				k++;
-			if (k > 0 && ll - k >= 5 && memcmp(l + k, "From ", 5) == 0) {
-				l++;
-				ll--;
-			}
+		if (mboxrd_quoted(l, ll)) {
+			l++;
+			ll--;
 		}
 		if (too_big)
 			continue;
-		if (len + ll > MAX_MESSAGE) {
+		if ((rc = kms_buf_append(&buf, l, ll)) == KMS_ERR_TOOBIG) {
 			too_big = 1;
-			continue;
+			rc = 0;
+		} else if (rc != 0) {
+			goto out;
 		}
-		if (len + ll + 1 > bufcap) {
-			size_t nc = bufcap ? bufcap * 2 : 65536;
-			unsigned char *nb;
-
-			while (nc < len + ll + 1)
-				nc *= 2;
-			nb = realloc(buf, nc);
-			if (nb == NULL) {
-				free(buf);
-				free(line);
-				return KMS_ERR_NOMEM;
-			}
-			buf = nb;
-			bufcap = nc;
-		}
-		memcpy(buf + len, l, ll);
-		len += ll;
 	}
-	free(line);
 	if (in_msg) {
 		/* The last message is followed by the same blank line as the others. */
-		if (len >= 2 && buf[len - 1] == '\n' && buf[len - 2] == '\n')
-			len--;
-		snprintf(source, sizeof(source), "%s#%zu", path, n);
-		if (buf == NULL)
-			buf = calloc(1, 1);
-		take(a, buf, len, source);
+		if (buf.len >= 2 && buf.data[buf.len - 1] == '\n' && buf.data[buf.len - 2] == '\n')
+			buf.len--;
+		mbox_message_end(a, &buf, too_big, path, n);
 	}
-	return 0;
+out:
+	kms_buf_free(&buf);
+	free(line);
+	return rc;
 }
 
 static int
@@ -819,14 +828,7 @@ read_one_file(struct arc *a, const char *path)
 	int rc = kms_read_file(path, MAX_MESSAGE, &data, &len);
 
 	if (rc == KMS_ERR_TOOBIG) {
-		struct msg m = { 0 };
-
-		snprintf(m.source, sizeof(m.source), "%s", path);
-		m.why = strdup("message larger than 100 MiB");
-		a->seen++;
-		a->failed++;
-		add_reason(a, &m);
-		free(m.why);
+		reject_too_big(a, path);
 		return 0;
 	}
 	if (rc != 0)
@@ -839,6 +841,12 @@ static int
 cmp_str(const void *x, const void *y)
 {
 	return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+static int
+cmp_base(const void *x, const void *y)
+{
+	return strcmp(strrchr(*(char *const *)x, '/'), strrchr(*(char *const *)y, '/'));
 }
 
 /* Regular files of dir, sorted by name, appended to list. */
@@ -861,16 +869,10 @@ list_dir(const char *dir, char ***list, size_t *n, size_t *cap)
 			free(p);
 			continue;
 		}
-		if (*n == *cap) {
-			char **nl = realloc(*list, (*cap ? *cap * 2 : 64) * sizeof(char *));
-
-			if (nl == NULL) {
-				free(p);
-				closedir(d);
-				return KMS_ERR_NOMEM;
-			}
-			*list = nl;
-			*cap = *cap ? *cap * 2 : 64;
+		if (kms_array_reserve(list, cap, *n + 1, sizeof(**list), SIZE_MAX) != 0) {
+			free(p);
+			closedir(d);
+			return KMS_ERR_NOMEM;
 		}
 		(*list)[(*n)++] = p;
 	}
@@ -892,17 +894,9 @@ read_dir(struct arc *a, const char *dir)
 		rc = list_dir(cur, &list, &n, &cap);
 		if (rc == 0 && stat(nw, &sb) == 0)
 			rc = list_dir(nw, &list, &n, &cap);
-		if (rc == 0) {
-			/* Sort on the base name so cur/ and new/ interleave by delivery. */
-			for (size_t i = 0; i < n; i++)
-				for (size_t j = i + 1; j < n; j++)
-					if (strcmp(strrchr(list[i], '/'), strrchr(list[j], '/')) > 0) {
-						char *t = list[i];
-
-						list[i] = list[j];
-						list[j] = t;
-					}
-		}
+		/* Sort on the base name so cur/ and new/ interleave by delivery. */
+		if (rc == 0)
+			qsort(list, n, sizeof(char *), cmp_base);
 	} else {
 		rc = list_dir(dir, &list, &n, &cap);
 		if (rc == 0)

@@ -336,7 +336,7 @@ enroll_refusal(struct kmsd_req *req, const char *email, const char *password, in
 	const struct ca *ca = kmsd_ca();
 	int rc;
 
-	if (!kmsd_valid_email(email))
+	if (!kms_addr_valid(email))
 		return kms_reply_error("bad_args", "enroll: \"%s\" is not a mailbox address (ASCII local@domain)", req->target);
 	if (password && strlen(password) < 8)
 		return kms_reply_error("bad_args", "enroll: the password must have at least 8 characters");
@@ -378,7 +378,7 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
 		return reply;
-	email = kmsd_arg_str(req, "email", 1, 254, &reply);
+	email = kmsd_arg_str(req, "email", 1, KMS_ADDR_MAX, &reply);
 	if (reply)
 		return reply;
 	kms_sanitize(email, 254, req->target, sizeof(req->target));

@@ -177,7 +177,7 @@ kmsd_cmd_recover_request(struct kmsd_req *req)
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
 		return reply;
-	email = kmsd_arg_str(req, "email", 1, 254, &reply);
+	email = kmsd_arg_str(req, "email", 1, KMS_ADDR_MAX, &reply);
 	why = kmsd_arg_str(req, "why", 1, MAX_WHY, &reply);
 	purpose = kmsd_arg_str(req, "purpose", 0, 16, &reply);
 	if (reply)

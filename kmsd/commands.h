@@ -80,8 +80,6 @@ json_t *kmsd_cmd_audit(struct kmsd_req *req);
 json_t *kmsd_cmd_audit_verify(struct kmsd_req *req);
 
 /* Helpers shared by handlers. */
-/* Is s a plausible mailbox address (ASCII local@domain, at most 254)? */
-int kmsd_valid_email(const char *s);
 /*
  * Build the PKCS#12 of items (and the CA certificate) under password, or a
  * generated one, and put it into res as "pkcs12" (base64), "format" and,

@@ -158,30 +158,6 @@ kmsd_args_only(struct kmsd_req *req, const char *const *names, json_t **reply)
 	return 0;
 }
 
-int
-kmsd_valid_email(const char *s)
-{
-	const char *at = strrchr(s, '@');
-	size_t n = strlen(s);
-
-	if (n < 3 || n > 254 || at == NULL || at == s || at[1] == '\0' || (size_t)(at - s) > 64)
-		return 0;
-	for (const char *p = s; *p; p++) {
-		unsigned char c = (unsigned char)*p;
-
-		if (c <= 0x20 || c >= 0x7f || c == '<' || c == '>' || c == '(' || c == ')' || c == ',' ||
-		    c == ';' || c == ':' || c == '\\' || c == '"' || c == '[' || c == ']')
-			return 0;
-		if (c == '@' && p != at)
-			return 0;
-	}
-	/* The domain: dot-separated labels of letters, digits and hyphens. */
-	for (const char *p = at + 1; *p; p++)
-		if (!isalnum((unsigned char)*p) && *p != '.' && *p != '-')
-			return 0;
-	return at[1] != '.' && s[n - 1] != '.' && strstr(at, "..") == NULL;
-}
-
 json_t *
 kmsd_cert_json(const struct ca_cert_row *r, int full)
 {

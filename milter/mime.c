@@ -326,17 +326,8 @@ mlt_multipart_split(const unsigned char *buf, size_t start, size_t end, const ch
 				pe -= 2;
 			else if (pe >= open_at + 1 && buf[pe - 1] == '\n')
 				pe -= 1;
-			if (n == cap) {
-				size_t ncap = cap ? cap * 2 : 8;
-				struct mlt_span *nv;
-
-				if ((nv = realloc(v, ncap * sizeof(*v))) == NULL) {
-					rc = kms_fail(KMS_ERR_NOMEM, "out of memory splitting a multipart");
-					goto out;
-				}
-				v = nv;
-				cap = ncap;
-			}
+			if ((rc = kms_array_reserve(&v, &cap, n + 1, sizeof(*v), SIZE_MAX)) != 0)
+				goto out;
 			v[n].start = open_at;
 			v[n].end = pe;
 			if ((long)++n > max) {
@@ -355,15 +346,8 @@ mlt_multipart_split(const unsigned char *buf, size_t start, size_t end, const ch
 	}
 	if (in_part) {
 		/* No close delimiter: the last part runs to the end (truncated message). */
-		if (n == cap) {
-			struct mlt_span *nv;
-
-			if ((nv = realloc(v, (cap + 1) * sizeof(*v))) == NULL) {
-				rc = kms_fail(KMS_ERR_NOMEM, "out of memory splitting a multipart");
-				goto out;
-			}
-			v = nv;
-		}
+		if ((rc = kms_array_reserve(&v, &cap, n + 1, sizeof(*v), SIZE_MAX)) != 0)
+			goto out;
 		v[n].start = open_at;
 		v[n].end = end;
 		if ((long)++n > max) {

@@ -65,24 +65,6 @@ mlt_msgbuf_free(struct mlt_msgbuf *mb)
 	free(mb);
 }
 
-static int
-write_all(int fd, const void *p, size_t n)
-{
-	const unsigned char *c = p;
-
-	while (n > 0) {
-		ssize_t w = write(fd, c, n);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		c += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Move what is in memory to a new unlinked temp file. */
 static int
 spill(struct mlt_msgbuf *mb)
@@ -102,7 +84,7 @@ spill(struct mlt_msgbuf *mb)
 	}
 	if (fd < 0)
 		return kms_fail(KMS_ERR_IO, "cannot make a temp file in %s: %s", mb->tempdir, strerror(errno));
-	if (mb->len > 0 && write_all(fd, mb->mem, mb->len) != 0) {
+	if (mb->len > 0 && kms_write_all(fd, mb->mem, mb->len) != 0) {
 		int e = errno;
 
 		close(fd);
@@ -133,24 +115,13 @@ mlt_msgbuf_append(struct mlt_msgbuf *mb, const void *p, size_t n)
 	if (mb->fd < 0 && mb->len + n > mb->max_memory && (rc = spill(mb)) != 0)
 		return rc;
 	if (mb->fd >= 0) {
-		if (write_all(mb->fd, p, n) != 0)
+		if (kms_write_all(mb->fd, p, n) != 0)
 			return kms_fail(KMS_ERR_IO, "cannot write a temp file in %s: %s", mb->tempdir, strerror(errno));
 		mb->len += n;
 		return 0;
 	}
-	if (mb->len + n > mb->cap) {
-		size_t ncap = mb->cap ? mb->cap : 16384;
-		unsigned char *nm;
-
-		while (ncap < mb->len + n)
-			ncap *= 2;
-		if (ncap > mb->max_memory)
-			ncap = mb->max_memory;
-		if ((nm = realloc(mb->mem, ncap)) == NULL)
-			return kms_fail(KMS_ERR_NOMEM, "out of memory");
-		mb->mem = nm;
-		mb->cap = ncap;
-	}
+	if ((rc = kms_array_reserve(&mb->mem, &mb->cap, mb->len + n, 1, mb->max_memory)) != 0)
+		return rc;
 	memcpy(mb->mem + mb->len, p, n);
 	mb->len += n;
 	return 0;

@@ -175,7 +175,7 @@ mlt_notice_expand(const char *tmpl, const struct mlt_sig *sig, char **out)
 		}
 		if (val != NULL) {
 			/* Values come from certificates: printable ASCII only, bounded. */
-			char *c = mlt_clean_text(val, strlen(val), MLT_MAX_TEXT);
+			char *c = kms_sanitize_new(val, strlen(val), MLT_MAX_TEXT);
 
 			rc = c ? mlt_strcatf(&s, "%s", c) : kms_fail(KMS_ERR_NOMEM, "out of memory");
 			free(c);
@@ -235,7 +235,7 @@ field_name(const unsigned char *buf, const struct mlt_field *f)
 static char *
 reply_text(const char *s, size_t max)
 {
-	char *t = mlt_clean_text(s, strlen(s), max);
+	char *t = kms_sanitize_new(s, strlen(s), max);
 
 	for (char *p = t; p && *p; p++)
 		if (*p == '%')
@@ -296,17 +296,8 @@ scan_top(const unsigned char *msg, size_t len, size_t max, struct top *t)
 
 		if (rc != 0 || t->n >= max)
 			continue;       /* still read to the body */
-		if (t->n == cap) {
-			size_t ncap = cap ? cap * 2 : 32;
-			struct top_field *nv = realloc(t->v, ncap * sizeof(*nv));
-
-			if (nv == NULL) {
-				rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
-				continue;
-			}
-			t->v = nv;
-			cap = ncap;
-		}
+		if ((rc = kms_array_reserve(&t->v, &cap, t->n + 1, sizeof(*t->v), SIZE_MAX)) != 0)
+			continue;
 		if ((key = name_key(msg, &f)) == NULL) {
 			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
 			continue;
@@ -526,15 +517,12 @@ notice_part(const struct kms_config *cfg, const struct mlt_sig *sig, char **text
 static int
 buf_add(unsigned char **b, size_t *n, size_t *cap, const void *p, size_t len)
 {
-	if (*n + len + 1 > *cap) {
-		size_t ncap = (*n + len + 1) * 2;
-		unsigned char *nb;
+	int rc;
 
-		if (ncap < *n || (nb = realloc(*b, ncap)) == NULL)
-			return kms_fail(KMS_ERR_NOMEM, "out of memory");
-		*b = nb;
-		*cap = ncap;
-	}
+	if (len > SIZE_MAX - *n - 1)
+		return kms_fail(KMS_ERR_TOOBIG, "message too large");
+	if ((rc = kms_array_reserve(b, cap, *n + len + 1, 1, SIZE_MAX)) != 0)
+		return rc;
 	if (len > 0)
 		memcpy(*b + *n, p, len);
 	*n += len;

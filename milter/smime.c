@@ -127,7 +127,7 @@ mlt_result_free(struct mlt_result *res)
 static int
 hit_bound(struct walk *w, const char *what)
 {
-	if (w->bound == NULL && (w->bound = mlt_clean_text(what, strlen(what), MLT_MAX_TEXT)) == NULL)
+	if (w->bound == NULL && (w->bound = kms_sanitize_new(what, strlen(what), MLT_MAX_TEXT)) == NULL)
 		return KMS_ERR_NOMEM;
 	return 0;
 }
@@ -138,15 +138,8 @@ sig_new(struct walk *w, enum mlt_sig_kind kind)
 {
 	struct mlt_sig *s;
 
-	if (w->nsigs == w->cap) {
-		size_t ncap = w->cap ? w->cap * 2 : 4;
-		struct mlt_sig *nv = realloc(w->sigs, ncap * sizeof(*nv));
-
-		if (nv == NULL)
-			return NULL;
-		w->sigs = nv;
-		w->cap = ncap;
-	}
+	if (kms_array_reserve(&w->sigs, &w->cap, w->nsigs + 1, sizeof(*w->sigs), SIZE_MAX) != 0)
+		return NULL;
 	s = &w->sigs[w->nsigs];
 	memset(s, 0, sizeof(*s));
 	s->kind = kind;
@@ -163,7 +156,7 @@ sig_broken(struct walk *w, enum mlt_sig_kind kind, const char *why)
 {
 	struct mlt_sig *s = sig_new(w, kind);
 
-	if (s == NULL || (s->detail = mlt_clean_text(why, strlen(why), MLT_MAX_TEXT)) == NULL)
+	if (s == NULL || (s->detail = kms_sanitize_new(why, strlen(why), MLT_MAX_TEXT)) == NULL)
 		return kms_fail(KMS_ERR_NOMEM, "out of memory");
 	s->verdict = POL_V_FAIL;
 	return 0;
@@ -914,7 +907,7 @@ mlt_result_error(const char *authserv_id, const char *detail, struct mlt_result 
 	if ((res = calloc(1, sizeof(*res))) == NULL)
 		return kms_fail(KMS_ERR_NOMEM, "out of memory");
 	res->verdict = POL_V_ERROR;
-	if ((res->detail = mlt_clean_text(detail, strlen(detail), MLT_MAX_TEXT)) == NULL) {
+	if ((res->detail = kms_sanitize_new(detail, strlen(detail), MLT_MAX_TEXT)) == NULL) {
 		free(res);
 		return kms_fail(KMS_ERR_NOMEM, "out of memory");
 	}
@@ -984,7 +977,7 @@ mlt_check_message(const struct mlt_check_ctx *ctx, const unsigned char *msg, siz
 		if ((rc = mlt_from_addresses(msg, len, ctx->limits.max_headers, &w.from, &w.nfrom_fields)) != 0)
 			goto out;
 		if (w.nfrom_fields == 1 && w.from[0] != NULL && w.from[1] == NULL &&
-		    (res->from = mlt_clean_text(w.from[0], strlen(w.from[0]), MLT_MAX_TEXT)) == NULL) {
+		    (res->from = kms_sanitize_new(w.from[0], strlen(w.from[0]), MLT_MAX_TEXT)) == NULL) {
 			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
 			goto out;
 		}

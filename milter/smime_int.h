@@ -43,12 +43,6 @@ time_t mlt_asn1_time(const ASN1_TIME *t);
 /* Build res->ar_value from res (NULL for verdict none).  0 or KMS_ERR_NOMEM. */
 int mlt_ar_build(const char *authserv_id, struct mlt_result *res);
 
-/*
- * Copy untrusted text into a new string: printable ASCII kept, anything
- * else '?', at most max bytes (cut with "...").  NULL on allocation failure.
- */
-char *mlt_clean_text(const char *s, size_t n, size_t max);
-
 /* Append printf-style text to a malloc'd string (*s may be NULL). 0 or KMS_ERR_NOMEM. */
 int mlt_strcatf(char **s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

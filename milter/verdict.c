@@ -6,7 +6,8 @@
  * from the revocation index, its addresses against From, and the verdict
  * with the most severe finding), mlt_ar_build (the Authentication-Results
  * value, RFC 8601 with the smime method of RFC 7281), and the small text
- * helpers the mail side shares (mlt_clean_text, mlt_strcatf).
+ * helpers the mail side shares (mlt_strcatf; text is cleaned by
+ * kms_sanitize_new, addresses checked by kms_addr_valid, both in common/).
  *
  * OpenSSL checks no CRL here: revocation comes from the index only, which
  * was built from CRLs whose signatures were checked once when loaded.
@@ -29,29 +30,6 @@
 
 /* Most signatures written into one Authentication-Results field. */
 #define AR_MAX_SIGS 16
-
-char *
-mlt_clean_text(const char *s, size_t n, size_t max)
-{
-	size_t o = 0, cut = n > max;
-	char *t;
-
-	if (cut)
-		n = max > 3 ? max - 3 : 0;
-	if ((t = malloc(n + 4)) == NULL)
-		return NULL;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		t[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
-	}
-	if (cut) {
-		memcpy(t + o, "...", 3);
-		o += 3;
-	}
-	t[o] = '\0';
-	return t;
-}
 
 int
 mlt_strcatf(char **s, const char *fmt, ...)
@@ -125,7 +103,7 @@ name_text(const X509_NAME *name)
 	if (b == NULL)
 		return NULL;
 	if (X509_NAME_print_ex(b, name, 0, XN_FLAG_RFC2253) >= 0 && (n = BIO_get_mem_data(b, &data)) >= 0)
-		s = mlt_clean_text(data ? data : "", (size_t)n, MLT_MAX_TEXT);
+		s = kms_sanitize_new(data ? data : "", (size_t)n, MLT_MAX_TEXT);
 	BIO_free(b);
 	ERR_clear_error();
 	return s;
@@ -142,7 +120,7 @@ addr_add(char ***v, size_t *n, const unsigned char *p, int len)
 	if ((nv = realloc(*v, (*n + 2) * sizeof(**v))) == NULL)
 		return KMS_ERR_NOMEM;
 	*v = nv;
-	if ((nv[*n] = mlt_clean_text((const char *)p, (size_t)len, MLT_MAX_TEXT)) == NULL)
+	if ((nv[*n] = kms_sanitize_new((const char *)p, (size_t)len, MLT_MAX_TEXT)) == NULL)
 		return KMS_ERR_NOMEM;
 	nv[++*n] = NULL;
 	return 0;
@@ -342,7 +320,7 @@ mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(
 				if (strcasecmp(addrs[j], from[i]) == 0)
 					break;
 			if (addrs[j] == NULL) {
-				char *f = mlt_clean_text(from[i], strlen(from[i]), 80);
+				char *f = kms_sanitize_new(from[i], strlen(from[i]), 80);
 
 				if (f == NULL)
 					goto nomem;
@@ -423,7 +401,7 @@ nomem:
 	rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
 out:
 	if (rc == 0 && d != NULL) {
-		if ((sig->detail = mlt_clean_text(d, strlen(d), 2 * MLT_MAX_TEXT)) == NULL)
+		if ((sig->detail = kms_sanitize_new(d, strlen(d), 2 * MLT_MAX_TEXT)) == NULL)
 			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
 	}
 	free(d);
@@ -435,31 +413,6 @@ out:
 }
 
 /* ------------------------------------------------- Authentication-Results */
-
-static int
-is_atext(unsigned char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-	    strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL;
-}
-
-/* Is a a plain dot-atom@domain, writable as an RFC 8601 pvalue as it is? */
-static int
-plain_address(const char *a)
-{
-	const char *at = strrchr(a, '@');
-
-	if (at == NULL || at == a || at[1] == '\0' || a[0] == '.' || at[-1] == '.')
-		return 0;
-	for (const char *p = a; p < at; p++)
-		if (!(is_atext((unsigned char)*p) || (*p == '.' && p[1] != '.')))
-			return 0;
-	for (const char *p = at + 1; *p; p++)
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-		    *p == '-' || (*p == '.' && p[1] != '.' && p[1] != '\0')))
-			return 0;
-	return at[1] != '.';
-}
 
 /* Append s as an RFC 2045 quoted-string. */
 static int
@@ -480,7 +433,7 @@ add_quoted(char **out, const char *s)
 static int
 add_comment(char **out, enum pol_verdict v, const char *text)
 {
-	char *c = mlt_clean_text(text ? text : "", text ? strlen(text) : 0, 2 * MLT_MAX_TEXT);
+	char *c = kms_sanitize_new(text ? text : "", text ? strlen(text) : 0, 2 * MLT_MAX_TEXT);
 	int rc;
 
 	if (c == NULL)
@@ -508,7 +461,7 @@ mlt_ar_build(const char *authserv_id, struct mlt_result *res)
 	res->ar_value = NULL;
 	if (res->verdict == POL_V_NONE)
 		return 0;
-	if ((id = mlt_clean_text(authserv_id ? authserv_id : "localhost", authserv_id ? strlen(authserv_id) : 9,
+	if ((id = kms_sanitize_new(authserv_id ? authserv_id : "localhost", authserv_id ? strlen(authserv_id) : 9,
 	    MLT_MAX_TEXT)) == NULL)
 		return kms_fail(KMS_ERR_NOMEM, "out of memory");
 	rc = mlt_strcatf(&s, "%s", id);
@@ -536,7 +489,7 @@ mlt_ar_build(const char *authserv_id, struct mlt_result *res)
 		if (rc == 0 && g->signer != NULL) {
 			rc = mlt_strcatf(&s, "\n\tbody.smime-identifier=");
 			if (rc == 0)
-				rc = plain_address(g->signer) ? mlt_strcatf(&s, "%s", g->signer) : add_quoted(&s, g->signer);
+				rc = kms_addr_valid(g->signer) ? mlt_strcatf(&s, "%s", g->signer) : add_quoted(&s, g->signer);
 		}
 		if (rc == 0 && g->part != NULL && g->part[0] != '\0')
 			rc = mlt_strcatf(&s, "\n\tbody.smime-part=%s", g->part);

@@ -735,6 +735,71 @@ START_TEST(test_cert_never_outlives_its_ca)
 }
 END_TEST
 
+/* A valid address of exactly len characters (len 70 to 300): 64-character local part, labels of 50. */
+static void
+make_address(char *out, size_t len)
+{
+	size_t o = 0, label = 0;
+
+	memset(out, 'u', 64);
+	o = 64;
+	out[o++] = '@';
+	while (o < len - 4) {
+		if (label >= 50 && o < len - 5) {
+			out[o++] = '.';
+			label = 0;
+			continue;
+		}
+		out[o++] = 'd';
+		label++;
+	}
+	memcpy(out + o, ".org", 4);
+	out[len] = '\0';
+}
+
+/*
+ * kmsd checks an address with kms_addr_valid before it asks the CA; the CA
+ * used to stop at 128 characters, so kmsd took addresses it then could not
+ * certify.  Now the CA certifies every address kms_addr_valid accepts: one
+ * of 254 characters goes in the SAN (too long for subject emailAddress,
+ * ub 128, and CN, ub 64), and the certificate verifies for S/MIME.
+ */
+START_TEST(test_ca_certifies_every_address_kmsd_accepts)
+{
+	char addr[KMS_ADDR_MAX + 1];
+	X509 *x;
+	char *san;
+	X509_EXTENSION *ext;
+
+	make_address(addr, KMS_ADDR_MAX);
+	ck_assert_uint_eq(strlen(addr), 254);
+	ck_assert_int_eq(kms_addr_valid(addr), 1);
+	x = issue(rsa_ca, CA_USAGE_SIGN, ec_user_a, addr, NULL, 30, NULL);
+	san = ca_cert_email(x);
+	ck_assert_str_eq(san, addr);
+	free(san);
+	ck_assert_ptr_null(name_entry(X509_get_subject_name(x), NID_pkcs9_emailAddress));
+	ck_assert_ptr_null(name_entry(X509_get_subject_name(x), NID_commonName));
+	/* The subject keeps O, so the SAN need not be critical. */
+	ck_assert_int_gt(X509_NAME_entry_count(X509_get_subject_name(x)), 0);
+	ext = X509_get_ext(x, X509_get_ext_by_NID(x, NID_subject_alt_name, -1));
+	ck_assert_int_eq(X509_EXTENSION_get_critical(ext), 0);
+	ck_assert_int_eq(verify_chain(rsa_ca->cert, x, X509_PURPOSE_SMIME_SIGN), 1);
+	X509_free(x);
+
+	/* With a name, the name is the CN; an address of 128 still fits emailAddress. */
+	make_address(addr, 128);
+	x = issue(rsa_ca, CA_USAGE_ENC, rsa_user_a, addr, "Long Address", 30, NULL);
+	san = name_entry(X509_get_subject_name(x), NID_pkcs9_emailAddress);
+	ck_assert_str_eq(san, addr);
+	OPENSSL_free(san);
+	san = name_entry(X509_get_subject_name(x), NID_commonName);
+	ck_assert_str_eq(san, "Long Address");
+	OPENSSL_free(san);
+	X509_free(x);
+}
+END_TEST
+
 START_TEST(test_bad_addresses_refused)
 {
 	const char *bad[] = {
@@ -743,14 +808,18 @@ START_TEST(test_bad_addresses_refused)
 		".a@example.org", "a..b@example.org", "a@example..org", "a@-example.org",
 		"a@example.org\n", "\"quoted\"@example.org",
 	};
-	char longaddr[200];
+	char longaddr[300];
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		ck_assert_msg(issue_rc(rsa_ca, CA_USAGE_SIGN, ec_user_a, bad[i], NULL, 30, NULL) == KMS_ERR_INVALID,
 		    "accepted %s", bad[i]);
 	ck_assert_int_eq(issue_rc(rsa_ca, CA_USAGE_SIGN, ec_user_a, NULL, "Name", 30, NULL), KMS_ERR_INVALID);
-	memset(longaddr, 'a', 120);
-	snprintf(longaddr + 120, sizeof(longaddr) - 120, "@example.org");      /* 132 characters */
+	/* A local part of 65 characters (RFC 5321 allows 64). */
+	memset(longaddr, 'a', 65);
+	snprintf(longaddr + 65, sizeof(longaddr) - 65, "@example.org");
+	ck_assert_int_eq(issue_rc(rsa_ca, CA_USAGE_SIGN, ec_user_a, longaddr, "Name", 30, NULL), KMS_ERR_INVALID);
+	/* 255 characters in all. */
+	make_address(longaddr, 255);
 	ck_assert_int_eq(issue_rc(rsa_ca, CA_USAGE_SIGN, ec_user_a, longaddr, "Name", 30, NULL), KMS_ERR_INVALID);
 	/* And the odd-looking but valid ones pass. */
 	ck_assert_int_eq(issue_rc(rsa_ca, CA_USAGE_SIGN, ec_user_a, "o'brien+tag@mail.example-corp.org", NULL, 30,
@@ -1795,6 +1864,7 @@ ca_suite(void)
 	tcase_add_test(tc, test_validity_over_825_days_refused);
 	tcase_add_test(tc, test_cert_never_outlives_its_ca);
 	tcase_add_test(tc, test_bad_addresses_refused);
+	tcase_add_test(tc, test_ca_certifies_every_address_kmsd_accepts);
 	tcase_add_test(tc, test_bad_names_and_urls_refused);
 	tcase_add_test(tc, test_issue_needs_the_ca_key);
 	tcase_add_test(tc, test_issue_refuses_weak_user_keys);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -567,7 +568,7 @@ START_TEST(test_lines_oversize_line_skipped_and_stream_recovers)
 	ck_assert_str_eq(line, "{\"ok\":1}");
 	ck_assert_int_eq(kms_lines_read(&lb, big_read, &state, &line, &len), 0);
 	/* The buffer never grew far past the bound plus one read. */
-	ck_assert_uint_le(lb.cap, 4 * 65536 + 1000);
+	ck_assert_uint_le(lb.b.cap, 4 * 65536 + 1000);
 	kms_lines_free(&lb);
 }
 END_TEST
@@ -866,6 +867,237 @@ START_TEST(test_store_is_private_whatever_the_umask)
 }
 END_TEST
 
+START_TEST(test_sanitize_replaces_bytes_over_0x7f_and_del)
+{
+	char out[32];
+
+	/* UTF-8 and Latin-1 alike: a log line or header gets ASCII only. */
+	ck_assert_str_eq(kms_sanitize("caf\xc3\xa9 \xff\x7f!", 100, out, sizeof(out)), "caf?? ?" "?!");
+	ck_assert_str_eq(kms_sanitize(NULL, 5, out, sizeof(out)), "(null)");
+	/* inlen bounds what is read; a NUL ends it. */
+	ck_assert_str_eq(kms_sanitize("abcdef", 3, out, sizeof(out)), "abc");
+	ck_assert_str_eq(kms_sanitize("ab\0cd", 5, out, sizeof(out)), "ab");
+}
+END_TEST
+
+START_TEST(test_sanitize_new_cleans_every_byte_and_bounds_length)
+{
+	char *n;
+
+	/* Exactly n bytes: an embedded NUL becomes '?', so nothing hides behind it. */
+	n = kms_sanitize_new("a\0b\x80\tc", 6, 100);
+	ck_assert_str_eq(n, "a?b??c");
+	free(n);
+	n = kms_sanitize_new("0123456789", 10, 10);
+	ck_assert_str_eq(n, "0123456789");
+	free(n);
+	n = kms_sanitize_new("0123456789X", 11, 10);
+	ck_assert_str_eq(n, "0123456...");
+	ck_assert_uint_eq(strlen(n), 10);
+	free(n);
+	n = kms_sanitize_new(NULL, 4, 10);
+	ck_assert_str_eq(n, "");
+	free(n);
+}
+END_TEST
+
+/* A valid address of exactly len characters with a local part of local characters. */
+static void
+make_address(char *out, size_t local, size_t len)
+{
+	size_t o, label = 0;
+
+	memset(out, 'u', local);
+	o = local;
+	out[o++] = '@';
+	while (o < len - 4) {
+		if (label >= 60 && o < len - 5) {
+			out[o++] = '.';
+			label = 0;
+			continue;
+		}
+		out[o++] = 'd';
+		label++;
+	}
+	memcpy(out + o, ".org", 4);
+	out[len] = '\0';
+}
+
+START_TEST(test_address_bound_is_254_with_local_part_64)
+{
+	char a[400];
+
+	make_address(a, 64, 254);
+	ck_assert_int_eq(kms_addr_valid(a), 1);
+	make_address(a, 64, 255);
+	ck_assert_int_eq(kms_addr_valid(a), 0);
+	make_address(a, 10, 254);
+	ck_assert_int_eq(kms_addr_valid(a), 1);
+	make_address(a, 10, 255);
+	ck_assert_int_eq(kms_addr_valid(a), 0);
+	make_address(a, 65, 100);
+	ck_assert_int_eq(kms_addr_valid(a), 0);
+	make_address(a, 64, 100);
+	ck_assert_int_eq(kms_addr_valid(a), 1);
+	/* Far over the bound: refused without reading past it. */
+	make_address(a, 64, 399);
+	ck_assert_int_eq(kms_addr_valid(a), 0);
+}
+END_TEST
+
+START_TEST(test_address_labels_at_most_63)
+{
+	char a[200];
+
+	snprintf(a, sizeof(a), "u@%.*s.org", 63, "ddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd");
+	ck_assert_int_eq(kms_addr_valid(a), 1);
+	snprintf(a, sizeof(a), "u@%.*s.org", 64, "ddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd");
+	ck_assert_int_eq(kms_addr_valid(a), 0);
+}
+END_TEST
+
+START_TEST(test_address_forms_refused_and_accepted)
+{
+	const char *bad[] = {
+		NULL, "", "no-at-sign", "a@b@example.org", "a b@example.org", "@example.org", "a@",
+		"a@example.org,DNS:evil.example", "a@localhost", "\xc3\xbc@example.org", ".a@example.org",
+		"a.@example.org", "a..b@example.org", "a@example..org", "a@-example.org", "a@example-.org",
+		"a@example.org.", "a@.example.org", "a@example.org\n", "\"quoted\"@example.org", "a@[127.0.0.1]",
+		"a<b>@example.org", "a@exa_mple.org",
+	};
+	const char *good[] = {
+		"a@b.co", "o'brien+tag@mail.example-corp.org", "first.last@example.org", "X!#$%&*/=?^_`{|}~-@EXAMPLE.ORG",
+	};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		ck_assert_msg(kms_addr_valid(bad[i]) == 0, "accepted %s", bad[i] ? bad[i] : "NULL");
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		ck_assert_msg(kms_addr_valid(good[i]) == 1, "refused %s", good[i]);
+}
+END_TEST
+
+START_TEST(test_buf_grows_and_stays_nul_terminated)
+{
+	struct kms_buf b;
+	char chunk[1000];
+	unsigned char *p;
+	size_t len;
+
+	kms_buf_init(&b, 1 << 20);
+	memset(chunk, 'x', sizeof(chunk));
+	for (int i = 0; i < 100; i++)
+		ck_assert_int_eq(kms_buf_append(&b, chunk, sizeof(chunk)), 0);
+	ck_assert_uint_eq(b.len, 100000);
+	ck_assert_uint_eq(b.data[b.len], '\0');
+	ck_assert_int_eq(kms_buf_appendf(&b, "%d-%s", 42, "end"), 0);
+	ck_assert_str_eq((char *)b.data + 100000, "42-end");
+	p = kms_buf_steal(&b, &len);
+	ck_assert_uint_eq(len, 100006);
+	ck_assert_ptr_null(b.data);
+	ck_assert_uint_eq(b.len, 0);
+	free(p);
+	/* An empty buffer gives an empty string, not NULL. */
+	p = kms_buf_steal(&b, &len);
+	ck_assert_ptr_nonnull(p);
+	ck_assert_uint_eq(len, 0);
+	ck_assert_str_eq((char *)p, "");
+	free(p);
+	kms_buf_free(&b);
+}
+END_TEST
+
+START_TEST(test_buf_refuses_past_its_bound_and_keeps_contents)
+{
+	struct kms_buf b;
+
+	kms_buf_init(&b, 10);
+	ck_assert_int_eq(kms_buf_append(&b, "0123456789", 10), 0);        /* exactly the bound */
+	ck_assert_int_eq(kms_buf_append(&b, "a", 1), KMS_ERR_TOOBIG);
+	ck_assert_uint_eq(b.len, 10);
+	ck_assert_str_eq((char *)b.data, "0123456789");
+	ck_assert_int_eq(kms_buf_appendf(&b, "%s", "z"), KMS_ERR_TOOBIG);
+	kms_buf_reset(&b);
+	ck_assert_uint_eq(b.len, 0);
+	ck_assert_int_eq(kms_buf_appendf(&b, "%s", "0123456789"), 0);
+	ck_assert_int_eq(kms_buf_appendf(&b, "%s", "!"), KMS_ERR_TOOBIG);
+	kms_buf_free(&b);
+	kms_buf_free(NULL);
+}
+END_TEST
+
+START_TEST(test_buf_size_arithmetic_cannot_overflow)
+{
+	struct kms_buf b;
+	void *v = NULL;
+	size_t cap = 0;
+
+	kms_buf_init(&b, SIZE_MAX);
+	ck_assert_int_eq(kms_buf_append(&b, "abc", 3), 0);
+	/* len + n would wrap around: refused, not a tiny allocation. */
+	ck_assert_int_eq(kms_buf_reserve(&b, SIZE_MAX - 1), KMS_ERR_TOOBIG);
+	ck_assert_int_eq(kms_buf_reserve(&b, SIZE_MAX), KMS_ERR_TOOBIG);
+	ck_assert_str_eq((char *)b.data, "abc");
+	kms_buf_free(&b);
+	/* need * elsize would wrap around. */
+	ck_assert_int_eq(kms_array_reserve(&v, &cap, SIZE_MAX / 8 + 2, 16, SIZE_MAX), KMS_ERR_TOOBIG);
+	ck_assert_ptr_null(v);
+	ck_assert_uint_eq(cap, 0);
+	ck_assert_int_eq(kms_array_reserve(&v, &cap, 5, 16, 4), KMS_ERR_TOOBIG);
+	ck_assert_int_eq(kms_array_reserve(&v, &cap, 4, 16, 4), 0);
+	ck_assert_uint_eq(cap, 4);
+	ck_assert_int_eq(kms_array_reserve(&v, &cap, 100, 16, SIZE_MAX), 0);
+	ck_assert_uint_ge(cap, 100);
+	memset(v, 0, cap * 16);
+	free(v);
+}
+END_TEST
+
+START_TEST(test_secret_buf_wipes_on_reset)
+{
+	struct kms_buf b;
+
+	kms_buf_init_secret(&b, 4096);
+	ck_assert_int_eq(kms_buf_append(&b, "share-secret", 12), 0);
+	for (int i = 0; i < 20; i++)         /* grows (moved by hand, old copy wiped) */
+		ck_assert_int_eq(kms_buf_append(&b, "0123456789abcdef", 16), 0);
+	ck_assert_int_eq(memcmp(b.data, "share-secret", 12), 0);
+	kms_buf_reset(&b);
+	for (size_t i = 0; i < 12 + 20 * 16; i++)
+		ck_assert_uint_eq(b.data[i], 0);
+	kms_buf_free(&b);
+}
+END_TEST
+
+START_TEST(test_write_all_writes_everything_and_reports_a_closed_peer)
+{
+	int sv[2];
+	char *p = kms_path_join(dir, "big");
+	unsigned char *data = malloc(3 << 20), *back = NULL;
+	size_t len;
+	int fd;
+
+	memset(data, 'q', 3 << 20);
+	fd = open(p, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(kms_write_all(fd, data, 3 << 20), 0);
+	close(fd);
+	ck_assert_int_eq(kms_read_file(p, 3 << 20, &back, &len), 0);
+	ck_assert_uint_eq(len, 3 << 20);
+	ck_assert_int_eq(memcmp(back, data, len), 0);
+	free(back);
+	/* One byte over the bound: refused. */
+	ck_assert_int_eq(kms_read_file(p, (3 << 20) - 1, &back, &len), KMS_ERR_TOOBIG);
+	ck_assert_ptr_null(back);
+	/* A socket whose peer is gone: an error, and no SIGPIPE killing the process. */
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	close(sv[1]);
+	ck_assert_int_eq(kms_write_all(sv[0], data, 1 << 20), KMS_ERR_IO);
+	close(sv[0]);
+	free(data);
+	free(p);
+}
+END_TEST
+
 static Suite *
 common_suite(void)
 {
@@ -925,6 +1157,22 @@ common_suite(void)
 	tcase_add_test(tc, test_time_parse_forms);
 	tcase_add_test(tc, test_random_passwords_are_long_and_distinct);
 	tcase_add_test(tc, test_sanitize_replaces_controls_and_truncates);
+	tcase_add_test(tc, test_write_all_writes_everything_and_reports_a_closed_peer);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("text");
+	tcase_add_test(tc, test_sanitize_replaces_bytes_over_0x7f_and_del);
+	tcase_add_test(tc, test_sanitize_new_cleans_every_byte_and_bounds_length);
+	tcase_add_test(tc, test_address_bound_is_254_with_local_part_64);
+	tcase_add_test(tc, test_address_labels_at_most_63);
+	tcase_add_test(tc, test_address_forms_refused_and_accepted);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("buffer");
+	tcase_add_test(tc, test_buf_grows_and_stays_nul_terminated);
+	tcase_add_test(tc, test_buf_refuses_past_its_bound_and_keeps_contents);
+	tcase_add_test(tc, test_buf_size_arithmetic_cannot_overflow);
+	tcase_add_test(tc, test_secret_buf_wipes_on_reset);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -665,7 +665,7 @@ START_TEST(test_fetch_over_http_replaces_copy_and_bad_signature_keeps_it)
 	free(after);
 
 	snprintf(url, sizeof(url), "http://127.0.0.1:%d/crl/missing.crl", port);
-	ck_assert_int_eq(ca_crl_fetch_to_dir(url, cas, out, 5, &number), KMS_ERR_NOTFOUND);
+	ck_assert_msg(ca_crl_fetch_to_dir(url, cas, out, 5, &number) == KMS_ERR_NOTFOUND, "%s", kms_last_error());
 	ck_assert_int_eq(ca_crl_fetch_to_dir("http://127.0.0.1:1/crl/x.crl", cas, out, 5, &number), KMS_ERR_IO);
 
 	forged_free(forged);

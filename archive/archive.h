@@ -279,6 +279,27 @@ void esc_recovered_free(struct esc_recovered *r);
  */
 int esc_recover_user(struct kms_store *st, const char *email, EVP_PKEY *krk, const struct esc_krk *krk_rec,
     struct esc_recovered *out);
+/*
+ * The recovery sequence, one function for kmsd (at the approval that
+ * reaches the threshold) and for kmsctl recover --offline: rebuild the KRK
+ * of krk_rec from n shares, check it against its certificate, unwrap every
+ * escrowed key of email and check each against its certificate.  The
+ * rebuilt KRK lives in the secure heap only inside this call and is freed
+ * before it returns; the shares stay the caller's (esc_shares_free wipes
+ * them).  Errors: KMS_ERR_CORRUPT when the shares do not give the KRK (too
+ * few, or a wrong one), and those of esc_recover_user().  *out is empty on
+ * error.
+ */
+int esc_recover_keys(struct kms_store *st, const struct esc_krk *krk_rec, const struct esc_share *shares,
+    size_t n, const char *email, struct esc_recovered *out);
+/*
+ * Pack recovered keys into a PKCS#12 under password, with ca_cert (may be
+ * NULL) as the chain and friendly names "EMAIL (encryption[, current],
+ * SERIAL)"; iterations as [ca] pkcs12_iterations says.  *der is the
+ * caller's (wipe it before free).
+ */
+int esc_recovered_p12(const struct esc_recovered *r, const char *email, X509 *ca_cert, const char *password,
+    enum ca_p12_format fmt, int iterations, unsigned char **der, size_t *len);
 
 struct esc_rotate_req {
 	const char *key_type;       /* the new KRK's key type */

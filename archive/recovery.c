@@ -5,6 +5,7 @@
  *
  * Entry points: esc_share_files_write(), esc_share_files_remove(),
  * esc_share_files_free(), esc_krk_rebuild(), esc_recover_user(),
+ * esc_recover_keys() (the whole recovery sequence), esc_recovered_p12(),
  * esc_recovered_free(), esc_krk_rotate().
  *
  * kmsd (recover approve, escrow rotate) and kmsctl (recover --offline)
@@ -277,6 +278,71 @@ out:
 	if (rc != 0)
 		esc_recovered_free(out);
 	esc_entries_free(e, n);
+	return rc;
+}
+
+int
+esc_recover_keys(struct kms_store *st, const struct esc_krk *krk_rec, const struct esc_share *shares,
+    size_t n, const char *email, struct esc_recovered *out)
+{
+	EVP_PKEY *krk = NULL;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	if ((rc = esc_krk_rebuild(shares, n, krk_rec->cert, &krk)) != 0)
+		return rc;
+	rc = esc_recover_user(st, email, krk, krk_rec, out);
+	EVP_PKEY_free(krk);         /* the rebuilt KRK is gone from here on */
+	return rc;
+}
+
+/* "EMAIL (encryption, current, SERIAL)" for key i of a recovery. */
+static char *
+recovered_name(const char *email, X509 *cert, int current)
+{
+	char *serial = ca_serial_hex(X509_get0_serialNumber(cert));
+	struct kms_buf b;
+
+	kms_buf_init(&b, KMS_ADDR_MAX + 128);
+	if (serial == NULL || kms_buf_appendf(&b, "%s (encryption%s, %s)", email, current ? ", current" : "",
+	    serial) != 0) {
+		free(serial);
+		kms_buf_free(&b);
+		return NULL;
+	}
+	free(serial);
+	return kms_buf_steal(&b, NULL);
+}
+
+int
+esc_recovered_p12(const struct esc_recovered *r, const char *email, X509 *ca_cert, const char *password,
+    enum ca_p12_format fmt, int iterations, unsigned char **der, size_t *len)
+{
+	struct ca_p12_item *items = calloc(r->n ? r->n : 1, sizeof(*items));
+	char **names = calloc(r->n ? r->n : 1, sizeof(*names));
+	STACK_OF(X509) *chain = sk_X509_new_null();
+	int rc;
+
+	*der = NULL;
+	*len = 0;
+	if (items == NULL || names == NULL || chain == NULL || (ca_cert != NULL && !sk_X509_push(chain, ca_cert))) {
+		rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < r->n; i++) {
+		if ((names[i] = recovered_name(email, r->certs[i], i == 0)) == NULL) {
+			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		items[i] = (struct ca_p12_item){ r->keys[i], r->certs[i], names[i] };
+	}
+	rc = ca_p12_build(items, r->n, chain, password, fmt, iterations, der, len);
+out:
+	for (size_t i = 0; names != NULL && i < r->n; i++)
+		free(names[i]);
+	free(names);
+	free(items);
+	sk_X509_free(chain);
 	return rc;
 }
 

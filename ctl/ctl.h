@@ -19,6 +19,11 @@ enum {
 	CTL_ERR_USAGE = 2,
 };
 
+/* Secure heap for keys and shares in commands that handle them here. */
+#define CTL_SECURE_HEAP (1024 * 1024)
+/* Buffer for a generated password (kms_random_password: 24 characters, 139 bits). */
+#define CTL_GENERATED_PASSWORD 25
+
 struct ctl {
 	const char *socket;         /* control socket path */
 	const char *config;         /* -c FILE, for commands that read it */

@@ -1114,7 +1114,7 @@ ctl_cmd_archive(struct ctl *ctl, int argc, char **argv)
 		return ctl_usage_error("archive decrypt: give --request ID or --p12 FILE, at least one --in, and --out");
 	}
 	g_mime_init();
-	kms_secmem_init(1024 * 1024);
+	kms_secmem_init(CTL_SECURE_HEAP);
 	kms_disable_core_dumps();
 	a->trust = X509_STORE_new();
 	if (cafile && add_ca_file(a->trust, cafile) != 0) {

@@ -270,8 +270,16 @@ out:
 
 /* ----------------------------------------------------------------- offline */
 
+/* What recover --offline was asked for. */
+struct offline_opts {
+	const char *db, *out, *pwfile, *format, *email;
+	const char *shares[ESC_MAX_SHARES], *passes[ESC_MAX_SHARES];
+	size_t nshares, npass;
+};
+
+/* Parse the options: 0, or the usage exit status after saying why. */
 static int
-offline_recover(int argc, char **argv)
+offline_parse(int argc, char **argv, struct offline_opts *o)
 {
 	static const struct option opts[] = {
 		{ "offline", no_argument, NULL, 'O' },
@@ -283,56 +291,147 @@ offline_recover(int argc, char **argv)
 		{ "format", required_argument, NULL, 'f' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *db = NULL, *out = NULL, *pwfile = NULL, *format = "modern", *shares_path[255];
-	const char *pass_files[255];
-	size_t nshares = 0, npass = 0;
-	struct kms_store *st = NULL;
-	struct esc_krk *krk = NULL;
-	struct esc_share *shares = NULL;
-	struct esc_entry *e = NULL;
-	size_t ne = 0;
-	unsigned char *secret = NULL, *p12 = NULL;
-	size_t slen = 0, p12len = 0;
-	EVP_PKEY *krkkey = NULL, **keys = NULL;
-	struct ca_p12_item *items = NULL;
-	char **names = NULL, genpw[25] = "", *password = NULL;
-	enum ca_p12_format fmt;
-	int c, fd = -1, rc = CTL_ERR_REPLY;
-	const char *email;
+	int c;
 
+	memset(o, 0, sizeof(*o));
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'O': break;
-		case 'd': db = optarg; break;
+		case 'd': o->db = optarg; break;
 		case 's':
-			if (nshares == 255)
+			if (o->nshares == ESC_MAX_SHARES)
 				return ctl_usage_error("recover --offline: too many shares");
-			shares_path[nshares++] = optarg;
+			o->shares[o->nshares++] = optarg;
 			break;
 		case 'p':
-			if (npass == 255)
+			if (o->npass == ESC_MAX_SHARES)
 				return ctl_usage_error("recover --offline: too many passphrase files");
-			pass_files[npass++] = optarg;
+			o->passes[o->npass++] = optarg;
 			break;
-		case 'o': out = optarg; break;
-		case 'w': pwfile = optarg; break;
-		case 'f': format = optarg; break;
+		case 'o': o->out = optarg; break;
+		case 'w': o->pwfile = optarg; break;
+		case 'f': o->format = optarg; break;
 		default: return CTL_ERR_USAGE;
 		}
 	}
-	if (optind != argc - 1 || db == NULL || out == NULL || nshares == 0)
+	if (optind != argc - 1 || o->db == NULL || o->out == NULL || o->nshares == 0)
 		return ctl_usage_error("recover --offline: give --db FILE, one --share per share, EMAIL and --out FILE");
-	if (npass != 0 && npass != nshares)
+	if (o->npass != 0 && o->npass != o->nshares)
 		return ctl_usage_error("recover --offline: give one --passphrase-file per --share, in the same order, or none");
-	if (ca_p12_format_from_name(format, &fmt) != 0)
+	o->email = argv[optind];
+	return 0;
+}
+
+/* Read and check share i: it decodes, belongs to krk, matches what init recorded, is not given twice. */
+static int
+offline_share(struct kms_store *st, const struct esc_krk *krk, const struct offline_opts *o, size_t i,
+    struct esc_share *shares)
+{
+	struct esc_share_meta meta;
+	char *text = NULL, *pass = NULL, *digest;
+	int rc;
+
+	if ((rc = read_share(o->shares[i], o->npass ? o->passes[i] : NULL, &text, &pass, &meta)) != 0)
+		return rc;
+	rc = esc_share_decode(text, strlen(text), pass, &shares[i], &meta);
+	kms_secret_free(text);
+	kms_secret_free(pass);
+	if (rc != 0) {
+		fprintf(stderr, "kmsctl: %s: %s\n", o->shares[i], kms_last_error());
+		return CTL_ERR_REPLY;
+	}
+	if (strcmp(meta.krk_fingerprint, krk->fingerprint) != 0) {
+		fprintf(stderr, "kmsctl: %s belongs to another key-recovery key\n", o->shares[i]);
+		return CTL_ERR_REPLY;
+	}
+	digest = esc_share_digest(&shares[i]);
+	rc = digest ? esc_store_check_share(st, krk->id, shares[i].index, digest) : KMS_ERR_NOMEM;
+	free(digest);
+	if (rc != 0) {
+		fprintf(stderr, "kmsctl: %s does not match the share made for this key-recovery key\n", o->shares[i]);
+		return CTL_ERR_REPLY;
+	}
+	for (size_t j = 0; j < i; j++) {
+		if (shares[j].index == shares[i].index) {
+			fprintf(stderr, "kmsctl: share %d given twice\n", shares[i].index);
+			return CTL_ERR_USAGE;
+		}
+	}
+	return 0;
+}
+
+/* Pack rec under the password (or a generated one, printed once) and write it to o->out. */
+static int
+offline_write(struct kms_store *st, const struct kms_config *cfg, const struct offline_opts *o,
+    const struct esc_recovered *rec)
+{
+	enum ca_p12_format fmt;
+	char genpw[CTL_GENERATED_PASSWORD] = "", *password = NULL;
+	unsigned char *p12 = NULL;
+	size_t p12len = 0;
+	struct ca *ca = NULL;
+	int fd = -1, rc = CTL_ERR_REPLY;
+
+	if (ca_p12_format_from_name(o->format ? o->format : cfg->ca.pkcs12_format, &fmt) != 0)
 		return ctl_usage_error("recover --offline: --format is modern or compat");
-	email = argv[optind];
-	kms_secmem_init(1024 * 1024);
-	kms_disable_core_dumps();
-	if (pwfile && ctl_read_password_file(pwfile, &password) != 0)
+	if (o->pwfile && ctl_read_password_file(o->pwfile, &password) != 0)
 		return CTL_ERR_USAGE;
-	if (kms_store_open(db, KMS_STORE_READONLY | KMS_STORE_CHECK, &st) != 0) {
+	if (password == NULL && kms_random_password(genpw, sizeof(genpw)) != 0)
+		goto out;
+	if ((fd = ctl_reserve_output(o->out, 0600)) < 0) {
+		rc = CTL_ERR_USAGE;
+		goto out;
+	}
+	ca_store_load(st, NULL, NULL, &ca);
+	if (esc_recovered_p12(rec, o->email, ca ? ca->cert : NULL, password ? password : genpw, fmt,
+	    (int)cfg->ca.pkcs12_iterations, &p12, &p12len) != 0) {
+		rc = ctl_fail(CTL_ERR_REPLY, "cannot build the PKCS#12");
+		close(fd);
+		unlink(o->out);
+		goto out;
+	}
+	if (ctl_write_output(fd, o->out, p12, p12len) != 0)
+		goto out;
+	printf("Recovered %zu encryption key(s) of %s offline into %s\n", rec->n, o->email, o->out);
+	if (password == NULL)
+		printf("Password: %s\n  (shown once)\n", genpw);
+	rc = CTL_OK;
+out:
+	ca_free(ca);
+	kms_wipe(genpw, sizeof(genpw));
+	kms_secret_free(password);
+	if (p12 != NULL) {
+		kms_wipe(p12, p12len);
+		free(p12);
+	}
+	return rc;
+}
+
+/*
+ * recover --offline: the same recovery sequence as kmsd's (esc_recover_keys),
+ * straight from a copy of the store and the share files; the PKCS#12 uses
+ * [ca] pkcs12_format and pkcs12_iterations of the config given with -c (or
+ * the defaults).
+ */
+static int
+offline_recover(struct ctl *ctl, int argc, char **argv)
+{
+	struct offline_opts o;
+	struct kms_config *cfg = NULL;
+	struct kms_store *st = NULL;
+	struct esc_krk *krk = NULL;
+	struct esc_share *shares = NULL;
+	struct esc_recovered rec = { 0 };
+	int rc;
+
+	if ((rc = offline_parse(argc, argv, &o)) != 0)
+		return rc;
+	kms_secmem_init(CTL_SECURE_HEAP);
+	kms_disable_core_dumps();
+	if (kms_config_load(ctl->config, &cfg) != 0)
+		return ctl_fail(CTL_ERR_USAGE, "cannot load the configuration");
+	if (kms_store_open(o.db, KMS_STORE_READONLY | KMS_STORE_CHECK, &st) != 0) {
 		rc = ctl_fail(CTL_ERR_USAGE, "cannot open the database");
 		goto out;
 	}
@@ -340,138 +439,31 @@ offline_recover(int argc, char **argv)
 		rc = ctl_fail(CTL_ERR_REPLY, "no key-recovery key in the database");
 		goto out;
 	}
-	if (nshares < (size_t)krk->threshold) {
-		fprintf(stderr, "kmsctl: %zu share(s) given; this key-recovery key needs %d\n", nshares, krk->threshold);
+	if (o.nshares < (size_t)krk->threshold) {
+		fprintf(stderr, "kmsctl: %zu share(s) given; this key-recovery key needs %d\n", o.nshares, krk->threshold);
 		rc = CTL_ERR_USAGE;
 		goto out;
 	}
-	shares = calloc(nshares, sizeof(*shares));
-	if (shares == NULL)
-		goto out;
-	for (size_t i = 0; i < nshares; i++) {
-		struct esc_share_meta meta;
-		char *text = NULL, *pass = NULL, *digest;
-
-		if ((rc = read_share(shares_path[i], npass ? pass_files[i] : NULL, &text, &pass, &meta)) != 0)
-			goto out;
-		rc = esc_share_decode(text, strlen(text), pass, &shares[i], &meta);
-		kms_wipe(text, strlen(text));
-		free(text);
-		kms_secret_free(pass);
-		if (rc != 0) {
-			fprintf(stderr, "kmsctl: %s: %s\n", shares_path[i], kms_last_error());
-			rc = CTL_ERR_REPLY;
-			goto out;
-		}
-		if (strcmp(meta.krk_fingerprint, krk->fingerprint) != 0) {
-			fprintf(stderr, "kmsctl: %s belongs to another key-recovery key\n", shares_path[i]);
-			rc = CTL_ERR_REPLY;
-			goto out;
-		}
-		digest = esc_share_digest(&shares[i]);
-		rc = digest ? esc_store_check_share(st, krk->id, shares[i].index, digest) : KMS_ERR_NOMEM;
-		free(digest);
-		if (rc != 0) {
-			fprintf(stderr, "kmsctl: %s does not match the share made for this key-recovery key\n", shares_path[i]);
-			rc = CTL_ERR_REPLY;
-			goto out;
-		}
-		for (size_t j = 0; j < i; j++) {
-			if (shares[j].index == shares[i].index) {
-				fprintf(stderr, "kmsctl: share %d given twice\n", shares[i].index);
-				rc = CTL_ERR_USAGE;
-				goto out;
-			}
-		}
-	}
-	rc = CTL_ERR_REPLY;
-	if (esc_combine(shares, nshares, &secret, &slen) != 0 || esc_key_from_secret(secret, slen, &krkkey) != 0 ||
-	    !esc_key_matches_cert(krkkey, krk->cert)) {
-		fprintf(stderr, "kmsctl: the shares do not rebuild the key-recovery key\n");
+	if ((shares = calloc(o.nshares, sizeof(*shares))) == NULL) {
+		rc = ctl_fail(CTL_ERR_REPLY, "out of memory");
 		goto out;
 	}
-	if (esc_store_get_user(st, email, &e, &ne) != 0) {
-		rc = ctl_fail(CTL_ERR_REPLY, "no escrowed key");
-		goto out;
-	}
-	keys = calloc(ne, sizeof(*keys));
-	items = calloc(ne, sizeof(*items));
-	names = calloc(ne, sizeof(*names));
-	if (keys == NULL || items == NULL || names == NULL)
-		goto out;
-	for (size_t i = 0; i < ne; i++) {
-		char *serial;
-		size_t n = strlen(email) + 64;
-
-		if (e[i].krk_id != krk->id || esc_unwrap_key(krkkey, krk->cert, e[i].envelope, e[i].len, &keys[i]) != 0 ||
-		    !esc_key_matches_cert(keys[i], e[i].cert)) {
-			fprintf(stderr, "kmsctl: escrowed key %s cannot be recovered: %s\n", e[i].serial, kms_last_error());
+	for (size_t i = 0; i < o.nshares; i++)
+		if ((rc = offline_share(st, krk, &o, i, shares)) != 0)
 			goto out;
-		}
-		serial = ca_serial_hex(X509_get0_serialNumber(e[i].cert));
-		names[i] = malloc(n);
-		if (names[i])
-			snprintf(names[i], n, "%s (encryption%s, %s)", email, i == 0 ? ", current" : "", serial ? serial : "");
-		free(serial);
-		items[i].key = keys[i];
-		items[i].cert = e[i].cert;
-		items[i].friendly_name = names[i];
-	}
-	EVP_PKEY_free(krkkey);
-	krkkey = NULL;
-	if (password == NULL) {
-		if (kms_random_password(genpw, sizeof(genpw)) != 0)
-			goto out;
-	}
-	if ((fd = ctl_reserve_output(out, 0600)) < 0) {
-		rc = CTL_ERR_USAGE;
+	if (esc_recover_keys(st, krk, shares, o.nshares, o.email, &rec) != 0) {
+		rc = ctl_fail(CTL_ERR_REPLY, "recovery failed");
 		goto out;
 	}
-	{
-		struct ca *ca = NULL;
-		STACK_OF(X509) *chain = sk_X509_new_null();
-
-		if (ca_store_load(st, NULL, NULL, &ca) == 0 && chain)
-			sk_X509_push(chain, ca->cert);
-		rc = ca_p12_build(items, ne, chain, password ? password : genpw, fmt, 10000, &p12, &p12len);
-		sk_X509_free(chain);
-		ca_free(ca);
-		if (rc != 0) {
-			rc = ctl_fail(CTL_ERR_REPLY, "cannot build the PKCS#12");
-			close(fd);
-			unlink(out);
-			goto out;
-		}
-	}
-	if (ctl_write_output(fd, out, p12, p12len) != 0) {
-		rc = CTL_ERR_REPLY;
-		goto out;
-	}
-	printf("Recovered %zu encryption key(s) of %s offline into %s\n", ne, email, out);
-	if (!password)
-		printf("Password: %s\n  (shown once)\n", genpw);
-	rc = CTL_OK;
+	esc_shares_free(shares, o.nshares);     /* wiped as soon as they have done their job */
+	shares = NULL;
+	rc = offline_write(st, cfg, &o, &rec);
 out:
-	kms_wipe(genpw, sizeof(genpw));
-	kms_secret_free(password);
-	if (p12) {
-		kms_wipe(p12, p12len);
-		free(p12);
-	}
-	if (secret)
-		OPENSSL_secure_clear_free(secret, slen);
-	esc_shares_free(shares, nshares);
-	EVP_PKEY_free(krkkey);
-	for (size_t i = 0; keys && i < ne; i++)
-		EVP_PKEY_free(keys[i]);
-	for (size_t i = 0; names && i < ne; i++)
-		free(names[i]);
-	free(keys);
-	free(items);
-	free(names);
-	esc_entries_free(e, ne);
+	esc_recovered_free(&rec);
+	esc_shares_free(shares, o.nshares);
 	esc_krk_free(krk);
 	kms_store_close(st);
+	kms_config_unref(cfg);
 	return rc;
 }
 
@@ -482,7 +474,7 @@ ctl_cmd_recover(struct ctl *ctl, int argc, char **argv)
 
 	for (int i = 1; i < argc; i++)
 		if (strcmp(argv[i], "--offline") == 0)
-			return offline_recover(argc, argv);
+			return offline_recover(ctl, argc, argv);
 	if (strcmp(sub, "request") == 0)
 		return recover_request(ctl, argc - 1, argv + 1);
 	if (strcmp(sub, "approve") == 0)

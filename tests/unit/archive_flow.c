@@ -19,6 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/pkcs12.h>
+
 #include "archive/archive.h"
 #include "common/common.h"
 #include "tests/unit/testutil.h"
@@ -229,6 +231,68 @@ START_TEST(test_any_three_share_files_recover_the_users_keys_and_two_do_not)
 }
 END_TEST
 
+/*
+ * esc_recover_keys is the whole sequence kmsd and kmsctl recover --offline
+ * run: three shares give the user's keys, two give nothing; and
+ * esc_recovered_p12 packs them with the iteration count it is given (the
+ * offline path used to hard-code 10000 whatever [ca] pkcs12_iterations said).
+ */
+START_TEST(test_recover_keys_is_one_call_from_shares_to_pkcs12)
+{
+	static const int three[3] = { 1, 3, 4 }, two[2] = { 0, 2 };
+	struct esc_init_result in;
+	struct esc_share sh[3];
+	struct esc_krk *krk = NULL;
+	struct esc_recovered rec;
+	struct ca_p12_contents *pc = NULL;
+	unsigned char *der = NULL;
+	size_t len = 0;
+	const unsigned char *p;
+	const ASN1_INTEGER *iter = NULL;
+	PKCS12 *p12;
+
+	do_init(&in, NULL);
+	enroll(&in, "frank@example.org");
+	enroll(&in, "frank@example.org");
+	ck_assert_int_eq(esc_store_current_krk(fst, &krk), 0);
+
+	read_shares(&in.files, two, 2, NULL, sh);
+	ck_assert_int_eq(esc_recover_keys(fst, krk, sh, 2, "frank@example.org", &rec), KMS_ERR_CORRUPT);
+	ck_assert_uint_eq(rec.n, 0);
+	esc_share_clear(&sh[0]);
+	esc_share_clear(&sh[1]);
+
+	read_shares(&in.files, three, 3, NULL, sh);
+	ck_assert_int_eq(esc_recover_keys(fst, krk, sh, 3, "nobody@example.org", &rec), KMS_ERR_NOTFOUND);
+	ck_assert_msg(esc_recover_keys(fst, krk, sh, 3, "frank@example.org", &rec) == 0, "%s", kms_last_error());
+	for (int i = 0; i < 3; i++)
+		esc_share_clear(&sh[i]);
+	ck_assert_uint_eq(rec.n, 2);
+
+	ck_assert_msg(esc_recovered_p12(&rec, "frank@example.org", in.ca->cert, "a long password", CA_P12_MODERN, 4321,
+	    &der, &len) == 0, "%s", kms_last_error());
+	p = der;
+	p12 = d2i_PKCS12(NULL, &p, (long)len);
+	ck_assert_ptr_nonnull(p12);
+	PKCS12_get0_mac(NULL, NULL, NULL, &iter, p12);
+	ck_assert_int_eq(ASN1_INTEGER_get(iter), 4321);
+	PKCS12_free(p12);
+	ck_assert_msg(ca_p12_read(der, len, "a long password", &pc) == 0, "%s", kms_last_error());
+	ck_assert_uint_eq(pc->n, 2);
+	for (size_t i = 0; i < pc->n; i++) {
+		ck_assert_int_eq(esc_key_matches_cert(pc->keys[i], pc->certs[i]), 1);
+		ck_assert_ptr_nonnull(strstr(pc->names[i], "frank@example.org (encryption"));
+	}
+	ck_assert_ptr_nonnull(strstr(pc->names[0], ", current, "));
+	ck_assert_int_eq(sk_X509_num(pc->others), 1);
+	ca_p12_contents_free(pc);
+	free(der);
+	esc_recovered_free(&rec);
+	esc_krk_free(krk);
+	esc_init_result_free(&in);
+}
+END_TEST
+
 START_TEST(test_encrypted_share_files_need_their_passphrases)
 {
 	static const int three[3] = { 0, 1, 2 };
@@ -429,6 +493,7 @@ archive_flow_tcases(Suite *s)
 	tcase_add_test(tc, test_enrollment_records_both_certificates_and_the_escrowed_key);
 	tcase_add_test(tc, test_enrollment_whose_escrow_fails_leaves_no_certificate);
 	tcase_add_test(tc, test_any_three_share_files_recover_the_users_keys_and_two_do_not);
+	tcase_add_test(tc, test_recover_keys_is_one_call_from_shares_to_pkcs12);
 	tcase_add_test(tc, test_encrypted_share_files_need_their_passphrases);
 	tcase_add_test(tc, test_rotation_rewraps_every_key_and_retires_the_old_shares);
 	tcase_add_test(tc, test_request_records_approvals_states_and_expiry);

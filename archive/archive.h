@@ -212,6 +212,13 @@ int esc_enveloped_decrypt(const struct esc_enveloped *e, const unsigned char *ce
 
 /* =============================================================== recovery */
 
+/*
+ * The largest message the archive handles: an enveloped message parsed for
+ * release and decryption, and one message read by kmsctl archive decrypt
+ * (larger ones are reported as failed).
+ */
+#define ESC_MAX_MESSAGE ((size_t)100 * 1024 * 1024)
+
 #define ESC_MAX_SHARES 255
 
 /* The share files of one KRK: their paths and the digests init records. */

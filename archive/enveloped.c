@@ -29,9 +29,9 @@
 #include "archive/archive.h"
 #include "archive/cms_asn1.h"
 
-/* A message body we take apart in memory. */
-#define MAX_MESSAGE ((size_t)256 * 1024 * 1024)
 #define MAX_RECIPIENTS 4096
+/* An OID as dotted text in an error message. */
+#define OID_TEXT_MAX 100
 /* Decrypt in steps that fit an int. */
 #define CHUNK (1024 * 1024)
 
@@ -61,46 +61,30 @@ esc_enveloped_free(struct esc_enveloped *e)
 	free(e);
 }
 
-int
-esc_enveloped_parse(const unsigned char *der, size_t len, struct esc_enveloped **out)
+/* The ContentInfo's inner SEQUENCE when it is (Auth)EnvelopedData; *nid says which. */
+static int
+enveloped_inner(const ESC_CONTENT_INFO *ci, const ASN1_STRING **inner, int *nid)
 {
-	struct esc_enveloped *e = NULL;
-	ESC_CONTENT_INFO *ci = NULL;
-	const ASN1_STRING *inner;
-	int nid, rc, count;
-	long version = -1;
-
-	*out = NULL;
-	if (der == NULL || len == 0)
-		return kms_fail(KMS_ERR_INVALID, "empty CMS message");
-	if (len > MAX_MESSAGE)
-		return kms_fail(KMS_ERR_TOOBIG, "CMS message of %zu bytes is over the %zu-byte bound",
-		    len, MAX_MESSAGE);
-	ci = esc_asn1_decode_exact(ASN1_ITEM_rptr(ESC_CONTENT_INFO), der, len);
-	if (ci == NULL) {
-		ERR_clear_error();
-		return kms_fail(KMS_ERR_INVALID, "not a CMS ContentInfo (damaged or truncated)");
-	}
-	nid = OBJ_obj2nid(ci->type);
-	if (nid != NID_pkcs7_enveloped && nid != NID_id_smime_ct_authEnvelopedData) {
-		char txt[100];
+	*nid = OBJ_obj2nid(ci->type);
+	if (*nid != NID_pkcs7_enveloped && *nid != NID_id_smime_ct_authEnvelopedData) {
+		char txt[OID_TEXT_MAX];
 
 		if (OBJ_obj2txt(txt, sizeof(txt), ci->type, 0) <= 0)
 			snprintf(txt, sizeof(txt), "(unknown)");
-		rc = kms_fail(KMS_ERR_INVALID, "CMS content type %s is not enveloped data", txt);
-		goto out;
+		return kms_fail(KMS_ERR_INVALID, "CMS content type %s is not enveloped data", txt);
 	}
-	if (ci->content == NULL || ci->content->type != V_ASN1_SEQUENCE) {
-		rc = kms_fail(KMS_ERR_INVALID, "enveloped data is not a SEQUENCE");
-		goto out;
-	}
-	inner = ci->content->value.sequence;
-	e = calloc(1, sizeof(*e));
-	if (e == NULL) {
-		rc = KMS_ERR_NOMEM;
-		goto out;
-	}
-	e->auth = nid == NID_id_smime_ct_authEnvelopedData;
+	if (ci->content == NULL || ci->content->type != V_ASN1_SEQUENCE)
+		return kms_fail(KMS_ERR_INVALID, "enveloped data is not a SEQUENCE");
+	*inner = ci->content->value.sequence;
+	return 0;
+}
+
+/* Decode the (Auth)EnvelopedData into e: recipients, content info, a known version. */
+static int
+enveloped_decode(struct esc_enveloped *e, const ASN1_STRING *inner)
+{
+	long version = -1;
+
 	if (e->auth) {
 		e->aenv = esc_asn1_decode_exact(ASN1_ITEM_rptr(ESC_AUTHENV), inner->data, (size_t)inner->length);
 		if (e->aenv != NULL) {
@@ -118,43 +102,70 @@ esc_enveloped_parse(const unsigned char *der, size_t len, struct esc_enveloped *
 	}
 	if (e->ris == NULL) {
 		ERR_clear_error();
-		rc = kms_fail(KMS_ERR_INVALID, "malformed %s", e->auth ? "AuthEnvelopedData" : "EnvelopedData");
-		goto out;
+		return kms_fail(KMS_ERR_INVALID, "malformed %s", e->auth ? "AuthEnvelopedData" : "EnvelopedData");
 	}
-	if (version < 0 || version > 4) {
-		rc = kms_fail(KMS_ERR_INVALID, "enveloped data version %ld", version);
-		goto out;
-	}
-	count = sk_ESC_RI_num(e->ris);
-	if (count <= 0) {
-		rc = kms_fail(KMS_ERR_INVALID, "enveloped data without recipients");
-		goto out;
-	}
-	if (count > MAX_RECIPIENTS) {
-		rc = kms_fail(KMS_ERR_TOOBIG, "enveloped data with %d recipients", count);
-		goto out;
-	}
+	if (version < 0 || version > 4)
+		return kms_fail(KMS_ERR_INVALID, "enveloped data version %ld", version);
+	return 0;
+}
+
+/* Each RecipientInfo re-encoded on its own, for release. */
+static int
+enveloped_ris(struct esc_enveloped *e)
+{
+	int count = sk_ESC_RI_num(e->ris);
+
+	if (count <= 0)
+		return kms_fail(KMS_ERR_INVALID, "enveloped data without recipients");
+	if (count > MAX_RECIPIENTS)
+		return kms_fail(KMS_ERR_TOOBIG, "enveloped data with %d recipients", count);
 	e->ri_der = calloc((size_t)count, sizeof(*e->ri_der));
 	e->ri_len = calloc((size_t)count, sizeof(*e->ri_len));
-	if (e->ri_der == NULL || e->ri_len == NULL) {
-		rc = KMS_ERR_NOMEM;
-		goto out;
-	}
+	if (e->ri_der == NULL || e->ri_len == NULL)
+		return KMS_ERR_NOMEM;
 	e->n = (size_t)count;
 	for (int i = 0; i < count; i++) {
-		int n = ASN1_item_i2d((ASN1_VALUE *)sk_ESC_RI_value(e->ris, i), &e->ri_der[i],
-		    ASN1_ITEM_rptr(ESC_RI));
+		int n = ASN1_item_i2d((ASN1_VALUE *)sk_ESC_RI_value(e->ris, i), &e->ri_der[i], ASN1_ITEM_rptr(ESC_RI));
 
 		if (n <= 0) {
 			e->ri_der[i] = NULL;
-			rc = kms_fail_openssl(KMS_ERR_INVALID, "cannot encode RecipientInfo %d", i);
-			goto out;
+			return kms_fail_openssl(KMS_ERR_INVALID, "cannot encode RecipientInfo %d", i);
 		}
 		e->ri_len[i] = (size_t)n;
 	}
+	return 0;
+}
+
+int
+esc_enveloped_parse(const unsigned char *der, size_t len, struct esc_enveloped **out)
+{
+	struct esc_enveloped *e = NULL;
+	ESC_CONTENT_INFO *ci = NULL;
+	const ASN1_STRING *inner = NULL;
+	int nid, rc;
+
+	*out = NULL;
+	if (der == NULL || len == 0)
+		return kms_fail(KMS_ERR_INVALID, "empty CMS message");
+	if (len > ESC_MAX_MESSAGE)
+		return kms_fail(KMS_ERR_TOOBIG, "CMS message of %zu bytes is over the %zu-byte bound",
+		    len, ESC_MAX_MESSAGE);
+	ci = esc_asn1_decode_exact(ASN1_ITEM_rptr(ESC_CONTENT_INFO), der, len);
+	if (ci == NULL) {
+		ERR_clear_error();
+		return kms_fail(KMS_ERR_INVALID, "not a CMS ContentInfo (damaged or truncated)");
+	}
+	if ((rc = enveloped_inner(ci, &inner, &nid)) != 0)
+		goto out;
+	if ((e = calloc(1, sizeof(*e))) == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	e->auth = nid == NID_id_smime_ct_authEnvelopedData;
+	if ((rc = enveloped_decode(e, inner)) != 0 || (rc = enveloped_ris(e)) != 0)
+		goto out;
 	*out = e;
 	e = NULL;
-	rc = 0;
 out:
 	ASN1_item_free((ASN1_VALUE *)ci, ASN1_ITEM_rptr(ESC_CONTENT_INFO));
 	esc_enveloped_free(e);
@@ -328,6 +339,49 @@ free_output(unsigned char *buf, size_t cap, int secure)
 }
 
 /* Decrypt into malloc'd memory, or into the secure heap when secure is set. */
+/* The cipher of the content and checks that the key, the length and the tag fit it. */
+static int
+content_check(const struct esc_enveloped *e, size_t cek_len, size_t clen, struct content_cipher *cc)
+{
+	int rc;
+
+	if ((rc = e->auth ? gcm_params(e->eci->alg, cc) : cbc_params(e->eci->alg, cc)) != 0)
+		return rc;
+	if (cek_len != (size_t)EVP_CIPHER_get_key_length(cc->cipher))
+		return kms_fail(KMS_ERR_INVALID, "content-encryption key of %zu bytes for a %d-byte cipher key",
+		    cek_len, EVP_CIPHER_get_key_length(cc->cipher));
+	if (!e->auth && clen % (size_t)EVP_CIPHER_get_block_size(cc->cipher) != 0)
+		return kms_fail(KMS_ERR_CORRUPT, "encrypted content is not a whole number of blocks");
+	if (e->auth && (size_t)ASN1_STRING_length(e->aenv->mac) != (size_t)cc->taglen)
+		return kms_fail(KMS_ERR_CORRUPT, "authentication tag of %d bytes, expected %d",
+		    ASN1_STRING_length(e->aenv->mac), cc->taglen);
+	return 0;
+}
+
+/* Set c up to decrypt with cek; for AuthEnvelopedData feed the authenticated attributes and set the tag. */
+static int
+content_start(EVP_CIPHER_CTX *c, const struct esc_enveloped *e, const struct content_cipher *cc,
+    const unsigned char *cek)
+{
+	unsigned char *aad = NULL;
+	size_t aadlen = 0, n;
+	int rc = 0;
+
+	if (EVP_DecryptInit_ex(c, cc->cipher, NULL, NULL, NULL) != 1 ||
+	    (e->auth && EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, cc->ivlen, NULL) != 1) ||
+	    EVP_DecryptInit_ex(c, NULL, NULL, cek, cc->iv) != 1)
+		return kms_fail_openssl(KMS_ERR_CRYPTO, "content decryption");
+	if (!e->auth)
+		return 0;
+	if ((rc = auth_aad(e->aenv, &aad, &aadlen)) != 0)
+		return rc;
+	if ((aad != NULL && feed(c, NULL, aad, aadlen, &n) != 0) ||
+	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, cc->taglen, (void *)ASN1_STRING_get0_data(e->aenv->mac)) != 1)
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "content decryption");
+	OPENSSL_free(aad);
+	return rc;
+}
+
 static int
 decrypt_content(const struct esc_enveloped *e, const unsigned char *cek, size_t cek_len, int secure,
     unsigned char **out, size_t *out_len)
@@ -335,8 +389,8 @@ decrypt_content(const struct esc_enveloped *e, const unsigned char *cek, size_t 
 	struct content_cipher cc;
 	EVP_CIPHER_CTX *c = NULL;
 	const ASN1_OCTET_STRING *ct;
-	unsigned char *buf = NULL, *aad = NULL;
-	size_t clen, cap = 0, o = 0, aadlen = 0, n;
+	unsigned char *buf = NULL;
+	size_t clen, cap = 0, o = 0;
 	int fl = 0, rc;
 
 	*out = NULL;
@@ -348,45 +402,17 @@ decrypt_content(const struct esc_enveloped *e, const unsigned char *cek, size_t 
 	if (ct == NULL || ct->length <= 0)
 		return kms_fail(KMS_ERR_INVALID, "the message carries no encrypted content (detached)");
 	clen = (size_t)ct->length;
-	if ((rc = e->auth ? gcm_params(e->eci->alg, &cc) : cbc_params(e->eci->alg, &cc)) != 0)
+	if ((rc = content_check(e, cek_len, clen, &cc)) != 0)
 		goto out;
-	if (cek_len != (size_t)EVP_CIPHER_get_key_length(cc.cipher)) {
-		rc = kms_fail(KMS_ERR_INVALID, "content-encryption key of %zu bytes for a %d-byte cipher key",
-		    cek_len, EVP_CIPHER_get_key_length(cc.cipher));
-		goto out;
-	}
-	if (!e->auth && clen % (size_t)EVP_CIPHER_get_block_size(cc.cipher) != 0) {
-		rc = kms_fail(KMS_ERR_CORRUPT, "encrypted content is not a whole number of blocks");
-		goto out;
-	}
-	if (e->auth && (size_t)ASN1_STRING_length(e->aenv->mac) != (size_t)cc.taglen) {
-		rc = kms_fail(KMS_ERR_CORRUPT, "authentication tag of %d bytes, expected %d",
-		    ASN1_STRING_length(e->aenv->mac), cc.taglen);
-		goto out;
-	}
-	cap = clen + 32;
+	cap = clen + EVP_MAX_BLOCK_LENGTH;
 	buf = secure ? OPENSSL_secure_malloc(cap) : malloc(cap);
 	c = EVP_CIPHER_CTX_new();
 	if (buf == NULL || c == NULL) {
 		rc = KMS_ERR_NOMEM;
 		goto out;
 	}
-	if (EVP_DecryptInit_ex(c, cc.cipher, NULL, NULL, NULL) != 1 ||
-	    (e->auth && EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, cc.ivlen, NULL) != 1) ||
-	    EVP_DecryptInit_ex(c, NULL, NULL, cek, cc.iv) != 1) {
-		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "content decryption");
+	if ((rc = content_start(c, e, &cc, cek)) != 0)
 		goto out;
-	}
-	if (e->auth) {
-		if ((rc = auth_aad(e->aenv, &aad, &aadlen)) != 0)
-			goto out;
-		if ((aad != NULL && feed(c, NULL, aad, aadlen, &n) != 0) ||
-		    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, cc.taglen,
-		    (void *)ASN1_STRING_get0_data(e->aenv->mac)) != 1) {
-			rc = kms_fail_openssl(KMS_ERR_CRYPTO, "content decryption");
-			goto out;
-		}
-	}
 	if (feed(c, buf, ct->data, clen, &o) != 0 || o > clen) {
 		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "content decryption");
 		goto out;
@@ -398,14 +424,11 @@ decrypt_content(const struct esc_enveloped *e, const unsigned char *cek, size_t 
 		    kms_fail(KMS_ERR_CRYPTO, "content decryption failed (wrong key or damaged message)");
 		goto out;
 	}
-	o += (size_t)fl;
 	*out = buf;
-	*out_len = o;
+	*out_len = o + (size_t)fl;
 	buf = NULL;
-	rc = 0;
 out:
 	free_output(buf, cap, secure);
-	OPENSSL_free(aad);
 	EVP_CIPHER_CTX_free(c);
 	ASN1_item_free((ASN1_VALUE *)cc.gcm, ASN1_ITEM_rptr(ESC_GCM_PARAMS));
 	return rc;

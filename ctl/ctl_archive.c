@@ -37,9 +37,16 @@
 #include "archive/archive.h"
 #include "ca/ca.h"
 #include "ctl/ctl.h"
+#include "milter/milter.h"
 
-#define MAX_MESSAGE ((size_t)100 * 1024 * 1024)
+#define MAX_MESSAGE ESC_MAX_MESSAGE
+/* The authserv-id of the Authentication-Results written into decrypted messages. */
+#define ARCHIVE_AUTHSERV_ID "kmsctl.archive"
 #define BATCH 128
+/* A recovered PKCS#12 holds a user's few keys: far below this. */
+#define MAX_P12_FILE (16 * 1024 * 1024)
+/* Most --in arguments (and operands) of one run. */
+#define MAX_INPUTS 256
 #define MAX_REASONS 50
 /* A message's source in reports: a path and "#N" for its place in an mbox. */
 #define SOURCE_MAX 300
@@ -70,6 +77,7 @@ struct arc {
 	EVP_PKEY **keys;            /* --p12 only */
 	size_t ncerts;
 	X509_STORE *trust;          /* for signatures inside the encryption */
+	struct mlt_limits limits;   /* bounds for checking them ([milter] of the config) */
 	char *email;
 	FILE *out;
 	int only_decrypted;
@@ -422,16 +430,16 @@ header_name_is(const unsigned char *line, size_t n, const char *name)
 	return n > k && line[k] == ':' && strncasecmp((const char *)line, name, k) == 0;
 }
 
-/* Outer headers without the ones that describe the encrypted body. */
-static void
-put_outer_headers(FILE *out, const unsigned char *p, size_t hdr_len)
+/* Outer headers without the ones that describe the encrypted body, appended to b. */
+static int
+outer_headers(struct kms_buf *b, const unsigned char *p, size_t hdr_len)
 {
 	static const char *const drop[] = { "Content-Type", "Content-Transfer-Encoding", "Content-Disposition",
 		"Content-Description", "MIME-Version", "X-KMS-Decrypted", NULL };
 	size_t i = 0;
-	int skipping = 0;
+	int skipping = 0, rc = 0;
 
-	while (i < hdr_len) {
+	while (i < hdr_len && rc == 0) {
 		size_t e = i;
 
 		while (e < hdr_len && p[e] != '\n')
@@ -443,159 +451,45 @@ put_outer_headers(FILE *out, const unsigned char *p, size_t hdr_len)
 					skipping = 1;
 		}
 		if (!skipping)
-			put_lines(out, p + i, (e < hdr_len ? e + 1 : e) - i);
+			rc = kms_buf_append(b, p + i, (e < hdr_len ? e + 1 : e) - i);
 		i = e + 1;
 	}
+	return rc;
 }
 
-/* The exact bytes of a multipart/signed body's first part (RFC 1847). */
-static int
-signed_part_bytes(const unsigned char *body, size_t len, const char *boundary, const unsigned char **start,
-    size_t *outlen)
+/* One line: the milter folds Authentication-Results with "\n\t"; the output keeps one field per line. */
+static void
+unfold(char *s)
 {
-	size_t bl = strlen(boundary);
-	const unsigned char *s = NULL;
-
-	for (size_t i = 0; i + 2 + bl <= len; i++) {
-		if ((i == 0 || body[i - 1] == '\n') && body[i] == '-' && body[i + 1] == '-' &&
-		    memcmp(body + i + 2, boundary, bl) == 0) {
-			size_t e = i + 2 + bl;
-
-			if (s == NULL) {
-				while (e < len && body[e] != '\n')
-					e++;
-				s = body + e + 1;
-				if (s > body + len)
-					return -1;
-				continue;
-			}
-			/* The CRLF before the delimiter belongs to the delimiter. */
-			{
-				size_t end = i;
-
-				if (end > 0 && body[end - 1] == '\n')
-					end--;
-				if (end > 0 && body[end - 1] == '\r')
-					end--;
-				if (body + end < s)
-					return -1;
-				*start = s;
-				*outlen = (size_t)(body + end - s);
-				return 0;
-			}
-		}
-	}
-	return -1;
-}
-
-/* Canonical CRLF copy. */
-static unsigned char *
-to_crlf(const unsigned char *p, size_t len, size_t *outlen)
-{
-	unsigned char *o = malloc(2 * len + 1);
-	size_t n = 0;
-
-	if (o == NULL)
-		return NULL;
-	for (size_t i = 0; i < len; i++) {
-		if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r'))
-			o[n++] = '\r';
-		o[n++] = p[i];
-	}
-	*outlen = n;
-	return o;
+	for (char *p = s; *p; p++)
+		if (*p == '\n' || *p == '\r' || *p == '\t')
+			*p = ' ';
 }
 
 /*
- * Verify a signature inside the decrypted content; returns the value of an
- * Authentication-Results header, or NULL when the content is not signed.
+ * The Authentication-Results value for the decrypted message (the outer
+ * header fields over the decrypted content, as written out), from the
+ * milter library's verifier: the same checks as mail in transit (signature
+ * over the original bytes, chain to the trust anchors, signer against
+ * From), without revocation data.  NULL when nothing in it is signed.
  */
 static char *
-inner_signature(struct arc *a, const unsigned char *content, size_t len)
+inner_signature(struct arc *a, const struct kms_buf *msg)
 {
-	GMimeMessage *gm = parse_message(content, len);
-	GMimeObject *part;
-	CMS_ContentInfo *cms = NULL;
-	BIO *data = NULL;
-	unsigned char *sig = NULL, *canon = NULL;
-	size_t siglen = 0, canonlen = 0;
-	const char *result = "fail", *reason = "";
-	char *signer = NULL, *ar = NULL;
-	int is_signed = 0;
+	struct mlt_check_ctx ctx = { .trust = a->trust, .rev = NULL, .limits = a->limits,
+		.authserv_id = ARCHIVE_AUTHSERV_ID };
+	struct mlt_result *res = NULL;
+	unsigned char *crlf = NULL;
+	size_t crlflen = 0;
+	char *ar = NULL;
 
-	if (gm == NULL || (part = g_mime_message_get_mime_part(gm)) == NULL)
-		goto out;
-	if (GMIME_IS_MULTIPART_SIGNED(part)) {
-		const char *boundary = g_mime_multipart_get_boundary(GMIME_MULTIPART(part));
-		GMimeObject *sp = g_mime_multipart_get_part(GMIME_MULTIPART(part), 1);
-		const unsigned char *start;
-		size_t hdr_end, off = body_offset(content, len, &hdr_end), plen;
-
-		is_signed = 1;
-		if (boundary == NULL || sp == NULL || part_content(sp, &sig, &siglen) != 0 ||
-		    signed_part_bytes(content + off, len - off, boundary, &start, &plen) != 0) {
-			reason = "malformed multipart/signed";
-			goto verdict;
-		}
-		canon = to_crlf(start, plen, &canonlen);
-		{
-			const unsigned char *q = sig;
-
-			cms = d2i_CMS_ContentInfo(NULL, &q, (long)siglen);
-		}
-		data = canon ? BIO_new_mem_buf(canon, (int)canonlen) : NULL;
-	} else if (is_pkcs7_mime(part)) {
-		const char *st = g_mime_object_get_content_type_parameter(part, "smime-type");
-
-		if (st == NULL || strcasecmp(st, "signed-data") != 0)
-			goto out;
-		is_signed = 1;
-		if (part_content(part, &sig, &siglen) == 0) {
-			const unsigned char *q = sig;
-
-			cms = d2i_CMS_ContentInfo(NULL, &q, (long)siglen);
-		}
-	} else {
-		goto out;
-	}
-	if (cms == NULL) {
-		reason = "unreadable signature";
-		goto verdict;
-	}
-	if (CMS_verify(cms, NULL, a->trust, data, NULL, CMS_BINARY) == 1) {
-		STACK_OF(X509) *signers = CMS_get0_signers(cms);
-		X509 *x = signers && sk_X509_num(signers) > 0 ? sk_X509_value(signers, 0) : NULL;
-
-		result = "pass";
-		signer = x ? ca_cert_email(x) : NULL;
-		sk_X509_free(signers);
-	} else {
-		unsigned long e = ERR_peek_last_error();
-
-		reason = ERR_GET_REASON(e) == CMS_R_CERTIFICATE_VERIFY_ERROR ? "untrusted signer" : "bad signature";
-		result = ERR_GET_REASON(e) == CMS_R_CERTIFICATE_VERIFY_ERROR ? "neutral" : "fail";
-		ERR_clear_error();
-	}
-verdict:
-	if (is_signed) {
-		size_t n = 256 + (signer ? strlen(signer) : 0);
-
-		ar = malloc(n);
-		/* The reason is free text: it goes inside the comment. */
-		if (ar)
-			snprintf(ar, n, "kmsctl.archive; smime=%s%s%s (%s%schecked after decryption, without revocation data)",
-			    result, signer ? " body.smime-identifier=" : "", signer ? signer : "", reason,
-			    reason[0] ? "; " : "");
-	}
-out:
-	ERR_clear_error();
-	free(signer);
-	free(sig);
-	free(canon);
-	BIO_free(data);
-	CMS_ContentInfo_free(cms);
-	if (gm)
-		g_object_unref(gm);
+	if (mlt_canon_crlf(msg->data, msg->len, &crlf, &crlflen) != 0)
+		return NULL;
+	if (mlt_check_message(&ctx, crlf, crlflen, &res) == 0 && res->ar_value != NULL &&
+	    (ar = strdup(res->ar_value)) != NULL)
+		unfold(ar);
+	mlt_result_free(res);
+	free(crlf);
 	return ar;
 }
 
@@ -611,6 +505,43 @@ add_reason(struct arc *a, const struct msg *m)
 	if (a->reasons[a->nreasons])
 		snprintf(a->reasons[a->nreasons++], n, "%s%s%s: %s", m->source, m->message_id ? " " : "",
 		    m->message_id ? m->message_id : "", m->why ? m->why : "failed");
+}
+
+/*
+ * A decrypted message: the outer header fields (less those of the
+ * encryption), X-KMS-Decrypted, the Authentication-Results of a signature
+ * inside, then the decrypted content.
+ */
+static void
+emit_decrypted(struct arc *a, struct msg *m, const unsigned char *plain, size_t plainlen)
+{
+	struct kms_buf msg;
+	size_t hdr_end, hdr_len;
+	char *ar = NULL;
+
+	/* The plaintext may be anything the user wrote: a secret buffer, wiped at the end. */
+	kms_buf_init_secret(&msg, SIZE_MAX);
+	body_offset(m->raw, m->len, &hdr_end);
+	if (outer_headers(&msg, m->raw, hdr_end) != 0 || kms_buf_append_str(&msg, "MIME-Version: 1.0\n") != 0) {
+		msg_fail(m, "out of memory", NULL);
+		a->fatal = 1;
+		goto out;
+	}
+	hdr_len = msg.len;
+	if (kms_buf_append(&msg, plain, plainlen) == 0)
+		ar = inner_signature(a, &msg);
+	a->decrypted++;
+	put_from_line(a->out, m);
+	put_lines(a->out, msg.data, hdr_len);
+	fprintf(a->out, "X-KMS-Decrypted: request=%s; key=%s\n", a->request ? a->request : "offline-p12",
+	    m->key_serial ? m->key_serial : "");
+	if (ar)
+		fprintf(a->out, "Authentication-Results: %s\n", ar);
+	put_lines(a->out, plain, plainlen);
+	fputc('\n', a->out);
+out:
+	free(ar);
+	kms_buf_free(&msg);
 }
 
 static void
@@ -629,24 +560,9 @@ emit(struct arc *a, struct msg *m)
 			msg_fail(m, "decryption failed", kms_last_error());
 	}
 	switch (m->kind) {
-	case MSG_MINE: {
-		size_t hdr_end;
-		char *ar = inner_signature(a, plain, plainlen);
-
-		body_offset(m->raw, m->len, &hdr_end);
-		a->decrypted++;
-		put_from_line(a->out, m);
-		put_outer_headers(a->out, m->raw, hdr_end);
-		fprintf(a->out, "MIME-Version: 1.0\n");
-		fprintf(a->out, "X-KMS-Decrypted: request=%s; key=%s\n", a->request ? a->request : "offline-p12",
-		    m->key_serial ? m->key_serial : "");
-		if (ar)
-			fprintf(a->out, "Authentication-Results: %s\n", ar);
-		free(ar);
-		put_lines(a->out, plain, plainlen);
-		fputc('\n', a->out);
+	case MSG_MINE:
+		emit_decrypted(a, m, plain, plainlen);
 		break;
-	}
 	case MSG_BROKEN:
 		a->failed++;
 		add_reason(a, m);
@@ -1001,7 +917,7 @@ load_p12(struct arc *a, const char *path, const char *pwfile, struct ca_p12_cont
 	char *pw = NULL;
 	int rc;
 
-	if (kms_read_file(path, 16 * 1024 * 1024, &der, &len) != 0)
+	if (kms_read_file(path, MAX_P12_FILE, &der, &len) != 0)
 		return ctl_fail(CTL_ERR_USAGE, "archive decrypt: cannot read the PKCS#12");
 	if (pwfile) {
 		if (ctl_read_password_file(pwfile, &pw) != 0) {
@@ -1057,8 +973,17 @@ add_ca_file(X509_STORE *store, const char *path)
 	return n > 0 ? 0 : -1;
 }
 
-int
-ctl_cmd_archive(struct ctl *ctl, int argc, char **argv)
+/* What archive decrypt was asked for, besides what struct arc holds. */
+struct archive_opts {
+	const char *p12, *pwfile, *out, *cafile;
+	const char *inputs[MAX_INPUTS];
+	size_t ninputs;
+	int quiet;
+};
+
+/* Parse the options into a and o: 0, or the usage exit status after saying why. */
+static int
+archive_parse(struct arc *a, int argc, char **argv, struct archive_opts *o)
 {
 	static const struct option opts[] = {
 		{ "request", required_argument, NULL, 'r' },
@@ -1071,100 +996,106 @@ ctl_cmd_archive(struct ctl *ctl, int argc, char **argv)
 		{ "quiet", no_argument, NULL, 'q' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct arc *a;
-	struct ca_p12_contents *pc = NULL;
-	const char *p12 = NULL, *pwfile = NULL, *out = NULL, *cafile = NULL, *inputs[256];
-	size_t ninputs = 0;
-	char *tmp = NULL;
-	int c, rc = CTL_ERR_REPLY, fd = -1, quiet = 0;
+	int c;
 
-	if (argc < 2 || strcmp(argv[1], "decrypt") != 0)
-		return ctl_usage_error("archive: the only subcommand is decrypt");
-	argc--;
-	argv++;
-	a = calloc(1, sizeof(*a));
-	if (a == NULL)
-		return CTL_ERR_REPLY;
-	a->ctl = ctl;
+	memset(o, 0, sizeof(*o));
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'r': a->request = optarg; break;
-		case 'p': p12 = optarg; break;
-		case 'w': pwfile = optarg; break;
+		case 'p': o->p12 = optarg; break;
+		case 'w': o->pwfile = optarg; break;
 		case 'i':
-			if (ninputs == 256) {
-				free(a);
-				return ctl_usage_error("archive decrypt: at most 256 --in");
-			}
-			inputs[ninputs++] = optarg;
+			if (o->ninputs == MAX_INPUTS)
+				return ctl_usage_error("archive decrypt: at most %d --in", MAX_INPUTS);
+			o->inputs[o->ninputs++] = optarg;
 			break;
-		case 'o': out = optarg; break;
-		case 'c': cafile = optarg; break;
+		case 'o': o->out = optarg; break;
+		case 'c': o->cafile = optarg; break;
 		case 'D': a->only_decrypted = 1; break;
-		case 'q': quiet = 1; break;
-		default: free(a); return CTL_ERR_USAGE;
+		case 'q': o->quiet = 1; break;
+		default: return CTL_ERR_USAGE;
 		}
 	}
 	/* Extra operands are inputs too (archive decrypt --in a.eml b.eml ...). */
-	while (optind < argc && ninputs < 256)
-		inputs[ninputs++] = argv[optind++];
-	if ((a->request == NULL) == (p12 == NULL) || ninputs == 0 || out == NULL) {
-		free(a);
+	while (optind < argc && o->ninputs < MAX_INPUTS)
+		o->inputs[o->ninputs++] = argv[optind++];
+	if ((a->request == NULL) == (o->p12 == NULL) || o->ninputs == 0 || o->out == NULL)
 		return ctl_usage_error("archive decrypt: give --request ID or --p12 FILE, at least one --in, and --out");
-	}
-	g_mime_init();
-	kms_secmem_init(CTL_SECURE_HEAP);
-	kms_disable_core_dumps();
-	a->trust = X509_STORE_new();
-	if (cafile && add_ca_file(a->trust, cafile) != 0) {
-		rc = ctl_usage_error("archive decrypt: --ca %s holds no PEM certificate", cafile);
-		goto out;
-	}
-	if (a->request)
-		rc = load_from_kmsd(a);
-	else
-		rc = load_p12(a, p12, pwfile, &pc);
-	if (rc != 0)
-		goto out;
-	if (a->request && !cafile) {
-		/* Trust our own CA for signatures inside the encryption. */
-		json_t *reply = ctl_call(ctl, "status", NULL);
-		const char *pem = reply ? ctl_str(json_object_get(json_object_get(reply, "result"), "ca"), "pem") : "";
-		BIO *b = BIO_new_mem_buf(pem, -1);
-		X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+	return 0;
+}
 
-		if (x)
-			X509_STORE_add_cert(a->trust, x);
-		X509_free(x);
-		BIO_free(b);
-		ERR_clear_error();
-		json_decref(reply);
-	}
-	/* Output: a temp file beside the target, renamed at the very end. */
-	if (access(out, F_OK) == 0) {
-		rc = ctl_usage_error("archive decrypt: %s exists; it would be overwritten", out);
-		goto out;
-	}
-	tmp = malloc(strlen(out) + 16);
-	if (tmp == NULL)
-		goto out;
-	snprintf(tmp, strlen(out) + 16, "%s.tmp.XXXXXX", out);
-	fd = mkstemp(tmp);
+/* Trust kmsd's own CA for signatures inside the encryption. */
+static void
+trust_own_ca(struct arc *a)
+{
+	json_t *reply = ctl_call(a->ctl, "status", NULL);
+	const char *pem = reply ? ctl_str(json_object_get(json_object_get(reply, "result"), "ca"), "pem") : "";
+	BIO *b = BIO_new_mem_buf(pem, -1);
+	X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+
+	if (x)
+		X509_STORE_add_cert(a->trust, x);
+	X509_free(x);
+	BIO_free(b);
+	ERR_clear_error();
+	json_decref(reply);
+}
+
+/* The user's keys (from kmsd or the PKCS#12), the trust anchors and the bounds for inner signatures. */
+static int
+archive_setup(struct arc *a, const struct archive_opts *o, struct ca_p12_contents **pc)
+{
+	struct kms_config *cfg = NULL;
+	int rc;
+
+	if (kms_config_load(a->ctl->config, &cfg) != 0)
+		return ctl_fail(CTL_ERR_USAGE, "archive decrypt: cannot load the configuration");
+	mlt_limits_from_config(cfg, &a->limits);
+	kms_config_unref(cfg);
+	a->trust = X509_STORE_new();
+	if (a->trust == NULL)
+		return ctl_fail(CTL_ERR_REPLY, "out of memory");
+	if (o->cafile && add_ca_file(a->trust, o->cafile) != 0)
+		return ctl_usage_error("archive decrypt: --ca %s holds no PEM certificate", o->cafile);
+	rc = a->request ? load_from_kmsd(a) : load_p12(a, o->p12, o->pwfile, pc);
+	if (rc == 0 && a->request && !o->cafile)
+		trust_own_ca(a);
+	return rc;
+}
+
+/* Output: a temp file beside the target (mode 0600), renamed at the very end; *tmp is its name. */
+static int
+open_output(struct arc *a, const char *out, char **tmp)
+{
+	int fd;
+
+	if (access(out, F_OK) == 0)
+		return ctl_usage_error("archive decrypt: %s exists; it would be overwritten", out);
+	if ((*tmp = malloc(strlen(out) + 16)) == NULL)
+		return CTL_ERR_REPLY;
+	snprintf(*tmp, strlen(out) + 16, "%s.tmp.XXXXXX", out);
+	fd = mkstemp(*tmp);
 	if (fd < 0 || (a->out = fdopen(fd, "w")) == NULL) {
-		fprintf(stderr, "kmsctl: cannot create %s: %s\n", tmp, strerror(errno));
+		fprintf(stderr, "kmsctl: cannot create %s: %s\n", *tmp, strerror(errno));
 		if (fd >= 0) {
 			close(fd);
-			unlink(tmp);
+			unlink(*tmp);
 		}
-		rc = CTL_ERR_USAGE;
-		goto out;
+		return CTL_ERR_USAGE;
 	}
 	fchmod(fd, 0600);
-	a->progress = !quiet && !ctl->json && isatty(STDERR_FILENO);
-	rc = 0;
-	for (size_t i = 0; i < ninputs && rc == 0 && !a->fatal; i++) {
-		if (read_input(a, inputs[i]) != 0) {
+	return 0;
+}
+
+/* Read every input, then flush, sync, close and rename the output; on failure it is removed. */
+static int
+run_inputs(struct arc *a, const struct archive_opts *o, const char *tmp)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < o->ninputs && rc == 0 && !a->fatal; i++) {
+		if (read_input(a, o->inputs[i]) != 0) {
 			fprintf(stderr, "kmsctl: archive decrypt: %s\n", kms_last_error());
 			rc = CTL_ERR_USAGE;
 		}
@@ -1184,16 +1115,21 @@ ctl_cmd_archive(struct ctl *ctl, int argc, char **argv)
 		rc = CTL_ERR_REPLY;
 	}
 	a->out = NULL;
-	if (rc == 0 && rename(tmp, out) != 0) {
-		fprintf(stderr, "kmsctl: cannot rename %s to %s: %s\n", tmp, out, strerror(errno));
+	if (rc == 0 && rename(tmp, o->out) != 0) {
+		fprintf(stderr, "kmsctl: cannot rename %s to %s: %s\n", tmp, o->out, strerror(errno));
 		rc = CTL_ERR_REPLY;
 	}
 	if (rc != 0) {
 		unlink(tmp);
 		fprintf(stderr, "kmsctl: archive decrypt stopped; no output written\n");
-		goto out;
 	}
-	if (ctl->json) {
+	return rc;
+}
+
+static void
+print_summary(const struct arc *a, const char *out, int json)
+{
+	if (json) {
 		json_t *res = json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:o}", "out", out, "messages", (json_int_t)a->seen,
 		    "decrypted", (json_int_t)a->decrypted, "not_for_user", (json_int_t)a->other,
 		    "not_encrypted", (json_int_t)a->plain, "failed", (json_int_t)a->failed, "failures", json_array());
@@ -1206,23 +1142,22 @@ ctl_cmd_archive(struct ctl *ctl, int argc, char **argv)
 			puts(s);
 		free(s);
 		json_decref(res);
-	} else {
-		printf("%s: %llu messages for %s\n", out, a->seen, a->email ? a->email : "");
-		printf("  decrypted:               %llu\n", a->decrypted);
-		printf("  not addressed to user:   %llu\n", a->other);
-		printf("  not encrypted:           %llu\n", a->plain);
-		printf("  failed:                  %llu\n", a->failed);
-		for (size_t i = 0; i < a->nreasons; i++)
-			printf("    %s\n", a->reasons[i]);
-		if (a->failed > a->nreasons)
-			printf("    ... and %llu more\n", a->failed - a->nreasons);
+		return;
 	}
-	rc = CTL_OK;
-out:
-	if (a->out) {
-		fclose(a->out);
-		unlink(tmp);
-	}
+	printf("%s: %llu messages for %s\n", out, a->seen, a->email ? a->email : "");
+	printf("  decrypted:               %llu\n", a->decrypted);
+	printf("  not addressed to user:   %llu\n", a->other);
+	printf("  not encrypted:           %llu\n", a->plain);
+	printf("  failed:                  %llu\n", a->failed);
+	for (size_t i = 0; i < a->nreasons; i++)
+		printf("    %s\n", a->reasons[i]);
+	if (a->failed > a->nreasons)
+		printf("    ... and %llu more\n", a->failed - a->nreasons);
+}
+
+static void
+arc_free(struct arc *a, struct ca_p12_contents *pc)
+{
 	for (size_t i = 0; i < a->nbatch; i++)
 		msg_clear(&a->batch[i]);
 	for (size_t i = 0; i < a->nreasons; i++)
@@ -1235,7 +1170,41 @@ out:
 	free(a->keys);
 	free(a->email);
 	X509_STORE_free(a->trust);
-	free(tmp);
 	free(a);
+}
+
+int
+ctl_cmd_archive(struct ctl *ctl, int argc, char **argv)
+{
+	struct archive_opts o;
+	struct arc *a;
+	struct ca_p12_contents *pc = NULL;
+	char *tmp = NULL;
+	int rc;
+
+	if (argc < 2 || strcmp(argv[1], "decrypt") != 0)
+		return ctl_usage_error("archive: the only subcommand is decrypt");
+	if ((a = calloc(1, sizeof(*a))) == NULL)
+		return CTL_ERR_REPLY;
+	a->ctl = ctl;
+	if ((rc = archive_parse(a, argc - 1, argv + 1, &o)) != 0)
+		goto out;
+	g_mime_init();
+	kms_secmem_init(CTL_SECURE_HEAP);
+	kms_disable_core_dumps();
+	if ((rc = archive_setup(a, &o, &pc)) != 0 || (rc = open_output(a, o.out, &tmp)) != 0)
+		goto out;
+	a->progress = !o.quiet && !ctl->json && isatty(STDERR_FILENO);
+	if ((rc = run_inputs(a, &o, tmp)) != 0)
+		goto out;
+	print_summary(a, o.out, ctl->json);
+	rc = CTL_OK;
+out:
+	if (a->out) {
+		fclose(a->out);
+		unlink(tmp);
+	}
+	free(tmp);
+	arc_free(a, pc);
 	return rc;
 }

@@ -62,6 +62,10 @@
 #define TAG_LEN 16
 #define KEY_LEN 32
 
+/* The three header lines the checksum and the GCM tag cover. */
+#define HEADER_MAX 512
+/* A header line's value (the Encryption line is the longest, under 100). */
+#define HEADER_VALUE_MAX 256
 #define MAX_FILE (64 * 1024)
 #define MAX_SHARE (32 * 1024)
 #define B64_COLS 64
@@ -73,7 +77,7 @@ struct kdf {
 struct parsed {
 	struct esc_share_meta meta;
 	struct kdf kdf;
-	char header[512];
+	char header[HEADER_MAX];
 	size_t hlen;
 	unsigned char *payload;         /* malloc'd, wiped on free */
 	size_t plen;
@@ -104,7 +108,7 @@ is_hex64(const char *s)
 static int
 meta_valid(const struct esc_share_meta *m)
 {
-	return is_hex64(m->krk_fingerprint) && m->total >= 2 && m->total <= 255 &&
+	return is_hex64(m->krk_fingerprint) && m->total >= 2 && m->total <= ESC_MAX_SHARES &&
 	    m->threshold >= 2 && m->threshold <= m->total && m->index >= 1 && m->index <= m->total;
 }
 
@@ -226,15 +230,90 @@ out:
 
 /* --------------------------------------------------------------- encoding */
 
+/*
+ * The payload (secure heap, *plen bytes): the share itself, or with a
+ * passphrase salt | nonce | AES-256-GCM(share) | tag under the scrypt key,
+ * the header lines as additional data.
+ */
+static int
+seal_payload(const struct esc_share *share, const char *passphrase, const struct kdf *kdf, const char *header,
+    size_t hlen, unsigned char **payload, size_t *plen)
+{
+	unsigned char *p, *key = NULL;
+	int rc = 0;
+
+	*plen = passphrase != NULL ? SALT_LEN + NONCE_LEN + share->len + TAG_LEN : share->len;
+	if ((p = *payload = OPENSSL_secure_malloc(*plen)) == NULL)
+		return KMS_ERR_NOMEM;
+	if (passphrase == NULL) {
+		memcpy(p, share->data, share->len);
+		return 0;
+	}
+	if ((key = OPENSSL_secure_malloc(KEY_LEN)) == NULL)
+		rc = KMS_ERR_NOMEM;
+	else if (RAND_bytes(p, SALT_LEN) != 1 || RAND_bytes(p + SALT_LEN, NONCE_LEN) != 1)
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "random");
+	else if ((rc = derive_key(passphrase, p, kdf, key)) == 0)
+		rc = gcm(1, key, p + SALT_LEN, header, hlen, share->data, share->len, p + SALT_LEN + NONCE_LEN,
+		    p + SALT_LEN + NONCE_LEN + share->len);
+	if (key != NULL)
+		OPENSSL_secure_clear_free(key, KEY_LEN);
+	if (rc != 0) {
+		OPENSSL_secure_clear_free(*payload, *plen);
+		*payload = NULL;
+	}
+	return rc;
+}
+
+/* The armored text: BEGIN, the header lines, Checksum, blank, base64 in 64 columns, END. */
+static int
+armor_text(const char *header, size_t hlen, const unsigned char *payload, size_t plen, char **text, size_t *len)
+{
+	unsigned char sum[32];
+	char *b64 = NULL, *hex = NULL;
+	struct kms_buf out;
+	size_t b64len;
+	int rc;
+
+	if ((rc = checksum(header, hlen, payload, plen, sum)) != 0)
+		return rc;
+	hex = kms_hex(sum, sizeof(sum));
+	b64 = kms_b64_encode(payload, plen);
+	kms_buf_init_secret(&out, MAX_FILE);
+	if (hex == NULL || b64 == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	b64len = strlen(b64);
+	rc = kms_buf_appendf(&out, "%s\n%sChecksum: %s\n\n", BEGIN_LINE, header, hex);
+	for (size_t i = 0; rc == 0 && i < b64len; i += B64_COLS) {
+		rc = kms_buf_append(&out, b64 + i, b64len - i < B64_COLS ? b64len - i : B64_COLS);
+		if (rc == 0)
+			rc = kms_buf_append(&out, "\n", 1);
+	}
+	if (rc == 0)
+		rc = kms_buf_appendf(&out, "%s\n", END_LINE);
+	if (rc == 0 && (*text = kms_buf_steal(&out, len)) == NULL)
+		rc = KMS_ERR_NOMEM;
+out:
+	kms_buf_free(&out);
+	if (b64 != NULL) {
+		OPENSSL_cleanse(b64, strlen(b64));
+		free(b64);
+	}
+	free(hex);
+	return rc;
+}
+
 int
 esc_share_encode(const struct esc_share *share, const struct esc_share_meta *meta,
     const char *passphrase, char **text, size_t *len)
 {
 	const struct kdf kdf = { SCRYPT_N, SCRYPT_R, SCRYPT_P };
-	unsigned char sum[32], *payload = NULL, *key = NULL;
-	char header[512], *b64 = NULL, *hex = NULL, *buf = NULL;
-	size_t hlen, plen = 0, b64len, size, o = 0;
-	int encrypted = passphrase != NULL, rc;
+	unsigned char *payload = NULL;
+	char header[HEADER_MAX];
+	size_t hlen, plen = 0;
+	int rc;
 
 	*text = NULL;
 	*len = 0;
@@ -244,77 +323,14 @@ esc_share_encode(const struct esc_share *share, const struct esc_share_meta *met
 		return kms_fail(KMS_ERR_TOOBIG, "share too large");
 	if (!meta_valid(meta) || share->index != meta->index)
 		return kms_fail(KMS_ERR_INVALID, "bad share description (fingerprint, index, total, threshold)");
-	if (encrypted && *passphrase == '\0')
+	if (passphrase != NULL && *passphrase == '\0')
 		return kms_fail(KMS_ERR_INVALID, "empty share passphrase");
-	if ((rc = header_lines(meta, encrypted, &kdf, header, sizeof(header), &hlen)) != 0)
+	if ((rc = header_lines(meta, passphrase != NULL, &kdf, header, sizeof(header), &hlen)) != 0)
 		return rc;
-
-	plen = encrypted ? SALT_LEN + NONCE_LEN + share->len + TAG_LEN : share->len;
-	payload = OPENSSL_secure_malloc(plen);
-	if (payload == NULL) {
-		rc = KMS_ERR_NOMEM;
-		goto out;
-	}
-	if (encrypted) {
-		unsigned char *salt = payload, *nonce = payload + SALT_LEN;
-		unsigned char *ct = nonce + NONCE_LEN, *tag = ct + share->len;
-
-		key = OPENSSL_secure_malloc(KEY_LEN);
-		if (key == NULL) {
-			rc = KMS_ERR_NOMEM;
-			goto out;
-		}
-		if (RAND_bytes(salt, SALT_LEN) != 1 || RAND_bytes(nonce, NONCE_LEN) != 1) {
-			rc = kms_fail_openssl(KMS_ERR_CRYPTO, "random");
-			goto out;
-		}
-		if ((rc = derive_key(passphrase, salt, &kdf, key)) != 0)
-			goto out;
-		if ((rc = gcm(1, key, nonce, header, hlen, share->data, share->len, ct, tag)) != 0)
-			goto out;
-	} else {
-		memcpy(payload, share->data, share->len);
-	}
-	if ((rc = checksum(header, hlen, payload, plen, sum)) != 0)
-		goto out;
-	hex = kms_hex(sum, sizeof(sum));
-	b64 = kms_b64_encode(payload, plen);
-	if (hex == NULL || b64 == NULL) {
-		rc = KMS_ERR_NOMEM;
-		goto out;
-	}
-	b64len = strlen(b64);
-	size = sizeof(BEGIN_LINE) + hlen + sizeof("Checksum: \n\n") + strlen(hex) +
-	    b64len + b64len / B64_COLS + 1 + sizeof(END_LINE) + 1;
-	buf = malloc(size);
-	if (buf == NULL) {
-		rc = KMS_ERR_NOMEM;
-		goto out;
-	}
-	o = (size_t)snprintf(buf, size, "%s\n%sChecksum: %s\n\n", BEGIN_LINE, header, hex);
-	for (size_t i = 0; i < b64len; i += B64_COLS) {
-		size_t n = b64len - i < B64_COLS ? b64len - i : B64_COLS;
-
-		memcpy(buf + o, b64 + i, n);
-		o += n;
-		buf[o++] = '\n';
-	}
-	o += (size_t)snprintf(buf + o, size - o, "%s\n", END_LINE);
-	*text = buf;
-	*len = o;
-	buf = NULL;
-	rc = 0;
-out:
-	if (payload != NULL)
-		OPENSSL_secure_clear_free(payload, plen);
-	if (key != NULL)
-		OPENSSL_secure_clear_free(key, KEY_LEN);
-	if (b64 != NULL) {
-		OPENSSL_cleanse(b64, strlen(b64));
-		free(b64);
-	}
-	free(hex);
-	free(buf);
+	if ((rc = seal_payload(share, passphrase, &kdf, header, hlen, &payload, &plen)) != 0)
+		return rc;
+	rc = armor_text(header, hlen, payload, plen, text, len);
+	OPENSSL_secure_clear_free(payload, plen);
 	return rc;
 }
 
@@ -401,7 +417,7 @@ parse_share_line(const char *v, struct esc_share_meta *m)
 {
 	unsigned long idx, total, thr;
 
-	if (parse_num(&v, 255, &idx) || expect(&v, " of ") || parse_num(&v, 255, &total) ||
+	if (parse_num(&v, ESC_MAX_SHARES, &idx) || expect(&v, " of ") || parse_num(&v, ESC_MAX_SHARES, &total) ||
 	    expect(&v, ", threshold ") || parse_num(&v, 255, &thr) || *v != '\0')
 		return -1;
 	m->index = (int)idx;
@@ -435,27 +451,16 @@ is_b64_line(const char *s, size_t n)
 
 #define CORRUPT(what) kms_fail(KMS_ERR_CORRUPT, "not a valid share file: %s", what)
 
+/* The BEGIN line (after blank lines), the four header lines in order, the blank line; *want is the checksum. */
 static int
-parse(const char *text, size_t len, struct parsed *pp)
+parse_headers(struct cursor *c, struct parsed *pp, unsigned char **want, size_t *wlen)
 {
-	struct cursor c = { text, text + len };
 	const char *line;
-	char val[256], *b64 = NULL;
-	unsigned char sum[32], *want = NULL;
-	size_t n, wlen = 0, blen = 0, last = B64_COLS;
-	int rc, found;
+	char val[HEADER_VALUE_MAX];
+	size_t n;
+	int found = 0, rc;
 
-	memset(pp, 0, sizeof(*pp));
-	if (text == NULL || len == 0)
-		return CORRUPT("empty");
-	if (len > MAX_FILE)
-		return CORRUPT("too large");
-	if (memchr(text, '\0', len) != NULL)
-		return CORRUPT("binary data");
-
-	/* Armor start, after blank lines. */
-	found = 0;
-	while (next_line(&c, &line, &n)) {
+	while (next_line(c, &line, &n)) {
 		if (n == 0)
 			continue;
 		found = line_is(line, n, BEGIN_LINE);
@@ -463,16 +468,14 @@ parse(const char *text, size_t len, struct parsed *pp)
 	}
 	if (!found)
 		return CORRUPT("no BEGIN line");
-
-	/* The four header lines, in order. */
-	if (!next_line(&c, &line, &n) || header_value(line, n, "KRK-Fingerprint", val, sizeof(val)) ||
+	if (!next_line(c, &line, &n) || header_value(line, n, "KRK-Fingerprint", val, sizeof(val)) ||
 	    !is_hex64(val))
 		return CORRUPT("bad or missing KRK-Fingerprint line");
 	memcpy(pp->meta.krk_fingerprint, val, 65);
-	if (!next_line(&c, &line, &n) || header_value(line, n, "Share", val, sizeof(val)) ||
+	if (!next_line(c, &line, &n) || header_value(line, n, "Share", val, sizeof(val)) ||
 	    parse_share_line(val, &pp->meta))
 		return CORRUPT("bad or missing Share line");
-	if (!next_line(&c, &line, &n) || header_value(line, n, "Encryption", val, sizeof(val)))
+	if (!next_line(c, &line, &n) || header_value(line, n, "Encryption", val, sizeof(val)))
 		return CORRUPT("bad or missing Encryption line");
 	if ((rc = parse_encryption_line(val, &pp->meta.encrypted, &pp->kdf)) == -2)
 		return kms_fail(KMS_ERR_TOOBIG, "share file asks for scrypt N=%lu r=%lu p=%lu: over the bounds "
@@ -482,24 +485,27 @@ parse(const char *text, size_t len, struct parsed *pp)
 		return CORRUPT("bad or missing Encryption line");
 	if (!meta_valid(&pp->meta))
 		return CORRUPT("impossible index, total or threshold");
-	if (!next_line(&c, &line, &n) || header_value(line, n, "Checksum", val, sizeof(val)) ||
+	if (!next_line(c, &line, &n) || header_value(line, n, "Checksum", val, sizeof(val)) ||
 	    !is_hex64(val))
 		return CORRUPT("bad or missing Checksum line");
-	if ((rc = kms_unhex(val, &want, &wlen)) != 0)
+	if (!next_line(c, &line, &n) || n != 0)
+		return CORRUPT("no blank line after the headers");
+	if (kms_unhex(val, want, wlen) != 0)
 		return CORRUPT("bad Checksum line");
-	if (!next_line(&c, &line, &n) || n != 0) {
-		rc = CORRUPT("no blank line after the headers");
-		goto out;
-	}
+	return 0;
+}
 
-	/* Base64 body: full 64-column lines, the last one shorter or equal. */
-	b64 = malloc(len + 1);
-	if (b64 == NULL) {
-		rc = KMS_ERR_NOMEM;
-		goto out;
-	}
-	found = 0;
-	while (next_line(&c, &line, &n)) {
+/* The base64 body (full 64-column lines, the last one shorter or equal), the END line, only blank lines after. */
+static int
+parse_body(struct cursor *c, size_t len, struct parsed *pp)
+{
+	struct kms_buf b64;
+	const char *line;
+	size_t n, last = B64_COLS;
+	int rc, found = 0;
+
+	kms_buf_init_secret(&b64, len);
+	while (next_line(c, &line, &n)) {
 		if (line_is(line, n, END_LINE)) {
 			found = 1;
 			break;
@@ -508,48 +514,53 @@ parse(const char *text, size_t len, struct parsed *pp)
 			rc = CORRUPT("bad base64 line");
 			goto out;
 		}
-		memcpy(b64 + blen, line, n);
-		blen += n;
+		if ((rc = kms_buf_append(&b64, line, n)) != 0)
+			goto out;
 		last = n;
 	}
-	if (!found) {
-		rc = CORRUPT("truncated (no END line)");
-		goto out;
-	}
-	while (next_line(&c, &line, &n)) {
-		if (n != 0) {
+	rc = found ? 0 : CORRUPT("truncated (no END line)");
+	while (rc == 0 && next_line(c, &line, &n))
+		if (n != 0)
 			rc = CORRUPT("text after the END line");
-			goto out;
-		}
-	}
-	if (blen == 0 || blen % 4 != 0) {
+	if (rc == 0 && (b64.len == 0 || b64.len % 4 != 0))
 		rc = CORRUPT("truncated base64");
-		goto out;
-	}
-	if (kms_b64_decode(b64, blen, &pp->payload, &pp->plen) != 0 || pp->plen == 0) {
+	if (rc == 0 && (kms_b64_decode((const char *)b64.data, b64.len, &pp->payload, &pp->plen) != 0 ||
+	    pp->plen == 0))
 		rc = CORRUPT("bad base64");
-		goto out;
-	}
-	if (pp->meta.encrypted ? pp->plen <= SALT_LEN + NONCE_LEN + TAG_LEN || pp->plen > MAX_SHARE + 64 :
-	    pp->plen > MAX_SHARE) {
+	if (rc == 0 && (pp->meta.encrypted ? pp->plen <= SALT_LEN + NONCE_LEN + TAG_LEN ||
+	    pp->plen > MAX_SHARE + 64 : pp->plen > MAX_SHARE))
 		rc = CORRUPT("payload of impossible length");
+out:
+	kms_buf_free(&b64);
+	return rc;
+}
+
+/* Parse a whole share file strictly into pp, its checksum checked. */
+static int
+parse(const char *text, size_t len, struct parsed *pp)
+{
+	struct cursor c = { text, text + len };
+	unsigned char sum[32], *want = NULL;
+	size_t wlen = 0;
+	int rc;
+
+	memset(pp, 0, sizeof(*pp));
+	if (text == NULL || len == 0)
+		return CORRUPT("empty");
+	if (len > MAX_FILE)
+		return CORRUPT("too large");
+	if (memchr(text, '\0', len) != NULL)
+		return CORRUPT("binary data");
+	if ((rc = parse_headers(&c, pp, &want, &wlen)) != 0 || (rc = parse_body(&c, len, pp)) != 0)
 		goto out;
-	}
 	if ((rc = header_lines(&pp->meta, pp->meta.encrypted, &pp->kdf, pp->header, sizeof(pp->header),
 	    &pp->hlen)) != 0)
 		goto out;
 	if ((rc = checksum(pp->header, pp->hlen, pp->payload, pp->plen, sum)) != 0)
 		goto out;
-	if (wlen != sizeof(sum) || CRYPTO_memcmp(sum, want, sizeof(sum)) != 0) {
+	if (wlen != sizeof(sum) || CRYPTO_memcmp(sum, want, sizeof(sum)) != 0)
 		rc = CORRUPT("checksum mismatch (truncated or edited)");
-		goto out;
-	}
-	rc = 0;
 out:
-	if (b64 != NULL) {
-		OPENSSL_cleanse(b64, blen);
-		free(b64);
-	}
 	free(want);
 	if (rc != 0)
 		parsed_clear(pp);

@@ -118,7 +118,7 @@ esc_store_add_krk(struct kms_store *st, X509 *cert, int shares, int threshold,
 	long long newid;
 
 	*id = 0;
-	if (cert == NULL || share_digests == NULL || threshold < 2 || shares < threshold || shares > 255)
+	if (cert == NULL || share_digests == NULL || threshold < 2 || shares < threshold || shares > ESC_MAX_SHARES)
 		return kms_fail(KMS_ERR_INVALID, "bad key-recovery key record (%d shares, threshold %d)",
 		    shares, threshold);
 	for (int i = 0; i < shares; i++)

@@ -42,6 +42,8 @@
 /* CEK lengths we hand out: DES (8) up to 512-bit keys. */
 #define MIN_CEK 8
 #define MAX_CEK 64
+/* RSA output for keys up to 16384 bits. */
+#define MAX_RSA_OUT 2048
 
 struct release_out {
 	unsigned char *cek;
@@ -209,6 +211,72 @@ out:
 	return rc;
 }
 
+/* Index of the user's key the KeyTransRecipientInfo names (nkeys when none). */
+static size_t
+ktri_recipient(const ESC_KTRI *ktri, X509 *const *certs, size_t nkeys)
+{
+	const ESC_RID *rid = ktri->rid;
+	size_t i;
+
+	for (i = 0; i < nkeys; i++)
+		if (rid->type == ESC_RID_ISSUER_SERIAL ? esc_iasn_matches(rid->d.iasn, certs[i]) :
+		    rid->type == ESC_RID_SKI && esc_ski_matches(rid->d.ski, certs[i]))
+			break;
+	return i;
+}
+
+/* A decryption context for key with the padding nid asks for (OAEP parameters in oaep; the label moves to it). */
+static int
+ktri_ctx(EVP_PKEY *key, int nid, struct oaep *oaep, EVP_PKEY_CTX **out)
+{
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+	int rc = 0;
+
+	*out = NULL;
+	if (ctx == NULL || EVP_PKEY_decrypt_init(ctx) <= 0)
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "RSA decryption");
+	else if (nid == NID_rsaEncryption && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0)
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "RSA decryption");
+	else if (nid != NID_rsaEncryption && (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
+	    EVP_PKEY_CTX_set_rsa_oaep_md(ctx, oaep->md) <= 0 || EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, oaep->mgf1) <= 0))
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "RSA-OAEP decryption");
+	else if (nid != NID_rsaEncryption && oaep->label != NULL) {
+		if (EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, oaep->label, (int)oaep->label_len) <= 0)
+			rc = kms_fail_openssl(KMS_ERR_CRYPTO, "RSA-OAEP label");
+		else
+			oaep->label = NULL;     /* the context owns it now */
+	}
+	if (rc != 0) {
+		EVP_PKEY_CTX_free(ctx);
+		return rc;
+	}
+	*out = ctx;
+	return 0;
+}
+
+/* RSA-decrypt the encrypted key into the secure heap and hand it to finish_cek. */
+static int
+ktri_decrypt(EVP_PKEY_CTX *ctx, const ASN1_OCTET_STRING *ek, struct release_out *out)
+{
+	const unsigned char *in = ASN1_STRING_get0_data(ek);
+	size_t inlen = (size_t)ASN1_STRING_length(ek), cap = 0, olen;
+	unsigned char *buf;
+
+	if (EVP_PKEY_decrypt(ctx, NULL, &cap, in, inlen) <= 0 || cap == 0 || cap > MAX_RSA_OUT)
+		return kms_fail_openssl(KMS_ERR_CRYPTO, "RSA decryption");
+	if ((buf = OPENSSL_secure_malloc(cap)) == NULL)
+		return KMS_ERR_NOMEM;
+	olen = cap;
+	if (EVP_PKEY_decrypt(ctx, buf, &olen, in, inlen) <= 0) {
+		/* One message for every failure: no padding oracle in the reply. */
+		ERR_clear_error();
+		OPENSSL_secure_clear_free(buf, cap);
+		return kms_fail(KMS_ERR_CRYPTO, "cannot decrypt the content-encryption key "
+		    "(wrong key or damaged RecipientInfo)");
+	}
+	return finish_cek(buf, olen, cap, out);
+}
+
 static int
 release_ktri(const ESC_KTRI *ktri, EVP_PKEY *const *keys, X509 *const *certs, size_t nkeys,
     struct release_out *out)
@@ -216,22 +284,13 @@ release_ktri(const ESC_KTRI *ktri, EVP_PKEY *const *keys, X509 *const *certs, si
 	struct oaep oaep = { NULL, NULL, NULL, 0 };
 	EVP_PKEY_CTX *ctx = NULL;
 	EVP_PKEY *key;
-	unsigned char *buf = NULL;
-	size_t i, cap = 0, olen;
+	size_t i = ktri_recipient(ktri, certs, nkeys);
 	long version;
 	int nid, rc;
 
-	for (i = 0; i < nkeys; i++) {
-		const ESC_RID *rid = ktri->rid;
-
-		if (rid->type == ESC_RID_ISSUER_SERIAL ? esc_iasn_matches(rid->d.iasn, certs[i]) :
-		    rid->type == ESC_RID_SKI && esc_ski_matches(rid->d.ski, certs[i]))
-			break;
-	}
 	if (i == nkeys)
 		return kms_fail(KMS_ERR_NOTFOUND, "the RecipientInfo is not addressed to any of this user's keys");
 	key = keys[i];
-
 	version = ASN1_INTEGER_get(ktri->version);
 	if (version != 0 && version != 2)
 		return kms_fail(KMS_ERR_INVALID, "KeyTransRecipientInfo version %ld", version);
@@ -247,65 +306,11 @@ release_ktri(const ESC_KTRI *ktri, EVP_PKEY *const *keys, X509 *const *certs, si
 	} else {
 		return unsupported("key transport algorithm", ktri->alg);
 	}
-	if (ASN1_STRING_length(ktri->ek) != EVP_PKEY_get_size(key)) {
+	if (ASN1_STRING_length(ktri->ek) != EVP_PKEY_get_size(key))
 		rc = kms_fail(KMS_ERR_INVALID, "encrypted key of %d bytes for a %d-byte RSA key",
 		    ASN1_STRING_length(ktri->ek), EVP_PKEY_get_size(key));
-		goto out;
-	}
-
-	ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
-	if (ctx == NULL || EVP_PKEY_decrypt_init(ctx) <= 0) {
-		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "RSA decryption");
-		goto out;
-	}
-	if (nid == NID_rsaEncryption) {
-		if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0) {
-			rc = kms_fail_openssl(KMS_ERR_CRYPTO, "RSA decryption");
-			goto out;
-		}
-	} else {
-		if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
-		    EVP_PKEY_CTX_set_rsa_oaep_md(ctx, oaep.md) <= 0 ||
-		    EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, oaep.mgf1) <= 0) {
-			rc = kms_fail_openssl(KMS_ERR_CRYPTO, "RSA-OAEP decryption");
-			goto out;
-		}
-		if (oaep.label != NULL) {
-			if (EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, oaep.label, (int)oaep.label_len) <= 0) {
-				rc = kms_fail_openssl(KMS_ERR_CRYPTO, "RSA-OAEP label");
-				goto out;
-			}
-			oaep.label = NULL;      /* the context owns it now */
-		}
-	}
-	if (EVP_PKEY_decrypt(ctx, NULL, &cap, ASN1_STRING_get0_data(ktri->ek),
-	    (size_t)ASN1_STRING_length(ktri->ek)) <= 0 || cap == 0 || cap > 2048) {
-		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "RSA decryption");
-		goto out;
-	}
-	buf = OPENSSL_secure_malloc(cap);
-	if (buf == NULL) {
-		rc = KMS_ERR_NOMEM;
-		goto out;
-	}
-	olen = cap;
-	if (EVP_PKEY_decrypt(ctx, buf, &olen, ASN1_STRING_get0_data(ktri->ek),
-	    (size_t)ASN1_STRING_length(ktri->ek)) <= 0) {
-		/* One message for every failure: no padding oracle in the reply. */
-		ERR_clear_error();
-		OPENSSL_secure_clear_free(buf, cap);
-		buf = NULL;
-		rc = kms_fail(KMS_ERR_CRYPTO, "cannot decrypt the content-encryption key "
-		    "(wrong key or damaged RecipientInfo)");
-		goto out;
-	}
-	rc = finish_cek(buf, olen, cap, out);
-	buf = NULL;
-	if (rc == 0)
+	else if ((rc = ktri_ctx(key, nid, &oaep, &ctx)) == 0 && (rc = ktri_decrypt(ctx, ktri->ek, out)) == 0)
 		out->which = i;
-out:
-	if (buf != NULL)
-		OPENSSL_secure_clear_free(buf, cap);
 	OPENSSL_free(oaep.label);
 	EVP_PKEY_CTX_free(ctx);
 	return rc;

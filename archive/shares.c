@@ -77,7 +77,7 @@ int
 esc_split(const unsigned char *secret, size_t len, int n, int m, struct esc_share **out)
 {
 	struct esc_share *shares = NULL;
-	unsigned char coords[255];
+	unsigned char coords[ESC_MAX_SHARES];
 	unsigned char *copy = NULL;
 	gfshare_ctx *ctx = NULL;
 	int rc;
@@ -87,9 +87,9 @@ esc_split(const unsigned char *secret, size_t len, int n, int m, struct esc_shar
 		return kms_fail(KMS_ERR_INVALID, "nothing to split");
 	if (len > ESC_MAX_SECRET)
 		return kms_fail(KMS_ERR_TOOBIG, "secret of %zu bytes is too large to split", len);
-	if (m < 2 || n < m || n > 255)
+	if (m < 2 || n < m || n > ESC_MAX_SHARES)
 		return kms_fail(KMS_ERR_INVALID, "bad share parameters: %d shares, threshold %d "
-		    "(need 2 <= threshold <= shares <= 255)", n, m);
+		    "(need 2 <= threshold <= shares <= %d)", n, m, ESC_MAX_SHARES);
 
 	for (int i = 0; i < n; i++)
 		coords[i] = (unsigned char)(i + 1);
@@ -139,7 +139,7 @@ out:
 int
 esc_combine(const struct esc_share *shares, size_t count, unsigned char **secret, size_t *len)
 {
-	unsigned char coords[255];
+	unsigned char coords[ESC_MAX_SHARES];
 	unsigned char *buf = NULL;
 	gfshare_ctx *ctx = NULL;
 	size_t slen;
@@ -149,7 +149,7 @@ esc_combine(const struct esc_share *shares, size_t count, unsigned char **secret
 	*len = 0;
 	if (shares == NULL || count < 2)
 		return kms_fail(KMS_ERR_INVALID, "at least two shares are needed");
-	if (count > 255)
+	if (count > ESC_MAX_SHARES)
 		return kms_fail(KMS_ERR_INVALID, "too many shares (%zu)", count);
 	slen = shares[0].len;
 	if (slen == 0 || slen > ESC_MAX_SECRET)

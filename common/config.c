@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 #include <syslog.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <ini.h>
@@ -89,6 +90,12 @@ static const struct enum_val actions[] = {
 	"The original message, with its signature, is attached unchanged."
 
 #define OFF(f) offsetof(struct kms_config, f)
+/* An error message about one key or line. */
+#define CFG_ERR_MAX 512
+/* The longest line inih reads whole (its buffer, less the NUL). */
+#define CFG_MAX_LINE (INI_MAX_LINE - 1)
+/* A Unix socket path must fit sun_path with its NUL (108 bytes on Linux). */
+#define KMS_SUN_PATH_MAX ((int)sizeof(((struct sockaddr_un *)0)->sun_path))
 #define INTMAX LLONG_MAX
 
 static const struct cfg_key schema[] = {
@@ -237,7 +244,7 @@ struct load_state {
 	int toolong;            /* a line did not fit inih's buffer */
 	unsigned char seen[NKEYS];
 	const struct cfg_key *last_key;
-	char err[512];
+	char err[CFG_ERR_MAX];
 	FILE *fp;
 };
 
@@ -514,13 +521,13 @@ cfg_handler(void *user, const char *section, const char *name, const char *value
 	struct load_state *ls = user;
 	const struct cfg_key *k;
 	size_t idx;
-	char err[400];
+	char err[CFG_ERR_MAX];
 
 	if (ls->err[0] != '\0')
 		return 1;       /* report only the first error */
 	if (ls->toolong) {
 		snprintf(ls->err, sizeof(ls->err), "%s:%d: line too long (at most %d characters; "
-		    "continue long values on indented lines)", ls->file, ls->line, 199);
+		    "continue long values on indented lines)", ls->file, ls->line, CFG_MAX_LINE);
 		return 0;
 	}
 	if (!section_known(section)) {
@@ -645,11 +652,41 @@ valid_milter_socket(const char *s)
 }
 
 /* Fill the defaults that depend on other keys and check cross-key rules. */
+/* "unix:STATE_DIR/milter.sock" when milter_socket is empty; otherwise it must be unix:/PATH or inet:PORT@HOST. */
 static int
-derive(struct kms_config *cfg, const char *file, char *err, size_t errlen)
+derive_milter_socket(struct kms_config *cfg, const char *where, char *err, size_t errlen)
 {
-	const char *where = file ? file : "built-in defaults";
-	char host[256];
+	struct kms_buf b;
+	char *p;
+	int rc;
+
+	if (cfg->kmsd.milter_socket[0] != '\0') {
+		if (valid_milter_socket(cfg->kmsd.milter_socket))
+			return 0;
+		snprintf(err, errlen, "%s: [kmsd] milter_socket \"%.64s\" is not unix:/PATH or inet:PORT@HOST",
+		    where, cfg->kmsd.milter_socket);
+		return KMS_ERR_CONFIG;
+	}
+	if ((p = kms_path_join(cfg->kmsd.state_dir, "milter.sock")) == NULL)
+		return KMS_ERR_NOMEM;
+	kms_buf_init(&b, SIZE_MAX);
+	rc = kms_buf_appendf(&b, "unix:%s", p);
+	free(p);
+	if (rc != 0) {
+		kms_buf_free(&b);
+		return KMS_ERR_NOMEM;
+	}
+	free(cfg->kmsd.milter_socket);
+	cfg->kmsd.milter_socket = kms_buf_steal(&b, NULL);
+	return cfg->kmsd.milter_socket != NULL ? 0 : KMS_ERR_NOMEM;
+}
+
+/* [kmsd]: paths under state_dir, the sockets, authserv_id (the host name by default). */
+static int
+derive_kmsd(struct kms_config *cfg, const char *where, char *err, size_t errlen)
+{
+	char host[HOST_NAME_MAX + 1];
+	int rc;
 
 	if (cfg->kmsd.state_dir[0] == '\0') {
 		snprintf(err, errlen, "%s: [kmsd] state_dir must not be empty", where);
@@ -662,36 +699,19 @@ derive(struct kms_config *cfg, const char *file, char *err, size_t errlen)
 	    set_default_path(&cfg->escrow.share_dir, cfg->kmsd.state_dir, "recovery-shares") ||
 	    set_default_path(&cfg->milter.tempdir, cfg->kmsd.state_dir, ""))
 		return KMS_ERR_NOMEM;
-	if (strlen(cfg->kmsd.control_socket) >= 108) {
-		snprintf(err, errlen, "%s: [kmsd] control_socket path is longer than a socket address allows (107)", where);
+	if (strlen(cfg->kmsd.control_socket) >= KMS_SUN_PATH_MAX) {
+		snprintf(err, errlen, "%s: [kmsd] control_socket path is longer than a socket address allows (%d)",
+		    where, KMS_SUN_PATH_MAX - 1);
 		return KMS_ERR_CONFIG;
 	}
-	if (cfg->kmsd.milter_socket[0] == '\0') {
-		char *p = kms_path_join(cfg->kmsd.state_dir, "milter.sock");
-
-		if (p == NULL)
-			return KMS_ERR_NOMEM;
-		free(cfg->kmsd.milter_socket);
-		cfg->kmsd.milter_socket = malloc(strlen(p) + 6);
-		if (cfg->kmsd.milter_socket == NULL) {
-			free(p);
-			return KMS_ERR_NOMEM;
-		}
-		memcpy(cfg->kmsd.milter_socket, "unix:", 5);
-		memcpy(cfg->kmsd.milter_socket + 5, p, strlen(p) + 1);
-		free(p);
-	} else if (!valid_milter_socket(cfg->kmsd.milter_socket)) {
-		snprintf(err, errlen, "%s: [kmsd] milter_socket \"%.64s\" is not unix:/PATH or inet:PORT@HOST",
-		    where, cfg->kmsd.milter_socket);
-		return KMS_ERR_CONFIG;
-	}
+	if ((rc = derive_milter_socket(cfg, where, err, errlen)) != 0)
+		return rc;
 	if (cfg->kmsd.authserv_id[0] == '\0') {
 		if (gethostname(host, sizeof(host)) != 0 || host[0] == '\0')
 			snprintf(host, sizeof(host), "localhost");
 		host[sizeof(host) - 1] = '\0';
 		free(cfg->kmsd.authserv_id);
-		cfg->kmsd.authserv_id = strdup(host);
-		if (cfg->kmsd.authserv_id == NULL)
+		if ((cfg->kmsd.authserv_id = strdup(host)) == NULL)
 			return KMS_ERR_NOMEM;
 	}
 	for (const char *p = cfg->kmsd.authserv_id; *p; p++) {
@@ -700,24 +720,36 @@ derive(struct kms_config *cfg, const char *file, char *err, size_t errlen)
 			return KMS_ERR_CONFIG;
 		}
 	}
-	if (cfg->kmsd.group[0] != '\0' && cfg->kmsd.user[0] == '\0') {
-		/* A group alone is fine: it owns the control socket. */
-	}
+	return 0;
+}
+
+static int
+is_http_url(const char *s)
+{
+	return strncmp(s, "http://", 7) == 0 || strncmp(s, "https://", 8) == 0;
+}
+
+/* [ca] name, [crl] url (from [http] listen by default) and source, [http] listen. */
+static int
+derive_crl(struct kms_config *cfg, const char *where, char *err, size_t errlen)
+{
 	if (!valid_name(cfg->ca.name)) {
 		snprintf(err, errlen, "%s: [ca] name \"%.64s\" must be 1-64 of A-Z a-z 0-9 . _ -", where, cfg->ca.name);
 		return KMS_ERR_CONFIG;
 	}
 	if (cfg->crl.url[0] == '\0' && cfg->http.listen[0] != '\0') {
-		size_t n = strlen(cfg->http.listen) + strlen(cfg->ca.name) + 32;
+		struct kms_buf b;
 
-		free(cfg->crl.url);
-		cfg->crl.url = malloc(n);
-		if (cfg->crl.url == NULL)
+		kms_buf_init(&b, SIZE_MAX);
+		if (kms_buf_appendf(&b, "http://%s/crl/%s.crl", cfg->http.listen, cfg->ca.name) != 0) {
+			kms_buf_free(&b);
 			return KMS_ERR_NOMEM;
-		snprintf(cfg->crl.url, n, "http://%s/crl/%s.crl", cfg->http.listen, cfg->ca.name);
+		}
+		free(cfg->crl.url);
+		if ((cfg->crl.url = kms_buf_steal(&b, NULL)) == NULL)
+			return KMS_ERR_NOMEM;
 	}
-	if (cfg->crl.url[0] != '\0' && strncmp(cfg->crl.url, "http://", 7) != 0 &&
-	    strncmp(cfg->crl.url, "https://", 8) != 0) {
+	if (cfg->crl.url[0] != '\0' && !is_http_url(cfg->crl.url)) {
 		snprintf(err, errlen, "%s: [crl] url must be an http:// or https:// URL", where);
 		return KMS_ERR_CONFIG;
 	}
@@ -725,8 +757,7 @@ derive(struct kms_config *cfg, const char *file, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: [crl] source needs [crl] source_ca (the primary's CA certificate)", where);
 		return KMS_ERR_CONFIG;
 	}
-	if (cfg->crl.source[0] != '\0' && strncmp(cfg->crl.source, "http://", 7) != 0 &&
-	    strncmp(cfg->crl.source, "https://", 8) != 0) {
+	if (cfg->crl.source[0] != '\0' && !is_http_url(cfg->crl.source)) {
 		snprintf(err, errlen, "%s: [crl] source must be an http:// or https:// URL", where);
 		return KMS_ERR_CONFIG;
 	}
@@ -740,6 +771,18 @@ derive(struct kms_config *cfg, const char *file, char *err, size_t errlen)
 			return KMS_ERR_CONFIG;
 		}
 	}
+	return 0;
+}
+
+/* Fill what defaults to other keys, and check what one key cannot check alone. */
+static int
+derive(struct kms_config *cfg, const char *file, char *err, size_t errlen)
+{
+	const char *where = file ? file : "built-in defaults";
+	int rc;
+
+	if ((rc = derive_kmsd(cfg, where, err, errlen)) != 0 || (rc = derive_crl(cfg, where, err, errlen)) != 0)
+		return rc;
 	if (cfg->escrow.threshold > cfg->escrow.shares) {
 		snprintf(err, errlen, "%s: [escrow] threshold (%lld) is larger than shares (%lld)",
 		    where, cfg->escrow.threshold, cfg->escrow.shares);
@@ -770,7 +813,7 @@ kms_config_load(const char *path, struct kms_config **out)
 		return KMS_ERR_NOMEM;
 	cfg->refs = 1;
 	for (size_t i = 0; i < NKEYS; i++) {
-		char err[400];
+		char err[CFG_ERR_MAX];
 
 		if (set_value(cfg, &schema[i], schema[i].def, err, sizeof(err)) != 0) {
 			rc = kms_fail(KMS_ERR_CONFIG, "built-in default: %s", err);
@@ -799,7 +842,7 @@ kms_config_load(const char *path, struct kms_config **out)
 		}
 	}
 	{
-		char err[512];
+		char err[CFG_ERR_MAX];
 
 		if ((r = derive(cfg, path, err, sizeof(err))) != 0) {
 			rc = r == KMS_ERR_NOMEM ? kms_fail(r, "out of memory") : kms_fail(r, "%s", err);

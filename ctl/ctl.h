@@ -21,6 +21,10 @@ enum {
 
 /* Secure heap for keys and shares in commands that handle them here. */
 #define CTL_SECURE_HEAP (1024 * 1024)
+/* A passphrase prompt naming a share file. */
+#define CTL_PROMPT_MAX 300
+/* An error message kept while another call runs. */
+#define CTL_MESSAGE_MAX 300
 /* Buffer for a generated password (kms_random_password: 24 characters, 139 bits). */
 #define CTL_GENERATED_PASSWORD 25
 

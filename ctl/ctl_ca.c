@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "archive/archive.h"
 #include "ctl/ctl.h"
 
 static int
@@ -122,10 +123,10 @@ ctl_cmd_init(struct ctl *ctl, int argc, char **argv)
 			break;
 		case 'n': case 'm':
 			v = strtol(optarg, &end, 10);
-			if (*optarg == '\0' || *end != '\0' || v < 2 || v > 255) {
+			if (*optarg == '\0' || *end != '\0' || v < 2 || v > ESC_MAX_SHARES) {
 				json_decref(args);
-				return ctl_usage_error("init: --%s must be a number from 2 to 255",
-				    c == 'n' ? "shares" : "threshold");
+				return ctl_usage_error("init: --%s must be a number from 2 to %d",
+				    c == 'n' ? "shares" : "threshold", ESC_MAX_SHARES);
 			}
 			json_object_set_new(args, c == 'n' ? "shares" : "threshold", json_integer(v));
 			break;
@@ -181,7 +182,7 @@ ctl_cmd_enroll(struct ctl *ctl, int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *name = NULL, *out = NULL, *pwfile = NULL, *email;
-	char outbuf[300], *password = NULL;
+	char outbuf[KMS_ADDR_MAX + sizeof(".p12")], *password = NULL;
 	json_t *args, *reply, *r;
 	int c, renew = 0, fd, human, rc, written;
 

@@ -74,7 +74,7 @@ read_share(const char *path, const char *pass_file, char **text, char **pass, st
 				return ctl_fail(CTL_ERR_USAGE, "cannot read the passphrase file");
 			}
 		} else {
-			char prompt[300];
+			char prompt[CTL_PROMPT_MAX];
 
 			snprintf(prompt, sizeof(prompt), "Passphrase for share %d (%s): ", meta->index, path);
 			*pass = prompt_secret(prompt);

@@ -136,7 +136,7 @@ ctl_call(struct ctl *ctl, const char *cmd, json_t *args)
 	json_decref(req);
 	if (rc != 0) {
 		/* kmsd may have answered and closed first (too many clients): read that answer. */
-		char msg[300];
+		char msg[CTL_MESSAGE_MAX];
 
 		snprintf(msg, sizeof(msg), "%s", kms_last_error());
 		if (kms_lines_read(&ctl->lines, kms_read_fd, &ctl->fd, &line, &len) == 1)

@@ -612,7 +612,7 @@ mlt_from_display_check(const unsigned char *buf, size_t len, long max_fields, ch
 		dec = g_mime_utils_header_decode_text(NULL, s);
 		other = foreign_address(dec ? dec : s, addrs, &nomem);
 		if (other != NULL) {
-			char *o = mlt_clean_text(other, strlen(other), 80), *a = mlt_clean_text(addrs[0], strlen(addrs[0]), 80);
+			char *o = kms_sanitize_new(other, strlen(other), 80), *a = kms_sanitize_new(addrs[0], strlen(addrs[0]), 80);
 
 			if (o == NULL || a == NULL ||
 			    mlt_strcatf(why, "display name of From shows the address %s, not the From address %s", o, a) != 0) {

@@ -219,7 +219,7 @@ note_uncovered(struct walk *w, size_t n, const char *what)
 		rc = mlt_strcatf(&t, "the message body (%s)", what);
 	if (rc != 0)
 		return rc;
-	c = mlt_clean_text(t, strlen(t), MLT_MAX_TEXT);
+	c = kms_sanitize_new(t, strlen(t), MLT_MAX_TEXT);
 	free(t);
 	rc = c ? mlt_strcatf(&w->uncovered, "%s%s", w->uncovered ? ", " : "", c) : kms_fail(KMS_ERR_NOMEM, "out of memory");
 	free(c);
@@ -633,7 +633,7 @@ sigs_note(struct walk *w, size_t first, const char *text)
 
 		if (rc != 0)
 			return rc;
-		if ((c = mlt_clean_text(d, strlen(d), 3 * MLT_MAX_TEXT)) == NULL) {
+		if ((c = kms_sanitize_new(d, strlen(d), 3 * MLT_MAX_TEXT)) == NULL) {
 			free(d);
 			return kms_fail(KMS_ERR_NOMEM, "out of memory");
 		}
@@ -695,7 +695,7 @@ do_blob(struct walk *w, const unsigned char *buf, const struct mlt_entity *e, lo
 	if ((rc = verify_signed(w, cms, certs, NULL, 0, MLT_SIG_OPAQUE)) != 0)
 		goto out;
 	if (st != NULL && strcasecmp(st, "signed-data") != 0) {
-		char *c = mlt_clean_text(st, strlen(st), 40);
+		char *c = kms_sanitize_new(st, strlen(st), 40);
 
 		if (c == NULL) {
 			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");

@@ -260,21 +260,21 @@ complete(struct kmsd_req *req, struct esc_request *rq, struct kmsd_pending *p)
 	esc_request_officers(rq, officers, sizeof(officers));
 	if ((rc = esc_store_krk_by_id(req->st, rq->krk_id, &krk)) != 0)
 		goto fail;
-	rc = esc_krk_rebuild(p->shares, p->nshares, krk->cert, &key);
-	/* The shares have done their job either way. */
-	esc_shares_free(p->shares, p->nshares);
-	p->shares = NULL;
-	p->nshares = 0;
-	if (rc != 0)
-		goto fail;
 	if (rotating) {
-		rc = rotate(req, key, krk, p, summary, sizeof(summary));
+		rc = esc_krk_rebuild(p->shares, p->nshares, krk->cert, &key);
 	} else {
-		rc = esc_recover_user(req->st, rq->email, key, krk, &p->rec);
+		/* The same recovery sequence as kmsctl recover --offline. */
+		rc = esc_recover_keys(req->st, krk, p->shares, p->nshares, rq->email, &p->rec);
 		if (rc == 0)
 			snprintf(summary, sizeof(summary), "%zu key(s) of %s recovered into locked memory", p->rec.n,
 			    rq->email);
 	}
+	/* The shares have done their job either way. */
+	esc_shares_free(p->shares, p->nshares);
+	p->shares = NULL;
+	p->nshares = 0;
+	if (rc == 0 && rotating)
+		rc = rotate(req, key, krk, p, summary, sizeof(summary));
 	EVP_PKEY_free(key);         /* the rebuilt KRK is gone from here on */
 	key = NULL;
 	if (rc != 0)

@@ -308,6 +308,23 @@ int esc_recover_keys(struct kms_store *st, const struct esc_krk *krk_rec, const 
 int esc_recovered_p12(const struct esc_recovered *r, const char *email, X509 *ca_cert, const char *password,
     enum ca_p12_format fmt, int iterations, unsigned char **der, size_t *len);
 
+/* A new KRK: its key type, certificate validity and shares. */
+struct esc_krk_spec {
+	const char *key_type;
+	int days;
+	const char *crl_url;
+	int shares, threshold;
+	const char *share_dir, *pass_dir;
+	const struct esc_share_dest *dest;  /* as for esc_share_files_write() */
+};
+/*
+ * Make a KRK, certify it with ca and write its share files
+ * (esc_share_files_write).  The private key exists only in the share files
+ * afterwards.  *cert get1; on failure no file is left.  init and rotation
+ * both make their KRK here.
+ */
+int esc_krk_new(const struct ca *ca, const struct esc_krk_spec *spec, X509 **cert, struct esc_share_files *sf);
+
 struct esc_rotate_req {
 	const char *key_type;       /* the new KRK's key type */
 	int days;                   /* its certificate's validity */

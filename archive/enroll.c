@@ -35,7 +35,6 @@ int
 esc_init(struct kms_store *st, const struct esc_init_req *ir, struct esc_init_result *res)
 {
 	struct ca *ca = NULL;
-	EVP_PKEY *krk = NULL;
 	X509 *krk_cert = NULL;
 	char *pem = NULL;
 	size_t pemlen = 0;
@@ -49,21 +48,14 @@ esc_init(struct kms_store *st, const struct esc_init_req *ir, struct esc_init_re
 	ca->not_before_margin = ir->not_before_margin;
 	if ((rc = ca_key_encrypt(ca->key, ir->passphrase, &pem, &pemlen)) != 0)
 		goto out;
-	if ((rc = ca_keygen(ir->krk_key_type, &krk)) != 0)
-		goto out;
 	{
-		struct ca_issue_req req = { .usage = CA_USAGE_KRK, .pubkey = krk, .name = "Key Recovery Key",
-			.days = ir->ca_days, .crl_url = ir->crl_url };
+		struct esc_krk_spec spec = { .key_type = ir->krk_key_type, .days = ir->ca_days, .crl_url = ir->crl_url,
+			.shares = ir->shares, .threshold = ir->threshold, .share_dir = ir->share_dir,
+			.pass_dir = ir->pass_dir, .dest = ir->dest };
 
-		if ((rc = ca_issue(ca, &req, &krk_cert)) != 0)
+		if ((rc = esc_krk_new(ca, &spec, &krk_cert, &sf)) != 0)
 			goto out;
 	}
-	/* Files first: a KRK recorded without its shares could never be used. */
-	if ((rc = esc_share_files_write(krk, krk_cert, ir->shares, ir->threshold, ir->share_dir, ir->pass_dir,
-	    ir->dest, &sf)) != 0)
-		goto out;
-	EVP_PKEY_free(krk);         /* the only copy of the KRK private key goes now */
-	krk = NULL;
 	if ((rc = kms_store_begin(st)) != 0)
 		goto out;
 	in_tx = 1;
@@ -92,7 +84,6 @@ out:
 		kms_wipe(pem, pemlen);
 		free(pem);
 	}
-	EVP_PKEY_free(krk);
 	X509_free(krk_cert);
 	ca_free(ca);
 	return rc;

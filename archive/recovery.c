@@ -3,7 +3,7 @@
  * keys: writing a KRK's share files, rebuilding the KRK from shares,
  * recovering a user's escrowed keys, and rotating to a new KRK.
  *
- * Entry points: esc_share_files_write(), esc_share_files_remove(),
+ * Entry points: esc_share_files_write(), esc_share_files_remove(), esc_krk_new(),
  * esc_share_files_free(), esc_krk_rebuild(), esc_recover_user(),
  * esc_recover_keys() (the whole recovery sequence), esc_recovered_p12(),
  * esc_recovered_free(), esc_krk_rotate().
@@ -373,10 +373,39 @@ rewrap_all(struct kms_store *st, const struct esc_entry *e, size_t n, EVP_PKEY *
 }
 
 int
+esc_krk_new(const struct ca *ca, const struct esc_krk_spec *spec, X509 **cert, struct esc_share_files *sf)
+{
+	EVP_PKEY *krk = NULL;
+	int rc;
+
+	*cert = NULL;
+	memset(sf, 0, sizeof(*sf));
+	if (ca == NULL || ca->key == NULL)
+		return kms_fail(KMS_ERR_STATE, "the CA key is not loaded: cannot certify a new KRK");
+	if ((rc = ca_keygen(spec->key_type, &krk)) != 0)
+		return rc;
+	{
+		struct ca_issue_req ir = { .usage = CA_USAGE_KRK, .pubkey = krk, .name = "Key Recovery Key",
+			.days = spec->days, .crl_url = spec->crl_url };
+
+		rc = ca_issue(ca, &ir, cert);
+	}
+	/* Files before any record: a KRK recorded without its shares could never be used. */
+	if (rc == 0)
+		rc = esc_share_files_write(krk, *cert, spec->shares, spec->threshold, spec->share_dir, spec->pass_dir,
+		    spec->dest, sf);
+	EVP_PKEY_free(krk);         /* the only copy of the KRK private key: now only in the share files */
+	if (rc != 0) {
+		X509_free(*cert);
+		*cert = NULL;
+	}
+	return rc;
+}
+
+int
 esc_krk_rotate(struct kms_store *st, const struct ca *ca, const struct esc_rotate_req *rr, EVP_PKEY *old_krk,
     const struct esc_krk *old, struct esc_rotate_result *res)
 {
-	EVP_PKEY *krk = NULL;
 	X509 *cert = NULL;
 	struct esc_entry *e = NULL;
 	size_t n = 0;
@@ -386,27 +415,18 @@ esc_krk_rotate(struct kms_store *st, const struct ca *ca, const struct esc_rotat
 	long long new_id = 0;
 
 	memset(res, 0, sizeof(*res));
-	if (ca == NULL || ca->key == NULL)
-		return kms_fail(KMS_ERR_STATE, "the CA key is not loaded: cannot certify a new KRK");
-	if ((rc = ca_keygen(rr->key_type, &krk)) != 0)
-		goto out;
 	{
-		struct ca_issue_req ir = { .usage = CA_USAGE_KRK, .pubkey = krk, .name = "Key Recovery Key",
-			.days = rr->days, .crl_url = rr->crl_url };
+		struct esc_krk_spec spec = { .key_type = rr->key_type, .days = rr->days, .crl_url = rr->crl_url,
+			.shares = rr->shares, .threshold = rr->threshold, .share_dir = rr->share_dir,
+			.pass_dir = rr->pass_dir, .dest = rr->dest };
 
-		if ((rc = ca_issue(ca, &ir, &cert)) != 0)
+		if ((rc = esc_krk_new(ca, &spec, &cert, &sf)) != 0)
 			goto out;
 	}
 	if ((fp = ca_cert_fingerprint(cert)) == NULL) {
 		rc = KMS_ERR_NOMEM;
 		goto out;
 	}
-	/* Files first: a KRK recorded without its shares could never be used. */
-	if ((rc = esc_share_files_write(krk, cert, rr->shares, rr->threshold, rr->share_dir, rr->pass_dir, rr->dest,
-	    &sf)) != 0)
-		goto out;
-	EVP_PKEY_free(krk);         /* the only copy of the new KRK private key goes now */
-	krk = NULL;
 	if ((rc = esc_store_get_all(st, &e, &n)) != 0 && rc != KMS_ERR_NOTFOUND)
 		goto out;
 	if ((rc = kms_store_begin(st)) != 0)
@@ -433,7 +453,6 @@ out:
 		esc_share_files_remove(&sf);
 	esc_share_files_free(&sf);
 	esc_entries_free(e, n);
-	EVP_PKEY_free(krk);
 	X509_free(cert);
 	free(fp);
 	return rc;

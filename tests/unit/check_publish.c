@@ -145,6 +145,13 @@ setup_short(void)
 	setup_with(2, 600);
 }
 
+/* Short long polls, and room for the connections a fetch test opens one after another. */
+static void
+setup_fetch(void)
+{
+	setup_with(16, 600);
+}
+
 static void
 teardown(void)
 {
@@ -902,6 +909,16 @@ http_suite(void)
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, test_long_poll_times_out_with_304);
 	tcase_add_test(tc, test_connections_beyond_the_bound_are_refused);
+	suite_add_tcase(s, tc);
+
+	/*
+	 * Not under the 2-connection bound: a server thread still closing the
+	 * previous fetch's connection on a loaded machine made the next one
+	 * a refused connection (KMS_ERR_IO) instead of the 404 it tests.
+	 */
+	tc = tcase_create("fetch");
+	tcase_add_checked_fixture(tc, setup_fetch, teardown);
+	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_fetch_over_http_replaces_copy_and_bad_signature_keeps_it);
 	suite_add_tcase(s, tc);
 	return s;

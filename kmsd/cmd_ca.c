@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -369,7 +370,9 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 	const char *email, *name, *password;
 	json_t *reply = NULL;
 	X509 *krk = NULL;
-	char sname[160], ename[160], *kept_name = NULL;
+	/* Friendly names: the display name (an address of up to KMS_ADDR_MAX), the usage, the generation. */
+	char sname[KMS_ADDR_MAX + 32], ename[KMS_ADDR_MAX + 32], *kept_name = NULL;
+	const char *display;
 	int renew, rc, in_tx = 0, job_started = 0;
 	struct esc_enroll_req er = { 0 };
 	struct esc_enrollment en = { 0 };
@@ -396,8 +399,10 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 		X509_free(krk);
 		return kmsd_reply_fail(rc);
 	}
+	/* No name: the CA names the subject by the address (CN only when it fits 64 characters). */
 	if (name == NULL || *name == '\0')
-		name = kept_name ? kept_name : email;
+		name = kept_name != NULL && strcasecmp(kept_name, email) != 0 ? kept_name : NULL;
+	display = name != NULL ? name : email;
 	er.ca = kmsd_ca();
 	er.krk_cert = krk;
 	er.email = email;
@@ -411,9 +416,9 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 		goto fail;
 
 	/* Friendly names (NSS nicknames) of this generation only. */
-	snprintf(sname, sizeof(sname), "%s (signing) #%.8s", name, en.generation);
-	snprintf(ename, sizeof(ename), "%s (encryption) #%.8s", name, en.generation);
-	job.res = json_pack("{s:s,s:s,s:o,s:o,s:b}", "email", email, "name", name,
+	snprintf(sname, sizeof(sname), "%s (signing) #%.8s", display, en.generation);
+	snprintf(ename, sizeof(ename), "%s (encryption) #%.8s", display, en.generation);
+	job.res = json_pack("{s:s,s:s,s:o,s:o,s:b}", "email", email, "name", display,
 	    "signing", issued_json(en.scert), "encryption", issued_json(en.ecert), "renewed", renew);
 	if (job.res == NULL) {
 		rc = KMS_ERR_NOMEM;

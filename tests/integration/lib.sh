@@ -47,12 +47,44 @@ check() {
 	fi
 }
 
-# check_fails "what" command...: passes when the command fails.
+# check_fails "what" STATUS PATTERN command...: passes when the command
+# exits with STATUS (not 0) and its output (stdout and stderr together)
+# matches PATTERN (extended regex, case-sensitive).  A failure for another
+# reason does not pass: another exit status, other text, a usage error the
+# pattern does not expect, or an empty argument (an id the test never got).
 check_fails() {
 	what=$1
-	shift
-	if out=$("$@" 2>&1); then
-		fail "$what" "unexpectedly succeeded: $(printf '%s' "$out" | tail -3 | tr '\n' ' ')"
+	want=$2
+	pattern=$3
+	shift 3
+	case $want in
+	'' | *[!0-9]* | 0)
+		fail "$what" "check_fails: expected exit status must be a number other than 0, not '$want'"
+		return 0
+		;;
+	esac
+	if [ -z "$pattern" ]; then
+		fail "$what" "check_fails: no expected error text"
+		return 0
+	fi
+	for a in "$@"; do
+		if [ -z "$a" ]; then
+			fail "$what" "check_fails: an argument is empty: $*"
+			return 0
+		fi
+	done
+	out=$("$@" 2>&1)
+	st=$?
+	tail3=$(printf '%s' "$out" | tail -3 | tr '\n' ' ')
+	if [ "$st" -eq 0 ]; then
+		fail "$what" "unexpectedly succeeded: $tail3"
+	elif [ "$st" -ne "$want" ]; then
+		fail "$what" "exit status $st, expected $want: $tail3"
+	elif printf '%s' "$out" | grep -Eq -- '--help for usage|^usage:' &&
+		! printf '%s' "$pattern" | grep -q usage; then
+		fail "$what" "a usage error, not the failure meant: $tail3"
+	elif ! printf '%s' "$out" | grep -Eq -- "$pattern"; then
+		fail "$what" "exit status $st but no /$pattern/ in: $tail3"
 	else
 		pass "$what"
 	fi
@@ -115,6 +147,7 @@ cleanup() {
 		done
 		kill -KILL "$p" 2>/dev/null
 	done
+	accounts_remove
 	if [ -n "$T" ] && [ -d "$T" ]; then
 		if [ "$FAILED" -gt 0 ] && [ -n "${KMS_KEEP_FAILED:-}" ]; then
 			note "kept $T"
@@ -185,14 +218,47 @@ ctl() {
 	"$KMSCTL" -s "$SOCK" "$@"
 }
 
-# officers_setup: local accounts kmsoff1..3 (officers) and kmscomp
-# (compliance) in group kmsit, which owns kmsd's socket in these tests.
-GROUP=kmsit
+# Local accounts for tests that need real, distinct users.  Their names
+# carry this test's pid (tests run in parallel) and stay within 8
+# characters (ps prints longer names as numbers); cleanup() removes every
+# account and group made here, whatever way the test ends.
+ACCT="k$(($$ % 100000))"
+GROUP="${ACCT}g"
+OFFICERS="${ACCT}o1 ${ACCT}o2 ${ACCT}o3"
+COMPLIANCE="${ACCT}c"
+ACCOUNTS_MADE=""
+GROUPS_MADE=""
+
+# make_group NAME, make_user NAME [GROUP]: create it (if absent) and remember it.
+make_group() {
+	getent group "$1" >/dev/null && return 0
+	groupadd -r "$1" && GROUPS_MADE="$GROUPS_MADE $1"
+}
+make_user() {
+	id "$1" >/dev/null 2>&1 && return 0
+	if [ -n "${2:-}" ]; then
+		useradd -r -M -d /nonexistent -s /usr/sbin/nologin -G "$2" "$1"
+	else
+		useradd -r -M -d /nonexistent -s /usr/sbin/nologin "$1"
+	fi && ACCOUNTS_MADE="$ACCOUNTS_MADE $1"
+}
+accounts_remove() {
+	for u in $ACCOUNTS_MADE; do
+		userdel "$u" 2>/dev/null || note "could not remove test account $u"
+	done
+	for g in $GROUPS_MADE; do
+		groupdel "$g" 2>/dev/null || note "could not remove test group $g"
+	done
+	ACCOUNTS_MADE=""
+	GROUPS_MADE=""
+}
+
+# officers_setup: officers ${ACCT}o1..3 and compliance officer ${ACCT}c in
+# group $GROUP, which owns kmsd's socket in these tests.
 officers_setup() {
-	getent group "$GROUP" >/dev/null || groupadd -r "$GROUP"
-	for u in kmsoff1 kmsoff2 kmsoff3 kmscomp; do
-		id "$u" >/dev/null 2>&1 || useradd -r -M -d /nonexistent -s /usr/sbin/nologin -G "$GROUP" "$u"
-		id -nG "$u" | grep -qw "$GROUP" || usermod -a -G "$GROUP" "$u"
+	make_group "$GROUP"
+	for u in $OFFICERS $COMPLIANCE; do
+		make_user "$u" "$GROUP"
 	done
 }
 

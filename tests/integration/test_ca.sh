@@ -20,7 +20,7 @@ check_grep "init reports the new CA" "Initialised the CA: .*Example Org" "$T/ini
 [ "$(stat -c %a "$T/shares/$(ls "$T/shares" | head -1)")" = 600 ] && pass "share files are mode 0600" || fail "share files are mode 0600"
 check_grep "share file names its KRK, index and threshold" "^KRK-Fingerprint: [0-9a-f]{64}" "$T/shares/$(ls "$T/shares" | head -1)"
 [ "$(stat -c %a "$STATE/ca-passphrase")" = 600 ] && pass "init creates the CA passphrase file 0600" || fail "CA passphrase file 0600"
-check_fails "a second init is refused" ctl init --org "Other"
+check_fails "a second init is refused" 1 'init: the CA is already initialised' ctl init --org "Other"
 ctl status > "$T/status.out" 2>&1
 check_grep "status shows the initialised CA" "CA: +O ?= ?Example Org|CA:.*Example Org" "$T/status.out"
 check_grep "status shows the caller's roles" "roles: admin" "$T/status.out"
@@ -42,7 +42,7 @@ check_grep "security file holds two private keys" "BEGIN PRIVATE KEY" "$T/alice.
 [ "$(grep -c 'BEGIN CERTIFICATE' "$T/alice.pem")" = 3 ] && pass "two user certificates and the CA" || fail "three certificates"
 check_grep "modern encoding uses AES-256-CBC" "AES-256-CBC|aes-256-cbc" <(openssl pkcs12 -in "$T/alice.p12" -passin "file:$T/pw" -info -noout 2>&1)
 check_grep "modern encoding uses a SHA-256 MAC" "MAC: sha256" <(openssl pkcs12 -in "$T/alice.p12" -passin "file:$T/pw" -info -noout 2>&1)
-check_fails "a wrong password does not open it" openssl pkcs12 -in "$T/alice.p12" -passin pass:wrong -nodes -noout
+check_fails "a wrong password does not open it" 1 'Mac verify error' openssl pkcs12 -in "$T/alice.p12" -passin pass:wrong -nodes -noout
 
 # Split the certificates and keys by friendly name.
 openssl pkcs12 -in "$T/alice.p12" -passin "file:$T/pw" -nodes -clcerts 2>/dev/null > "$T/all.pem"
@@ -77,10 +77,21 @@ ctl show alice@example.org > "$T/show.out" 2>&1
 check_grep "show names the escrowed encryption key" "private key escrowed" "$T/show.out"
 serial=$(openssl x509 -in "$T/sign.crt" -noout -serial | cut -d= -f2)
 check "show finds a certificate by serial" ctl show "$serial"
-check_fails "enrolling alice again without --renew is refused" ctl enroll alice@example.org --out "$T/again.p12"
+check_fails "enrolling alice again without --renew is refused" 1 'alice@example.org already has valid certificates; use --renew' ctl enroll alice@example.org --out "$T/again.p12"
 [ ! -e "$T/again.p12" ] && pass "a refused enroll leaves no file" || fail "a refused enroll leaves no file"
 check "enroll --renew issues new certificates" ctl enroll alice@example.org --renew --password-file "$T/pw" --out "$T/alice2.p12"
-check_fails "an invalid address is refused" ctl enroll "not an address" --out "$T/x.p12"
+# kmsd and the CA apply one address rule (RFC 5321: 254 characters, local
+# part 64): an address of 254 characters is enrolled, one of 255 refused.
+long_local=$(printf 'u%.0s' $(seq 64))
+long_domain=$(printf 'd%.0s' $(seq 60)).$(printf 'e%.0s' $(seq 60)).$(printf 'f%.0s' $(seq 55)).example.org
+LONG="$long_local@$long_domain"
+[ ${#LONG} -eq 254 ] || fail "the long test address has 254 characters" "${#LONG}"
+check "an address of 254 characters is enrolled" ctl enroll "$LONG" --password-file "$T/pw" --out "$T/long.p12"
+openssl pkcs12 -in "$T/long.p12" -passin "file:$T/pw" -nokeys -clcerts 2>/dev/null | openssl x509 -noout -ext subjectAltName > "$T/long.san" 2>&1
+check_grep "its certificate names it in the subjectAltName" "email:$LONG" "$T/long.san"
+check "and it is renewed" ctl enroll "$LONG" --renew --password-file "$T/pw" --out "$T/long-renewed.p12"
+check_fails "an address of 255 characters is refused" 1 'argument "email" is longer than 254 bytes' ctl enroll "$long_local@d$long_domain" --out "$T/long2.p12"
+check_fails "an invalid address is refused" 1 '"not an address" is not a mailbox address' ctl enroll "not an address" --out "$T/x.p12"
 
 # ---------------------------------------------------------------- CSR
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/csr.key" \
@@ -90,7 +101,7 @@ check "issue --csr signs a user's own signing key" ctl issue --csr "$T/alice.csr
 check "the CSR certificate verifies against the CA" openssl verify -CAfile "$T/ca.pem" -purpose smimesign "$T/csr.crt"
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/m.key" \
 	-subj "/CN=Mallory/emailAddress=mallory@evil.example" -out "$T/mallory.csr" 2>/dev/null
-check_fails "a CSR for an address we do not manage is refused" ctl issue --csr "$T/mallory.csr" --out "$T/m.crt"
+check_fails "a CSR for an address we do not manage is refused" 1 'mallory@evil.example is not an address this CA manages' ctl issue --csr "$T/mallory.csr" --out "$T/m.crt"
 
 # ------------------------------------------------------- hostile input
 printf '{"cmd": "status",,,\n' | "$CTLRAW" "$SOCK" > "$T/raw1.out"

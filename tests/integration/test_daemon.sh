@@ -9,9 +9,10 @@
 need_root "switches users"
 need_cmd useradd setpriv
 setup
-id kmsdtest >/dev/null 2>&1 || useradd -r -M -d /nonexistent -s /usr/sbin/nologin kmsdtest
-getent group kmsit >/dev/null || groupadd -r kmsit
-write_conf "[kmsd]" "user = kmsdtest" "group = kmsit" "max_control_clients = 2" "control_idle_timeout = 20"
+KUSER="${ACCT}d"
+make_user "$KUSER"
+make_group "$GROUP"
+write_conf "[kmsd]" "user = $KUSER" "group = $GROUP" "max_control_clients = 2" "control_idle_timeout = 20"
 
 "$KMSD" -c "$CONF" > "$T/bg.out" 2>&1
 rc=$?
@@ -20,13 +21,13 @@ PID=$(cat "$STATE/kmsd.pid" 2>/dev/null)
 [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null && pass "the pid file names the running daemon" || fail "pid file" "$PID"
 PIDS="$PIDS $PID"
 check "the daemon answers at once" ctl status
-[ "$(ps -o user= -p "$PID" | tr -d ' ')" = kmsdtest ] && pass "it runs as [kmsd] user" || fail "runs as kmsdtest" "$(ps -o user= -p "$PID")"
-[ "$(ps -o group= -p "$PID" | tr -d ' ')" = kmsit ] && pass "and as [kmsd] group" || fail "runs as kmsit" "$(ps -o group= -p "$PID")"
+[ "$(ps -o user= -p "$PID" | tr -d ' ')" = "$KUSER" ] && pass "it runs as [kmsd] user" || fail "runs as $KUSER" "$(ps -o user= -p "$PID")"
+[ "$(ps -o group= -p "$PID" | tr -d ' ')" = "$GROUP" ] && pass "and as [kmsd] group" || fail "runs as $GROUP" "$(ps -o group= -p "$PID")"
 grep -q '^Max core file size *0 *0' "/proc/$PID/limits" && pass "core dumps are limited to 0 bytes" || fail "RLIMIT_CORE 0"
 # A process that is not dumpable has its /proc files owned by root.
 [ "$(stat -c %U "/proc/$PID/status")" = root ] && pass "and the process is not dumpable (PR_SET_DUMPABLE 0)" || fail "not dumpable"
-[ "$(stat -c '%a %G' "$SOCK")" = "660 kmsit" ] && pass "the control socket is 0660, group kmsit" || fail "control socket mode" "$(stat -c '%a %G' "$SOCK")"
-[ "$(stat -c %U "$STATE/kms.db")" = kmsdtest ] && pass "the store belongs to the kmsd user" || fail "store owner" "$(stat -c %U "$STATE/kms.db")"
+[ "$(stat -c '%a %G' "$SOCK")" = "660 $GROUP" ] && pass "the control socket is 0660, group $GROUP" || fail "control socket mode" "$(stat -c '%a %G' "$SOCK")"
+[ "$(stat -c %U "$STATE/kms.db")" = "$KUSER" ] && pass "the store belongs to the kmsd user" || fail "store owner" "$(stat -c %U "$STATE/kms.db")"
 
 # Two idle clients fill the bound; the third is told to come back.
 (sleep 4) | "$CTLRAW" "$SOCK" > /dev/null 2>&1 &

@@ -14,13 +14,11 @@ need_cmd openssl sqlite3 setpriv useradd userdel groupadd stat timeout
 setup
 
 officers_setup
-# Accounts of this test only, removed at the end: a non-root admin, and a
-# user who is both compliance officer and key-recovery officer.
-OWN_USERS="kmsdadm kmsdboth"
-for u in $OWN_USERS; do
-	id "$u" >/dev/null 2>&1 || useradd -r -M -d /nonexistent -s /usr/sbin/nologin -G "$GROUP" "$u"
-done
-trap 'for u in $OWN_USERS; do userdel "$u" 2>/dev/null; done; cleanup' EXIT
+# Accounts of this test only (removed at the end with the others): a
+# non-root admin, and a user who is both compliance officer and key-recovery
+# officer.
+make_user "${ACCT}a" "$GROUP"
+make_user "${ACCT}b" "$GROUP"
 
 # rawas USER JSON: one request as USER, bypassing kmsctl's own checks.
 rawas() {
@@ -29,22 +27,22 @@ rawas() {
 
 USER_KEY=ec:p256
 write_conf "[kmsd]" "group = $GROUP" \
-	"[roles]" "admin = root, kmsdadm" "officer = kmsoff1, kmsoff2, kmsoff3, kmsdboth, root" \
-	"compliance = kmscomp, kmsdboth" "auditor = root"
+	"[roles]" "admin = root, ${ACCT}a" "officer = ${ACCT}o1, ${ACCT}o2, ${ACCT}o3, ${ACCT}b, root" \
+	"compliance = ${ACCT}c, ${ACCT}b" "auditor = root"
 umask 022       # kmsd must not depend on the umask it is started with
 start_kmsd || { fail "kmsd starts"; done_testing; }
 chgrp "$GROUP" "$STATE" && chmod 0750 "$STATE"
 
 # ------------------------------------------------ paths named by a client
 A="$T/adm"      # the admin's own tree
-mkdir -p "$A" && chown kmsdadm "$A" && chmod 0700 "$A"
+mkdir -p "$A" && chown ${ACCT}a "$A" && chmod 0700 "$A"
 ls -la /etc > "$T/etc.before"
 
 init_as_adm() {   # init_as_adm OUTFILE SHARE_DIR [PASS_DIR]
 	if [ -n "${3:-}" ]; then
-		rawas kmsdadm "{\"cmd\":\"init\",\"args\":{\"org\":\"Duties\",\"shares\":3,\"threshold\":2,\"share_dir\":\"$2\",\"share_passphrase_dir\":\"$3\"}}" > "$1" 2>&1
+		rawas ${ACCT}a "{\"cmd\":\"init\",\"args\":{\"org\":\"Duties\",\"shares\":3,\"threshold\":2,\"share_dir\":\"$2\",\"share_passphrase_dir\":\"$3\"}}" > "$1" 2>&1
 	else
-		rawas kmsdadm "{\"cmd\":\"init\",\"args\":{\"org\":\"Duties\",\"shares\":3,\"threshold\":2,\"share_dir\":\"$2\"}}" > "$1" 2>&1
+		rawas ${ACCT}a "{\"cmd\":\"init\",\"args\":{\"org\":\"Duties\",\"shares\":3,\"threshold\":2,\"share_dir\":\"$2\"}}" > "$1" 2>&1
 	fi
 }
 
@@ -57,30 +55,30 @@ check_grep "a non-root admin cannot have shares written into /etc (root's direct
 ls -la /etc > "$T/etc.after"
 cmp -s "$T/etc.before" "$T/etc.after" && pass "/etc is unchanged" || fail "/etc is unchanged" "$(diff "$T/etc.before" "$T/etc.after")"
 
-mkdir -m 0700 "$A/other" && chown kmsoff1 "$A/other"
+mkdir -m 0700 "$A/other" && chown ${ACCT}o1 "$A/other"
 init_as_adm "$T/p3.out" "$A/other"
 check_grep "another user's directory is refused" '"ok":false.*belongs to uid' "$T/p3.out"
 
-mkdir -m 0700 "$A/ww" && chown kmsdadm "$A/ww" && chmod 0777 "$A/ww"
+mkdir -m 0700 "$A/ww" && chown ${ACCT}a "$A/ww" && chmod 0777 "$A/ww"
 init_as_adm "$T/p4.out" "$A/ww"
 check_grep "a world-writable directory is refused" '"ok":false.*writable by every user' "$T/p4.out"
 chmod 0770 "$A/ww"
 init_as_adm "$T/p5.out" "$A/ww"
 check_grep "a group-writable directory is refused" '"ok":false.*writable by its group' "$T/p5.out"
 
-mkdir -m 0700 "$A/real" && chown kmsdadm "$A/real"
+mkdir -m 0700 "$A/real" && chown ${ACCT}a "$A/real"
 ln -s "$A/real" "$A/link"
 init_as_adm "$T/p6.out" "$A/link"
 check_grep "a share directory named through a symbolic link is refused" '"ok":false.*symbolic link' "$T/p6.out"
-mkdir -m 0700 "$A/real/sub" && chown kmsdadm "$A/real/sub"
+mkdir -m 0700 "$A/real/sub" && chown ${ACCT}a "$A/real/sub"
 init_as_adm "$T/p7.out" "$A/link/sub"
 check_grep "so is a link anywhere in the path" '"ok":false.*\\"link\\" is a symbolic link' "$T/p7.out"
 [ -z "$(ls -A "$A/real/sub")" ] && pass "and nothing was written through the link" || fail "nothing written through the link"
 
 # Passphrase files that are links to /etc/shadow.
-mkdir -m 0700 "$A/shares" "$A/pass" && chown kmsdadm "$A/shares" "$A/pass"
+mkdir -m 0700 "$A/shares" "$A/pass" && chown ${ACCT}a "$A/shares" "$A/pass"
 for n in 1 2 3; do ln -s /etc/shadow "$A/pass/share-$n.passphrase"; done
-chown -h kmsdadm "$A"/pass/*
+chown -h ${ACCT}a "$A"/pass/*
 init_as_adm "$T/p8.out" "$A/shares" "$A/pass"
 check_grep "passphrase files that are symbolic links (to /etc/shadow) are refused" '"ok":false.*symbolic link' "$T/p8.out"
 check_nogrep "and nothing of /etc/shadow shows in the reply" "root:" "$T/p8.out"
@@ -91,11 +89,11 @@ check_grep "the CA was not made by a refused init" '"initialized": *false' "$T/s
 # A passphrase file of someone else's is refused too.
 rm -f "$A"/pass/*
 for n in 1 2 3; do printf 'officer %s passphrase\n' "$n" > "$A/pass/share-$n.passphrase"; done
-chown kmsdadm "$A"/pass/* && chmod 0600 "$A"/pass/*
-chown kmsoff1 "$A/pass/share-2.passphrase"
+chown ${ACCT}a "$A"/pass/* && chmod 0600 "$A"/pass/*
+chown ${ACCT}o1 "$A/pass/share-2.passphrase"
 init_as_adm "$T/p9.out" "$A/shares" "$A/pass"
 check_grep "a passphrase file the requester does not own is refused" '"ok":false.*not to the requester' "$T/p9.out"
-chown kmsdadm "$A/pass/share-2.passphrase"
+chown ${ACCT}a "$A/pass/share-2.passphrase"
 
 # The admin's own directories: init works, the files are theirs, 0600.
 init_as_adm "$T/p10.out" "$A/shares" "$A/pass"
@@ -103,7 +101,7 @@ check_grep "init with the admin's own directories works" '"ok":true' "$T/p10.out
 n=0; bad=0
 for f in "$A"/shares/*-share-*; do
 	n=$((n + 1))
-	[ "$(stat -c '%U %a' "$f")" = "kmsdadm 600" ] || bad=1
+	[ "$(stat -c '%U %a' "$f")" = "${ACCT}a 600" ] || bad=1
 done
 [ $n = 3 ] && [ $bad = 0 ] && pass "three share files, owned by the admin, mode 0600" || \
 	fail "share files owned by the admin, 0600" "$(ls -l "$A/shares")"
@@ -131,28 +129,28 @@ start_kmsd || { fail "kmsd starts again once fixed"; done_testing; }
 
 # ------------------------------------------------- separation of duties
 for n in 1 2 3; do
-	install -m 0600 -o "kmsoff$n" "$(ls "$A"/shares/*-share-$n-of-3.txt)" "$T/off$n.share"
-	install -m 0600 -o "kmsoff$n" "$A/pass/share-$n.passphrase" "$T/off$n.pass"
+	install -m 0600 -o "${ACCT}o$n" "$(ls "$A"/shares/*-share-$n-of-3.txt)" "$T/off$n.share"
+	install -m 0600 -o "${ACCT}o$n" "$A/pass/share-$n.passphrase" "$T/off$n.pass"
 done
-install -m 0600 -o kmsdboth "$(ls "$A"/shares/*-share-1-of-3.txt)" "$T/both.share"
-install -m 0600 -o kmsdboth "$A/pass/share-1.passphrase" "$T/both.pass"
+install -m 0600 -o ${ACCT}b "$(ls "$A"/shares/*-share-1-of-3.txt)" "$T/both.share"
+install -m 0600 -o ${ACCT}b "$A/pass/share-1.passphrase" "$T/both.pass"
 printf 'hunter2hunter2\n' > "$T/pw"
 ctl enroll alice@example.org --password-file "$T/pw" --out "$T/alice.p12" >/dev/null 2>&1 || fail "enroll alice"
 
-as kmsdboth recover request alice@example.org --why "audit 42" > "$T/req.out" 2>&1
+as ${ACCT}b recover request alice@example.org --why "audit 42" > "$T/req.out" 2>&1
 ID=$(sed -n 's/^Request \(R-[0-9a-f]*\) opened.*/\1/p' "$T/req.out")
 [ -n "$ID" ] && pass "a user with compliance and officer roles opens a request" || fail "request opened" "$(cat "$T/req.out")"
-as kmsdboth recover approve "$ID" --share "$T/both.share" --passphrase-file "$T/both.pass" > "$T/self.out" 2>&1
+as ${ACCT}b recover approve "$ID" --share "$T/both.share" --passphrase-file "$T/both.pass" > "$T/self.out" 2>&1
 rc=$?
 [ $rc = 1 ] && pass "the requester cannot approve their own request, though an officer" || fail "requester approval refused" "rc=$rc $(cat "$T/self.out")"
 check_grep "and the reason names separation of duties" "separation of duties" "$T/self.out"
-as kmsoff1 recover list > "$T/list.out" 2>&1
-check_grep "recover list shows an officer the purpose and what approving does" "approving hands the escrowed keys of alice@example.org to kmsdboth" "$T/list.out"
-as kmsoff2 recover approve "$ID" --share "$T/off2.share" --passphrase-file "$T/off2.pass" > /dev/null 2>&1
-as kmsoff3 recover approve "$ID" --share "$T/off3.share" --passphrase-file "$T/off3.pass" > "$T/a3.out" 2>&1
+as ${ACCT}o1 recover list > "$T/list.out" 2>&1
+check_grep "recover list shows an officer the purpose and what approving does" "approving hands the escrowed keys of alice@example.org to ${ACCT}b" "$T/list.out"
+as ${ACCT}o2 recover approve "$ID" --share "$T/off2.share" --passphrase-file "$T/off2.pass" > /dev/null 2>&1
+as ${ACCT}o3 recover approve "$ID" --share "$T/off3.share" --passphrase-file "$T/off3.pass" > "$T/a3.out" 2>&1
 check_grep "two other officers approve it" "threshold reached" "$T/a3.out"
-mkdir -m 0700 "$T/both" && chown kmsdboth "$T/both"
-as kmsdboth recover fetch "$ID" --password-file "$T/pw" --out "$T/both/rec.p12" > "$T/fetch.out" 2>&1
+mkdir -m 0700 "$T/both" && chown ${ACCT}b "$T/both"
+as ${ACCT}b recover fetch "$ID" --password-file "$T/pw" --out "$T/both/rec.p12" > "$T/fetch.out" 2>&1
 check_grep "and the requester fetches the keys" "Recovered 1 encryption key" "$T/fetch.out"
 
 # Rotation: root asks, root is also an officer, root may not approve.
@@ -160,7 +158,7 @@ mkdir -m 0700 "$T/newshares"
 ctl escrow rotate --share-dir "$T/newshares" > "$T/rot.out" 2>&1
 RID=$(sed -n 's/^Request \(R-[0-9a-f]*\) opened.*/\1/p' "$T/rot.out")
 [ -n "$RID" ] && pass "root opens a KRK rotation" || fail "rotation opened" "$(cat "$T/rot.out")"
-as kmsoff1 recover list > "$T/list2.out" 2>&1
+as ${ACCT}o1 recover list > "$T/list2.out" 2>&1
 check_grep "recover list shows the officers where a rotation writes the new shares" \
 	"approving replaces the key-recovery key; the new shares are written to $T/newshares" "$T/list2.out"
 install -m 0600 "$(ls "$A"/shares/*-share-1-of-3.txt)" "$T/root.share"
@@ -173,5 +171,5 @@ check_grep "the refusal is in the audit trail" "recover.approve -> forbidden" "$
 
 # escrow rotate with a directory through a link is refused at request time.
 ln -s "$T/newshares" "$T/linkshares"
-check_fails "escrow rotate refuses a share directory named through a link" ctl escrow rotate --share-dir "$T/linkshares"
+check_fails "escrow rotate refuses a share directory named through a link" 1 '"linkshares" is a symbolic link; name the real directory' ctl escrow rotate --share-dir "$T/linkshares"
 done_testing

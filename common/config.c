@@ -397,87 +397,76 @@ range_text(const struct cfg_key *k, char *buf, size_t len)
 }
 
 /* Parse value for key k into cfg; on error write a message into err. */
+/* A copy of value (made absolute for a path) in k's string field. */
+static int
+set_string(struct kms_config *cfg, const struct cfg_key *k, const char *value)
+{
+	char *dup = k->type == T_PATH ? make_absolute(value) : strdup(value);
+
+	if (dup == NULL)
+		return KMS_ERR_NOMEM;
+	free(*field_str(cfg, k));
+	*field_str(cfg, k) = dup;
+	return 0;
+}
+
+/* A number of k's type (INT, MODE in octal, SIZE, DURATION) within its bounds: 1 with *v, else 0. */
+static int
+parse_number(const struct cfg_key *k, const char *value, long long *v)
+{
+	char *end;
+	int ok;
+
+	switch (k->type) {
+	case T_INT:
+	case T_MODE:
+		errno = 0;
+		*v = strtoll(value, &end, k->type == T_MODE ? 8 : 10);
+		ok = errno == 0 && end != value && *end == '\0';
+		break;
+	case T_SIZE:
+		ok = kms_parse_size(value, v) == 0;
+		break;
+	case T_DURATION:
+		ok = kms_parse_duration(value, v) == 0;
+		break;
+	default:
+		return 0;
+	}
+	return ok && *v >= k->min && *v <= k->max;
+}
+
 static int
 set_value(struct kms_config *cfg, const struct cfg_key *k, const char *value, char *err, size_t errlen)
 {
 	long long v = 0;
 	char range[256];
+	int b;
 
 	switch (k->type) {
 	case T_STRING:
-	case T_LIST: {
-		char *dup = strdup(value);
-
-		if (dup == NULL)
-			return KMS_ERR_NOMEM;
-		free(*field_str(cfg, k));
-		*field_str(cfg, k) = dup;
-		return 0;
-	}
-	case T_PATH: {
-		char *abs = make_absolute(value);
-
-		if (abs == NULL)
-			return KMS_ERR_NOMEM;
-		free(*field_str(cfg, k));
-		*field_str(cfg, k) = abs;
-		return 0;
-	}
-	case T_BOOL: {
-		int b;
-
+	case T_LIST:
+	case T_PATH:
+		return set_string(cfg, k, value);
+	case T_BOOL:
 		if (parse_bool(value, &b) == 0) {
 			*field_int(cfg, k) = b;
 			return 0;
 		}
 		break;
-	}
-	case T_INT: {
-		char *end;
-
-		errno = 0;
-		v = strtoll(value, &end, 10);
-		if (errno == 0 && end != value && *end == '\0' && v >= k->min && v <= k->max) {
-			*field_ll(cfg, k) = v;
-			return 0;
-		}
-		break;
-	}
-	case T_MODE: {
-		char *end;
-
-		errno = 0;
-		v = strtoll(value, &end, 8);
-		if (errno == 0 && end != value && *end == '\0' && v >= k->min && v <= k->max) {
-			*field_ll(cfg, k) = v;
-			return 0;
-		}
-		break;
-	}
+	case T_INT:
+	case T_MODE:
 	case T_SIZE:
-		if (kms_parse_size(value, &v) == 0 && v >= k->min && v <= k->max) {
-			*field_ll(cfg, k) = v;
-			return 0;
-		}
-		break;
 	case T_DURATION:
-		if (kms_parse_duration(value, &v) == 0 && v >= k->min && v <= k->max) {
+		if (parse_number(k, value, &v)) {
 			*field_ll(cfg, k) = v;
 			return 0;
 		}
 		break;
 	case T_CHOICE:
-		for (int i = 0; k->choices[i]; i++) {
-			if (strcmp(value, k->choices[i]) == 0) {
-				char *dup = strdup(value);
-
-				if (dup == NULL)
-					return KMS_ERR_NOMEM;
-				free(*field_str(cfg, k));
-				*field_str(cfg, k) = dup;
-				return 0;
-			}
-		}
+		for (int i = 0; k->choices[i]; i++)
+			if (strcmp(value, k->choices[i]) == 0)
+				return set_string(cfg, k, value);
 		break;
 	case T_ENUM:
 		for (int i = 0; k->enums[i].name; i++) {

@@ -158,6 +158,13 @@ int ca_store_has_valid(struct kms_store *st, const char *email, time_t now);
  * KMS_ERR_NOTFOUND when the address was never enrolled under a name.
  */
 int ca_store_display_name(struct kms_store *st, const char *email, char **name);
+/*
+ * The address's current certificates at now: the newest unrevoked signing
+ * and encryption certificates inside their validity (each NULL when there
+ * is none; get1).  name (may be NULL) gets the name they were issued under
+ * (malloc'd, NULL if none).  0 also for an unknown address.
+ */
+int ca_store_current(struct kms_store *st, const char *email, time_t now, X509 **sign, X509 **enc, char **name);
 /* Does the store know this address at all (any certificate)?  1 or 0. */
 int ca_store_knows_email(struct kms_store *st, const char *email);
 /* What kmsctl status shows: users, their certificates (not the KRK's), revoked ones (-1 each on error). */
@@ -360,6 +367,58 @@ int ca_revholder_new(struct ca_revholder **out);
 void ca_revholder_free(struct ca_revholder *h);
 struct ca_revidx *ca_revholder_get(struct ca_revholder *h);     /* get1; NULL if none */
 void ca_revholder_set(struct ca_revholder *h, struct ca_revidx *idx);   /* takes the reference */
+
+/* ======================================================= publication queue */
+
+/*
+ * Entries of the LDAP directory waiting to be rewritten (ca/pubq.c), kept
+ * in the store.  Triggers queue ("user", address) when a certificate is
+ * issued to or revoked for that address and ("ca", "") when a full CRL is
+ * recorded, in the same transaction, while publishing is on.  One row per
+ * entry: a newer change replaces the row with a higher seq.
+ */
+#define CA_PUBQ_USER "user"
+#define CA_PUBQ_CA "ca"
+
+struct ca_pubq_item {
+	long long seq;          /* delivery order */
+	char kind[8];           /* CA_PUBQ_USER or CA_PUBQ_CA */
+	char *key;              /* the address; "" for the CA */
+	time_t queued;
+	int attempts;           /* failed deliveries so far */
+	char *last_error;       /* NULL if none */
+};
+void ca_pubq_items_free(struct ca_pubq_item *items, size_t n);
+
+struct ca_pubq_stats {
+	long long length;       /* rows waiting */
+	time_t oldest;          /* queue time of the oldest, 0 if none */
+	long long retrying;     /* rows that failed at least once */
+	int enabled;            /* publishing on in this store */
+};
+
+/*
+ * Turn queueing on or off for this store (meta "pubq.on").  Turning it on
+ * queues every entry (*newly = 1): changes made while it was off never
+ * reached the directory.  Turning it off empties the queue.
+ */
+int ca_pubq_set_enabled(struct kms_store *st, int on, int *newly);
+/* Queue one entry (kind CA_PUBQ_USER with an address, or CA_PUBQ_CA with ""); caller's transaction if open. */
+int ca_pubq_add(struct kms_store *st, const char *kind, const char *key);
+/* Up to max rows due at now (next_try <= now), in seq order; *items to free with ca_pubq_items_free. */
+int ca_pubq_next(struct kms_store *st, time_t now, size_t max, struct ca_pubq_item **items, size_t *n);
+/* Remove delivered rows by seq (one transaction); a row re-queued since has a new seq and stays. */
+int ca_pubq_done(struct kms_store *st, const long long *seqs, size_t n);
+/* Count a failed delivery of row seq: not tried again before next_try; error kept for status. */
+int ca_pubq_defer(struct kms_store *st, long long seq, time_t next_try, const char *error);
+int ca_pubq_stats(struct kms_store *st, struct ca_pubq_stats *out);
+/* Queue the CA and every address that ever had a certificate (kmsctl publish resync). */
+int ca_pubq_resync(struct kms_store *st);
+/*
+ * Queue every address with a certificate that expired (unrevoked) since
+ * the last sweep and up to now; *queued is how many.
+ */
+int ca_pubq_sweep_expired(struct kms_store *st, time_t now, long long *queued);
 
 /* ================================================================= PKCS#12 */
 

@@ -486,3 +486,50 @@ ca_store_counts(struct kms_store *st, struct ca_counts *c)
 	c->revoked = count_of(st, "SELECT count(*) FROM certs WHERE revoked_at IS NOT NULL");
 	return c->users < 0 || c->certificates < 0 || c->revoked < 0 ? KMS_ERR_DB : 0;
 }
+
+int
+ca_store_current(struct kms_store *st, const char *email, time_t now, X509 **sign, X509 **enc, char **name)
+{
+	struct ca_cert_row *rows = NULL;
+	size_t n = 0;
+	int rc;
+
+	*sign = *enc = NULL;
+	if (name)
+		*name = NULL;
+	rc = ca_store_find(st, email, &rows, &n);
+	if (rc == KMS_ERR_NOTFOUND) {
+		kms_clear_error();
+		return 0;
+	}
+	if (rc != 0)
+		return rc;
+	/* Rows come newest first: the first valid one of each usage is current. */
+	for (size_t i = 0; i < n; i++) {
+		const struct ca_cert_row *r = &rows[i];
+		X509 **slot = strcmp(r->usage, "sign") == 0 ? sign : strcmp(r->usage, "enc") == 0 ? enc : NULL;
+		const unsigned char *p = r->der;
+
+		if (slot == NULL || *slot != NULL || r->revoked_at != 0 || r->not_before > now || r->not_after <= now)
+			continue;
+		if ((*slot = d2i_X509(NULL, &p, (long)r->der_len)) == NULL) {
+			rc = kms_fail_openssl(KMS_ERR_CORRUPT, "stored certificate %s does not parse", r->serial);
+			break;
+		}
+		if (name && *name == NULL && r->name && r->name[0] && (*name = strdup(r->name)) == NULL) {
+			rc = KMS_ERR_NOMEM;
+			break;
+		}
+	}
+	ca_cert_rows_free(rows, n);
+	if (rc != 0) {
+		X509_free(*sign);
+		X509_free(*enc);
+		*sign = *enc = NULL;
+		if (name) {
+			free(*name);
+			*name = NULL;
+		}
+	}
+	return rc;
+}

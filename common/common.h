@@ -215,12 +215,28 @@ struct kms_config {
 		long long external_refresh;       /* seconds */
 		char *source;                     /* replica: the primary's CRL URL */
 		char *source_ca;                  /* replica: PEM of the primary's CA, to check its CRLs */
+		char *ldap_url;                   /* ldap:// CRL distribution point next to url, "" for none */
 	} crl;
 	struct {
 		char *listen;                     /* "HOST:PORT", "" disables */
 		long long max_connections;
 		long long longpoll_timeout;       /* seconds */
 	} http;
+	struct {
+		char *uri;                        /* ldap://, ldaps:// or ldapi://; "" turns publishing off */
+		int starttls;
+		char *ca_file;                    /* PEM CAs for the server's TLS certificate */
+		char *bind_method;                /* "simple" or "external" (SASL EXTERNAL, ldapi) */
+		char *bind_dn;
+		char *bind_password_file;
+		char *base_dn;
+		char *user_filter;                /* %s: the address (escaped) */
+		char *user_dn_template;           /* %s address, %u local part; "" searches with user_filter */
+		char *people_dn;                  /* where missing person entries are made */
+		char *ca_dn;                      /* the CA entry */
+		long long timeout;                /* seconds, per LDAP operation */
+		long long retry_max;              /* seconds, longest back-off */
+	} ldap;
 	struct {
 		long long request_ttl;            /* seconds */
 		char *krk_key;

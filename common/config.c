@@ -59,6 +59,7 @@ static const char *const ca_keys[] = { "rsa:3072", "rsa:4096", "ec:p384", NULL }
 static const char *const user_keys[] = { "rsa:2048", "rsa:3072", "ec:p256", "ec:p384", NULL };
 static const char *const krk_keys[] = { "rsa:3072", "rsa:4096", NULL };
 static const char *const p12_formats[] = { "modern", "compat", NULL };
+static const char *const ldap_binds[] = { "simple", "external", NULL };
 
 static const struct enum_val levels[] = {
 	{ "err", KMS_LOG_ERR }, { "error", KMS_LOG_ERR }, { "warning", KMS_LOG_WARNING },
@@ -165,6 +166,36 @@ static const struct cfg_key schema[] = {
 	  "replica: the primary's CRL URL to follow" },
 	{ "crl", "source_ca", T_PATH, "", 0, 0, NULL, NULL, OFF(crl.source_ca),
 	  "replica: PEM file of the primary's CA certificate, to check its CRLs" },
+
+	{ "crl", "ldap_url", T_STRING, "", 0, 0, NULL, NULL, OFF(crl.ldap_url),
+	  "ldap:// URL of the CA entry's CRL, added to the distribution point of new certificates" },
+
+	{ "ldap", "uri", T_STRING, "", 0, 0, NULL, NULL, OFF(ldap.uri),
+	  "directory to publish to (ldap://, ldaps://, ldapi://); empty turns publishing off" },
+	{ "ldap", "starttls", T_BOOL, "no", 0, 0, NULL, NULL, OFF(ldap.starttls),
+	  "StartTLS on an ldap:// connection (certificate checked against ca_file)" },
+	{ "ldap", "ca_file", T_PATH, "", 0, 0, NULL, NULL, OFF(ldap.ca_file),
+	  "PEM file of the CAs that issued the directory server's TLS certificate" },
+	{ "ldap", "bind_method", T_CHOICE, "simple", 0, 0, ldap_binds, NULL, OFF(ldap.bind_method),
+	  "simple (bind_dn and bind_password_file) or external (SASL EXTERNAL, e.g. over ldapi://)" },
+	{ "ldap", "bind_dn", T_STRING, "", 0, 0, NULL, NULL, OFF(ldap.bind_dn),
+	  "DN to bind as (simple bind)" },
+	{ "ldap", "bind_password_file", T_PATH, "", 0, 0, NULL, NULL, OFF(ldap.bind_password_file),
+	  "file holding the bind password (first line)" },
+	{ "ldap", "base_dn", T_STRING, "", 0, 0, NULL, NULL, OFF(ldap.base_dn),
+	  "subtree searched for person entries" },
+	{ "ldap", "user_filter", T_STRING, "(&(objectClass=inetOrgPerson)(mail=%s))", 0, 0, NULL, NULL,
+	  OFF(ldap.user_filter), "filter finding a user's entry; %s is the address" },
+	{ "ldap", "user_dn_template", T_STRING, "", 0, 0, NULL, NULL, OFF(ldap.user_dn_template),
+	  "DN of a user's entry (%s address, %u local part) instead of searching" },
+	{ "ldap", "people_dn", T_STRING, "", 0, 0, NULL, NULL, OFF(ldap.people_dn),
+	  "where entries for users without one are made (default ou=people,<base_dn>)" },
+	{ "ldap", "ca_dn", T_STRING, "", 0, 0, NULL, NULL, OFF(ldap.ca_dn),
+	  "the CA entry (default cn=<ca name>,<base_dn>)" },
+	{ "ldap", "timeout", T_DURATION, "10", 1, 300, NULL, NULL, OFF(ldap.timeout),
+	  "longest wait for the server, per operation" },
+	{ "ldap", "retry_max", T_DURATION, "300", 1, 86400, NULL, NULL, OFF(ldap.retry_max),
+	  "longest back-off between delivery attempts while the directory fails" },
 
 	{ "http", "listen", T_STRING, "127.0.0.1:8480", 0, 0, NULL, NULL, OFF(http.listen),
 	  "HOST:PORT of the distribution point; empty disables it" },
@@ -640,7 +671,59 @@ valid_milter_socket(const char *s)
 	return end != p && port > 0 && port < 65536 && (*end == '\0' || (*end == '@' && end[1] != '\0'));
 }
 
-/* Fill the defaults that depend on other keys and check cross-key rules. */
+/* "PREFIX<value>" into *field when it is empty. */
+static int
+set_default_dn(char **field, const char *prefix, const char *value)
+{
+	size_t n;
+
+	if ((*field)[0] != '\0')
+		return 0;
+	n = strlen(prefix) + strlen(value) + 1;
+	free(*field);
+	if ((*field = malloc(n)) == NULL)
+		return KMS_ERR_NOMEM;
+	snprintf(*field, n, "%s%s", prefix, value);
+	return 0;
+}
+
+/* [ldap]: off unless uri is set; then the keys it needs and the derived DNs. */
+static int
+derive_ldap(struct kms_config *cfg, const char *where, char *err, size_t errlen)
+{
+	char prefix[80];
+
+	if (cfg->ldap.uri[0] == '\0')
+		return 0;
+	if (strncmp(cfg->ldap.uri, "ldap://", 7) != 0 && strncmp(cfg->ldap.uri, "ldaps://", 8) != 0 &&
+	    strncmp(cfg->ldap.uri, "ldapi://", 8) != 0) {
+		snprintf(err, errlen, "%s: [ldap] uri must be an ldap://, ldaps:// or ldapi:// URI", where);
+		return KMS_ERR_CONFIG;
+	}
+	if (cfg->ldap.starttls && strncmp(cfg->ldap.uri, "ldap://", 7) != 0) {
+		snprintf(err, errlen, "%s: [ldap] starttls is for ldap:// URIs only", where);
+		return KMS_ERR_CONFIG;
+	}
+	if (cfg->ldap.base_dn[0] == '\0') {
+		snprintf(err, errlen, "%s: [ldap] base_dn is needed with [ldap] uri", where);
+		return KMS_ERR_CONFIG;
+	}
+	if (strcmp(cfg->ldap.bind_method, "simple") == 0 && cfg->ldap.bind_dn[0] != '\0' &&
+	    cfg->ldap.bind_password_file[0] == '\0') {
+		snprintf(err, errlen, "%s: [ldap] bind_dn needs bind_password_file", where);
+		return KMS_ERR_CONFIG;
+	}
+	if (cfg->ldap.user_dn_template[0] == '\0' && strstr(cfg->ldap.user_filter, "%s") == NULL) {
+		snprintf(err, errlen, "%s: [ldap] user_filter must contain %%s (the address)", where);
+		return KMS_ERR_CONFIG;
+	}
+	snprintf(prefix, sizeof(prefix), "cn=%s,", cfg->ca.name);
+	if (set_default_dn(&cfg->ldap.people_dn, "ou=people,", cfg->ldap.base_dn) != 0 ||
+	    set_default_dn(&cfg->ldap.ca_dn, prefix, cfg->ldap.base_dn) != 0)
+		return KMS_ERR_NOMEM;
+	return 0;
+}
+
 /* "unix:STATE_DIR/milter.sock" when milter_socket is empty; otherwise it must be unix:/PATH or inet:PORT@HOST. */
 static int
 derive_milter_socket(struct kms_config *cfg, const char *where, char *err, size_t errlen)
@@ -742,6 +825,10 @@ derive_crl(struct kms_config *cfg, const char *where, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: [crl] url must be an http:// or https:// URL", where);
 		return KMS_ERR_CONFIG;
 	}
+	if (cfg->crl.ldap_url[0] != '\0' && strncmp(cfg->crl.ldap_url, "ldap://", 7) != 0) {
+		snprintf(err, errlen, "%s: [crl] ldap_url must be an ldap:// URL", where);
+		return KMS_ERR_CONFIG;
+	}
 	if (cfg->crl.source[0] != '\0' && cfg->crl.source_ca[0] == '\0') {
 		snprintf(err, errlen, "%s: [crl] source needs [crl] source_ca (the primary's CA certificate)", where);
 		return KMS_ERR_CONFIG;
@@ -764,13 +851,15 @@ derive_crl(struct kms_config *cfg, const char *where, char *err, size_t errlen)
 }
 
 /* Fill what defaults to other keys, and check what one key cannot check alone. */
+/* Fill the defaults that depend on other keys and check cross-key rules. */
 static int
 derive(struct kms_config *cfg, const char *file, char *err, size_t errlen)
 {
 	const char *where = file ? file : "built-in defaults";
 	int rc;
 
-	if ((rc = derive_kmsd(cfg, where, err, errlen)) != 0 || (rc = derive_crl(cfg, where, err, errlen)) != 0)
+	if ((rc = derive_kmsd(cfg, where, err, errlen)) != 0 || (rc = derive_crl(cfg, where, err, errlen)) != 0 ||
+	    (rc = derive_ldap(cfg, where, err, errlen)) != 0)
 		return rc;
 	if (cfg->escrow.threshold > cfg->escrow.shares) {
 		snprintf(err, errlen, "%s: [escrow] threshold (%lld) is larger than shares (%lld)",

@@ -118,6 +118,41 @@ static const char *const migrations[] = {
 	 */
 	"ALTER TABLE recovery ADD COLUMN share_dir TEXT NOT NULL DEFAULT '';"
 	"ALTER TABLE recovery ADD COLUMN pass_dir TEXT NOT NULL DEFAULT '';",
+
+	/*
+	 * 8: the publication queue (ca/pubq.c): entries of the LDAP directory
+	 * to rewrite, one row per entry, filled by triggers in the very
+	 * statement (so the very transaction) that issues or revokes a
+	 * certificate or records a new full CRL, while meta "pubq.on" says
+	 * publishing is on.  A newer change to an entry replaces its row with
+	 * a higher seq (AUTOINCREMENT: a seq is never reused, so the publisher
+	 * can remove exactly the rows it delivered).
+	 */
+	"CREATE TABLE pubq("
+	"  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+	"  kind TEXT NOT NULL CHECK (kind IN ('user', 'ca')),"
+	"  key TEXT NOT NULL COLLATE NOCASE,"
+	"  queued INTEGER NOT NULL,"
+	"  attempts INTEGER NOT NULL DEFAULT 0,"
+	"  next_try INTEGER NOT NULL DEFAULT 0,"
+	"  last_error TEXT,"
+	"  UNIQUE (kind, key));"
+	"CREATE TRIGGER pubq_cert_issued AFTER INSERT ON certs "
+	"  WHEN NEW.usage IN ('sign', 'enc') AND EXISTS (SELECT 1 FROM meta WHERE key = 'pubq.on') BEGIN"
+	"  DELETE FROM pubq WHERE kind = 'user' AND key = NEW.email;"
+	"  INSERT INTO pubq(kind, key, queued) VALUES ('user', NEW.email, CAST(strftime('%s', 'now') AS INTEGER));"
+	"END;"
+	"CREATE TRIGGER pubq_cert_revoked AFTER UPDATE OF revoked_at ON certs "
+	"  WHEN NEW.usage IN ('sign', 'enc') AND OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL"
+	"  AND EXISTS (SELECT 1 FROM meta WHERE key = 'pubq.on') BEGIN"
+	"  DELETE FROM pubq WHERE kind = 'user' AND key = NEW.email;"
+	"  INSERT INTO pubq(kind, key, queued) VALUES ('user', NEW.email, CAST(strftime('%s', 'now') AS INTEGER));"
+	"END;"
+	"CREATE TRIGGER pubq_crl AFTER INSERT ON crls "
+	"  WHEN NEW.kind = 'full' AND EXISTS (SELECT 1 FROM meta WHERE key = 'pubq.on') BEGIN"
+	"  DELETE FROM pubq WHERE kind = 'ca' AND key = '';"
+	"  INSERT INTO pubq(kind, key, queued) VALUES ('ca', '', CAST(strftime('%s', 'now') AS INTEGER));"
+	"END;",
 };
 
 #define LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))

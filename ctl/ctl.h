@@ -85,5 +85,9 @@ int ctl_cmd_recover(struct ctl *ctl, int argc, char **argv);
 int ctl_cmd_escrow(struct ctl *ctl, int argc, char **argv);
 int ctl_cmd_archive(struct ctl *ctl, int argc, char **argv);
 int ctl_cmd_audit(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_publish(struct ctl *ctl, int argc, char **argv);
+int ctl_cmd_cert(struct ctl *ctl, int argc, char **argv);
+/* The "Directory:" lines of status and publish status. */
+void ctl_print_ldap(json_t *ldap);
 
 #endif

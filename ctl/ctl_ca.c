@@ -56,6 +56,7 @@ print_status(json_t *r)
 		printf("Revoked:   %lld entries in the revocation index (from %s)\n",
 		    (long long)json_integer_value(json_object_get(json_object_get(r, "revocation"), "entries")),
 		    ctl_str(json_object_get(r, "revocation"), "source"));
+	ctl_print_ldap(json_object_get(r, "ldap"));
 	printf("You:       %s (uid %lld), roles:", ctl_str(you, "user"),
 	    (long long)json_integer_value(json_object_get(you, "uid")));
 	json_array_foreach(json_object_get(you, "roles"), i, role)

@@ -47,6 +47,9 @@ usage(FILE *fp)
 	    "  archive decrypt --p12 FILE [--password-file F] --in ... --out MBOX [--only-decrypted]\n"
 	    "  audit [--since TIME]\n"
 	    "  audit verify\n"
+	    "  publish status\n"
+	    "  publish resync\n"
+	    "  cert EMAIL [--out FILE]\n"
 	    "\n"
 	    "The socket is -s SOCKET, else $KMSCTL_SOCKET, else the control_socket of -c FILE,\n"
 	    "else ./kmsd-state/control.sock (kmsd's built-in default).  See kmsctl(8).\n"
@@ -318,6 +321,8 @@ static const struct {
 	{ "show", ctl_cmd_show },
 	{ "revoke", ctl_cmd_revoke },
 	{ "crl", ctl_cmd_crl },
+	{ "publish", ctl_cmd_publish },
+	{ "cert", ctl_cmd_cert },
 	{ "recover", ctl_cmd_recover },
 	{ "escrow", ctl_cmd_escrow },
 	{ "archive", ctl_cmd_archive },

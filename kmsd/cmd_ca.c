@@ -100,6 +100,8 @@ kmsd_cmd_status(struct kmsd_req *req)
 		X509_free(krk);
 	}
 	kms_clear_error();
+	json_object_set_new(res, "ldap", kmsd_ldap_json(req->st, env->cfg));
+	kms_clear_error();
 	{
 		struct ca_counts cc = { -1, -1, -1 };
 
@@ -446,6 +448,7 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 		goto fail;
 	in_tx = 0;
 
+	kmsd_ldap_kick();
 	/* Committed: now, and only now, the security file leaves. */
 	if (job_started) {
 		pthread_join(job_thread, NULL);
@@ -519,6 +522,7 @@ kmsd_cmd_issue(struct kmsd_req *req)
 		reply = kmsd_reply_fail(rc);
 		goto out;
 	}
+	kmsd_ldap_kick();
 	serial = ca_serial_hex(X509_get0_serialNumber(cert));
 	{
 		BIO *out = BIO_new(BIO_s_mem());

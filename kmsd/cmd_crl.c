@@ -83,6 +83,7 @@ kmsd_cmd_revoke(struct kmsd_req *req)
 			return kms_reply_error("bad_args", "revoke: %s", kms_last_error());
 		return kmsd_reply_fail(rc);
 	}
+	kmsd_ldap_kick();
 	for (size_t i = 0; i < res.n; i++)
 		if (res.outcome[i] == CA_REVOKE_DONE)
 			index_add(&res.rows[i], now, reason, invalidity);

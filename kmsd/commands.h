@@ -78,6 +78,9 @@ json_t *kmsd_cmd_escrow_rotate(struct kmsd_req *req);
 json_t *kmsd_cmd_archive_release(struct kmsd_req *req);
 json_t *kmsd_cmd_audit(struct kmsd_req *req);
 json_t *kmsd_cmd_audit_verify(struct kmsd_req *req);
+json_t *kmsd_cmd_publish_status(struct kmsd_req *req);
+json_t *kmsd_cmd_publish_resync(struct kmsd_req *req);
+json_t *kmsd_cmd_cert(struct kmsd_req *req);
 
 /* Helpers shared by handlers. */
 /*

@@ -61,6 +61,7 @@ kmsd_crl_publish_new(struct kms_store *st, const char *why)
 	if (rc == 0 && (rc = kms_mkdir_p(env->cfg->crl.publish_dir, 0755)) == 0)
 		rc = ca_crl_publish(env->cfg->crl.publish_dir, ca->name, set, ca->cert);
 	if (rc == 0) {
+		kmsd_ldap_kick();
 		kmsd_http_publish(set, ca->cert);
 		C.this_update = set->this_update;
 		C.next_update = set->next_update;

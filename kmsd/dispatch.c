@@ -35,6 +35,9 @@ static const struct {
 	{ "archive.release", kmsd_cmd_archive_release },
 	{ "audit", kmsd_cmd_audit },
 	{ "audit.verify", kmsd_cmd_audit_verify },
+	{ "publish.status", kmsd_cmd_publish_status },
+	{ "publish.resync", kmsd_cmd_publish_resync },
+	{ "cert", kmsd_cmd_cert },
 };
 
 kmsd_handler_fn

@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <time.h>
 
+#include <jansson.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 
@@ -147,6 +148,9 @@ struct kmsd_state {
 		struct pub_sync *sync;
 		char *sync_dbpath;
 	} pub;
+	struct {                    /* cmd_publish.c: the LDAP directory's delivery thread */
+		struct pub_ldap *publisher;     /* NULL when [ldap] uri is not set */
+	} ldap;
 	struct {                    /* cmd_escrow.c: shares and recovered keys, only in memory */
 		pthread_mutex_t lock;
 		struct kmsd_pending *pendings;
@@ -173,5 +177,18 @@ struct kmsd_state {
 };
 
 extern struct kmsd_state kmsd_state;
+
+/* ------------------------------------------------- LDAP directory (cmd_publish.c) */
+
+/*
+ * Turn the store's publication queue on or off after [ldap] uri and, when
+ * on, start the delivery thread.  0 when off.
+ */
+int kmsd_ldap_start(struct kms_config *cfg, struct kms_store *st);
+void kmsd_ldap_stop(void);
+/* Wake the delivery thread after a committed change (no-op when off). */
+void kmsd_ldap_kick(void);
+/* The directory's state for status and publish status (new object). */
+json_t *kmsd_ldap_json(struct kms_store *st, const struct kms_config *cfg);
 
 #endif

@@ -448,6 +448,8 @@ start_services(struct run_ctx *r)
 	M.milter_running = 1;
 	if (kmsd_sync_start() != 0)
 		kms_log(KMS_LOG_ERR, "CRL synchronisation: %s", kms_last_error());
+	if (kmsd_ldap_start(cfg, r->st) != 0)
+		kms_log(KMS_LOG_ERR, "LDAP directory: %s", kms_last_error());
 }
 
 /* Tell a waiting parent (kmsd without -f) that we are up. */
@@ -510,6 +512,7 @@ stop_services(struct run_ctx *r)
 	kms_log(KMS_LOG_DEBUG, "control server stopped");
 	kmsd_sync_stop();
 	kms_log(KMS_LOG_DEBUG, "CRL sync stopped");
+	kmsd_ldap_stop();
 	if (M.milter_running)
 		stop_milter(r->milter);
 	kmsd_http_stop(r->http);

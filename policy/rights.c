@@ -32,6 +32,9 @@ static const struct pol_cmd commands[] = {
 	{ "archive.release", ADM | CMP,       1 },
 	{ "audit",           AUD,             0 },
 	{ "audit.verify",    AUD,             0 },
+	{ "publish.status",  ADM | AUD,       0 },
+	{ "publish.resync",  ADM,             1 },
+	{ "cert",            POL_ROLE_ANY,    0 },
 };
 
 const struct pol_cmd *

@@ -2,7 +2,8 @@
  * publish.h - the public header of libkmspublish: where certificates and
  * CRLs go.  The HTTP distribution point (publish/http.c) and CRL
  * synchronisation for replicas and external CRLs (publish/crlsync.c).
- * kmsd binds them to its settings in kmsd/httpglue.c.
+ * kmsd binds them to its settings in kmsd/httpglue.c.  The LDAP directory
+ * publisher (publish/ldap.c) delivers the store's publication queue.
  *
  * Start-up order: pub_http_listen() binds the port while kmsd may still be
  * root; pub_http_start() (or kmsd_http_start()) serves it after privileges are
@@ -17,6 +18,7 @@
 #include <openssl/x509.h>
 
 #include "ca/ca.h"
+#include "common/common.h"
 
 /* ------------------------------------------------------------------ server */
 
@@ -93,5 +95,52 @@ void pub_sync_refresh(struct pub_sync *s);
 int pub_sync_add_to(struct pub_sync *s, struct ca_revidx_builder *b, time_t now);
 /* Number of the source's last good CRL, -1 if none. */
 long long pub_sync_source_number(struct pub_sync *s);
+
+/* ------------------------------------------------------------------ LDAP */
+
+struct pub_ldap;
+
+struct pub_ldap_status {
+	int connected;              /* bound to the server now */
+	time_t last_ok;             /* last successful delivery, 0 if none */
+	time_t last_error_time;     /* 0 if none */
+	char last_error[600];       /* the last failure, "" if none */
+	long long delivered;        /* entries written since start */
+	time_t next_retry;          /* backing off until then, 0 if not */
+	int failures;               /* connection failures in a row */
+};
+
+/*
+ * Start the delivery thread for cfg's [ldap] section (uri must be set):
+ * it opens its own store connection at store_path and its own LDAP
+ * connection, and writes the queued entries in order (see ldap.c).
+ * Holds a reference to cfg.  *out for pub_ldap_kick/status/stop.
+ */
+int pub_ldap_start(struct kms_config *cfg, const char *store_path, struct pub_ldap **out);
+/* Wake the thread now (a change was committed); NULL is fine. */
+void pub_ldap_kick(struct pub_ldap *pl);
+/* A copy of the thread's state; all zero for NULL. */
+void pub_ldap_status(struct pub_ldap *pl, struct pub_ldap_status *out);
+/* Stop the thread (waits for an operation in flight, at most [ldap] timeout) and free. */
+void pub_ldap_stop(struct pub_ldap *pl);
+
+/* The same work without a thread, on the caller's store connection. */
+int pub_ldap_new(const struct kms_config *cfg, struct pub_ldap **out);
+void pub_ldap_free(struct pub_ldap *pl);
+/*
+ * Deliver up to max due rows of the queue.  0: every row taken was
+ * written (*delivered of them).  KMS_ERR_IO: the connection failed (the
+ * rest stays queued, in order).  KMS_ERR_PROTO: some entries could not be
+ * written and wait with back-off; the others were.  Detail in kms_last_error().
+ */
+int pub_ldap_deliver(struct pub_ldap *pl, struct kms_store *st, size_t max, size_t *delivered);
+/* Rewrite one user's entry or the CA entry from the store now. */
+int pub_ldap_put_user(struct pub_ldap *pl, struct kms_store *st, const char *email);
+int pub_ldap_put_ca(struct pub_ldap *pl, struct kms_store *st);
+/*
+ * userSMIMECertificate value: a certs-only CMS SignedData (DER) holding
+ * certs and ca_cert (may be NULL).  *der for OPENSSL_free.
+ */
+int pub_smime_certs_der(STACK_OF(X509) *certs, X509 *ca_cert, unsigned char **der, int *len);
 
 #endif

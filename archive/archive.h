@@ -454,6 +454,7 @@ struct esc_enroll_req {
 	const char *key_type;
 	int days;
 	const char *crl_url;
+	const char *crl_ldap_url;   /* ldap:// name of the same CRL, NULL or "" for none */
 	const char *origin;         /* "enroll" */
 	const char *issued_by;
 };

@@ -89,6 +89,7 @@ struct ca_issue_req {
 	int days;               /* validity from now */
 	const char *crl_url;    /* CRL distribution point; NULL or "" for none */
 	const char *subject_serial;  /* subject serialNumber (printable), or NULL for none */
+	const char *crl_ldap_url;   /* ldap:// name of the same CRL beside crl_url; NULL or "" for none */
 };
 
 /*
@@ -111,7 +112,8 @@ int ca_issue(const struct ca *ca, const struct ca_issue_req *req, X509 **out);
  * against the addresses we manage.  KMS_ERR_INVALID with a clear detail
  * on a bad CSR.
  */
-int ca_issue_csr(const struct ca *ca, X509_REQ *csr, int days, const char *crl_url, X509 **out, char **email_out);
+int ca_issue_csr(const struct ca *ca, X509_REQ *csr, int days, const char *crl_url, const char *crl_ldap_url,
+    X509 **out, char **email_out);
 
 /* Lowercase hex of a serial, no leading zeros (the certs table key). */
 char *ca_serial_hex(const ASN1_INTEGER *serial);

@@ -69,6 +69,17 @@ ca_usage_name(enum ca_usage u)
 }
 
 static int
+ldap_url_valid(const char *url)
+{
+	if (strlen(url) > MAX_URL_LEN || strncasecmp(url, "ldap://", 7) != 0)
+		return 0;
+	for (const char *p = url; *p; p++)
+		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+			return 0;
+	return 1;
+}
+
+static int
 url_valid(const char *url)
 {
 	size_t len = strlen(url);
@@ -244,17 +255,31 @@ add_san_email(X509 *x, const char *email)
 	return rc;
 }
 
+/*
+ * One distribution point whose fullName is the http URL and, when given,
+ * the ldap URL: two names of the same CRL (RFC 5280 4.2.1.13), so a
+ * client may fetch either.
+ */
 static int
-add_crl_dp(X509 *x, const char *url)
+add_crl_dp(X509 *x, const char *url, const char *ldap_url)
 {
 	CRL_DIST_POINTS *cdp = CRL_DIST_POINTS_new();
 	DIST_POINT *dp = DIST_POINT_new();
+	GENERAL_NAMES *more = NULL;
 	int rc = 0;
 
 	if (cdp == NULL || dp == NULL || (dp->distpoint = DIST_POINT_NAME_new()) == NULL ||
 	    (dp->distpoint->name.fullname = one_general_name(GEN_URI, url)) == NULL) {
 		rc = kms_fail_openssl(KMS_ERR_NOMEM, "cRLDistributionPoints");
 		goto out;
+	}
+	if (ldap_url != NULL && *ldap_url != '\0') {
+		if ((more = one_general_name(GEN_URI, ldap_url)) == NULL ||
+		    !sk_GENERAL_NAME_push(dp->distpoint->name.fullname, sk_GENERAL_NAME_value(more, 0))) {
+			rc = kms_fail_openssl(KMS_ERR_NOMEM, "cRLDistributionPoints");
+			goto out;
+		}
+		(void)sk_GENERAL_NAME_pop(more);        /* now owned by the distribution point */
 	}
 	dp->distpoint->type = 0;        /* fullName */
 	if (!sk_DIST_POINT_push(cdp, dp)) {
@@ -265,6 +290,7 @@ add_crl_dp(X509 *x, const char *url)
 	if (X509_add1_ext_i2d(x, NID_crl_distribution_points, cdp, 0, X509V3_ADD_REPLACE) != 1)
 		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "adding cRLDistributionPoints");
 out:
+	GENERAL_NAMES_free(more);
 	DIST_POINT_free(dp);
 	CRL_DIST_POINTS_free(cdp);
 	return rc;
@@ -342,6 +368,8 @@ check_request(const struct ca *ca, const struct ca_issue_req *req, const char **
 		    "control characters", CA_UB_NAME);
 	if (req->crl_url != NULL && *req->crl_url != '\0' && !url_valid(req->crl_url))
 		return kms_fail(KMS_ERR_INVALID, "the CRL URL must be an http:// or https:// URL of printable ASCII");
+	if (req->crl_ldap_url != NULL && *req->crl_ldap_url != '\0' && !ldap_url_valid(req->crl_ldap_url))
+		return kms_fail(KMS_ERR_INVALID, "the CRL's LDAP URL must be an ldap:// URL of printable ASCII");
 	return 0;
 }
 
@@ -389,7 +417,7 @@ ca_issue(const struct ca *ca, const struct ca_issue_req *req, X509 **out)
 	}
 	if ((rc = add_usage_extensions(x, req)) != 0 || (rc = ca_add_key_ids(x, akid)) != 0)
 		goto out;
-	if (req->crl_url != NULL && *req->crl_url != '\0' && (rc = add_crl_dp(x, req->crl_url)) != 0)
+	if (req->crl_url != NULL && *req->crl_url != '\0' && (rc = add_crl_dp(x, req->crl_url, req->crl_ldap_url)) != 0)
 		goto out;
 	if ((rc = ca_sign(x, ca->key)) != 0)
 		goto out;
@@ -523,7 +551,8 @@ out:
 }
 
 int
-ca_issue_csr(const struct ca *ca, X509_REQ *csr, int days, const char *crl_url, X509 **out, char **email_out)
+ca_issue_csr(const struct ca *ca, X509_REQ *csr, int days, const char *crl_url, const char *crl_ldap_url,
+    X509 **out, char **email_out)
 {
 	struct ca_issue_req req;
 	EVP_PKEY *pub;
@@ -554,6 +583,7 @@ ca_issue_csr(const struct ca *ca, X509_REQ *csr, int days, const char *crl_url, 
 	req.name = NULL;
 	req.days = days;
 	req.crl_url = crl_url;
+	req.crl_ldap_url = crl_ldap_url;
 	if ((rc = ca_issue(ca, &req, out)) != 0) {
 		free(email);
 		return rc;

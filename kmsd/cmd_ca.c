@@ -412,6 +412,7 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 	er.key_type = cfg->ca.user_key;
 	er.days = (int)cfg->ca.user_validity_days;
 	er.crl_url = cfg->crl.url;
+	er.crl_ldap_url = cfg->crl.ldap_url;
 	er.origin = "enroll";
 	er.issued_by = req->user;
 	if ((rc = esc_enroll_prepare(&er, &en)) != 0)
@@ -509,7 +510,8 @@ kmsd_cmd_issue(struct kmsd_req *req)
 		reply = kms_reply_error("bad_args", "issue: not a PEM certificate request (-----BEGIN CERTIFICATE REQUEST-----)");
 		goto out;
 	}
-	if ((rc = ca_issue_csr(ca, csr, (int)cfg->ca.user_validity_days, cfg->crl.url, &cert, &email)) != 0) {
+	if ((rc = ca_issue_csr(ca, csr, (int)cfg->ca.user_validity_days, cfg->crl.url, cfg->crl.ldap_url, &cert,
+	    &email)) != 0) {
 		reply = kmsd_reply_fail(rc);
 		goto out;
 	}

@@ -277,7 +277,7 @@ static X509 *
 issue(const struct ca *ca, enum ca_usage usage, EVP_PKEY *key, const char *email, const char *name,
     int days, const char *crl_url)
 {
-	struct ca_issue_req req = { usage, key, email, name, days, crl_url, NULL };
+	struct ca_issue_req req = { usage, key, email, name, days, crl_url, NULL, NULL };
 	X509 *x = NULL;
 
 	ck_assert_msg(ca_issue(ca, &req, &x) == 0, "ca_issue: %s", kms_last_error());
@@ -289,7 +289,7 @@ static int
 issue_rc(const struct ca *ca, enum ca_usage usage, EVP_PKEY *key, const char *email, const char *name,
     int days, const char *crl_url)
 {
-	struct ca_issue_req req = { usage, key, email, name, days, crl_url, NULL };
+	struct ca_issue_req req = { usage, key, email, name, days, crl_url, NULL, NULL };
 	X509 *x = NULL;
 	int rc = ca_issue(ca, &req, &x);
 
@@ -917,7 +917,7 @@ START_TEST(test_csr_with_san_gets_signing_cert)
 	X509 *x = NULL;
 	char *email = NULL;
 
-	ck_assert_msg(ca_issue_csr(rsa_ca, r, 365, CRL_URL, &x, &email) == 0, "%s", kms_last_error());
+	ck_assert_msg(ca_issue_csr(rsa_ca, r, 365, CRL_URL, NULL, &x, &email) == 0, "%s", kms_last_error());
 	ck_assert_str_eq(email, "grace@example.org");
 	/* Only the address is validated: it is the common name, and O is the CA's. */
 	check_user_cert(x, rsa_ca, CA_USAGE_SIGN, ec_user_a, "grace@example.org", "grace@example.org", 365, CRL_URL);
@@ -934,7 +934,7 @@ START_TEST(test_csr_subject_email_used_without_san)
 	X509 *x = NULL;
 	char *email = NULL;
 
-	ck_assert_msg(ca_issue_csr(ec_ca, r, 100, CRL_URL, &x, &email) == 0, "%s", kms_last_error());
+	ck_assert_msg(ca_issue_csr(ec_ca, r, 100, CRL_URL, NULL, &x, &email) == 0, "%s", kms_last_error());
 	ck_assert_str_eq(email, "heidi@example.org");
 	check_user_cert(x, ec_ca, CA_USAGE_SIGN, rsa_user_a, "heidi@example.org", "heidi@example.org", 100, CRL_URL);
 	free(email);
@@ -949,7 +949,7 @@ START_TEST(test_csr_san_wins_over_subject_email)
 	X509 *x = NULL;
 	char *email = NULL;
 
-	ck_assert_int_eq(ca_issue_csr(rsa_ca, r, 30, NULL, &x, &email), 0);
+	ck_assert_int_eq(ca_issue_csr(rsa_ca, r, 30, NULL, NULL, &x, &email), 0);
 	ck_assert_str_eq(email, "ivan@example.org");
 	assert_san_email(x, "ivan@example.org");
 	free(email);
@@ -972,7 +972,7 @@ START_TEST(test_csr_with_broken_signature_refused)
 	p = der;
 	bad = d2i_X509_REQ(NULL, &p, len);
 	ck_assert_ptr_nonnull(bad);
-	ck_assert_int_eq(ca_issue_csr(rsa_ca, bad, 30, NULL, &x, &email), KMS_ERR_INVALID);
+	ck_assert_int_eq(ca_issue_csr(rsa_ca, bad, 30, NULL, NULL, &x, &email), KMS_ERR_INVALID);
 	ck_assert_ptr_null(x);
 	ck_assert_ptr_null(email);
 	ck_assert_ptr_nonnull(strstr(kms_last_error(), "self-signature"));
@@ -990,7 +990,7 @@ START_TEST(test_csr_signed_by_another_key_refused)
 	char *email = NULL;
 
 	ck_assert_int_eq(X509_REQ_set_pubkey(r, rsa_user_a), 1);
-	ck_assert_int_eq(ca_issue_csr(rsa_ca, r, 30, NULL, &x, &email), KMS_ERR_INVALID);
+	ck_assert_int_eq(ca_issue_csr(rsa_ca, r, 30, NULL, NULL, &x, &email), KMS_ERR_INVALID);
 	ck_assert_ptr_null(x);
 	X509_REQ_free(r);
 }
@@ -1005,9 +1005,9 @@ START_TEST(test_csr_with_weak_key_refused)
 	X509 *x = NULL;
 	char *email = NULL;
 
-	ck_assert_int_eq(ca_issue_csr(rsa_ca, r1, 30, NULL, &x, &email), KMS_ERR_INVALID);
+	ck_assert_int_eq(ca_issue_csr(rsa_ca, r1, 30, NULL, NULL, &x, &email), KMS_ERR_INVALID);
 	ck_assert_ptr_nonnull(strstr(kms_last_error(), "1024"));
-	ck_assert_int_eq(ca_issue_csr(rsa_ca, r2, 30, NULL, &x, &email), KMS_ERR_INVALID);
+	ck_assert_int_eq(ca_issue_csr(rsa_ca, r2, 30, NULL, NULL, &x, &email), KMS_ERR_INVALID);
 	ck_assert_ptr_nonnull(strstr(kms_last_error(), "curve"));
 	ck_assert_ptr_null(x);
 	ck_assert_ptr_null(email);
@@ -1025,9 +1025,9 @@ START_TEST(test_csr_without_address_refused)
 	X509 *x = NULL;
 	char *email = NULL;
 
-	ck_assert_int_eq(ca_issue_csr(rsa_ca, r, 30, NULL, &x, &email), KMS_ERR_INVALID);
+	ck_assert_int_eq(ca_issue_csr(rsa_ca, r, 30, NULL, NULL, &x, &email), KMS_ERR_INVALID);
 	ck_assert_ptr_nonnull(strstr(kms_last_error(), "no email address"));
-	ck_assert_int_eq(ca_issue_csr(rsa_ca, r2, 30, NULL, &x, &email), KMS_ERR_INVALID);
+	ck_assert_int_eq(ca_issue_csr(rsa_ca, r2, 30, NULL, NULL, &x, &email), KMS_ERR_INVALID);
 	ck_assert_ptr_nonnull(strstr(kms_last_error(), "not an address"));
 	ck_assert_ptr_null(x);
 	ck_assert_ptr_null(email);
@@ -1048,7 +1048,7 @@ START_TEST(test_csr_with_dns_san_only_refused)
 	X509_REQ_add_extensions(r, exts);
 	sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
 	ck_assert_int_gt(X509_REQ_sign(r, ec_user_a, EVP_sha256()), 0);
-	ck_assert_int_eq(ca_issue_csr(rsa_ca, r, 30, NULL, &x, &email), KMS_ERR_INVALID);
+	ck_assert_int_eq(ca_issue_csr(rsa_ca, r, 30, NULL, NULL, &x, &email), KMS_ERR_INVALID);
 	X509_REQ_free(r);
 }
 END_TEST

@@ -17,6 +17,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include <openssl/x509v3.h>
+
 #include "ca/ca.h"
 #include "common/common.h"
 #include "tests/unit/testutil.h"
@@ -334,6 +336,41 @@ START_TEST(test_bad_entries_are_refused)
 }
 END_TEST
 
+/* [crl] ldap_url: the distribution point names the CRL twice, http first. */
+START_TEST(test_the_ldap_url_is_a_second_name_of_the_distribution_point)
+{
+	static const char *const http = "http://127.0.0.1:8480/crl/kms-ca.crl";
+	static const char *const ldap = "ldap://127.0.0.1:389/cn=kms-ca,dc=example,dc=org?certificateRevocationList;binary";
+	struct ca_issue_req r = { .usage = CA_USAGE_ENC, .pubkey = ukey, .email = "a@example.org", .days = 30,
+		.crl_url = http, .crl_ldap_url = ldap };
+	CRL_DIST_POINTS *cdp;
+	GENERAL_NAMES *names;
+	X509 *x = NULL;
+	int type;
+	ASN1_IA5STRING *u;
+
+	ck_assert_int_eq(ca_issue(ca, &r, &x), 0);
+	cdp = X509_get_ext_d2i(x, NID_crl_distribution_points, NULL, NULL);
+	ck_assert_ptr_nonnull(cdp);
+	ck_assert_int_eq(sk_DIST_POINT_num(cdp), 1);
+	names = sk_DIST_POINT_value(cdp, 0)->distpoint->name.fullname;
+	ck_assert_int_eq(sk_GENERAL_NAME_num(names), 2);
+	u = GENERAL_NAME_get0_value(sk_GENERAL_NAME_value(names, 0), &type);
+	ck_assert_int_eq(type, GEN_URI);
+	ck_assert_str_eq((const char *)ASN1_STRING_get0_data(u), http);
+	u = GENERAL_NAME_get0_value(sk_GENERAL_NAME_value(names, 1), &type);
+	ck_assert_int_eq(type, GEN_URI);
+	ck_assert_str_eq((const char *)ASN1_STRING_get0_data(u), ldap);
+	CRL_DIST_POINTS_free(cdp);
+	X509_free(x);
+	/* Only ldap:// is accepted as the second name. */
+	r.crl_ldap_url = "http://example.org/x.crl";
+	x = NULL;
+	ck_assert_int_eq(ca_issue(ca, &r, &x), KMS_ERR_INVALID);
+	ck_assert_ptr_null(x);
+}
+END_TEST
+
 static Suite *
 pubq_suite(void)
 {
@@ -353,6 +390,7 @@ pubq_suite(void)
 	tcase_add_test(tc, test_resync_queues_the_ca_and_every_address_once);
 	tcase_add_test(tc, test_the_expiry_sweep_queues_expired_certificates_once);
 	tcase_add_test(tc, test_bad_entries_are_refused);
+	tcase_add_test(tc, test_the_ldap_url_is_a_second_name_of_the_distribution_point);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -3,7 +3,7 @@
  * LDAP directory, kept in the store (table pubq).
  *
  * Rows are added by triggers on the certs and crls tables (store migration
- * 7), so an enrollment, a renewal, a revocation or a new CRL and its queue
+ * 8), so an enrollment, a renewal, a revocation or a new CRL and its queue
  * row commit in one transaction, whoever writes them (kmsd or an offline
  * tool), and a change that rolls back leaves no row.  The triggers fire
  * only while the store says publishing is on (meta key "pubq.on", set by

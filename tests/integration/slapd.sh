@@ -209,3 +209,17 @@ wait_until() {
 	done
 	return 1
 }
+
+# ldap_dump NAME: "address serial" for every userCertificate;binary value
+# under the base, sorted (addresses lowercased).
+ldap_dump() {
+	lds "$1" -b "$LDAP_BASE" '(mail=*)' mail 'userCertificate;binary' | awk '
+		/^dn: / { mail = "" }
+		/^mail: / { mail = tolower($2) }
+		/^userCertificate;binary:: / { print mail, $2 }' |
+	while read -r m b; do
+		s=$(printf '%s' "$b" | base64 -d | openssl x509 -inform DER -noout -serial | sed 's/^serial=//' |
+			tr 'A-F' 'a-f' | sed 's/^0*//')
+		printf '%s %s\n' "$m" "$s"
+	done | sort
+}

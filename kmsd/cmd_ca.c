@@ -386,7 +386,7 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 	email = kmsd_arg_str(req, "email", 1, KMS_ADDR_MAX, &reply);
 	if (reply)
 		return reply;
-	kms_sanitize(email, 254, req->target, sizeof(req->target));
+	kms_sanitize(email, KMS_ADDR_MAX, req->target, sizeof(req->target));
 	name = kmsd_arg_str(req, "name", 0, 64, &reply);
 	password = kmsd_arg_str(req, "password", 0, 1024, &reply);
 	if (reply || kmsd_arg_bool(req, "renew", 0, &renew, &reply) != 0)
@@ -587,10 +587,10 @@ kmsd_cmd_show(struct kmsd_req *req)
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
 		return reply;
-	target = kmsd_arg_str(req, "target", 1, 254, &reply);
+	target = kmsd_arg_str(req, "target", 1, KMS_ADDR_MAX, &reply);
 	if (reply)
 		return reply;
-	kms_sanitize(target, 254, req->target, sizeof(req->target));
+	kms_sanitize(target, KMS_ADDR_MAX, req->target, sizeof(req->target));
 	if ((rc = ca_store_find(req->st, target, &rows, &n)) != 0) {
 		if (rc == KMS_ERR_NOTFOUND)
 			return kms_reply_error("not_found", "show: no certificate for \"%s\"", req->target);

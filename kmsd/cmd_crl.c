@@ -58,12 +58,12 @@ kmsd_cmd_revoke(struct kmsd_req *req)
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
 		return reply;
-	target = kmsd_arg_str(req, "target", 1, 254, &reply);
+	target = kmsd_arg_str(req, "target", 1, KMS_ADDR_MAX, &reply);
 	reason_name = kmsd_arg_str(req, "reason", 0, 64, &reply);
 	inv = kmsd_arg_str(req, "invalidity_date", 0, 64, &reply);
 	if (reply)
 		return reply;
-	kms_sanitize(target, 254, req->target, sizeof(req->target));
+	kms_sanitize(target, KMS_ADDR_MAX, req->target, sizeof(req->target));
 	if (reason_name && (reason = ca_reason_from_name(reason_name)) < 0)
 		return kms_reply_error("bad_args", "revoke: unknown reason \"%.64s\"; use one of unspecified, "
 		    "keyCompromise, cACompromise, affiliationChanged, superseded, cessationOfOperation, "

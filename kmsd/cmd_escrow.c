@@ -182,7 +182,7 @@ kmsd_cmd_recover_request(struct kmsd_req *req)
 	purpose = kmsd_arg_str(req, "purpose", 0, 16, &reply);
 	if (reply)
 		return reply;
-	kms_sanitize(email, 254, req->target, sizeof(req->target));
+	kms_sanitize(email, KMS_ADDR_MAX, req->target, sizeof(req->target));
 	if (purpose == NULL || *purpose == '\0')
 		purpose = "key";
 	if (strcmp(purpose, "key") != 0 && strcmp(purpose, "archive") != 0)
@@ -543,8 +543,7 @@ kmsd_cmd_recover_fetch(struct kmsd_req *req)
 	json_t *reply = NULL, *res = NULL;
 	struct esc_request rq;
 	struct kmsd_pending *p;
-	struct ca_p12_item *items = NULL;
-	char **names = NULL, officers[400];
+	char officers[400];
 	size_t nkeys = 0;
 	int rc;
 
@@ -561,27 +560,13 @@ kmsd_cmd_recover_fetch(struct kmsd_req *req)
 	if ((rc = usable_request(req, id, "key", &rq, &p)) != 0)
 		return kmsd_reply_fail(rc);
 	nkeys = p->rec.n;
-	items = calloc(nkeys, sizeof(*items));
-	names = calloc(nkeys, sizeof(*names));
 	res = json_pack("{s:s,s:s,s:I}", "id", rq.id, "email", rq.email, "keys", (json_int_t)nkeys);
-	if (items == NULL || names == NULL || res == NULL) {
+	if (res == NULL) {
 		rc = KMS_ERR_NOMEM;
 		goto fail;
 	}
-	for (size_t i = 0; i < nkeys; i++) {
-		char *serial = ca_serial_hex(X509_get0_serialNumber(p->rec.certs[i]));
-		size_t n = strlen(rq.email) + 64;
-
-		names[i] = malloc(n);
-		if (names[i])
-			snprintf(names[i], n, "%s (encryption%s, %s)", rq.email, i == 0 ? ", current" : "",
-			    serial ? serial : "");
-		free(serial);
-		items[i].key = p->rec.keys[i];
-		items[i].cert = p->rec.certs[i];
-		items[i].friendly_name = names[i];
-	}
-	if ((rc = kmsd_p12_into(res, items, nkeys, ca ? ca->cert : NULL, password, req->env->cfg)) != 0)
+	if ((rc = kmsd_p12_recovered_into(res, &p->rec, rq.email, ca ? ca->cert : NULL, password,
+	    req->env->cfg)) != 0)
 		goto fail;
 	/* Given once: the keys leave memory now. */
 	pending_drop(rq.id);
@@ -598,10 +583,6 @@ fail:
 	reply = kmsd_reply_fail(rc);
 out:
 	json_decref(res);
-	for (size_t i = 0; names && i < nkeys; i++)
-		free(names[i]);
-	free(names);
-	free(items);
 	return reply;
 }
 

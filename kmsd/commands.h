@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <sys/types.h>
 
+#include "archive/archive.h"
 #include "kmsd/kmsd.h"
 
 struct kmsd_req {
@@ -90,6 +91,9 @@ json_t *kmsd_cmd_cert(struct kmsd_req *req);
  */
 int kmsd_p12_into(json_t *res, const struct ca_p12_item *items, size_t n, X509 *ca_cert, const char *password,
     const struct kms_config *cfg);
+/* The same for keys recovered from escrow (friendly names by esc_recovered_p12). */
+int kmsd_p12_recovered_into(json_t *res, const struct esc_recovered *r, const char *email, X509 *ca_cert,
+    const char *password, const struct kms_config *cfg);
 /* JSON description of a certificate row. */
 json_t *kmsd_cert_json(const struct ca_cert_row *row, int full);
 

@@ -214,17 +214,65 @@ kmsd_cert_json(const struct ca_cert_row *r, int full)
 }
 
 #define GENERATED_PW_ITERATIONS 2048
+#define GENERATED_PW_SIZE 25
+
+/*
+ * The password a security file goes under (the client's, or one generated
+ * into genpw) and the PBKDF2 iterations that go with it.  Key stretching
+ * protects passwords people chose; a generated one carries 139 random
+ * bits, so more iterations would only cost time and it gets OpenSSL's
+ * default count.
+ */
+static int
+p12_password(const char *password, const struct kms_config *cfg, char genpw[GENERATED_PW_SIZE], const char **pw,
+    int *iter, enum ca_p12_format *fmt)
+{
+	int rc;
+
+	genpw[0] = '\0';
+	*pw = password;
+	if (password == NULL) {
+		if ((rc = kms_random_password(genpw, GENERATED_PW_SIZE)) != 0)
+			return rc;
+		*pw = genpw;
+	}
+	*fmt = CA_P12_MODERN;
+	ca_p12_format_from_name(cfg->ca.pkcs12_format, fmt);
+	*iter = (int)cfg->ca.pkcs12_iterations;
+	if (genpw[0] && *iter > GENERATED_PW_ITERATIONS)
+		*iter = GENERATED_PW_ITERATIONS;
+	return 0;
+}
+
+/* Put the file (base64) and a generated password into the reply; wipes der. */
+static int
+p12_reply(json_t *res, unsigned char *der, size_t len, const char *genpw, const struct kms_config *cfg)
+{
+	char *b64 = kms_b64_encode(der, len);
+
+	kms_wipe(der, len);
+	free(der);
+	if (b64 == NULL)
+		return KMS_ERR_NOMEM;
+	json_object_set_new(res, "pkcs12", json_string(b64));
+	json_object_set_new(res, "format", json_string(cfg->ca.pkcs12_format));
+	if (genpw[0])
+		json_object_set_new(res, "password", json_string(genpw));
+	kms_wipe(b64, strlen(b64));
+	free(b64);
+	return 0;
+}
 
 int
 kmsd_p12_into(json_t *res, const struct ca_p12_item *items, size_t n, X509 *ca_cert, const char *password,
     const struct kms_config *cfg)
 {
-	char genpw[25];
+	char genpw[GENERATED_PW_SIZE];
+	const char *pw;
 	unsigned char *p12 = NULL;
 	size_t len = 0;
-	enum ca_p12_format fmt = CA_P12_MODERN;
+	enum ca_p12_format fmt;
 	STACK_OF(X509) *chain = sk_X509_new_null();
-	char *b64 = NULL;
 	int rc, iter;
 
 	genpw[0] = '\0';
@@ -232,41 +280,31 @@ kmsd_p12_into(json_t *res, const struct ca_p12_item *items, size_t n, X509 *ca_c
 		rc = KMS_ERR_NOMEM;
 		goto out;
 	}
-	if (password == NULL) {
-		if ((rc = kms_random_password(genpw, sizeof(genpw))) != 0)
-			goto out;
-		password = genpw;
-	}
-	ca_p12_format_from_name(cfg->ca.pkcs12_format, &fmt);
-	/*
-	 * Key stretching protects passwords people chose.  A generated one
-	 * carries 139 random bits: more iterations only cost time, so it gets
-	 * OpenSSL's default count.
-	 */
-	iter = (int)cfg->ca.pkcs12_iterations;
-	if (genpw[0] && iter > GENERATED_PW_ITERATIONS)
-		iter = GENERATED_PW_ITERATIONS;
-	if ((rc = ca_p12_build(items, n, chain, password, fmt, iter, &p12, &len)) != 0)
+	if ((rc = p12_password(password, cfg, genpw, &pw, &iter, &fmt)) != 0)
 		goto out;
-	if ((b64 = kms_b64_encode(p12, len)) == NULL) {
-		rc = KMS_ERR_NOMEM;
+	if ((rc = ca_p12_build(items, n, chain, pw, fmt, iter, &p12, &len)) != 0)
 		goto out;
-	}
-	json_object_set_new(res, "pkcs12", json_string(b64));
-	json_object_set_new(res, "format", json_string(cfg->ca.pkcs12_format));
-	if (genpw[0])
-		json_object_set_new(res, "password", json_string(genpw));
-	rc = 0;
+	rc = p12_reply(res, p12, len, genpw, cfg);
 out:
 	kms_wipe(genpw, sizeof(genpw));
-	if (b64) {
-		kms_wipe(b64, strlen(b64));
-		free(b64);
-	}
-	if (p12) {
-		kms_wipe(p12, len);
-		free(p12);
-	}
 	sk_X509_free(chain);
+	return rc;
+}
+
+int
+kmsd_p12_recovered_into(json_t *res, const struct esc_recovered *r, const char *email, X509 *ca_cert,
+    const char *password, const struct kms_config *cfg)
+{
+	char genpw[GENERATED_PW_SIZE];
+	const char *pw;
+	unsigned char *p12 = NULL;
+	size_t len = 0;
+	enum ca_p12_format fmt;
+	int rc, iter;
+
+	if ((rc = p12_password(password, cfg, genpw, &pw, &iter, &fmt)) == 0 &&
+	    (rc = esc_recovered_p12(r, email, ca_cert, pw, fmt, iter, &p12, &len)) == 0)
+		rc = p12_reply(res, p12, len, genpw, cfg);
+	kms_wipe(genpw, sizeof(genpw));
 	return rc;
 }

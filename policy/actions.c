@@ -45,19 +45,25 @@ pol_verdict_ar_result(enum pol_verdict v)
 	return (unsigned)v < POL_V_COUNT ? verdicts[v].ar : "temperror";
 }
 
-/* Severity rank of each verdict: lower is more severe. */
-static const int rank[POL_V_COUNT] = {
-	[POL_V_REVOKED] = 0,
-	[POL_V_FAIL] = 1,
-	[POL_V_UNTRUSTED] = 2,
-	[POL_V_EXPIRED] = 3,
-	[POL_V_MISMATCH] = 4,
-	[POL_V_PARTIAL] = 5,
-	[POL_V_PASS] = 6,
-	[POL_V_ENCRYPTED] = 7,
-	[POL_V_NONE] = 8,
-	[POL_V_ERROR] = 9,
+/*
+ * The order of severity, most severe first.  Every verdict has its place:
+ * a new one that is left out fails the build, rather than ranking first
+ * by default.
+ */
+static const enum pol_verdict severity[] = {
+	POL_V_REVOKED, POL_V_FAIL, POL_V_UNTRUSTED, POL_V_EXPIRED, POL_V_MISMATCH, POL_V_PARTIAL, POL_V_PASS,
+	POL_V_ENCRYPTED, POL_V_NONE, POL_V_ERROR,
 };
+_Static_assert(sizeof(severity) / sizeof(severity[0]) == POL_V_COUNT, "every verdict needs its place in severity[]");
+
+static size_t
+rank(enum pol_verdict v)
+{
+	for (size_t i = 0; i < sizeof(severity) / sizeof(severity[0]); i++)
+		if (severity[i] == v)
+			return i;
+	return sizeof(severity) / sizeof(severity[0]);
+}
 
 enum pol_verdict
 pol_verdict_worst(enum pol_verdict a, enum pol_verdict b)
@@ -68,11 +74,7 @@ pol_verdict_worst(enum pol_verdict a, enum pol_verdict b)
 	 * verdicts (revoked .. pass) rank against each other in practice; a
 	 * message with any signature outranks "encrypted", "none" and "error".
 	 */
-	if ((unsigned)a >= POL_V_COUNT)
-		return b;
-	if ((unsigned)b >= POL_V_COUNT)
-		return a;
-	return rank[a] <= rank[b] ? a : b;
+	return rank(a) <= rank(b) ? a : b;
 }
 
 int

@@ -22,6 +22,10 @@ clang -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer $san -DHAVE_CONFIG_H -I. 
     milter/libkmsmilter.a ca/libkmsca.a policy/libkmspolicy.a common/libkmscommon.a \
     $(pkg-config --libs gmime-3.0 openssl jansson sqlite3 inih libcurl) -lmilter -lpthread
 mkdir -p corpus
-cp "$src"/tests/data/smime/*.eml corpus/
-echo "built $b/fuzz_smime; run for an hour with:"
-echo "  cd $b && KMS_FUZZ_DATA=$src/tests/data/smime ./fuzz_smime -dict=$src/tests/fuzz/smime.dict -max_total_time=3600 -rss_limit_mb=2048 -max_len=262144 corpus"
+# Seeds as SMTP carries them (CRLF), so that their signatures verify and the
+# per-signature paths (revoked, partial, header protection) are reached.
+for f in "$src"/tests/data/smime/*.eml "$src"/tests/data/hostile/*.eml; do
+	sed 's/\r*$/\r/' "$f" > "corpus/$(basename "$(dirname "$f")")-$(basename "$f")"
+done
+echo "built $b/fuzz_smime; run for ten minutes (or an hour) with:"
+echo "  cd $b && KMS_FUZZ_DATA=$src/tests/data/smime ./fuzz_smime -dict=$src/tests/fuzz/smime.dict -max_total_time=600 -rss_limit_mb=2048 -max_len=262144 corpus"

@@ -301,6 +301,63 @@ int ca_crl_file_name(const char *url, char *out, size_t outlen);
  */
 int ca_crl_fetch_to_dir(const char *url, STACK_OF(X509) *cas, const char *dir, int timeout, long long *number);
 
+/* ------------------------------- CRLs of any CA, checked as RFC 5280 6.3 says */
+
+#define CA_CRL_COVERS_USER 1    /* end-entity certificates */
+#define CA_CRL_COVERS_CA 2      /* CA certificates */
+
+/* What a validated CRL says about itself. */
+struct ca_crl_meta {
+	int covers;                 /* CA_CRL_COVERS_* from the issuing distribution point (both without one) */
+	int some_reasons;           /* onlySomeReasons: lists revocations but gives no complete status */
+	int indirect;               /* indirectCRL: entries may name another certificate issuer */
+	int delta;                  /* a delta CRL on top of base */
+	long long number;           /* CRL number, -1 when absent */
+	long long base;             /* delta: the BaseCRLNumber; -1 otherwise */
+	char **dp_names;            /* IDP distribution point URIs (NULL-terminated); NULL: not partitioned */
+	time_t this_update, next_update;        /* next_update 0 when absent */
+};
+void ca_crl_meta_clear(struct ca_crl_meta *m);
+
+/*
+ * Validate crl against candidate signers the caller already trusts (trust
+ * anchors, or CA certificates of a validated chain): the signer's subject
+ * is the CRL issuer (and its SKI the CRL's AKI when both are present), it
+ * may sign CRLs (keyUsage cRLSign; a CA when it has no keyUsage), the
+ * signature verifies, no unknown critical extension on the CRL or an
+ * entry, the issuing distribution point covers public-key certificates,
+ * thisUpdate is not in the future.  0 with *signer (borrowed from cands)
+ * and *meta filled; KMS_ERR_EXPIRED with both filled when the CRL is past
+ * its nextUpdate (its entries still count, its coverage no longer does);
+ * KMS_ERR_NOTFOUND when no candidate is its issuer; KMS_ERR_CORRUPT with
+ * the reason otherwise.
+ */
+int ca_crl_validate(X509_CRL *crl, STACK_OF(X509) *cands, time_t now, X509 **signer, struct ca_crl_meta *meta);
+/*
+ * The same with candidates from trust anchors (trusted as they are) and
+ * intermediates (each used only when it has a valid path to an anchor at
+ * now).  *signer is borrowed from anchors or inter.
+ */
+int ca_crl_validate_chain(X509_CRL *crl, X509_STORE *anchors, STACK_OF(X509) *inter, time_t now,
+    X509 **signer, struct ca_crl_meta *meta);
+/*
+ * The URIs of cert's CRL distribution points that give the whole status
+ * (no reasons field); http_only keeps http:// ones.  *out NULL-terminated
+ * (kms_strv_free), NULL when there are none.
+ */
+int ca_cert_crl_urls(X509 *cert, int http_only, char ***out);
+
+/* ------------------------------------------------------------ trust anchors */
+
+/* Append every PEM certificate of path to out (*n: how many; may be NULL); KMS_ERR_INVALID if none. */
+int ca_certs_load_file(const char *path, STACK_OF(X509) *out, int *n);
+/* Trust every certificate of a PEM file ([milter] trust_file). */
+int ca_trust_add_file(X509_STORE *store, const char *path);
+/* Trust every certificate of each *.pem and *.crt file in dir ([milter] trust_dir); *nfiles may be NULL. */
+int ca_trust_add_dir(X509_STORE *store, const char *dir, int *nfiles);
+/* Trust the system's CA store (OpenSSL's default bundle and directory; [milter] use_system_store). */
+int ca_trust_add_system(X509_STORE *store);
+
 /* ============================================================ revocation index */
 
 struct ca_rev_info {
@@ -337,6 +394,19 @@ int ca_revidx_add_checked_crl(struct ca_revidx_builder *b, X509_CRL *crl, time_t
 /* Note that the issuer's revocation data is stale (kept last good copy). */
 int ca_revidx_mark_stale(struct ca_revidx_builder *b, const X509_NAME *issuer);
 int ca_revidx_build(struct ca_revidx_builder *b, struct ca_revidx **out);
+/*
+ * Add a CRL that ca_crl_validate() accepted (meta from it), with an
+ * optional delta CRL (validated, dmeta) on top of it: the delta's entries
+ * win over the base's, its removeFromCRL entries take certificates off,
+ * and it counts only when its BaseCRLNumber is at most the base's number
+ * and both have the same scope.  An indirect CRL's entries go under the
+ * certificate issuer they name.  Coverage (what the CRL establishes as
+ * good) follows meta->covers and dp_names; an expired CRL (or delta)
+ * adds its entries marked stale and no coverage.
+ */
+int ca_revidx_add_valid(struct ca_revidx_builder *b, X509_CRL *crl, const struct ca_crl_meta *meta,
+    X509_CRL *delta, const struct ca_crl_meta *dmeta, time_t now);
+
 
 /* 1 revoked (info filled), 0 not revoked. */
 int ca_revidx_lookup(const struct ca_revidx *idx, const X509_NAME *issuer, const ASN1_INTEGER *serial,
@@ -350,6 +420,14 @@ size_t ca_revidx_count(const struct ca_revidx *idx);
  * on revocation data key on it.
  */
 unsigned long ca_revidx_generation(const struct ca_revidx *idx);
+/*
+ * The revocation status of cert (issued by the CA named as its issuer):
+ * 1 revoked (info filled), 0 not revoked by a CRL that covers it (right
+ * kind of certificate, right distribution point, not expired), -1 unknown
+ * (no such CRL: none loaded yet, expired (info->stale 1), or only ones
+ * that do not cover it).  No signature check, the same cost at any size.
+ */
+int ca_revidx_check(const struct ca_revidx *idx, X509 *cert, struct ca_rev_info *info);
 /*
  * A new snapshot equal to base plus one more revoked entry, sharing base's
  * bulk: O(entries added since base's bulk), so a revocation is visible to

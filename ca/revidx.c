@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
@@ -40,6 +41,9 @@
 
 #define ENT_NEG 0x80            /* in len_flags: negative serial */
 #define ENT_STALE 0x8000        /* in issuer: came from a stale list */
+#define ENT_ONLY_USER 0x20      /* in reason: from a CRL for end-entity certificates only */
+#define ENT_ONLY_CA 0x40        /* in reason: from a CRL for CA certificates only */
+#define ENT_REASON 0x1f
 #define MAX_ISSUERS 0x7fff
 /* Tolerated clock skew for a CRL's thisUpdate. */
 #define CRL_SKEW 300
@@ -73,12 +77,24 @@ struct rev_bulk {
 	struct rev_table t;
 };
 
+/* Coverage of one distribution point of a partitioned CA. */
+struct rev_dp {
+	uint64_t h;             /* keyed hash of the URI */
+	int covers;             /* CA_CRL_COVERS_* */
+	time_t next_update;
+};
+
 struct rev_issuer {
 	unsigned char *der;
 	size_t len;
 	X509_NAME *name;
 	time_t next_update;     /* 0: live data (our store) or no nextUpdate */
 	int stale;
+	int covers;             /* CA_CRL_COVERS_* established by complete CRLs of this CA */
+	int expired;            /* a CRL of this CA was loaded past its nextUpdate */
+	int ind_covers;         /* the same for certificates naming this CA as their cRLIssuer */
+	struct rev_dp *dps;     /* partitions (IDP with a distribution point name) */
+	size_t ndps;
 };
 
 /* The generation of the last snapshot made. */
@@ -92,6 +108,15 @@ struct ca_revidx {
 	struct rev_issuer *issuers;
 	size_t nissuers;
 	size_t count;
+	/*
+	 * Issuer lookup in constant time at any number of CAs: by the keyed
+	 * hash of the name's DER, else by OpenSSL's hash of its canonical
+	 * form (the same name in another string encoding).  Slots hold the
+	 * hash's high half and the issuer index + 1.
+	 */
+	uint64_t *iq, *ic;
+	size_t iqmask, icmask;
+	int any_indirect;
 };
 
 struct ca_revidx_builder {
@@ -360,6 +385,7 @@ issuers_free(struct rev_issuer *is, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		free(is[i].der);
 		X509_NAME_free(is[i].name);
+		free(is[i].dps);
 	}
 	free(is);
 }
@@ -397,7 +423,10 @@ issuers_copy(struct rev_issuer **dst, const struct rev_issuer *src, size_t n, si
 		a[i] = src[i];
 		a[i].der = malloc(src[i].len);
 		a[i].name = X509_NAME_dup(src[i].name);
-		if (a[i].der == NULL || a[i].name == NULL) {
+		a[i].dps = NULL;
+		if (src[i].ndps > 0 && (a[i].dps = calloc(src[i].ndps, sizeof(*a[i].dps))) != NULL)
+			memcpy(a[i].dps, src[i].dps, src[i].ndps * sizeof(*a[i].dps));
+		if (a[i].der == NULL || a[i].name == NULL || (src[i].ndps > 0 && a[i].dps == NULL)) {
 			issuers_free(a, i + 1);
 			return KMS_ERR_NOMEM;
 		}
@@ -430,6 +459,87 @@ static int
 issuer_stale(const struct rev_issuer *is, time_t now)
 {
 	return is->stale || (is->next_update > 0 && now > is->next_update);
+}
+
+static uint64_t
+canon_hash(const X509_NAME *name, int *ok)
+{
+	unsigned long h = X509_NAME_hash_ex(name, NULL, NULL, ok);
+
+	ERR_clear_error();
+	return mix((uint64_t)h ^ sipkey[0], 0x9e3779b97f4a7c15ULL);
+}
+
+/* The snapshot's issuer hash tables (after its issuers are final). */
+static int
+issuers_index(struct ca_revidx *idx)
+{
+	size_t want = 16;
+
+	free(idx->iq);
+	free(idx->ic);
+	idx->iq = idx->ic = NULL;
+	idx->any_indirect = 0;
+	while (want < 2 * idx->nissuers)
+		want *= 2;
+	if ((idx->iq = calloc(want, sizeof(*idx->iq))) == NULL || (idx->ic = calloc(want, sizeof(*idx->ic))) == NULL) {
+		free(idx->iq);
+		idx->iq = NULL;
+		return KMS_ERR_NOMEM;
+	}
+	idx->iqmask = idx->icmask = want - 1;
+	for (size_t i = 0; i < idx->nissuers; i++) {
+		const struct rev_issuer *is = &idx->issuers[i];
+		int ok = 0;
+		uint64_t c;
+
+		slot_put(idx->iq, idx->iqmask, keyed_hash(is->der, is->len), i);
+		c = canon_hash(is->name, &ok);
+		if (ok)
+			slot_put(idx->ic, idx->icmask, c, i);
+		if (is->ind_covers)
+			idx->any_indirect = 1;
+	}
+	return 0;
+}
+
+/* Index of name's issuer in the snapshot, or -1: two short probes whatever the number of issuers. */
+static long
+idx_issuer(const struct ca_revidx *idx, const X509_NAME *name)
+{
+	const unsigned char *der;
+	size_t len;
+	uint64_t h;
+	int ok = 0;
+
+	if (idx->nissuers == 0 || name == NULL)
+		return -1;
+	if (idx->iq == NULL)
+		return issuer_find(idx->issuers, idx->nissuers, name);
+	if (!X509_NAME_get0_der(name, &der, &len))
+		return -1;
+	h = keyed_hash(der, len);
+	for (size_t i = (size_t)h & idx->iqmask; idx->iq[i] != 0; i = (i + 1) & idx->iqmask) {
+		if ((uint32_t)(idx->iq[i] >> 32) == (uint32_t)(h >> 32)) {
+			size_t k = (size_t)(uint32_t)idx->iq[i] - 1;
+
+			if (idx->issuers[k].len == len && memcmp(idx->issuers[k].der, der, len) == 0)
+				return (long)k;
+		}
+	}
+	/* The same name in another string encoding (RFC 5280 7.1 comparison). */
+	h = canon_hash(name, &ok);
+	if (!ok)
+		return issuer_find(idx->issuers, idx->nissuers, name);
+	for (size_t i = (size_t)h & idx->icmask; idx->ic[i] != 0; i = (i + 1) & idx->icmask) {
+		if ((uint32_t)(idx->ic[i] >> 32) == (uint32_t)(h >> 32)) {
+			size_t k = (size_t)(uint32_t)idx->ic[i] - 1;
+
+			if (X509_NAME_cmp(idx->issuers[k].name, name) == 0)
+				return (long)k;
+		}
+	}
+	return -1;
 }
 
 /* ---------------------------------------------------------------- builder */
@@ -512,6 +622,8 @@ ca_revidx_add_store(struct ca_revidx_builder *b, struct kms_store *st, X509 *ca_
 		return kms_fail(KMS_ERR_INVALID, "no CA certificate");
 	if ((issuer = builder_issuer(b, X509_get_subject_name(ca_cert))) < 0)
 		return (int)issuer;
+	/* Our own store is live: it says the whole truth about our certificates. */
+	b->issuers[issuer].covers |= CA_CRL_COVERS_USER | CA_CRL_COVERS_CA;
 	if (sqlite3_prepare_v2(kms_store_db(st),
 	    "SELECT serial, revoked_at, reason, invalidity FROM certs WHERE revoked_at IS NOT NULL",
 	    -1, &s, NULL) != SQLITE_OK)
@@ -618,6 +730,8 @@ add_entries(struct ca_revidx_builder *b, X509_CRL *crl, int stale)
 	is = &b->issuers[issuer];
 	if (stale)
 		is->stale = 1;
+	else
+		is->covers |= CA_CRL_COVERS_USER | CA_CRL_COVERS_CA;
 	if (nu > 0 && (is->next_update == 0 || nu < is->next_update))
 		is->next_update = nu;
 
@@ -695,6 +809,315 @@ ca_revidx_mark_stale(struct ca_revidx_builder *b, const X509_NAME *issuer)
 	return 0;
 }
 
+/* ------------------------------------------- validated CRLs of any CA */
+
+/* The directory name a certificateIssuer entry extension gives, or NULL. */
+static X509_NAME *
+entry_cert_issuer(X509_REVOKED *r, int *present)
+{
+	GENERAL_NAMES *gens = X509_REVOKED_get_ext_d2i(r, NID_certificate_issuer, NULL, NULL);
+	X509_NAME *name = NULL;
+
+	*present = gens != NULL;
+	for (int i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens) && name == NULL; i++) {
+		GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+
+		if (g->type == GEN_DIRNAME)
+			name = X509_NAME_dup(g->d.directoryName);
+	}
+	GENERAL_NAMES_free(gens);
+	ERR_clear_error();
+	return name;
+}
+
+/*
+ * Add the entries of crl (validated) into b: scope bits on each entry,
+ * removeFromCRL entries collected into rm (when not NULL) instead, and
+ * entries whose key is in skip (when not NULL) left out.
+ */
+static int
+add_valid_entries(struct ca_revidx_builder *b, X509_CRL *crl, const struct ca_crl_meta *m, int stale,
+    struct rev_table *rm, const struct rev_table *skip)
+{
+	STACK_OF(X509_REVOKED) *revs = X509_CRL_get_REVOKED(crl);
+	long issuer, cur;
+	int scope = 0, rc, ok;
+
+	if (m->covers == CA_CRL_COVERS_USER)
+		scope = ENT_ONLY_USER;
+	else if (m->covers == CA_CRL_COVERS_CA)
+		scope = ENT_ONLY_CA;
+	if ((issuer = builder_issuer(b, X509_CRL_get_issuer(crl))) < 0)
+		return (int)issuer;
+	cur = issuer;
+	for (int i = 0; i < sk_X509_REVOKED_num(revs); i++) {
+		X509_REVOKED *r = sk_X509_REVOKED_value(revs, i);
+		ASN1_ENUMERATED *reason;
+		ASN1_GENERALIZEDTIME *inval;
+		struct ca_rev_info info = { 0 };
+		const unsigned char *s;
+		size_t n;
+		int neg;
+
+		if (m->indirect) {
+			int present;
+			X509_NAME *ci = entry_cert_issuer(r, &present);
+
+			/* RFC 5280 5.3.3: the issuer named holds for this and the following entries. */
+			if (present) {
+				if (ci == NULL) {
+					kms_log(KMS_LOG_WARNING, "indirect CRL entry without a directory name skipped");
+					continue;
+				}
+				cur = builder_issuer(b, ci);
+				X509_NAME_free(ci);
+				if (cur < 0)
+					return (int)cur;
+			}
+		}
+		if (serial_key(X509_REVOKED_get0_serialNumber(r), &s, &n, &neg) != 0) {
+			kms_log(KMS_LOG_WARNING, "CRL entry with an oversized serial number skipped");
+			continue;
+		}
+		info.revoked_at = asn1_time_t(X509_REVOKED_get0_revocationDate(r), &ok);
+		if ((reason = X509_REVOKED_get_ext_d2i(r, NID_crl_reason, NULL, NULL)) != NULL) {
+			info.reason = (int)ASN1_ENUMERATED_get(reason);
+			ASN1_ENUMERATED_free(reason);
+		}
+		ERR_clear_error();
+		if (info.reason < 0 || info.reason > 10)
+			info.reason = 0;
+		if (info.reason == 8) {
+			/* removeFromCRL: in a delta it takes the certificate off the base (RFC 5280 5.3.1). */
+			if (rm != NULL && (rc = table_add(rm, (unsigned)cur, neg, s, n, &info, 0, 1, NULL)) != 0)
+				goto nomem;
+			continue;
+		}
+		if (skip != NULL && table_find(skip, key_hash((unsigned)cur, neg, s, n), (unsigned)cur, neg, s, n) >= 0)
+			continue;
+		if ((inval = X509_REVOKED_get_ext_d2i(r, NID_invalidity_date, NULL, NULL)) != NULL) {
+			info.invalidity = asn1_time_t(inval, &ok);
+			ASN1_GENERALIZEDTIME_free(inval);
+		}
+		info.reason |= scope;
+		if ((rc = table_add(&b->t, (unsigned)cur, neg, s, n, &info, stale, 0, NULL)) != 0)
+			goto nomem;
+	}
+	return 0;
+nomem:
+	b->err = 1;
+	return rc;
+}
+
+static int
+dp_cover(struct rev_issuer *is, const char *uri, int covers, time_t nu)
+{
+	uint64_t h = keyed_hash((const unsigned char *)uri, strlen(uri));
+	struct rev_dp *nd;
+
+	for (size_t i = 0; i < is->ndps; i++) {
+		if (is->dps[i].h == h) {
+			is->dps[i].covers |= covers;
+			if (nu > 0 && (is->dps[i].next_update == 0 || nu < is->dps[i].next_update))
+				is->dps[i].next_update = nu;
+			return 0;
+		}
+	}
+	if ((nd = realloc(is->dps, (is->ndps + 1) * sizeof(*nd))) == NULL)
+		return KMS_ERR_NOMEM;
+	is->dps = nd;
+	nd[is->ndps].h = h;
+	nd[is->ndps].covers = covers;
+	nd[is->ndps].next_update = nu;
+	is->ndps++;
+	return 0;
+}
+
+static int
+same_strv(char *const *a, char *const *b)
+{
+	size_t i;
+
+	if (a == NULL || b == NULL)
+		return a == b;
+	for (i = 0; a[i] != NULL && b[i] != NULL; i++)
+		if (strcmp(a[i], b[i]) != 0)
+			return 0;
+	return a[i] == NULL && b[i] == NULL;
+}
+
+int
+ca_revidx_add_valid(struct ca_revidx_builder *b, X509_CRL *crl, const struct ca_crl_meta *m, X509_CRL *delta,
+    const struct ca_crl_meta *dm, time_t now)
+{
+	struct rev_table rm;
+	struct rev_issuer *is;
+	long issuer;
+	int stale, dstale = 0, rc;
+	time_t nu;
+
+	if (b->err)
+		return KMS_ERR_NOMEM;
+	if (crl == NULL || m == NULL)
+		return kms_fail(KMS_ERR_INVALID, "no CRL");
+	if (m->delta)
+		return kms_fail(KMS_ERR_INVALID, "a delta CRL needs its base CRL");
+	memset(&rm, 0, sizeof(rm));
+	if (delta != NULL) {
+		if (dm == NULL || !dm->delta || X509_NAME_cmp(X509_CRL_get_issuer(delta), X509_CRL_get_issuer(crl)) != 0 ||
+		    dm->covers != m->covers || dm->indirect != m->indirect || !same_strv(dm->dp_names, m->dp_names))
+			return kms_fail(KMS_ERR_CORRUPT, "the delta CRL does not have the scope of its base CRL");
+		if (m->number < 0 || dm->base > m->number)
+			return kms_fail(KMS_ERR_CORRUPT, "the delta CRL needs base CRL %lld or later; this base is %lld",
+			    dm->base, m->number);
+	}
+	stale = m->next_update != 0 && now > m->next_update;
+	if ((issuer = builder_issuer(b, X509_CRL_get_issuer(crl))) < 0)
+		return (int)issuer;
+	if (delta != NULL) {
+		dstale = dm->next_update != 0 && now > dm->next_update;
+		if ((rc = add_valid_entries(b, delta, dm, dstale || stale, &rm, NULL)) != 0)
+			goto out;
+	}
+	if ((rc = add_valid_entries(b, crl, m, stale, NULL, delta != NULL ? &rm : NULL)) != 0)
+		goto out;
+	is = &b->issuers[issuer];
+	if (stale) {
+		is->expired = 1;
+		goto out;
+	}
+	if (m->some_reasons)
+		goto out;               /* some reasons only: revocations count, coverage does not */
+	nu = m->next_update;
+	if (delta != NULL && !dstale && dm->next_update != 0 && (nu == 0 || dm->next_update < nu))
+		nu = dm->next_update;
+	if (m->dp_names != NULL) {
+		for (size_t i = 0; m->dp_names[i] != NULL && rc == 0; i++)
+			rc = dp_cover(is, m->dp_names[i], m->covers, nu);
+		if (rc != 0) {
+			b->err = 1;
+			goto out;
+		}
+	} else {
+		is->covers |= m->covers;
+		if (nu > 0 && (is->next_update == 0 || nu < is->next_update))
+			is->next_update = nu;
+	}
+	if (m->indirect)
+		is->ind_covers |= m->covers;
+out:
+	table_free(&rm);
+	return rc;
+}
+
+static int
+scope_fits(const struct rev_ent *e, int kind)
+{
+	if ((e->reason & ENT_ONLY_USER) && kind != CA_CRL_COVERS_USER)
+		return 0;
+	if ((e->reason & ENT_ONLY_CA) && kind != CA_CRL_COVERS_CA)
+		return 0;
+	return 1;
+}
+
+static int
+dp_fresh(const struct rev_dp *d, int kind, time_t now)
+{
+	return (d->covers & kind) && (d->next_update == 0 || now <= d->next_update);
+}
+
+/* Is cert covered by a partition of is, or by an indirect CRL its distribution points name? */
+static int
+covered_by_dp(const struct ca_revidx *idx, const struct rev_issuer *is, X509 *cert, int kind, time_t now)
+{
+	CRL_DIST_POINTS *dps = X509_get_ext_d2i(cert, NID_crl_distribution_points, NULL, NULL);
+	int yes = 0;
+
+	ERR_clear_error();
+	for (int i = 0; dps != NULL && !yes && i < sk_DIST_POINT_num(dps); i++) {
+		DIST_POINT *dp = sk_DIST_POINT_value(dps, i);
+
+		if (dp->reasons != NULL)
+			continue;
+		if (dp->CRLissuer != NULL) {
+			/* An indirect CRL the certificate names (RFC 5280 4.2.1.13). */
+			for (int j = 0; !yes && idx->any_indirect && j < sk_GENERAL_NAME_num(dp->CRLissuer); j++) {
+				GENERAL_NAME *g = sk_GENERAL_NAME_value(dp->CRLissuer, j);
+				long k;
+
+				if (g->type == GEN_DIRNAME && (k = idx_issuer(idx, g->d.directoryName)) >= 0 &&
+				    (idx->issuers[k].ind_covers & kind) && !issuer_stale(&idx->issuers[k], now))
+					yes = 1;
+			}
+			continue;
+		}
+		if (is == NULL || is->ndps == 0 || dp->distpoint == NULL || dp->distpoint->type != 0)
+			continue;
+		for (int j = 0; !yes && j < sk_GENERAL_NAME_num(dp->distpoint->name.fullname); j++) {
+			GENERAL_NAME *g = sk_GENERAL_NAME_value(dp->distpoint->name.fullname, j);
+			uint64_t h;
+
+			if (g->type != GEN_URI)
+				continue;
+			h = keyed_hash(ASN1_STRING_get0_data(g->d.uniformResourceIdentifier),
+			    (size_t)ASN1_STRING_length(g->d.uniformResourceIdentifier));
+			for (size_t k = 0; k < is->ndps && !yes; k++)
+				if (is->dps[k].h == h && dp_fresh(&is->dps[k], kind, now))
+					yes = 1;
+		}
+	}
+	CRL_DIST_POINTS_free(dps);
+	return yes;
+}
+
+int
+ca_revidx_check(const struct ca_revidx *idx, X509 *cert, struct ca_rev_info *info)
+{
+	struct ca_rev_info tmp;
+	const struct rev_issuer *is = NULL;
+	const struct rev_ent *e = NULL;
+	const unsigned char *s;
+	size_t n;
+	int neg, kind;
+	long i, k;
+	time_t now = time(NULL);
+
+	if (info == NULL)
+		info = &tmp;
+	memset(info, 0, sizeof(*info));
+	if (idx == NULL || cert == NULL)
+		return -1;
+	kind = X509_check_ca(cert) ? CA_CRL_COVERS_CA : CA_CRL_COVERS_USER;
+	ERR_clear_error();
+	if ((i = idx_issuer(idx, X509_get_issuer_name(cert))) >= 0) {
+		is = &idx->issuers[i];
+		if (serial_key(X509_get0_serialNumber(cert), &s, &n, &neg) == 0) {
+			uint64_t h = key_hash((unsigned)i, neg, s, n);
+
+			if ((k = table_find(&idx->over, h, (unsigned)i, neg, s, n)) >= 0)
+				e = &idx->over.ents[k];
+			else if ((k = table_find(&idx->bulk->t, h, (unsigned)i, neg, s, n)) >= 0)
+				e = &idx->bulk->t.ents[k];
+		}
+		if (e != NULL && scope_fits(e, kind)) {
+			ent_info(e, info);
+			info->reason &= ENT_REASON;
+			if (issuer_stale(is, now))
+				info->stale = 1;
+			return 1;
+		}
+		if (!issuer_stale(is, now) && (is->covers & kind))
+			return 0;
+		if (issuer_stale(is, now) || is->expired)
+			info->stale = 1;
+	}
+	if (((is != NULL && is->ndps > 0) || idx->any_indirect) && covered_by_dp(idx, is, cert, kind, now)) {
+		info->stale = 0;
+		return 0;
+	}
+	return -1;
+}
+
 static struct rev_bulk *
 bulk_new(void)
 {
@@ -745,6 +1168,10 @@ ca_revidx_build(struct ca_revidx_builder *b, struct ca_revidx **out)
 	memset(&b->t, 0, sizeof(b->t));
 	b->issuers = NULL;
 	b->nissuers = 0;
+	if (issuers_index(idx) != 0) {
+		ca_revidx_unref(idx);
+		return KMS_ERR_NOMEM;
+	}
 	*out = idx;
 	return 0;
 }
@@ -764,7 +1191,7 @@ ca_revidx_lookup(const struct ca_revidx *idx, const X509_NAME *issuer, const ASN
 
 	if (idx == NULL || issuer == NULL || serial == NULL)
 		return 0;
-	if ((i = issuer_find(idx->issuers, idx->nissuers, issuer)) < 0)
+	if ((i = idx_issuer(idx, issuer)) < 0)
 		return 0;
 	if (serial_key(serial, &s, &n, &neg) != 0)
 		return 0;
@@ -777,6 +1204,7 @@ ca_revidx_lookup(const struct ca_revidx *idx, const X509_NAME *issuer, const ASN
 		return 0;
 	if (info != NULL) {
 		ent_info(e, info);
+		info->reason &= ENT_REASON;
 		if (issuer_stale(&idx->issuers[i], time(NULL)))
 			info->stale = 1;
 	}
@@ -788,7 +1216,7 @@ ca_revidx_issuer_state(const struct ca_revidx *idx, const X509_NAME *issuer)
 {
 	long i;
 
-	if (idx == NULL || (i = issuer_find(idx->issuers, idx->nissuers, issuer)) < 0)
+	if (idx == NULL || (i = idx_issuer(idx, issuer)) < 0)
 		return -1;
 	return issuer_stale(&idx->issuers[i], time(NULL)) ? 1 : 0;
 }
@@ -881,6 +1309,8 @@ ca_revidx_with(const struct ca_revidx *base, const X509_NAME *issuer, const ASN1
 	if (added && table_find(&idx->bulk->t, h, (unsigned)i, neg, s, n) < 0)
 		idx->count++;
 
+	if ((rc = issuers_index(idx)) != 0)
+		goto fail;
 	/* Fold a grown overlay into a fresh bulk so lookups stay two probes. */
 	if (idx->over.n > 256 && idx->over.n > idx->bulk->t.n / 16) {
 		struct rev_bulk *nb;
@@ -914,6 +1344,8 @@ ca_revidx_unref(struct ca_revidx *idx)
 	bulk_unref(idx->bulk);
 	table_free(&idx->over);
 	issuers_free(idx->issuers, idx->nissuers);
+	free(idx->iq);
+	free(idx->ic);
 	free(idx);
 }
 

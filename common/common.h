@@ -212,7 +212,12 @@ struct kms_config {
 		int delta;
 		char *external;                   /* comma-separated files and URLs */
 		char *external_ca;                /* PEM trust anchors for external CRLs */
-		long long external_refresh;       /* seconds */
+		long long external_refresh;
+		int fetch;                        /* fetch distribution points of certificates seen in mail */
+		long long fetch_max_size;         /* bytes */
+		long long fetch_timeout;          /* seconds */
+		long long fetch_concurrency;
+		long long fetch_max_sources;       /* seconds */
 		char *source;                     /* replica: the primary's CRL URL */
 		char *source_ca;                  /* replica: PEM of the primary's CA, to check its CRLs */
 		char *ldap_url;                   /* ldap:// CRL distribution point next to url, "" for none */
@@ -248,6 +253,9 @@ struct kms_config {
 		long long max_memory;             /* bytes */
 		long long max_message_size;       /* bytes */
 		char *trust_file;
+		char *trust_dir;
+		int use_system_store;
+		char *intermediates_file;
 		char *tempdir;
 		long long max_headers;
 		long long max_parts;
@@ -256,6 +264,8 @@ struct kms_config {
 	struct {
 		long long on_pass, on_fail, on_revoked, on_expired, on_untrusted;
 		long long on_mismatch, on_partial, on_encrypted, on_none, on_error;  /* enum kms_action */
+		long long on_revocation_unknown;  /* enum kms_action */
+		long long revocation_unknown_wait;        /* seconds */
 		char *subject_tag;
 		char *notice;                     /* template, see kmsd.conf(5) */
 	} policy;

@@ -44,9 +44,20 @@ struct mlt_limits {
 	long max_depth;                 /* MIME nesting */
 };
 
+/*
+ * The revocation status of chain[depth] (a trusted chain) is unknown: no
+ * usable CRL covers it.  The daemon hands the chain to its background
+ * fetcher without waiting and returns NULL; `kmsd -t` may load CRLs at
+ * once and return the newer index (get1) to use instead.  *since: when a
+ * fetch for this certificate's CRL was first asked for (0: none pending).
+ */
+typedef struct ca_revidx *(*mlt_rev_unknown_fn)(void *arg, STACK_OF(X509) *chain, int depth, time_t *since);
+
 struct mlt_check_ctx {
 	X509_STORE *trust;              /* borrowed: trust anchors (may be empty, not NULL) */
 	const struct ca_revidx *rev;    /* borrowed: revocation index, NULL when none is loaded */
+	mlt_rev_unknown_fn rev_unknown; /* NULL: nobody to tell */
+	void *rev_unknown_arg;
 	mlt_find_cert_fn find_cert;     /* NULL: only certificates in the message */
 	void *find_cert_arg;
 	struct mlt_limits limits;
@@ -86,6 +97,9 @@ struct mlt_sig {
 	int revoked_ca;                 /* 1: the revoked certificate is a CA in the chain, not the signer's */
 	struct ca_rev_info rev;
 	int stale;                      /* revocation data for the chain is past its nextUpdate */
+	int rev_unknown;                /* no usable CRL covers a certificate of the (trusted) chain */
+	int rev_unknown_ca;             /* ... and that certificate is a CA's, not the signer's */
+	time_t rev_pending_since;       /* when the fetch of its CRL was first asked for; 0: none pending */
 };
 
 struct mlt_result {

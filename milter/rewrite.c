@@ -689,7 +689,7 @@ mlt_rewrite_plan(const struct kms_config *cfg, const char *authserv_id, const st
 	struct mlt_rewrite *rw;
 	struct top t;
 	char *text = NULL, *warn = NULL;
-	int rc = 0;
+	int rc = 0, unknown = 0;
 
 	*out = NULL;
 	memset(&t, 0, sizeof(t));
@@ -697,6 +697,16 @@ mlt_rewrite_plan(const struct kms_config *cfg, const char *authserv_id, const st
 		return kms_fail(KMS_ERR_NOMEM, "out of memory");
 	rw->verdict = res ? res->verdict : POL_V_ERROR;
 	rw->action = pol_decide(cfg, rw->verdict);
+	if (res != NULL && res->verdict == POL_V_PASS && rw->action == KMS_ACT_ACCEPT) {
+		/* A good signature whose revocation status nobody could establish. */
+		for (size_t i = 0; i < res->nsigs; i++) {
+			if (res->sigs[i].rev_unknown) {
+				rw->action = pol_decide_revocation_unknown(cfg, res->sigs[i].rev_pending_since, time(NULL));
+				unknown = 1;
+				break;
+			}
+		}
+	}
 	if ((rc = mlt_strcatf(&text, "S/MIME %s: %s", pol_verdict_name(rw->verdict),
 	    res && res->detail ? res->detail : "internal error while checking the message")) != 0)
 		goto out;
@@ -731,8 +741,11 @@ mlt_rewrite_plan(const struct kms_config *cfg, const char *authserv_id, const st
 	if ((rc = delete_fields(rw, msg, &t, "X-KMS-Warning", NULL)) != 0)
 		goto out;
 	if (rw->action == KMS_ACT_WARN) {
-		/* The tag says "revoked sender": a partial signature gets the warning field only. */
-		if (rw->verdict != POL_V_PARTIAL && (rc = tag_subject(rw, cfg, msg, &t)) != 0)
+		/*
+		 * The tag says "revoked sender": a partial signature, or a good one
+		 * whose revocation status is only unknown, gets the warning field only.
+		 */
+		if (rw->verdict != POL_V_PARTIAL && !unknown && (rc = tag_subject(rw, cfg, msg, &t)) != 0)
 			goto out;
 		if ((rc = warning_text(res, &warn)) != 0 || (rc = add_edit(rw, MLT_HDR_ADD, "X-KMS-Warning", 0, warn)) != 0)
 			goto out;

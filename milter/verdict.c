@@ -238,31 +238,53 @@ fallback:
 	return rc;
 }
 
-/* Look every certificate of chain up in the index. */
+/*
+ * Look every certificate of chain up in the index (a self-signed root is
+ * trusted or not; no CRL speaks for it).  A certificate no usable CRL
+ * covers makes the status unknown; for a trusted chain the fetcher hears
+ * of it (ctx->rev_unknown), and may hand back a newer index at once.
+ */
 static void
-check_revocation(const struct mlt_check_ctx *ctx, STACK_OF(X509) *chain, struct mlt_sig *sig)
+check_revocation(const struct mlt_check_ctx *ctx, STACK_OF(X509) *chain, int trusted, struct mlt_sig *sig)
 {
-	if (ctx->rev == NULL)
+	const struct ca_revidx *rev = ctx->rev;
+	struct ca_revidx *fresh = NULL;
+
+	if (rev == NULL)
 		return;
 	for (int i = 0; i < sk_X509_num(chain); i++) {
 		X509 *c = sk_X509_value(chain, i);
-		const X509_NAME *iss = X509_get_issuer_name(c);
 		struct ca_rev_info info;
+		int r;
 
-		if (ca_revidx_issuer_state(ctx->rev, iss) == 1)
-			sig->stale = 1;
-		/* A self-signed root is trusted or not; no CRL speaks for it. */
 		if (i > 0 && X509_check_issued(c, c) == X509_V_OK)
 			continue;
-		memset(&info, 0, sizeof(info));
-		if (!sig->revoked && ca_revidx_lookup(ctx->rev, iss, X509_get0_serialNumber(c), &info) == 1) {
+		r = ca_revidx_check(rev, c, &info);
+		if (r < 0 && trusted && ctx->rev_unknown != NULL) {
+			time_t since = 0;
+			struct ca_revidx *n = ctx->rev_unknown(ctx->rev_unknown_arg, chain, i, &since);
+
+			if (n != NULL) {
+				ca_revidx_unref(fresh);
+				rev = fresh = n;
+				r = ca_revidx_check(rev, c, &info);
+			}
+			if (r < 0 && (sig->rev_pending_since == 0 || (since != 0 && since < sig->rev_pending_since)))
+				sig->rev_pending_since = since;
+		}
+		if (info.stale)
+			sig->stale = 1;
+		if (r < 0 && !sig->rev_unknown) {
+			sig->rev_unknown = 1;
+			sig->rev_unknown_ca = i > 0;
+		}
+		if (r == 1 && !sig->revoked) {
 			sig->revoked = 1;
 			sig->revoked_ca = i > 0;
 			sig->rev = info;
-			if (info.stale)
-				sig->stale = 1;
 		}
 	}
+	ca_revidx_unref(fresh);
 	ERR_clear_error();
 }
 
@@ -352,7 +374,7 @@ mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(
 		if (cached == 0)
 			mlt_chaincache_put(ctx, now, ckey, &cs, sizeof(cs), chain);
 	}
-	check_revocation(ctx, chain, sig);
+	check_revocation(ctx, chain, !cs.untrusted && !cs.expired, sig);
 
 	if (mismatch != NULL)
 		v = pol_verdict_worst(v, POL_V_MISMATCH);
@@ -394,6 +416,9 @@ mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(
 		rc = mlt_strcatf(&d, "signed by %s", who);
 		break;
 	}
+	if (rc == 0 && sig->rev_unknown && !sig->revoked && v == POL_V_PASS)
+		rc = mlt_strcatf(&d, "; revocation unknown: no current CRL covers %s",
+		    sig->rev_unknown_ca ? "a CA certificate of the chain" : "the certificate");
 	if (rc == 0 && sig->stale)
 		rc = mlt_strcatf(&d, "; revocation data is stale (the CRL is past its next update)");
 	goto out;

@@ -78,6 +78,18 @@ pol_verdict_worst(enum pol_verdict a, enum pol_verdict b)
 }
 
 int
+pol_decide_revocation_unknown(const struct kms_config *cfg, time_t pending_since, time_t now)
+{
+	int a = (int)cfg->policy.on_revocation_unknown;
+
+	if (a != KMS_ACT_TEMPFAIL)
+		return a;
+	if (pending_since > 0 && now >= pending_since && now - pending_since < cfg->policy.revocation_unknown_wait)
+		return KMS_ACT_TEMPFAIL;
+	return KMS_ACT_WARN;
+}
+
+int
 pol_decide(const struct kms_config *cfg, enum pol_verdict v)
 {
 	switch (v) {

@@ -48,6 +48,13 @@ enum pol_verdict pol_verdict_worst(enum pol_verdict a, enum pol_verdict b);
 /* The configured enum kms_action for a verdict. */
 int pol_decide(const struct kms_config *cfg, enum pol_verdict v);
 /*
+ * The action for a good signature whose revocation status is unknown:
+ * [policy] on_revocation_unknown, except that tempfail holds only while
+ * a fetch of the CRL is pending (pending_since, 0 for none) and for at
+ * most revocation_unknown_wait; after that it is warn.
+ */
+int pol_decide_revocation_unknown(const struct kms_config *cfg, time_t pending_since, time_t now);
+/*
  * RFC 8601/7281 result keyword for the smime method: pass, fail, neutral,
  * temperror, permerror, none, policy.
  */

@@ -1378,6 +1378,577 @@ START_TEST(test_load_cas_reads_every_certificate)
 }
 END_TEST
 
+/* ------------------------------------------- CRLs of other CAs (RFC 5280 6.3) */
+
+/* A certificate "CN=<cn>" issued by issuer (NULL: self-signed) with the given extensions. */
+static X509 *
+mk_cert(X509 *issuer, EVP_PKEY *ikey, EVP_PKEY *key, const char *cn, long serial, int is_ca, const char *ku,
+    const char *cdp)
+{
+	X509 *x = X509_new();
+	X509_NAME *n = X509_NAME_new();
+
+	X509_set_version(x, 2);
+	ASN1_INTEGER_set(X509_get_serialNumber(x), serial);
+	X509_NAME_add_entry_by_txt(n, "O", MBSTRING_UTF8, (const unsigned char *)"Partner", -1, -1, 0);
+	X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0);
+	X509_set_subject_name(x, n);
+	X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : n);
+	X509_NAME_free(n);
+	X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+	X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 30);
+	X509_set_pubkey(x, key);
+	add_ext(x, issuer ? issuer : x, NID_basic_constraints, is_ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
+	if (ku != NULL)
+		add_ext(x, issuer ? issuer : x, NID_key_usage, ku);
+	add_ext(x, issuer ? issuer : x, NID_subject_key_identifier, "hash");
+	if (issuer != NULL)
+		add_ext(x, issuer, NID_authority_key_identifier, "keyid");
+	if (cdp != NULL)
+		add_ext(x, issuer ? issuer : x, NID_crl_distribution_points, cdp);
+	ck_assert_int_gt(X509_sign(x, issuer ? ikey : key, EVP_sha256()), 0);
+	return x;
+}
+
+struct crl_spec {
+	time_t last, next;
+	long number;            /* -1 none */
+	long delta_base;        /* -1: not a delta */
+	int only_user, only_ca, indirect, some_reasons;
+	const char *idp_uri;
+	int unknown_critical, unknown_critical_entry;
+};
+
+struct crl_ent {
+	const char *serial;
+	int reason;             /* -1 none */
+	X509 *cert_issuer;      /* indirect: certificateIssuer of this entry */
+};
+
+static X509_CRL *
+mk_crl(const X509_NAME *issuer, EVP_PKEY *signer, const struct crl_spec *sp, const struct crl_ent *ents, int n)
+{
+	X509_CRL *crl = X509_CRL_new();
+	ASN1_TIME *t = ASN1_TIME_new();
+
+	X509_CRL_set_version(crl, 1);
+	X509_CRL_set_issuer_name(crl, issuer);
+	ASN1_TIME_set(t, sp->last);
+	X509_CRL_set1_lastUpdate(crl, t);
+	ASN1_TIME_set(t, sp->next);
+	X509_CRL_set1_nextUpdate(crl, t);
+	if (sp->number >= 0) {
+		ASN1_INTEGER *a = ASN1_INTEGER_new();
+
+		ASN1_INTEGER_set(a, sp->number);
+		X509_CRL_add1_ext_i2d(crl, NID_crl_number, a, 0, 0);
+		if (sp->delta_base >= 0) {
+			ASN1_INTEGER_set(a, sp->delta_base);
+			X509_CRL_add1_ext_i2d(crl, NID_delta_crl, a, 1, 0);
+		}
+		ASN1_INTEGER_free(a);
+	}
+	if (sp->only_user || sp->only_ca || sp->indirect || sp->some_reasons || sp->idp_uri) {
+		ISSUING_DIST_POINT *idp = ISSUING_DIST_POINT_new();
+
+		idp->onlyuser = sp->only_user ? 0xff : -1;
+		idp->onlyCA = sp->only_ca ? 0xff : -1;
+		idp->indirectCRL = sp->indirect ? 0xff : -1;
+		if (sp->some_reasons) {
+			idp->onlysomereasons = ASN1_BIT_STRING_new();
+			ASN1_BIT_STRING_set_bit(idp->onlysomereasons, 1, 1);
+		}
+		if (sp->idp_uri) {
+			GENERAL_NAME *g = GENERAL_NAME_new();
+			ASN1_IA5STRING *u = ASN1_IA5STRING_new();
+
+			ASN1_STRING_set(u, sp->idp_uri, -1);
+			GENERAL_NAME_set0_value(g, GEN_URI, u);
+			idp->distpoint = DIST_POINT_NAME_new();
+			idp->distpoint->type = 0;
+			idp->distpoint->name.fullname = sk_GENERAL_NAME_new_null();
+			sk_GENERAL_NAME_push(idp->distpoint->name.fullname, g);
+		}
+		ck_assert_int_eq(X509_CRL_add1_ext_i2d(crl, NID_issuing_distribution_point, idp, 1, 0), 1);
+		ISSUING_DIST_POINT_free(idp);
+	}
+	if (sp->unknown_critical) {
+		ASN1_OBJECT *o = OBJ_txt2obj("1.3.6.1.4.1.99999.1", 1);
+		ASN1_OCTET_STRING *v = ASN1_OCTET_STRING_new();
+		X509_EXTENSION *ext;
+
+		ASN1_OCTET_STRING_set(v, (const unsigned char *)"\x05\x00", 2);
+		ext = X509_EXTENSION_create_by_OBJ(NULL, o, 1, v);
+		X509_CRL_add_ext(crl, ext, -1);
+		X509_EXTENSION_free(ext);
+		ASN1_OBJECT_free(o);
+		ASN1_OCTET_STRING_free(v);
+	}
+	for (int i = 0; i < n; i++) {
+		X509_REVOKED *r = X509_REVOKED_new();
+		ASN1_INTEGER *a = asn1_serial(ents[i].serial);
+
+		X509_REVOKED_set_serialNumber(r, a);
+		ASN1_TIME_set(t, sp->last - 3600);
+		X509_REVOKED_set_revocationDate(r, t);
+		if (ents[i].reason >= 0) {
+			ASN1_ENUMERATED *e = ASN1_ENUMERATED_new();
+
+			ASN1_ENUMERATED_set(e, ents[i].reason);
+			X509_REVOKED_add1_ext_i2d(r, NID_crl_reason, e, 0, 0);
+			ASN1_ENUMERATED_free(e);
+		}
+		if (ents[i].cert_issuer != NULL) {
+			GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
+			GENERAL_NAME *g = GENERAL_NAME_new();
+
+			GENERAL_NAME_set0_value(g, GEN_DIRNAME, X509_NAME_dup(X509_get_subject_name(ents[i].cert_issuer)));
+			sk_GENERAL_NAME_push(gens, g);
+			X509_REVOKED_add1_ext_i2d(r, NID_certificate_issuer, gens, 1, 0);
+			GENERAL_NAMES_free(gens);
+		}
+		if (sp->unknown_critical_entry && i == 0) {
+			ASN1_OBJECT *o = OBJ_txt2obj("1.3.6.1.4.1.99999.2", 1);
+			ASN1_OCTET_STRING *v = ASN1_OCTET_STRING_new();
+			X509_EXTENSION *ext;
+
+			ASN1_OCTET_STRING_set(v, (const unsigned char *)"\x05\x00", 2);
+			ext = X509_EXTENSION_create_by_OBJ(NULL, o, 1, v);
+			X509_REVOKED_add_ext(r, ext, -1);
+			X509_EXTENSION_free(ext);
+			ASN1_OBJECT_free(o);
+			ASN1_OCTET_STRING_free(v);
+		}
+		X509_CRL_add0_revoked(crl, r);
+		ASN1_INTEGER_free(a);
+	}
+	ASN1_TIME_free(t);
+	ck_assert_int_gt(X509_CRL_sign(crl, signer, EVP_sha256()), 0);
+	return crl;
+}
+
+/* A small partner PKI: root -> intermediate -> users 0x10, 0x11; root's CRL key is p256_key. */
+struct pki {
+	X509 *root, *inter, *inter_nocrlsign, *ee, *ee2, *other_root;
+	X509_STORE *anchors;
+	STACK_OF(X509) *inter_sk;
+};
+
+static void
+pki_make(struct pki *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->root = mk_cert(NULL, NULL, p256_key, "Partner Root", 1, 1, "critical,keyCertSign,cRLSign", NULL);
+	p->inter = mk_cert(p->root, p256_key, other_key, "Partner Issuing CA", 2, 1, "critical,keyCertSign,cRLSign",
+	    "URI:http://127.0.0.1:1/root.crl");
+	p->inter_nocrlsign = mk_cert(p->root, p256_key, other_key, "Partner Issuing CA", 3, 1, "critical,keyCertSign",
+	    NULL);
+	p->ee = mk_cert(p->inter, other_key, rsa_key, "alice", 0x10, 0, "critical,digitalSignature",
+	    "URI:http://127.0.0.1:1/inter.crl");
+	p->ee2 = mk_cert(p->inter, other_key, rsa_key, "bob", 0x11, 0, "critical,digitalSignature",
+	    "URI:http://127.0.0.1:1/inter.crl");
+	p->other_root = mk_cert(NULL, NULL, p384_key, "Other Root", 9, 1, "critical,keyCertSign,cRLSign", NULL);
+	p->anchors = X509_STORE_new();
+	X509_STORE_add_cert(p->anchors, p->root);
+	X509_STORE_add_cert(p->anchors, p->other_root);
+	p->inter_sk = sk_X509_new_null();
+	sk_X509_push(p->inter_sk, p->inter);
+}
+
+static void
+pki_free(struct pki *p)
+{
+	X509_free(p->root);
+	X509_free(p->inter);
+	X509_free(p->inter_nocrlsign);
+	X509_free(p->ee);
+	X509_free(p->ee2);
+	X509_free(p->other_root);
+	X509_STORE_free(p->anchors);
+	sk_X509_free(p->inter_sk);
+}
+
+/* Validate crl against the PKI and build an index of it (with delta when given); the index or NULL. */
+static struct ca_revidx *
+index_of(struct pki *p, X509_CRL *crl, X509_CRL *delta, int *rc_out)
+{
+	struct ca_crl_meta m, dm;
+	struct ca_revidx_builder *b = NULL;
+	struct ca_revidx *idx = NULL;
+	X509 *signer = NULL;
+	time_t now = time(NULL);
+	int rc;
+
+	memset(&dm, 0, sizeof(dm));
+	rc = ca_crl_validate_chain(crl, p->anchors, p->inter_sk, now, &signer, &m);
+	*rc_out = rc;
+	if (rc != 0 && rc != KMS_ERR_EXPIRED)
+		return NULL;
+	if (delta != NULL) {
+		int drc = ca_crl_validate_chain(delta, p->anchors, p->inter_sk, now, &signer, &dm);
+
+		ck_assert_msg(drc == 0, "delta: %s", kms_last_error());
+	}
+	ck_assert_int_eq(ca_revidx_builder_new(&b), 0);
+	rc = ca_revidx_add_valid(b, crl, &m, delta, delta ? &dm : NULL, now);
+	ck_assert_msg(rc == 0, "add_valid: %s", kms_last_error());
+	ck_assert_int_eq(ca_revidx_build(b, &idx), 0);
+	ca_revidx_builder_free(b);
+	ca_crl_meta_clear(&m);
+	ca_crl_meta_clear(&dm);
+	return idx;
+}
+
+static const struct crl_spec spec_plain = { 0, 0, 5, -1, 0, 0, 0, 0, NULL, 0, 0 };
+
+static struct crl_spec
+spec_now(void)
+{
+	struct crl_spec s = spec_plain;
+
+	s.last = time(NULL) - 600;
+	s.next = time(NULL) + 86400;
+	return s;
+}
+
+START_TEST(test_intermediate_crl_revokes_its_user_with_date_and_reason)
+{
+	struct pki p;
+	struct crl_spec sp = spec_now();
+	const struct crl_ent ents[] = { { "10", 1, NULL } };
+	X509_CRL *crl;
+	struct ca_revidx *idx;
+	struct ca_rev_info info;
+	int rc;
+
+	pki_make(&p);
+	crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);
+	idx = index_of(&p, crl, NULL, &rc);
+	ck_assert_msg(rc == 0, "%s", kms_last_error());
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee, &info), 1);
+	ck_assert_int_eq(info.reason, 1);
+	ck_assert_int_eq(info.revoked_at, sp.last - 3600);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), 0);
+	/* The intermediate itself: the root's CRL is not loaded, so its status is unknown. */
+	ck_assert_int_eq(ca_revidx_check(idx, p.inter, &info), -1);
+	ca_revidx_unref(idx);
+	X509_CRL_free(crl);
+	pki_free(&p);
+}
+END_TEST
+
+START_TEST(test_crl_signed_by_an_intermediate_without_a_path_is_refused)
+{
+	struct pki p;
+	struct crl_spec sp = spec_now();
+	X509_CRL *crl;
+	X509 *signer = NULL;
+	struct ca_crl_meta m;
+	STACK_OF(X509) *none = sk_X509_new_null();
+
+	pki_make(&p);
+	crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, NULL, 0);
+	/* The intermediate is known but its root is not an anchor here. */
+	X509_STORE *lonely = X509_STORE_new();
+
+	X509_STORE_add_cert(lonely, p.other_root);
+	ck_assert_int_eq(ca_crl_validate_chain(crl, lonely, p.inter_sk, time(NULL), &signer, &m), KMS_ERR_NOTFOUND);
+	ck_assert_int_eq(ca_crl_validate_chain(crl, p.anchors, none, time(NULL), &signer, &m), KMS_ERR_NOTFOUND);
+	ck_assert_int_eq(ca_crl_validate_chain(crl, p.anchors, p.inter_sk, time(NULL), &signer, &m), 0);
+	ck_assert_ptr_eq(signer, p.inter);
+	ca_crl_meta_clear(&m);
+	X509_STORE_free(lonely);
+	sk_X509_free(none);
+	X509_CRL_free(crl);
+	pki_free(&p);
+}
+END_TEST
+
+START_TEST(test_unusable_crls_are_refused_with_their_reason)
+{
+	struct pki p;
+	struct crl_spec sp;
+	const struct crl_ent ents[] = { { "10", 1, NULL } };
+	X509_CRL *crl;
+	X509 *signer;
+	struct ca_crl_meta m;
+	STACK_OF(X509) *c = sk_X509_new_null();
+	int rc;
+
+	pki_make(&p);
+	/* Bad signature: signed by another key. */
+	sp = spec_now();
+	crl = mk_crl(X509_get_subject_name(p.inter), p384_key, &sp, ents, 1);
+	ck_assert_int_eq(ca_crl_validate_chain(crl, p.anchors, p.inter_sk, time(NULL), &signer, &m), KMS_ERR_CORRUPT);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "signature"));
+	X509_CRL_free(crl);
+	/* Wrong issuer: a name nobody trusted carries. */
+	{
+		X509_NAME *n = X509_NAME_new();
+
+		X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)"Stranger", -1, -1, 0);
+		crl = mk_crl(n, other_key, &sp, ents, 1);
+		X509_NAME_free(n);
+		ck_assert_int_eq(ca_crl_validate_chain(crl, p.anchors, p.inter_sk, time(NULL), &signer, &m), KMS_ERR_NOTFOUND);
+		X509_CRL_free(crl);
+	}
+	/* A signer whose keyUsage lacks cRLSign. */
+	crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);
+	sk_X509_push(c, p.inter_nocrlsign);
+	ck_assert_int_eq(ca_crl_validate(crl, c, time(NULL), &signer, &m), KMS_ERR_CORRUPT);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "cRLSign"));
+	X509_CRL_free(crl);
+	/* Unknown critical extension, on the CRL and on an entry. */
+	sp.unknown_critical = 1;
+	crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);
+	ck_assert_int_eq(ca_crl_validate_chain(crl, p.anchors, p.inter_sk, time(NULL), &signer, &m), KMS_ERR_CORRUPT);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "unknown critical"));
+	X509_CRL_free(crl);
+	sp = spec_now();
+	sp.unknown_critical_entry = 1;
+	crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);
+	ck_assert_int_eq(ca_crl_validate_chain(crl, p.anchors, p.inter_sk, time(NULL), &signer, &m), KMS_ERR_CORRUPT);
+	X509_CRL_free(crl);
+	/* Not yet valid. */
+	sp = spec_now();
+	sp.last = time(NULL) + 7200;
+	sp.next = time(NULL) + 86400;
+	crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);
+	ck_assert_int_eq(ca_crl_validate_chain(crl, p.anchors, p.inter_sk, time(NULL), &signer, &m), KMS_ERR_CORRUPT);
+	ck_assert_ptr_nonnull(strstr(kms_last_error(), "not valid yet"));
+	X509_CRL_free(crl);
+	/* Expired: its entries still revoke, but nothing unlisted is known good. */
+	sp = spec_now();
+	sp.last = time(NULL) - 7200;
+	sp.next = time(NULL) - 3600;
+	crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);
+	{
+		struct ca_revidx *idx = index_of(&p, crl, NULL, &rc);
+		struct ca_rev_info info;
+
+		ck_assert_int_eq(rc, KMS_ERR_EXPIRED);
+		ck_assert_int_eq(ca_revidx_check(idx, p.ee, &info), 1);
+		ck_assert_int_eq(info.stale, 1);
+		ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), -1);
+		ck_assert_int_eq(info.stale, 1);
+		ca_revidx_unref(idx);
+	}
+	X509_CRL_free(crl);
+	sk_X509_free(c);
+	pki_free(&p);
+}
+END_TEST
+
+START_TEST(test_idp_scope_decides_which_certificates_a_crl_speaks_for)
+{
+	struct pki p;
+	struct crl_spec sp = spec_now();
+	const struct crl_ent ents[] = { { "10", 1, NULL }, { "2", 2, NULL } };
+	X509_CRL *crl;
+	struct ca_revidx *idx;
+	struct ca_rev_info info;
+	int rc;
+
+	pki_make(&p);
+	/* The intermediate's CRL for CA certificates only: alice is listed, but it does not speak for her. */
+	sp.only_ca = 1;
+	crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);
+	idx = index_of(&p, crl, NULL, &rc);
+	ck_assert_int_eq(rc, 0);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee, &info), -1);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), -1);
+	ca_revidx_unref(idx);
+	X509_CRL_free(crl);
+	/* The root's CRL for CA certificates: the intermediate is revoked. */
+	crl = mk_crl(X509_get_subject_name(p.root), p256_key, &sp, ents + 1, 1);
+	idx = index_of(&p, crl, NULL, &rc);
+	ck_assert_int_eq(rc, 0);
+	ck_assert_int_eq(ca_revidx_check(idx, p.inter, &info), 1);
+	ck_assert_int_eq(info.reason, 2);
+	ca_revidx_unref(idx);
+	X509_CRL_free(crl);
+	/* User certificates only: alice revoked, bob good. */
+	sp.only_ca = 0;
+	sp.only_user = 1;
+	crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);
+	idx = index_of(&p, crl, NULL, &rc);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee, &info), 1);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), 0);
+	ca_revidx_unref(idx);
+	X509_CRL_free(crl);
+	/* A partition: covers only certificates naming its distribution point. */
+	sp.only_user = 0;
+	sp.idp_uri = "http://127.0.0.1:1/other-partition.crl";
+	crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, NULL, 0);
+	idx = index_of(&p, crl, NULL, &rc);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), -1);
+	ca_revidx_unref(idx);
+	X509_CRL_free(crl);
+	sp.idp_uri = "http://127.0.0.1:1/inter.crl";
+	crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, NULL, 0);
+	idx = index_of(&p, crl, NULL, &rc);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), 0);
+	ca_revidx_unref(idx);
+	X509_CRL_free(crl);
+	/* Only some reasons: a listed certificate is revoked, an unlisted one is not known good. */
+	sp.idp_uri = NULL;
+	sp.some_reasons = 1;
+	crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);
+	idx = index_of(&p, crl, NULL, &rc);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee, &info), 1);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), -1);
+	ca_revidx_unref(idx);
+	X509_CRL_free(crl);
+	pki_free(&p);
+}
+END_TEST
+
+START_TEST(test_delta_on_base_adds_and_removes_from_crl)
+{
+	struct pki p;
+	struct crl_spec sp = spec_now(), dsp;
+	const struct crl_ent base_ents[] = { { "10", 6, NULL } };          /* alice on hold */
+	const struct crl_ent delta_ents[] = { { "10", 8, NULL }, { "11", 1, NULL } };
+	X509_CRL *base, *delta, *old_base;
+	struct ca_revidx *idx;
+	struct ca_rev_info info;
+	struct ca_revidx_builder *b = NULL;
+	struct ca_crl_meta m, dm;
+	X509 *signer;
+	int rc;
+
+	pki_make(&p);
+	sp.number = 7;
+	base = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, base_ents, 1);
+	dsp = sp;
+	dsp.number = 8;
+	dsp.delta_base = 7;
+	delta = mk_crl(X509_get_subject_name(p.inter), other_key, &dsp, delta_ents, 2);
+	idx = index_of(&p, base, NULL, &rc);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee, &info), 1);
+	ck_assert_int_eq(info.reason, 6);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), 0);
+	ca_revidx_unref(idx);
+	/* With the delta: alice off hold (removeFromCRL), bob revoked. */
+	idx = index_of(&p, base, delta, &rc);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee, &info), 0);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), 1);
+	ck_assert_int_eq(info.reason, 1);
+	ca_revidx_unref(idx);
+	/* A delta needs a base at least as new as its BaseCRLNumber. */
+	sp.number = 6;
+	old_base = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, base_ents, 1);
+	ck_assert_int_eq(ca_crl_validate_chain(old_base, p.anchors, p.inter_sk, time(NULL), &signer, &m), 0);
+	ck_assert_int_eq(ca_crl_validate_chain(delta, p.anchors, p.inter_sk, time(NULL), &signer, &dm), 0);
+	ck_assert_int_eq(dm.delta, 1);
+	ck_assert_int_eq(dm.base, 7);
+	ck_assert_int_eq(ca_revidx_builder_new(&b), 0);
+	ck_assert_int_eq(ca_revidx_add_valid(b, old_base, &m, delta, &dm, time(NULL)), KMS_ERR_CORRUPT);
+	/* And a delta alone is not a CRL to use. */
+	ck_assert_int_eq(ca_revidx_add_valid(b, delta, &dm, NULL, NULL, time(NULL)), KMS_ERR_INVALID);
+	ca_revidx_builder_free(b);
+	ca_crl_meta_clear(&m);
+	ca_crl_meta_clear(&dm);
+	X509_CRL_free(old_base);
+	X509_CRL_free(base);
+	X509_CRL_free(delta);
+	pki_free(&p);
+}
+END_TEST
+
+START_TEST(test_indirect_crl_entries_go_to_the_certificate_issuer_they_name)
+{
+	struct pki p;
+	struct crl_spec sp = spec_now();
+	X509_CRL *crl;
+	struct ca_revidx *idx;
+	struct ca_rev_info info;
+	X509 *ee_indirect;
+	int rc;
+
+	pki_make(&p);
+	/* The root issues an indirect CRL listing alice, a certificate of the intermediate. */
+	{
+		const struct crl_ent ents[] = { { "10", 4, p.inter } };
+
+		sp.indirect = 1;
+		crl = mk_crl(X509_get_subject_name(p.root), p256_key, &sp, ents, 1);
+	}
+	idx = index_of(&p, crl, NULL, &rc);
+	ck_assert_msg(rc == 0, "%s", kms_last_error());
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee, &info), 1);
+	ck_assert_int_eq(info.reason, 4);
+	/* Bob's certificate does not name the root as its CRL issuer: unknown. */
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), -1);
+	/* One whose distribution point names the root as cRLIssuer is covered. */
+	ee_indirect = mk_cert(p.inter, other_key, rsa_key, "carol", 0x12, 0, "critical,digitalSignature", NULL);
+	{
+		CRL_DIST_POINTS *dps = sk_DIST_POINT_new_null();
+		DIST_POINT *dp = DIST_POINT_new();
+		GENERAL_NAME *g = GENERAL_NAME_new();
+
+		GENERAL_NAME_set0_value(g, GEN_DIRNAME, X509_NAME_dup(X509_get_subject_name(p.root)));
+		dp->CRLissuer = sk_GENERAL_NAME_new_null();
+		sk_GENERAL_NAME_push(dp->CRLissuer, g);
+		sk_DIST_POINT_push(dps, dp);
+		ck_assert_int_eq(X509_add1_ext_i2d(ee_indirect, NID_crl_distribution_points, dps, 0, 0), 1);
+		CRL_DIST_POINTS_free(dps);
+		ck_assert_int_gt(X509_sign(ee_indirect, other_key, EVP_sha256()), 0);
+	}
+	ck_assert_int_eq(ca_revidx_check(idx, ee_indirect, &info), 0);
+	X509_free(ee_indirect);
+	ca_revidx_unref(idx);
+	X509_CRL_free(crl);
+	pki_free(&p);
+}
+END_TEST
+
+START_TEST(test_thousand_issuers_are_found_by_hash)
+{
+	struct ca_revidx_builder *b = NULL;
+	struct ca_revidx *idx = NULL;
+	struct ca_rev_info info;
+	X509 *ee;
+	struct pki p;
+	struct crl_spec sp = spec_now();
+
+	pki_make(&p);
+	ck_assert_int_eq(ca_revidx_builder_new(&b), 0);
+	/* A thousand other CAs with revocation data, then the partner's. */
+	for (int i = 0; i < 1000; i++) {
+		X509_NAME *n = X509_NAME_new();
+		char cn[32];
+
+		snprintf(cn, sizeof(cn), "CA %d", i);
+		X509_NAME_add_entry_by_txt(n, "O", MBSTRING_UTF8, (const unsigned char *)"Partner", -1, -1, 0);
+		X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0);
+		ck_assert_int_eq(ca_revidx_mark_stale(b, n), 0);
+		X509_NAME_free(n);
+	}
+	{
+		const struct crl_ent ents[] = { { "10", 3, NULL } };
+		X509_CRL *crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);
+		struct ca_crl_meta m;
+		X509 *signer;
+
+		ck_assert_int_eq(ca_crl_validate_chain(crl, p.anchors, p.inter_sk, time(NULL), &signer, &m), 0);
+		ck_assert_int_eq(ca_revidx_add_valid(b, crl, &m, NULL, NULL, time(NULL)), 0);
+		ca_crl_meta_clear(&m);
+		X509_CRL_free(crl);
+	}
+	ck_assert_int_eq(ca_revidx_build(b, &idx), 0);
+	ca_revidx_builder_free(b);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee, &info), 1);
+	ck_assert_int_eq(info.reason, 3);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), 0);
+	ee = mk_cert(p.other_root, p384_key, rsa_key, "dave", 0x10, 0, NULL, NULL);
+	ck_assert_int_eq(ca_revidx_check(idx, ee, &info), -1);
+	X509_free(ee);
+	ca_revidx_unref(idx);
+	pki_free(&p);
+}
+END_TEST
+
 static Suite *
 revocation_suite(void)
 {
@@ -1421,6 +1992,17 @@ revocation_suite(void)
 	tcase_add_test(tc, test_index_with_is_visible_at_once_and_leaves_base_alone);
 	tcase_add_test(tc, test_index_with_many_additions_folds_overlay_and_keeps_all);
 	tcase_add_test(tc, test_holder_swap_under_concurrent_readers);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("other CAs");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_intermediate_crl_revokes_its_user_with_date_and_reason);
+	tcase_add_test(tc, test_crl_signed_by_an_intermediate_without_a_path_is_refused);
+	tcase_add_test(tc, test_unusable_crls_are_refused_with_their_reason);
+	tcase_add_test(tc, test_idp_scope_decides_which_certificates_a_crl_speaks_for);
+	tcase_add_test(tc, test_delta_on_base_adds_and_removes_from_crl);
+	tcase_add_test(tc, test_indirect_crl_entries_go_to_the_certificate_issuer_they_name);
+	tcase_add_test(tc, test_thousand_issuers_are_found_by_hash);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("fetch");

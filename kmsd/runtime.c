@@ -87,25 +87,18 @@ env_swap(struct kmsd_env *env)
 	kmsd_env_put(old);
 }
 
-/* Add every certificate of a PEM file to store. */
+/* Trust every certificate of a PEM file; the error names the setting. */
 static int
-add_trust_file(X509_STORE *store, const char *path)
+add_trust_file(X509_STORE *store, const char *key, const char *path)
 {
-	BIO *bio = BIO_new_file(path, "r");
-	X509 *x;
-	int n = 0;
+	int rc = ca_trust_add_file(store, path);
 
-	if (bio == NULL)
-		return kms_fail_openssl(KMS_ERR_CONFIG, "[milter] trust_file %s cannot be read", path);
-	while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
-		X509_STORE_add_cert(store, x);
-		X509_free(x);
-		n++;
+	if (rc != 0) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", kms_last_error());
+		return kms_fail(KMS_ERR_CONFIG, "%s: %s", key, why);
 	}
-	ERR_clear_error();
-	BIO_free(bio);
-	if (n == 0)
-		return kms_fail(KMS_ERR_CONFIG, "[milter] trust_file %s holds no PEM certificate", path);
 	return 0;
 }
 
@@ -134,10 +127,20 @@ env_build(struct kms_config *cfg, X509 *ca_cert, struct kmsd_env **out)
 		env->ca_cert = ca_cert;
 		X509_STORE_add_cert(env->trust, ca_cert);
 	}
-	if (cfg->milter.trust_file[0] != '\0' && (rc = add_trust_file(env->trust, cfg->milter.trust_file)) != 0)
+	if (cfg->milter.trust_file[0] != '\0' &&
+	    (rc = add_trust_file(env->trust, "[milter] trust_file", cfg->milter.trust_file)) != 0)
+		goto fail;
+	if (cfg->milter.trust_dir[0] != '\0' && (rc = ca_trust_add_dir(env->trust, cfg->milter.trust_dir, NULL)) != 0) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", kms_last_error());
+		rc = kms_fail(KMS_ERR_CONFIG, "[milter] trust_dir: %s", why);
+		goto fail;
+	}
+	if (cfg->milter.use_system_store && (rc = ca_trust_add_system(env->trust)) != 0)
 		goto fail;
 	if (cfg->crl.source_ca[0] != '\0' && ca_cert == NULL &&
-	    (rc = add_trust_file(env->trust, cfg->crl.source_ca)) != 0)
+	    (rc = add_trust_file(env->trust, "[crl] source_ca", cfg->crl.source_ca)) != 0)
 		goto fail;
 	if ((rc = pol_roles_compile(cfg, geteuid(), &env->roles)) != 0)
 		goto fail;

@@ -269,6 +269,16 @@ int ca_crl_publish(const char *dir, const char *name, const struct ca_crl_set *s
  */
 int ca_crl_fetch(const char *url, int timeout, long long after, size_t max, const int *cancel,
     X509_CRL **crl, unsigned char **der, size_t *derlen);
+/* Validators for a conditional GET: sent when set, and those of the answer kept. */
+struct ca_fetch_cond {
+	const char *etag;               /* If-None-Match; NULL or "" for none */
+	const char *last_modified;      /* If-Modified-Since; NULL or "" for none */
+	char etag_out[256];             /* the answer's ETag, "" if none (or unusable) */
+	char last_modified_out[64];     /* the answer's Last-Modified, "" if none */
+};
+/* ca_crl_fetch() with validators (cond may be NULL); 0 with *crl NULL on 304 Not Modified. */
+int ca_crl_fetch_cond(const char *url, int timeout, long long after, size_t max, const int *cancel,
+    struct ca_fetch_cond *cond, X509_CRL **crl, unsigned char **der, size_t *derlen);
 /* Parse DER or PEM (KMS_ERR_CORRUPT if neither). */
 int ca_crl_parse(const unsigned char *buf, size_t len, X509_CRL **out);
 /* The CRL number extension, or -1 if absent. */

@@ -119,10 +119,54 @@ progress_cancel(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ulto
 	return __atomic_load_n(cancel, __ATOMIC_ACQUIRE) ? 1 : 0;
 }
 
+/* Keep one response header value (trimmed, bounded) when its name matches. */
+static void
+header_take(const char *line, size_t n, const char *name, char *out, size_t outlen)
+{
+	size_t nl = strlen(name), o = 0;
+	const char *p;
+
+	if (n <= nl + 1 || strncasecmp(line, name, nl) != 0 || line[nl] != ':')
+		return;
+	p = line + nl + 1;
+	n -= nl + 1;
+	while (n > 0 && (*p == ' ' || *p == '\t')) {
+		p++;
+		n--;
+	}
+	while (n > 0 && (p[n - 1] == '\r' || p[n - 1] == '\n' || p[n - 1] == ' '))
+		n--;
+	if (n >= outlen)
+		return;         /* too long to send back: no validator */
+	for (size_t i = 0; i < n; i++) {
+		if ((unsigned char)p[i] < 0x20 || (unsigned char)p[i] > 0x7e)
+			return;
+		out[o++] = p[i];
+	}
+	out[o] = '\0';
+}
+
+static size_t
+header_cb(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct ca_fetch_cond *c = arg;
+	size_t n = size * nmemb;
+
+	/* A new response (after a redirect) starts over. */
+	if (n >= 5 && strncmp(data, "HTTP/", 5) == 0) {
+		c->etag_out[0] = '\0';
+		c->last_modified_out[0] = '\0';
+	}
+	header_take(data, n, "ETag", c->etag_out, sizeof(c->etag_out));
+	header_take(data, n, "Last-Modified", c->last_modified_out, sizeof(c->last_modified_out));
+	return n;
+}
+
 static int
 fetch_http(const char *url, int timeout, long long after, size_t max, const int *cancel, struct body *b,
-    long *status)
+    long *status, struct ca_fetch_cond *cond)
 {
+	struct curl_slist *hdrs = NULL;
 	CURL *c = NULL;
 	CURLcode cc;
 	char *full = NULL, errbuf[CURL_ERROR_SIZE] = "";
@@ -161,6 +205,23 @@ fetch_http(const char *url, int timeout, long long after, size_t max, const int 
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, body_write);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+	if (cond != NULL) {
+		char h[320];
+
+		cond->etag_out[0] = cond->last_modified_out[0] = '\0';
+		if (cond->etag != NULL && cond->etag[0] != '\0' && strlen(cond->etag) < 256) {
+			snprintf(h, sizeof(h), "If-None-Match: %s", cond->etag);
+			hdrs = curl_slist_append(hdrs, h);
+		}
+		if (cond->last_modified != NULL && cond->last_modified[0] != '\0' && strlen(cond->last_modified) < 64) {
+			snprintf(h, sizeof(h), "If-Modified-Since: %s", cond->last_modified);
+			hdrs = curl_slist_append(hdrs, h);
+		}
+		if (hdrs != NULL)
+			curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+		curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, header_cb);
+		curl_easy_setopt(c, CURLOPT_HEADERDATA, cond);
+	}
 	if (cancel != NULL) {
 		curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
 		curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, progress_cancel);
@@ -180,6 +241,7 @@ fetch_http(const char *url, int timeout, long long after, size_t max, const int 
 		rc = kms_fail(KMS_ERR_IO, "%s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(cc));
 	}
 	curl_easy_cleanup(c);
+	curl_slist_free_all(hdrs);
 	free(full);
 	return rc;
 }
@@ -187,6 +249,13 @@ fetch_http(const char *url, int timeout, long long after, size_t max, const int 
 int
 ca_crl_fetch(const char *url, int timeout, long long after, size_t max, const int *cancel, X509_CRL **crl,
     unsigned char **der, size_t *derlen)
+{
+	return ca_crl_fetch_cond(url, timeout, after, max, cancel, NULL, crl, der, derlen);
+}
+
+int
+ca_crl_fetch_cond(const char *url, int timeout, long long after, size_t max, const int *cancel,
+    struct ca_fetch_cond *cond, X509_CRL **crl, unsigned char **der, size_t *derlen)
 {
 	struct body b = { 0 };
 	unsigned char *data = NULL;
@@ -206,7 +275,7 @@ ca_crl_fetch(const char *url, int timeout, long long after, size_t max, const in
 		max = CA_CRL_FETCH_MAX;
 	kms_buf_init(&b.buf, max);
 	if (is_http(url)) {
-		if ((rc = fetch_http(url, timeout, after, max, cancel, &b, &status)) != 0)
+		if ((rc = fetch_http(url, timeout, after, max, cancel, &b, &status, cond)) != 0)
 			goto out;
 		if (status == 304) {
 			rc = 0;

@@ -114,6 +114,42 @@ crl_fetch(int argc, char **argv)
 	return CTL_OK;
 }
 
+/* kmsctl crl list-external: one block per distribution point kmsd follows. */
+static int
+crl_list_external(struct ctl *ctl, int argc, char **argv)
+{
+	json_t *reply, *arr;
+	int rc, human;
+
+	(void)argv;
+	if (argc > 1)
+		return ctl_usage_error("crl list-external takes no arguments");
+	if ((reply = ctl_call(ctl, "crl.list_external", json_object())) == NULL)
+		return CTL_ERR_USAGE;
+	rc = ctl_finish(ctl, reply, &human);
+	arr = json_object_get(json_object_get(reply, "result"), "crls");
+	if (human && json_array_size(arr) == 0)
+		printf("no external CRL followed yet\n");
+	for (size_t i = 0; human && i < json_array_size(arr); i++) {
+		json_t *e = json_array_get(arr, i);
+		const char *err = ctl_str(e, "error");
+
+		printf("%s\n  issuer: %s\n", ctl_str(e, "url"), ctl_str(e, "issuer"));
+		if (json_is_true(json_object_get(e, "have_copy")))
+			printf("  thisUpdate: %s  nextUpdate: %s  entries: %lld  number: %lld\n", ctl_str(e, "this_update"),
+			    ctl_str(e, "next_update"), (long long)json_integer_value(json_object_get(e, "entries")),
+			    (long long)json_integer_value(json_object_get(e, "number")));
+		else
+			printf("  no good copy yet\n");
+		printf("  last attempt: %s  last success: %s  next fetch: %s\n", ctl_str(e, "last_attempt")[0] ?
+		    ctl_str(e, "last_attempt") : "-", ctl_str(e, "last_success")[0] ? ctl_str(e, "last_success") : "-",
+		    ctl_str(e, "next_fetch"));
+		printf("  last error: %s\n", err[0] ? err : "none");
+	}
+	json_decref(reply);
+	return rc;
+}
+
 int
 ctl_cmd_crl(struct ctl *ctl, int argc, char **argv)
 {
@@ -128,6 +164,8 @@ ctl_cmd_crl(struct ctl *ctl, int argc, char **argv)
 
 	if (argc > 1 && strcmp(argv[1], "fetch") == 0)
 		return crl_fetch(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "list-external") == 0)
+		return crl_list_external(ctl, argc - 1, argv + 1);
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {

@@ -36,6 +36,7 @@ usage(FILE *fp)
 	    "  revoke EMAIL|SERIAL [--reason REASON] [--invalidity-date TIME]\n"
 	    "  crl [--out FILE]\n"
 	    "  crl fetch URL --ca CAFILE --out DIR\n"
+	    "  crl list-external\n"
 	    "  recover request EMAIL --why TEXT [--purpose key|archive]\n"
 	    "  recover approve ID --share FILE [--passphrase-file F]\n"
 	    "  recover list\n"

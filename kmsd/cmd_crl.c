@@ -135,3 +135,43 @@ kmsd_cmd_crl(struct kmsd_req *req)
 	ca_crl_set_free(set);
 	return reply;
 }
+
+/* crl list-external: every CRL fetched from a distribution point seen in mail, with its state. */
+json_t *
+kmsd_cmd_crl_list_external(struct kmsd_req *req)
+{
+	static const char *const allowed[] = { NULL };
+	struct pub_dp_status *v = NULL;
+	json_t *reply = NULL, *arr;
+	size_t n = 0;
+	int rc;
+
+	if (kmsd_args_only(req, allowed, &reply) != 0)
+		return reply;
+	snprintf(req->target, sizeof(req->target), "external CRLs");
+	if ((rc = kmsd_dp_list(&v, &n)) != 0)
+		return kmsd_reply_fail(rc);
+	arr = json_array();
+	for (size_t i = 0; arr != NULL && i < n; i++) {
+		char tu[32] = "", nu[32] = "", la[32] = "", ls[32] = "", nf[32] = "";
+
+		if (v[i].this_update)
+			kms_time_format(v[i].this_update, tu, sizeof(tu));
+		if (v[i].next_update)
+			kms_time_format(v[i].next_update, nu, sizeof(nu));
+		if (v[i].last_attempt)
+			kms_time_format(v[i].last_attempt, la, sizeof(la));
+		if (v[i].last_success)
+			kms_time_format(v[i].last_success, ls, sizeof(ls));
+		if (v[i].next_fetch)
+			kms_time_format(v[i].next_fetch, nf, sizeof(nf));
+		json_array_append_new(arr, json_pack("{s:s,s:s,s:b,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:s}",
+		    "url", v[i].url, "issuer", v[i].issuer, "have_copy", v[i].have_copy,
+		    "entries", (json_int_t)v[i].entries, "number", (json_int_t)v[i].number,
+		    "this_update", tu, "next_update", nu, "last_attempt", la, "last_success", ls,
+		    "next_fetch", nf, "error", v[i].error));
+	}
+	free(v);
+	snprintf(req->detail, sizeof(req->detail), "%zu external CRL(s)", n);
+	return kms_reply_ok(json_pack("{s:o}", "crls", arr ? arr : json_array()));
+}

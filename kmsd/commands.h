@@ -70,6 +70,7 @@ json_t *kmsd_cmd_list(struct kmsd_req *req);
 json_t *kmsd_cmd_show(struct kmsd_req *req);
 json_t *kmsd_cmd_revoke(struct kmsd_req *req);
 json_t *kmsd_cmd_crl(struct kmsd_req *req);
+json_t *kmsd_cmd_crl_list_external(struct kmsd_req *req);
 json_t *kmsd_cmd_recover_request(struct kmsd_req *req);
 json_t *kmsd_cmd_recover_approve(struct kmsd_req *req);
 json_t *kmsd_cmd_recover_list(struct kmsd_req *req);

@@ -92,6 +92,8 @@ kmsd_revidx_rebuild(struct kms_store *st)
 		goto out;
 	if ((rc = kmsd_sync_add_to(b)) != 0)
 		goto out;
+	if ((rc = kmsd_dp_add_to(b)) != 0)
+		goto out;
 	if ((rc = ca_revidx_build(b, &idx)) != 0)
 		goto out;
 	kms_log(KMS_LOG_DEBUG, "revocation index rebuilt: %zu entries", ca_revidx_count(idx));

@@ -26,6 +26,7 @@ static const struct {
 	{ "show", kmsd_cmd_show },
 	{ "revoke", kmsd_cmd_revoke },
 	{ "crl", kmsd_cmd_crl },
+	{ "crl.list_external", kmsd_cmd_crl_list_external },
 	{ "recover.request", kmsd_cmd_recover_request },
 	{ "recover.approve", kmsd_cmd_recover_approve },
 	{ "recover.list", kmsd_cmd_recover_list },

@@ -149,3 +149,97 @@ kmsd_sync_add_to(struct ca_revidx_builder *b)
 	pthread_mutex_unlock(&P.sync_mu);
 	return rc;
 }
+
+/* ------------------------------------------- distribution points seen in mail */
+
+static pthread_mutex_t dp_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct pub_dp *cur_dp;
+
+int
+kmsd_dp_start(void)
+{
+	struct kmsd_env *env = kmsd_env_get();
+	const struct kms_config *cfg = env->cfg;
+	struct pub_dp_opts o = { 0 };
+	STACK_OF(X509) *inter = NULL;
+	char *cache = NULL;
+	int rc = 0;
+
+	if (!cfg->crl.fetch)
+		goto out;
+	if ((cache = kms_path_join(cfg->kmsd.state_dir, "crl-dp")) == NULL ||
+	    (sync_dbpath == NULL && (sync_dbpath = kms_path_join(cfg->kmsd.state_dir, KMS_STORE_FILE)) == NULL) ||
+	    (inter = sk_X509_new_null()) == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	if (cfg->milter.intermediates_file[0] != '\0' &&
+	    (rc = ca_certs_load_file(cfg->milter.intermediates_file, inter, NULL)) != 0)
+		goto out;
+	o.anchors = env->trust;
+	o.inter = inter;
+	o.cache_dir = cache;
+	o.max_size = (size_t)cfg->crl.fetch_max_size;
+	o.timeout = (int)cfg->crl.fetch_timeout;
+	o.concurrency = (int)cfg->crl.fetch_concurrency;
+	o.max_sources = (int)cfg->crl.fetch_max_sources;
+	o.refresh = (int)cfg->crl.external_refresh;
+	o.changed = sync_changed;
+	pthread_mutex_lock(&dp_mu);
+	rc = pub_dp_start(&o, &cur_dp);
+	pthread_mutex_unlock(&dp_mu);
+	/* Copies kept by the previous run count from now on. */
+	if (rc == 0)
+		sync_changed(NULL);
+out:
+	sk_X509_pop_free(inter, X509_free);
+	free(cache);
+	kmsd_env_put(env);
+	return rc;
+}
+
+void
+kmsd_dp_stop(void)
+{
+	struct pub_dp *d;
+
+	pthread_mutex_lock(&dp_mu);
+	d = cur_dp;
+	cur_dp = NULL;
+	pthread_mutex_unlock(&dp_mu);
+	pub_dp_stop(d);
+}
+
+time_t
+kmsd_dp_offer(STACK_OF(X509) *chain, int depth)
+{
+	time_t since;
+
+	/* dp_mu is only held for pointer work and a stop; pub_dp_offer never waits for I/O. */
+	pthread_mutex_lock(&dp_mu);
+	since = pub_dp_offer(cur_dp, chain, depth);
+	pthread_mutex_unlock(&dp_mu);
+	return since;
+}
+
+int
+kmsd_dp_add_to(struct ca_revidx_builder *b)
+{
+	int rc;
+
+	pthread_mutex_lock(&dp_mu);
+	rc = pub_dp_add_to(cur_dp, b, time(NULL));
+	pthread_mutex_unlock(&dp_mu);
+	return rc;
+}
+
+int
+kmsd_dp_list(struct pub_dp_status **out, size_t *n)
+{
+	int rc;
+
+	pthread_mutex_lock(&dp_mu);
+	rc = pub_dp_list(cur_dp, out, n);
+	pthread_mutex_unlock(&dp_mu);
+	return rc;
+}

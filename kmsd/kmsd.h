@@ -108,6 +108,16 @@ void kmsd_sync_stop(void);
 void kmsd_sync_refresh(void);
 /* pub_sync_add_to() for the running sync (0 when none). */
 int kmsd_sync_add_to(struct ca_revidx_builder *b);
+/*
+ * Fetching the distribution points of certificates seen in mail ([crl]
+ * fetch; cache in <state_dir>/crl-dp), each change rebuilding the index;
+ * 0 with nothing to do.  offer, add_to and list are no-ops when stopped.
+ */
+int kmsd_dp_start(void);
+void kmsd_dp_stop(void);
+time_t kmsd_dp_offer(STACK_OF(X509) *chain, int depth);
+int kmsd_dp_add_to(struct ca_revidx_builder *b);
+int kmsd_dp_list(struct pub_dp_status **out, size_t *n);
 
 /* ------------------------------------------------------- the process state */
 

@@ -243,12 +243,23 @@ milter_find_cert(void *arg, const X509_NAME *issuer, const ASN1_INTEGER *serial,
 	return kmsd_find_cert(issuer, serial, skid, out);
 }
 
+/* Unknown revocation status in mail: queue the distribution points, never wait. */
+static struct ca_revidx *
+milter_rev_unknown(void *arg, STACK_OF(X509) *chain, int depth, time_t *since)
+{
+	(void)arg;
+	*since = kmsd_dp_offer(chain, depth);
+	return NULL;
+}
+
 static const struct mlt_host milter_host = {
 	.settings_get = milter_settings_get,
 	.settings_put = milter_settings_put,
 	.revidx_get = kmsd_revidx_get,
 	.find_cert = milter_find_cert,
 	.find_cert_arg = NULL,
+	.rev_unknown = milter_rev_unknown,
+	.rev_unknown_arg = NULL,
 };
 
 /* Open the milter socket now, while we may still hold privilege. */
@@ -450,6 +461,8 @@ start_services(struct run_ctx *r)
 		kms_log(KMS_LOG_ERR, "CRL synchronisation: %s", kms_last_error());
 	if (kmsd_ldap_start(cfg, r->st) != 0)
 		kms_log(KMS_LOG_ERR, "LDAP directory: %s", kms_last_error());
+	if (kmsd_dp_start() != 0)
+		kms_log(KMS_LOG_ERR, "CRL distribution point fetching: %s", kms_last_error());
 }
 
 /* Tell a waiting parent (kmsd without -f) that we are up. */
@@ -510,6 +523,7 @@ stop_services(struct run_ctx *r)
 	block_signals(SIG_BLOCK);
 	kmsd_server_stop(30);
 	kms_log(KMS_LOG_DEBUG, "control server stopped");
+	kmsd_dp_stop();
 	kmsd_sync_stop();
 	kms_log(KMS_LOG_DEBUG, "CRL sync stopped");
 	kmsd_ldap_stop();

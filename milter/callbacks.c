@@ -434,6 +434,8 @@ cb_eom(SMFICTX *ctx)
 	cc.rev = host->revidx_get();
 	cc.find_cert = host->find_cert;
 	cc.find_cert_arg = host->find_cert_arg;
+	cc.rev_unknown = host->rev_unknown;
+	cc.rev_unknown_arg = host->rev_unknown_arg;
 	cc.authserv_id = cfg->kmsd.authserv_id;
 	mlt_limits_from_config(cfg, &cc.limits);
 

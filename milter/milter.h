@@ -273,6 +273,8 @@ struct mlt_host {
 	struct ca_revidx *(*revidx_get)(void);
 	mlt_find_cert_fn find_cert;
 	void *find_cert_arg;
+	mlt_rev_unknown_fn rev_unknown;         /* NULL: nobody to tell */
+	void *rev_unknown_arg;
 };
 
 /*

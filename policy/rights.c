@@ -23,6 +23,7 @@ static const struct pol_cmd commands[] = {
 	{ "show",            ADM | AUD | CMP, 0 },
 	{ "revoke",          ADM,             1 },
 	{ "crl",             ADM,             1 },
+	{ "crl.list_external", ADM | AUD,     0 },
 	{ "recover.request", ADM | CMP,       1 },
 	{ "recover.approve", OFF,             1 },
 	{ "recover.list",    POL_ROLE_ANY,    0 },

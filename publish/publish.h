@@ -143,4 +143,48 @@ int pub_ldap_put_ca(struct pub_ldap *pl, struct kms_store *st);
  */
 int pub_smime_certs_der(STACK_OF(X509) *certs, X509 *ca_cert, unsigned char **der, int *len);
 
+/* ------------------------------------------- distribution points seen in mail */
+
+struct pub_dp;
+
+struct pub_dp_opts {
+	X509_STORE *anchors;        /* trust anchors (a reference is taken) */
+	STACK_OF(X509) *inter;      /* configured intermediates (copied), may be NULL */
+	const char *cache_dir;      /* last good copies across restarts (NULL: memory only) */
+	size_t max_size;            /* bytes per CRL */
+	int timeout;                /* seconds per fetch */
+	int concurrency;            /* fetches at once */
+	int max_sources;            /* distribution points followed */
+	int refresh;                /* a good copy is fetched again at least this often (seconds) */
+	void (*changed)(void *arg); /* a good copy changed (from a fetch thread, one at a time) */
+	void *arg;
+};
+
+/* Load the kept copies (validated again), start the fetch threads. */
+int pub_dp_start(const struct pub_dp_opts *opts, struct pub_dp **out);
+void pub_dp_stop(struct pub_dp *d);
+/*
+ * The revocation status of chain[depth] (a validated chain) is unknown:
+ * queue its http distribution points for fetching, with the CAs above it
+ * as the would-be CRL signers.  Takes a short lock, never waits for I/O:
+ * safe in the mail path.  Returns when the first fetch of a distribution
+ * point that has no good copy yet was asked for, 0 if none is pending.
+ */
+time_t pub_dp_offer(struct pub_dp *d, STACK_OF(X509) *chain, int depth);
+/* Add every good copy to an index being built (expired ones: entries stale, no coverage). */
+int pub_dp_add_to(struct pub_dp *d, struct ca_revidx_builder *b, time_t now);
+
+struct pub_dp_status {
+	char url[1025];
+	char issuer[256];
+	char error[256];            /* last error, "" if the last attempt went well */
+	int have_copy;
+	int entries;
+	long long number;
+	time_t this_update, next_update;
+	time_t first_asked, last_attempt, last_success, next_fetch;
+};
+/* A snapshot of every source; *out malloc'd. */
+int pub_dp_list(struct pub_dp *d, struct pub_dp_status **out, size_t *n);
+
 #endif

@@ -210,6 +210,17 @@ kmsd_dp_stop(void)
 	pub_dp_stop(d);
 }
 
+void
+kmsd_dp_reload(void)
+{
+	struct kmsd_env *env = kmsd_env_get();
+
+	pthread_mutex_lock(&dp_mu);
+	pub_dp_set_anchors(cur_dp, env->trust);
+	pthread_mutex_unlock(&dp_mu);
+	kmsd_env_put(env);
+}
+
 time_t
 kmsd_dp_offer(STACK_OF(X509) *chain, int depth)
 {

@@ -115,6 +115,8 @@ int kmsd_sync_add_to(struct ca_revidx_builder *b);
  */
 int kmsd_dp_start(void);
 void kmsd_dp_stop(void);
+/* The current environment's trust anchors for later fetches (after a reload). */
+void kmsd_dp_reload(void);
 time_t kmsd_dp_offer(STACK_OF(X509) *chain, int depth);
 int kmsd_dp_add_to(struct ca_revidx_builder *b);
 int kmsd_dp_list(struct pub_dp_status **out, size_t *n);

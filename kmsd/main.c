@@ -500,6 +500,7 @@ main_loop(struct run_ctx *r)
 				kms_log(KMS_LOG_ERR, "reload refused, the running configuration is kept: %s", kms_last_error());
 			else
 				kms_log(KMS_LOG_INFO, "configuration reloaded");
+			kmsd_dp_reload();
 			kmsd_sync_refresh();
 		}
 		if (M.milter_exited) {

@@ -110,7 +110,6 @@ cache_save(struct pub_dp *d, const struct dp_src *s, X509_CRL *crl, STACK_OF(X50
 	for (int i = 0; i < sk_X509_num(cands); i++)
 		PEM_write_bio_X509(b, sk_X509_value(cands, i));
 	pemlen = BIO_get_mem_data(b, &pem);
-	n = (int)n;
 	if (asprintf(&meta, "%s\n%s\n%s\n", s->url, etag, lm) < 0) {
 		meta = NULL;
 		goto out;
@@ -240,6 +239,7 @@ fetch_one(struct pub_dp *d, struct dp_src *s)
 	struct ca_crl_meta m;
 	STACK_OF(X509) *all = NULL;
 	X509 *signer = NULL;
+	X509_STORE *anchors;
 	char etag[256], lm[64], why[256] = "";
 	time_t now = time(NULL);
 	int rc, changed = 0, was_failing, have_copy;
@@ -247,6 +247,8 @@ fetch_one(struct pub_dp *d, struct dp_src *s)
 	memset(&m, 0, sizeof(m));
 	memset(&cond, 0, sizeof(cond));
 	pthread_mutex_lock(&d->mu);
+	anchors = d->anchors;
+	X509_STORE_up_ref(anchors);
 	snprintf(etag, sizeof(etag), "%s", s->crl ? s->etag : "");
 	snprintf(lm, sizeof(lm), "%s", s->crl ? s->last_modified : "");
 	pthread_mutex_unlock(&d->mu);
@@ -261,7 +263,7 @@ fetch_one(struct pub_dp *d, struct dp_src *s)
 		if ((all = cands_with(d, s->cands)) == NULL) {
 			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
 		} else {
-			rc = ca_crl_validate_chain(crl, d->anchors, all, now, &signer, &m);
+			rc = ca_crl_validate_chain(crl, anchors, all, now, &signer, &m);
 			if (rc == 0 && m.delta)
 				rc = kms_fail(KMS_ERR_CORRUPT, "a delta CRL, not a complete one");
 			else if (rc == KMS_ERR_EXPIRED)
@@ -273,6 +275,7 @@ fetch_one(struct pub_dp *d, struct dp_src *s)
 		snprintf(why, sizeof(why), "%s", kms_last_error());
 	}
 	sk_X509_free(all);
+	X509_STORE_free(anchors);
 
 	pthread_mutex_lock(&d->mu);
 	s->busy = 0;
@@ -539,6 +542,20 @@ pub_dp_stop(struct pub_dp *d)
 	for (int i = 0; i < d->nth; i++)
 		pthread_join(d->th[i], NULL);
 	dp_free(d);
+}
+
+void
+pub_dp_set_anchors(struct pub_dp *d, X509_STORE *anchors)
+{
+	X509_STORE *old;
+
+	if (d == NULL || anchors == NULL || !X509_STORE_up_ref(anchors))
+		return;
+	pthread_mutex_lock(&d->mu);
+	old = d->anchors;
+	d->anchors = anchors;
+	pthread_mutex_unlock(&d->mu);
+	X509_STORE_free(old);
 }
 
 time_t

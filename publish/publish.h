@@ -163,6 +163,8 @@ struct pub_dp_opts {
 /* Load the kept copies (validated again), start the fetch threads. */
 int pub_dp_start(const struct pub_dp_opts *opts, struct pub_dp **out);
 void pub_dp_stop(struct pub_dp *d);
+/* New trust anchors (after a reload): later fetches are validated against them. */
+void pub_dp_set_anchors(struct pub_dp *d, X509_STORE *anchors);
 /*
  * The revocation status of chain[depth] (a validated chain) is unknown:
  * queue its http distribution points for fetching, with the CAs above it

@@ -882,6 +882,159 @@ START_TEST(test_external_crl_bad_signature_keeps_last_good_and_stale_is_marked)
 }
 END_TEST
 
+/* ------------------------------------------- distribution points seen in mail */
+
+/* A user certificate of the test CA, serial hex, with the given distribution point. */
+static X509 *
+mk_user_with_cdp(const char *serial_hex, const char *cdp)
+{
+	X509 *x = X509_new();
+	X509_NAME *n = X509_NAME_new();
+	BIGNUM *bn = NULL;
+	X509V3_CTX ctx;
+	X509_EXTENSION *e;
+	char v[300];
+
+	X509_set_version(x, 2);
+	BN_hex2bn(&bn, serial_hex);
+	BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
+	BN_free(bn);
+	X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)"user", -1, -1, 0);
+	X509_set_subject_name(x, n);
+	X509_NAME_free(n);
+	X509_set_issuer_name(x, X509_get_subject_name(ca->cert));
+	X509_gmtime_adj(X509_getm_notBefore(x), -60);
+	X509_gmtime_adj(X509_getm_notAfter(x), 86400L);
+	X509_set_pubkey(x, bad_key);
+	snprintf(v, sizeof(v), "URI:%s", cdp);
+	X509V3_set_ctx(&ctx, ca->cert, x, NULL, NULL, 0);
+	e = X509V3_EXT_conf_nid(NULL, &ctx, NID_crl_distribution_points, v);
+	ck_assert_ptr_nonnull(e);
+	X509_add_ext(x, e, -1);
+	X509_EXTENSION_free(e);
+	ck_assert_int_gt(X509_sign(x, ca_key, EVP_sha256()), 0);
+	return x;
+}
+
+/* Wait until every source has been tried; the list then. */
+static size_t
+dp_wait_list(struct pub_dp *d, size_t want, struct pub_dp_status **v, double limit)
+{
+	double t0 = now_secs();
+	size_t n = 0;
+
+	for (;;) {
+		int done = 1;
+
+		ck_assert_int_eq(pub_dp_list(d, v, &n), 0);
+		for (size_t i = 0; i < n; i++)
+			if ((*v)[i].last_attempt == 0)
+				done = 0;
+		if ((done && n >= want) || now_secs() - t0 > limit)
+			return n;
+		free(*v);
+		*v = NULL;
+		usleep(20 * 1000);
+	}
+}
+
+START_TEST(test_dp_fetch_validates_keeps_and_reports_errors)
+{
+	struct pub_dp_opts o = { 0 };
+	struct pub_dp *d = NULL;
+	struct pub_dp_status *v = NULL;
+	struct ca_revidx_builder *b = NULL;
+	struct ca_revidx *idx = NULL;
+	struct ca_rev_info info;
+	X509_STORE *anchors = X509_STORE_new();
+	STACK_OF(X509) *chain = sk_X509_new_null();
+	X509 *revoked, *good, *nowhere, *extra;
+	char url[256], *cache = kms_path_join(dir, "dp");
+	size_t n;
+	time_t since;
+
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/crl/test-ca.crl", port);
+	revoked = mk_user_with_cdp("a1", url);
+	good = mk_user_with_cdp("a2", url);
+	nowhere = mk_user_with_cdp("a3", "http://127.0.0.1:1/nothing.crl");
+	extra = mk_user_with_cdp("a5", "http://127.0.0.1:1/one-too-many.crl");
+	X509_STORE_add_cert(anchors, ca->cert);
+	o.anchors = anchors;
+	o.cache_dir = cache;
+	o.timeout = 5;
+	o.concurrency = 2;
+	o.max_sources = 2;
+	o.changed = on_changed;
+	ck_assert_int_eq(pub_dp_start(&o, &d), 0);
+
+	sk_X509_push(chain, revoked);
+	sk_X509_push(chain, ca->cert);
+	since = pub_dp_offer(d, chain, 0);
+	ck_assert_int_gt(since, 0);
+	ck_assert_int_le(since, time(NULL));
+	sk_X509_set(chain, 0, nowhere);
+	ck_assert_int_gt(pub_dp_offer(d, chain, 0), 0);
+	/* The bound on sources: a third distribution point is not followed. */
+	sk_X509_set(chain, 0, extra);
+	ck_assert_int_eq(pub_dp_offer(d, chain, 0), 0);
+	/* A self-signed root has no distribution point: nothing to offer. */
+	ck_assert_int_eq(pub_dp_offer(d, chain, 1), 0);
+
+	n = dp_wait_list(d, 2, &v, 10.0);
+	ck_assert_uint_eq(n, 2);
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(v[i].url, url) == 0) {
+			ck_assert_int_eq(v[i].have_copy, 1);
+			ck_assert_int_eq(v[i].entries, 1);
+			ck_assert_str_eq(v[i].error, "");
+			ck_assert_ptr_nonnull(strstr(v[i].issuer, "HTTP Test CA"));
+		} else {
+			ck_assert_int_eq(v[i].have_copy, 0);
+			ck_assert_str_ne(v[i].error, "");
+		}
+	}
+	free(v);
+	/* A distribution point with a good copy is no longer a pending first fetch. */
+	sk_X509_set(chain, 0, good);
+	ck_assert_int_eq(pub_dp_offer(d, chain, 0), 0);
+
+	ck_assert_int_eq(ca_revidx_builder_new(&b), 0);
+	ck_assert_int_eq(pub_dp_add_to(d, b, time(NULL)), 0);
+	ck_assert_int_eq(ca_revidx_build(b, &idx), 0);
+	ca_revidx_builder_free(b);
+	ck_assert_int_eq(ca_revidx_check(idx, revoked, &info), 1);
+	ck_assert_int_eq(info.reason, 1);
+	ck_assert_int_eq(ca_revidx_check(idx, good, &info), 0);
+	ca_revidx_unref(idx);
+	pub_dp_stop(d);
+
+	/* A restart takes the kept copy without any fetch (the server is gone). */
+	pub_http_stop(srv);
+	srv = NULL;
+	d = NULL;
+	ck_assert_int_eq(pub_dp_start(&o, &d), 0);
+	ck_assert_int_eq(pub_dp_list(d, &v, &n), 0);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(v[0].have_copy, 1);
+	free(v);
+	ck_assert_int_eq(ca_revidx_builder_new(&b), 0);
+	ck_assert_int_eq(pub_dp_add_to(d, b, time(NULL)), 0);
+	ck_assert_int_eq(ca_revidx_build(b, &idx), 0);
+	ca_revidx_builder_free(b);
+	ck_assert_int_eq(ca_revidx_check(idx, revoked, &info), 1);
+	ca_revidx_unref(idx);
+	pub_dp_stop(d);
+
+	sk_X509_free(chain);
+	X509_free(revoked);
+	X509_free(good);
+	X509_free(nowhere);
+	X509_free(extra);
+	X509_STORE_free(anchors);
+	free(cache);
+}
+END_TEST
+
 static Suite *
 http_suite(void)
 {
@@ -902,6 +1055,7 @@ http_suite(void)
 	tcase_add_test(tc, test_listen_forms);
 	tcase_add_test(tc, test_replica_follows_primary_and_keeps_copy_when_it_is_gone);
 	tcase_add_test(tc, test_external_crl_bad_signature_keeps_last_good_and_stale_is_marked);
+	tcase_add_test(tc, test_dp_fetch_validates_keeps_and_reports_errors);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("short");

@@ -1218,7 +1218,9 @@ ca_revidx_issuer_state(const struct ca_revidx *idx, const X509_NAME *issuer)
 
 	if (idx == NULL || (i = idx_issuer(idx, issuer)) < 0)
 		return -1;
-	return issuer_stale(&idx->issuers[i], time(NULL)) ? 1 : 0;
+	/* Data from an expired CRL only (nothing current covers this CA) is stale too. */
+	return issuer_stale(&idx->issuers[i], time(NULL)) ||
+	    (idx->issuers[i].expired && idx->issuers[i].covers == 0) ? 1 : 0;
 }
 
 size_t

@@ -35,6 +35,7 @@ struct src {
 	char *cache_name;
 	/* Under crlsync.mu: */
 	X509_CRL *crl;              /* last good copy */
+	struct ca_crl_meta meta;    /* what its validation found (scope, times) */
 	long long number;
 	int failing;
 };
@@ -131,11 +132,15 @@ take(struct pub_sync *s, struct src *src, X509_CRL *crl, int *changed)
 {
 	X509 *issuer;
 	X509_CRL *old = NULL, *keep = NULL;
+	struct ca_crl_meta m;
 	long long n;
 	int rc, stale, newer;
 
 	*changed = 0;
-	if ((rc = ca_crl_find_issuer(crl, src->cas, time(NULL), &issuer, &stale)) != 0) {
+	/* RFC 5280 6.3 checks, the configured CA certificates being the would-be signers. */
+	rc = ca_crl_validate(crl, src->cas, time(NULL), &issuer, &m);
+	stale = rc == KMS_ERR_EXPIRED;
+	if (rc != 0 && !stale) {
 		X509_CRL_free(crl);
 		return rc;
 	}
@@ -151,11 +156,15 @@ take(struct pub_sync *s, struct src *src, X509_CRL *crl, int *changed)
 		/* One reference for the copy, one (keep) for the save below. */
 		old = src->crl;
 		src->crl = crl;
+		ca_crl_meta_clear(&src->meta);
+		src->meta = m;
+		memset(&m, 0, sizeof(m));
 		src->number = n;
 		keep = crl;
 		crl = NULL;
 	}
 	pthread_mutex_unlock(&s->mu);
+	ca_crl_meta_clear(&m);
 	X509_CRL_free(old);
 	X509_CRL_free(crl);
 	if (keep == NULL)
@@ -310,6 +319,7 @@ src_free(struct src *src)
 	free(src->url);
 	free(src->cache_name);
 	X509_CRL_free(src->crl);
+	ca_crl_meta_clear(&src->meta);
 }
 
 static void
@@ -461,6 +471,15 @@ pub_sync_refresh(struct pub_sync *s)
 	pthread_mutex_unlock(&s->mu);
 }
 
+/* A complete CRL with its scope; a delta (no base kept here) as a plain list of revocations. */
+static int
+add_src(struct ca_revidx_builder *b, const struct src *src, time_t now)
+{
+	if (src->meta.delta || src->meta.covers == 0)
+		return ca_revidx_add_checked_crl(b, src->crl, now);
+	return ca_revidx_add_valid(b, src->crl, &src->meta, NULL, NULL, now);
+}
+
 int
 pub_sync_add_to(struct pub_sync *s, struct ca_revidx_builder *b, time_t now)
 {
@@ -470,10 +489,10 @@ pub_sync_add_to(struct pub_sync *s, struct ca_revidx_builder *b, time_t now)
 		return 0;
 	pthread_mutex_lock(&s->mu);
 	if (s->source != NULL && s->source->crl != NULL)
-		rc = ca_revidx_add_checked_crl(b, s->source->crl, now);
+		rc = add_src(b, s->source, now);
 	for (size_t i = 0; rc == 0 && i < s->next; i++)
 		if (s->ext[i].crl != NULL)
-			rc = ca_revidx_add_checked_crl(b, s->ext[i].crl, now);
+			rc = add_src(b, &s->ext[i], now);
 	pthread_mutex_unlock(&s->mu);
 	return rc;
 }

@@ -413,9 +413,13 @@ cache_load(struct pub_dp *d)
 		if ((p = kms_path_join(d->cache_dir, e->d_name)) == NULL ||
 		    kms_read_file(p, 8192, (unsigned char **)&meta, &blen) != 0)
 			goto next;
-		meta = realloc(meta, blen + 1);
-		if (meta == NULL)
-			goto next;
+		{
+			char *nm = realloc(meta, blen + 1);
+
+			if (nm == NULL)
+				goto next;
+			meta = nm;
+		}
 		meta[blen] = '\0';
 		url = meta;
 		if ((etag = strchr(url, '\n')) == NULL)

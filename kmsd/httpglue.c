@@ -152,15 +152,13 @@ kmsd_sync_add_to(struct ca_revidx_builder *b)
 
 /* ------------------------------------------- distribution points seen in mail */
 
-static pthread_mutex_t dp_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct pub_dp *cur_dp;
-
 int
 kmsd_dp_start(void)
 {
 	struct kmsd_env *env = kmsd_env_get();
 	const struct kms_config *cfg = env->cfg;
 	struct pub_dp_opts o = { 0 };
+	struct pub_dp *d = NULL;
 	STACK_OF(X509) *inter = NULL;
 	char *cache = NULL;
 	int rc = 0;
@@ -168,7 +166,7 @@ kmsd_dp_start(void)
 	if (!cfg->crl.fetch)
 		goto out;
 	if ((cache = kms_path_join(cfg->kmsd.state_dir, "crl-dp")) == NULL ||
-	    (sync_dbpath == NULL && (sync_dbpath = kms_path_join(cfg->kmsd.state_dir, KMS_STORE_FILE)) == NULL) ||
+	    (P.sync_dbpath == NULL && (P.sync_dbpath = kms_path_join(cfg->kmsd.state_dir, KMS_STORE_FILE)) == NULL) ||
 	    (inter = sk_X509_new_null()) == NULL) {
 		rc = KMS_ERR_NOMEM;
 		goto out;
@@ -185,9 +183,12 @@ kmsd_dp_start(void)
 	o.max_sources = (int)cfg->crl.fetch_max_sources;
 	o.refresh = (int)cfg->crl.external_refresh;
 	o.changed = sync_changed;
-	pthread_mutex_lock(&dp_mu);
-	rc = pub_dp_start(&o, &cur_dp);
-	pthread_mutex_unlock(&dp_mu);
+	/* Started (kept copies read) before the mail path can see it. */
+	if ((rc = pub_dp_start(&o, &d)) == 0) {
+		pthread_rwlock_wrlock(&P.dp_lock);
+		P.dp = d;
+		pthread_rwlock_unlock(&P.dp_lock);
+	}
 	/* Copies kept by the previous run count from now on. */
 	if (rc == 0)
 		sync_changed(NULL);
@@ -203,10 +204,10 @@ kmsd_dp_stop(void)
 {
 	struct pub_dp *d;
 
-	pthread_mutex_lock(&dp_mu);
-	d = cur_dp;
-	cur_dp = NULL;
-	pthread_mutex_unlock(&dp_mu);
+	pthread_rwlock_wrlock(&P.dp_lock);
+	d = P.dp;
+	P.dp = NULL;
+	pthread_rwlock_unlock(&P.dp_lock);
 	pub_dp_stop(d);
 }
 
@@ -215,9 +216,9 @@ kmsd_dp_reload(void)
 {
 	struct kmsd_env *env = kmsd_env_get();
 
-	pthread_mutex_lock(&dp_mu);
-	pub_dp_set_anchors(cur_dp, env->trust);
-	pthread_mutex_unlock(&dp_mu);
+	pthread_rwlock_rdlock(&P.dp_lock);
+	pub_dp_set_anchors(P.dp, env->trust);
+	pthread_rwlock_unlock(&P.dp_lock);
 	kmsd_env_put(env);
 }
 
@@ -226,10 +227,10 @@ kmsd_dp_offer(STACK_OF(X509) *chain, int depth)
 {
 	time_t since;
 
-	/* dp_mu is only held for pointer work and a stop; pub_dp_offer never waits for I/O. */
-	pthread_mutex_lock(&dp_mu);
-	since = pub_dp_offer(cur_dp, chain, depth);
-	pthread_mutex_unlock(&dp_mu);
+	/* Readers never wait for each other; pub_dp_offer never waits for I/O or a rebuild. */
+	pthread_rwlock_rdlock(&P.dp_lock);
+	since = pub_dp_offer(P.dp, chain, depth);
+	pthread_rwlock_unlock(&P.dp_lock);
 	return since;
 }
 
@@ -238,9 +239,9 @@ kmsd_dp_add_to(struct ca_revidx_builder *b)
 {
 	int rc;
 
-	pthread_mutex_lock(&dp_mu);
-	rc = pub_dp_add_to(cur_dp, b, time(NULL));
-	pthread_mutex_unlock(&dp_mu);
+	pthread_rwlock_rdlock(&P.dp_lock);
+	rc = pub_dp_add_to(P.dp, b, time(NULL));
+	pthread_rwlock_unlock(&P.dp_lock);
 	return rc;
 }
 
@@ -249,8 +250,8 @@ kmsd_dp_list(struct pub_dp_status **out, size_t *n)
 {
 	int rc;
 
-	pthread_mutex_lock(&dp_mu);
-	rc = pub_dp_list(cur_dp, out, n);
-	pthread_mutex_unlock(&dp_mu);
+	pthread_rwlock_rdlock(&P.dp_lock);
+	rc = pub_dp_list(P.dp, out, n);
+	pthread_rwlock_unlock(&P.dp_lock);
 	return rc;
 }

@@ -159,6 +159,8 @@ struct kmsd_state {
 		pthread_mutex_t sync_mu;
 		struct pub_sync *sync;
 		char *sync_dbpath;
+		pthread_rwlock_t dp_lock;   /* write: start and stop; read: every use */
+		struct pub_dp *dp;          /* distribution points seen in mail, NULL when off */
 	} pub;
 	struct {                    /* cmd_publish.c: the LDAP directory's delivery thread */
 		struct pub_ldap *publisher;     /* NULL when [ldap] uri is not set */

@@ -10,7 +10,8 @@
 struct kmsd_state kmsd_state = {
 	.rt = { .lock = PTHREAD_MUTEX_INITIALIZER },
 	.crl = { .publish_lock = PTHREAD_MUTEX_INITIALIZER, .rev_lock = PTHREAD_MUTEX_INITIALIZER },
-	.pub = { .http_mu = PTHREAD_MUTEX_INITIALIZER, .sync_mu = PTHREAD_MUTEX_INITIALIZER },
+	.pub = { .http_mu = PTHREAD_MUTEX_INITIALIZER, .sync_mu = PTHREAD_MUTEX_INITIALIZER,
+		.dp_lock = PTHREAD_RWLOCK_INITIALIZER },
 	.rec = { .lock = PTHREAD_MUTEX_INITIALIZER },
 	.srv = { .listen_fd = -1, .wake = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER,
 		.cond = PTHREAD_COND_INITIALIZER },

@@ -607,23 +607,68 @@ pub_dp_offer(struct pub_dp *d, STACK_OF(X509) *chain, int depth)
 	return since;
 }
 
+/* The good copies, taken under the lock (referenced, metadata copied), so that adding them does not hold it. */
+struct dp_take {
+	X509_CRL *crl;
+	struct ca_crl_meta meta;
+	char *url;
+};
+
+static int
+meta_copy(struct ca_crl_meta *dst, const struct ca_crl_meta *src)
+{
+	size_t n = 0;
+
+	*dst = *src;
+	dst->dp_names = NULL;
+	if (src->dp_names == NULL)
+		return 0;
+	while (src->dp_names[n] != NULL)
+		n++;
+	if ((dst->dp_names = calloc(n + 1, sizeof(*dst->dp_names))) == NULL)
+		return KMS_ERR_NOMEM;
+	for (size_t i = 0; i < n; i++)
+		if ((dst->dp_names[i] = strdup(src->dp_names[i])) == NULL)
+			return KMS_ERR_NOMEM;
+	return 0;
+}
+
 int
 pub_dp_add_to(struct pub_dp *d, struct ca_revidx_builder *b, time_t now)
 {
+	struct dp_take *t = NULL;
+	size_t n = 0;
 	int rc = 0;
 
 	if (d == NULL)
 		return 0;
 	pthread_mutex_lock(&d->mu);
-	for (size_t i = 0; i < d->n && rc != KMS_ERR_NOMEM; i++) {
+	if (d->n > 0 && (t = calloc(d->n, sizeof(*t))) == NULL)
+		rc = KMS_ERR_NOMEM;
+	for (size_t i = 0; rc == 0 && i < d->n; i++) {
 		struct dp_src *s = d->src[i];
 
-		if (s->crl != NULL && (rc = ca_revidx_add_valid(b, s->crl, &s->meta, NULL, NULL, now)) != 0 &&
-		    rc != KMS_ERR_NOMEM)
-			kms_log(KMS_LOG_WARNING, "CRL %s: not used: %s", s->url, kms_last_error());
+		if (s->crl == NULL)
+			continue;
+		X509_CRL_up_ref(s->crl);
+		t[n].crl = s->crl;
+		t[n].url = s->url;      /* lives until pub_dp_stop */
+		rc = meta_copy(&t[n].meta, &s->meta);
+		n++;
 	}
 	pthread_mutex_unlock(&d->mu);
-	return rc == KMS_ERR_NOMEM ? rc : 0;
+	for (size_t i = 0; rc == 0 && i < n; i++) {
+		if ((rc = ca_revidx_add_valid(b, t[i].crl, &t[i].meta, NULL, NULL, now)) != 0 && rc != KMS_ERR_NOMEM) {
+			kms_log(KMS_LOG_WARNING, "CRL %s: not used: %s", t[i].url, kms_last_error());
+			rc = 0;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		X509_CRL_free(t[i].crl);
+		ca_crl_meta_clear(&t[i].meta);
+	}
+	free(t);
+	return rc == KMS_ERR_NOMEM ? kms_fail(rc, "out of memory") : 0;
 }
 
 int

@@ -364,18 +364,72 @@ enroll_refusal(struct kmsd_req *req, const char *email, const char *password, in
  * the audit row syncs to disk; the file is handed out only after the
  * commit, so no file ever exists for an enrollment that did not commit.
  */
+/*
+ * The name a new pair is issued under: the one given, else on renewal the
+ * one the user had, else NULL (the CA names the subject by the address).
+ * *kept (malloc'd) holds a name read from the store.
+ */
+static int
+enroll_name(struct kmsd_req *req, const char *email, const char *given, int renew, const char **name, char **kept)
+{
+	int rc;
+
+	*kept = NULL;
+	*name = given != NULL && *given != '\0' ? given : NULL;
+	if (*name != NULL || !renew)
+		return 0;
+	if ((rc = ca_store_display_name(req->st, email, kept)) != 0)
+		return rc == KMS_ERR_NOTFOUND ? 0 : rc;
+	if (strcasecmp(*kept, email) != 0)
+		*name = *kept;
+	return 0;
+}
+
+/* Build the security file in a thread of its own (or here, if no thread can be made). */
+static void
+p12_job_start(struct p12_job *job, pthread_t *thread, int *started)
+{
+	*started = pthread_create(thread, NULL, p12_job_run, job) == 0;
+	if (!*started)
+		p12_job_run(job);
+}
+
+/*
+ * Record the enrollment and its audit row in one transaction.  On failure
+ * everything is rolled back, the audit row with it (the server then writes
+ * the failure's own row).
+ */
+static int
+enroll_commit(struct kmsd_req *req, const struct esc_enroll_req *er, const struct esc_enrollment *en, int renew,
+    int generated)
+{
+	int rc;
+
+	if ((rc = kms_store_begin(req->st)) != 0)
+		return rc;
+	snprintf(req->detail, sizeof(req->detail), "%s; encryption key escrowed%s", renew ? "renewal" : "enrollment",
+	    generated ? "; password generated" : "");
+	if ((rc = esc_enroll_record(req->st, er, en)) != 0 || (rc = kmsd_audit_record(req, "ok")) != 0 ||
+	    (rc = kms_store_commit(req->st)) != 0) {
+		kms_store_rollback(req->st);
+		req->audited = 0;
+		return rc;
+	}
+	kmsd_ldap_kick();
+	return 0;
+}
+
 json_t *
 kmsd_cmd_enroll(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { "email", "name", "renew", "password", NULL };
 	const struct kms_config *cfg = req->env->cfg;
-	const char *email, *name, *password;
+	const char *email, *name, *password, *display;
 	json_t *reply = NULL;
 	X509 *krk = NULL;
 	/* Friendly names: the display name (an address of up to KMS_ADDR_MAX), the usage, the generation. */
 	char sname[KMS_ADDR_MAX + 32], ename[KMS_ADDR_MAX + 32], *kept_name = NULL;
-	const char *display;
-	int renew, rc, in_tx = 0, job_started = 0;
+	int renew, rc, job_started = 0;
 	struct esc_enroll_req er = { 0 };
 	struct esc_enrollment en = { 0 };
 	struct p12_job job = { 0 };
@@ -395,26 +449,12 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 		return reply;
 	if (kmsd_krk_get(req->st, &krk, &er.krk_id) != 0)
 		return kms_reply_error("bad_state", "enroll: no key-recovery key: escrow is not initialised");
-	/* A renewal keeps the user's display name unless a new one is given. */
-	if ((name == NULL || *name == '\0') && renew && (rc = ca_store_display_name(req->st, email, &kept_name)) != 0 &&
-	    rc != KMS_ERR_NOTFOUND) {
-		X509_free(krk);
-		return kmsd_reply_fail(rc);
-	}
-	/* No name: the CA names the subject by the address (CN only when it fits 64 characters). */
-	if (name == NULL || *name == '\0')
-		name = kept_name != NULL && strcasecmp(kept_name, email) != 0 ? kept_name : NULL;
+	if ((rc = enroll_name(req, email, name, renew, &name, &kept_name)) != 0)
+		goto fail;
 	display = name != NULL ? name : email;
-	er.ca = kmsd_ca();
-	er.krk_cert = krk;
-	er.email = email;
-	er.name = name;
-	er.key_type = cfg->ca.user_key;
-	er.days = (int)cfg->ca.user_validity_days;
-	er.crl_url = cfg->crl.url;
-	er.crl_ldap_url = cfg->crl.ldap_url;
-	er.origin = "enroll";
-	er.issued_by = req->user;
+	er = (struct esc_enroll_req){ .ca = kmsd_ca(), .krk_cert = krk, .krk_id = er.krk_id, .email = email,
+		.name = name, .key_type = cfg->ca.user_key, .days = (int)cfg->ca.user_validity_days,
+		.crl_url = cfg->crl.url, .crl_ldap_url = cfg->crl.ldap_url, .origin = "enroll", .issued_by = req->user };
 	if ((rc = esc_enroll_prepare(&er, &en)) != 0)
 		goto fail;
 
@@ -432,24 +472,10 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 	job.ca_cert = er.ca->cert;
 	job.password = password;
 	job.cfg = cfg;
-	job_started = pthread_create(&job_thread, NULL, p12_job_run, &job) == 0;
-	if (!job_started)
-		p12_job_run(&job);
+	p12_job_start(&job, &job_thread, &job_started);
+	if ((rc = enroll_commit(req, &er, &en, renew, password == NULL)) != 0)
+		goto fail;
 
-	if ((rc = kms_store_begin(req->st)) != 0)
-		goto fail;
-	in_tx = 1;
-	if ((rc = esc_enroll_record(req->st, &er, &en)) != 0)
-		goto fail;
-	snprintf(req->detail, sizeof(req->detail), "%s; encryption key escrowed%s", renew ? "renewal" : "enrollment",
-	    password ? "" : "; password generated");
-	if ((rc = kmsd_audit_record(req, "ok")) != 0)
-		goto fail;
-	if ((rc = kms_store_commit(req->st)) != 0)
-		goto fail;
-	in_tx = 0;
-
-	kmsd_ldap_kick();
 	/* Committed: now, and only now, the security file leaves. */
 	if (job_started) {
 		pthread_join(job_thread, NULL);
@@ -466,10 +492,6 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 	job.res = NULL;
 	goto out;
 fail:
-	if (in_tx) {
-		kms_store_rollback(req->st);
-		req->audited = 0;       /* rolled back with the rest */
-	}
 	reply = kmsd_reply_fail(rc);
 out:
 	if (job_started)

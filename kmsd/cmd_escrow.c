@@ -303,6 +303,51 @@ fail:
 	return kmsd_reply_fail(rc);
 }
 
+/*
+ * May this share count for rq?  The request is open, the share belongs to
+ * its KRK and is the one made at init (digest), and policy allows this
+ * officer (never the requester, one share each).  *krk get1 on success.
+ */
+static int
+approval_allowed(struct kmsd_req *req, const struct esc_request *rq, const struct esc_share *share,
+    const struct esc_share_meta *meta, struct esc_krk **krk)
+{
+	struct pol_approval pa[ESC_MAX_APPROVALS];
+	struct pol_request pr = { .requester = rq->requester_uid, .expires = rq->expires, .approvals = pa,
+		.napprovals = rq->napprovals };
+	char *digest = NULL;
+	int rc;
+
+	*krk = NULL;
+	for (size_t i = 0; i < rq->napprovals; i++)
+		pa[i] = (struct pol_approval){ .officer = rq->approvals[i].officer_uid,
+			.share_index = rq->approvals[i].share_index };
+	if ((rc = esc_store_krk_by_id(req->st, rq->krk_id, krk)) != 0)
+		return rc;
+	pr.threshold = (*krk)->threshold;
+	if (strcmp(rq->state, "expired") == 0) {
+		rc = kms_fail(KMS_ERR_EXPIRED, "request %s has expired", rq->id);
+	} else if (strcmp(rq->state, "open") != 0) {
+		rc = kms_fail(KMS_ERR_STATE, "request %s is %s: it takes no more approvals", rq->id, rq->state);
+	} else if (strcmp(meta->krk_fingerprint, (*krk)->fingerprint) != 0) {
+		rc = kms_fail(KMS_ERR_CORRUPT, "this share belongs to another key-recovery key (%.16s...), "
+		    "not to the one of request %s (%.16s...)", meta->krk_fingerprint, rq->id, (*krk)->fingerprint);
+	} else if ((digest = esc_share_digest(share)) == NULL) {
+		rc = KMS_ERR_NOMEM;
+	} else if (esc_store_check_share(req->st, (*krk)->id, share->index, digest) != 0) {
+		rc = kms_fail(KMS_ERR_CORRUPT, "share %d does not match the share made for this key-recovery "
+		    "key (edited or damaged file)", share->index);
+	} else {
+		rc = pol_approval_check(&pr, req->uid, share->index, time(NULL));
+	}
+	free(digest);
+	if (rc != 0) {
+		esc_krk_free(*krk);
+		*krk = NULL;
+	}
+	return rc;
+}
+
 json_t *
 kmsd_cmd_recover_approve(struct kmsd_req *req)
 {
@@ -314,7 +359,7 @@ kmsd_cmd_recover_approve(struct kmsd_req *req)
 	struct esc_share share = { 0 };
 	struct esc_share_meta meta;
 	struct kmsd_pending *p;
-	char *digest = NULL, officers[400];
+	char officers[400];
 	int rc;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
@@ -336,44 +381,8 @@ kmsd_cmd_recover_approve(struct kmsd_req *req)
 	pthread_mutex_lock(&E.lock);
 	if ((rc = esc_request_load(req->st, id, &rq)) != 0)
 		goto fail;
-	{
-		struct pol_approval pa[ESC_MAX_APPROVALS];
-		struct pol_request pr = { .requester = rq.requester_uid, .expires = rq.expires, .approvals = pa,
-			.napprovals = rq.napprovals };
-
-		for (size_t i = 0; i < rq.napprovals; i++)
-			pa[i] = (struct pol_approval){ .officer = rq.approvals[i].officer_uid,
-				.share_index = rq.approvals[i].share_index };
-
-		if ((rc = esc_store_krk_by_id(req->st, rq.krk_id, &krk)) != 0)
-			goto fail;
-		pr.threshold = krk->threshold;
-		if (strcmp(rq.state, "expired") == 0) {
-			rc = kms_fail(KMS_ERR_EXPIRED, "request %s has expired", rq.id);
-			goto fail;
-		}
-		if (strcmp(rq.state, "open") != 0) {
-			rc = kms_fail(KMS_ERR_STATE, "request %s is %s: it takes no more approvals", rq.id, rq.state);
-			goto fail;
-		}
-		if (strcmp(meta.krk_fingerprint, krk->fingerprint) != 0) {
-			rc = kms_fail(KMS_ERR_CORRUPT, "this share belongs to another key-recovery key (%.16s...), "
-			    "not to the one of request %s (%.16s...)", meta.krk_fingerprint, rq.id, krk->fingerprint);
-			goto fail;
-		}
-		digest = esc_share_digest(&share);
-		if (digest == NULL) {
-			rc = KMS_ERR_NOMEM;
-			goto fail;
-		}
-		if ((rc = esc_store_check_share(req->st, krk->id, share.index, digest)) != 0) {
-			rc = kms_fail(KMS_ERR_CORRUPT, "share %d does not match the share made for this key-recovery "
-			    "key (edited or damaged file)", share.index);
-			goto fail;
-		}
-		if ((rc = pol_approval_check(&pr, req->uid, share.index, time(NULL))) != 0)
-			goto fail;
-	}
+	if ((rc = approval_allowed(req, &rq, &share, &meta, &krk)) != 0)
+		goto fail;
 	p = pending_find(rq.id, 1);
 	if (p == NULL) {
 		rc = KMS_ERR_NOMEM;
@@ -405,13 +414,11 @@ kmsd_cmd_recover_approve(struct kmsd_req *req)
 	}
 	pthread_mutex_unlock(&E.lock);
 	esc_krk_free(krk);
-	free(digest);
 	return reply;
 fail:
 	pthread_mutex_unlock(&E.lock);
 	esc_share_clear(&share);
 	esc_krk_free(krk);
-	free(digest);
 	return kmsd_reply_fail(rc);
 }
 

@@ -536,92 +536,87 @@ has_bytes(const unsigned char *hay, size_t n, const char *needle)
 }
 
 /*
- * Wrap the message: new body, and the edits that make the top level a
- * multipart/mixed.  The boundary is derived from the body so that the same
- * message always gives the same output.
+ * A boundary found in neither the message nor the notice, derived from the
+ * body so that the same message always gives the same output.
  */
 static int
-wrap(struct mlt_rewrite *rw, const struct kms_config *cfg, const struct mlt_sig *sig,
-    const unsigned char *msg, size_t len, const struct top *t)
+wrap_boundary(const unsigned char *msg, size_t len, const struct top *t, const char *notice, char *boundary,
+    size_t size)
 {
-	unsigned char md[SHA256_DIGEST_LENGTH], *b = NULL;
-	char boundary[80], *notice = NULL, *hex = NULL, *ct = NULL;
-	const char *ncte, *outer_cte = NULL;
-	const struct top_field *cte = find_field(msg, t, "Content-Transfer-Encoding");
-	size_t n = 0, cap = 0;
-	int rc, have_ct = 0;
+	unsigned char md[SHA256_DIGEST_LENGTH];
 
-	if ((rc = notice_part(cfg, sig, &notice, &ncte)) != 0)
-		return rc;
 	SHA256(msg + t->body, len - t->body, md);
 	for (int tries = 0;; tries++) {
-		if ((hex = kms_hex(md, 16)) == NULL) {
-			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		snprintf(boundary, sizeof(boundary), "=_kms_%s", hex);
+		char *hex = kms_hex(md, 16);
+
+		if (hex == NULL)
+			return kms_fail(KMS_ERR_NOMEM, "out of memory");
+		snprintf(boundary, size, "=_kms_%s", hex);
 		free(hex);
-		hex = NULL;
 		if (tries > 8 || (!has_bytes(msg, len, boundary) && strstr(notice, boundary) == NULL))
-			break;
+			return 0;
 		SHA256(md, sizeof(md), md);
 	}
-	/* The outer transfer encoding must cover the inner one (RFC 2045 6.4). */
-	if (cte != NULL) {
-		char *v = mlt_field_value(msg, &cte->f, 256);
+}
 
-		if (v == NULL) {
-			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		if (strncasecmp(v, "8bit", 4) == 0)
-			outer_cte = "8bit";
-		else if (strncasecmp(v, "binary", 6) == 0)
-			outer_cte = "binary";
-		free(v);
-	}
+/* The outer transfer encoding must cover the inner one (RFC 2045 6.4): "8bit", "binary" or NULL. */
+static int
+wrap_outer_cte(const unsigned char *msg, const struct top *t, const char **outer)
+{
+	const struct top_field *cte = find_field(msg, t, "Content-Transfer-Encoding");
+	char *v;
 
-	rc = buf_add(&b, &n, &cap, "This is a multi-part message in MIME format.\r\n\r\n--", 50);
-	if (rc == 0)
-		rc = buf_add(&b, &n, &cap, boundary, strlen(boundary));
-	if (rc == 0) {
-		char h[160];
+	*outer = NULL;
+	if (cte == NULL)
+		return 0;
+	if ((v = mlt_field_value(msg, &cte->f, 256)) == NULL)
+		return kms_fail(KMS_ERR_NOMEM, "out of memory");
+	if (strncasecmp(v, "8bit", 4) == 0)
+		*outer = "8bit";
+	else if (strncasecmp(v, "binary", 6) == 0)
+		*outer = "binary";
+	free(v);
+	return 0;
+}
 
-		snprintf(h, sizeof(h), "\r\nContent-Type: text/plain; charset=utf-8\r\n"
-		    "Content-Transfer-Encoding: %s\r\nContent-Disposition: inline\r\n\r\n", ncte);
-		rc = buf_add(&b, &n, &cap, h, strlen(h));
-	}
+/* The new body: the notice first, then the original entity, its Content-* fields as written and its body. */
+static int
+wrap_body(struct kms_buf *b, const unsigned char *msg, size_t len, const struct top *t, const char *boundary,
+    const char *notice, const char *ncte)
+{
+	int rc = kms_buf_appendf(b, "This is a multi-part message in MIME format.\r\n\r\n--%s\r\n"
+	    "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: %s\r\n"
+	    "Content-Disposition: inline\r\n\r\n", boundary, ncte);
+
 	if (rc == 0)
-		rc = buf_add(&b, &n, &cap, notice, strlen(notice));
+		rc = kms_buf_append_str(b, notice);
 	if (rc == 0)
-		rc = buf_add(&b, &n, &cap, "\r\n--", 4);
-	if (rc == 0)
-		rc = buf_add(&b, &n, &cap, boundary, strlen(boundary));
-	if (rc == 0)
-		rc = buf_add(&b, &n, &cap, "\r\n", 2);
-	/* The original entity: its Content-* fields as written, in order, then its body. */
+		rc = kms_buf_appendf(b, "\r\n--%s\r\n", boundary);
 	for (size_t i = 0; rc == 0 && i < t->n; i++) {
 		const struct mlt_field *f = &t->v[i].f;
 
 		if (f->name_len > 8 && strncasecmp((const char *)msg + f->start, "Content-", 8) == 0)
-			rc = buf_add(&b, &n, &cap, msg + f->start, f->end - f->start);
+			rc = kms_buf_append(b, msg + f->start, f->end - f->start);
 	}
 	if (rc == 0)
-		rc = buf_add(&b, &n, &cap, "\r\n", 2);
+		rc = kms_buf_append(b, "\r\n", 2);
 	if (rc == 0)
-		rc = buf_add(&b, &n, &cap, msg + t->body, len - t->body);
+		rc = kms_buf_append(b, msg + t->body, len - t->body);
 	if (rc == 0)
-		rc = buf_add(&b, &n, &cap, "\r\n--", 4);
-	if (rc == 0)
-		rc = buf_add(&b, &n, &cap, boundary, strlen(boundary));
-	if (rc == 0)
-		rc = buf_add(&b, &n, &cap, "--\r\n", 4);
-	if (rc != 0)
-		goto out;
+		rc = kms_buf_appendf(b, "\r\n--%s--\r\n", boundary);
+	return rc;
+}
 
-	/* Top level: Content-Type changed in place, every other Content-* field gone. */
+/* Top level: Content-Type changed in place, every other Content-* field gone. */
+static int
+wrap_edits(struct mlt_rewrite *rw, const unsigned char *msg, const struct top *t, const char *boundary,
+    const char *outer_cte)
+{
+	char *ct = NULL;
+	int rc, have_ct = 0;
+
 	if ((rc = mlt_strcatf(&ct, "multipart/mixed; boundary=\"%s\"", boundary)) != 0)
-		goto out;
+		return rc;
 	for (size_t i = t->n; rc == 0 && i-- > 0;) {
 		const struct mlt_field *f = &t->v[i].f;
 		char *name;
@@ -646,15 +641,32 @@ wrap(struct mlt_rewrite *rw, const struct kms_config *cfg, const struct mlt_sig 
 		rc = add_edit(rw, MLT_HDR_ADD, "Content-Type", 0, ct);
 	if (rc == 0 && find_field(msg, t, "MIME-Version") == NULL)
 		rc = add_edit(rw, MLT_HDR_ADD, "MIME-Version", 0, "1.0");
-	if (rc != 0)
-		goto out;
-	rw->body = b;
-	rw->body_len = n;
-	b = NULL;
-out:
-	free(b);
-	free(notice);
 	free(ct);
+	return rc;
+}
+
+/* Wrap the message: the new body, and the edits that make the top level a multipart/mixed. */
+static int
+wrap(struct mlt_rewrite *rw, const struct kms_config *cfg, const struct mlt_sig *sig,
+    const unsigned char *msg, size_t len, const struct top *t)
+{
+	char boundary[80], *notice = NULL;
+	const char *ncte, *outer_cte = NULL;
+	struct kms_buf b;
+	int rc;
+
+	kms_buf_init(&b, SIZE_MAX - 1);
+	if ((rc = notice_part(cfg, sig, &notice, &ncte)) != 0)
+		return rc;
+	if ((rc = wrap_boundary(msg, len, t, notice, boundary, sizeof(boundary))) == 0 &&
+	    (rc = wrap_outer_cte(msg, t, &outer_cte)) == 0 &&
+	    (rc = wrap_body(&b, msg, len, t, boundary, notice, ncte)) == 0 &&
+	    (rc = wrap_edits(rw, msg, t, boundary, outer_cte)) == 0) {
+		if ((rw->body = kms_buf_steal(&b, &rw->body_len)) == NULL)
+			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
+	}
+	kms_buf_free(&b);
+	free(notice);
 	return rc;
 }
 

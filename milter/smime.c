@@ -384,9 +384,13 @@ verify_signed(struct walk *w, CMS_ContentInfo *cms, STACK_OF(X509) *certs, const
 			goto out;
 		}
 		s->signing_time = mlt_signing_time(si);
-		if ((rc = mlt_sig_judge(w->ctx, w->now, signers[i], certs, bad == NULL, bad, w->from,
-		    w->nfrom_fields, w->from_note, s)) != 0)
-			goto out;
+		{
+			struct mlt_signed_by by = { signers[i], certs, bad == NULL, bad };
+			struct mlt_from from = { w->from, w->nfrom_fields, w->from_note };
+
+			if ((rc = mlt_sig_judge(w->ctx, w->now, &by, &from, s)) != 0)
+				goto out;
+		}
 	}
 out:
 	if (cmsbio != NULL) {

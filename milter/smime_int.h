@@ -18,15 +18,26 @@
  * Judge one signer whose signature has been checked (sig_ok: 1 verified,
  * 0 broken, with why in sig_why): its chain against ctx->trust for S/MIME
  * signing at now, revocation of every chain certificate in ctx->rev, its
- * addresses against from (nfrom_fields From fields; from_note, when not
- * NULL, says why From misleads anyway: a display name showing another
- * address), and fill sig (verdict, detail, signer, serial, issuer,
- * revocation).  cert may be NULL (not found).  untrusted: the
- * certificates the message carried.  0 or KMS_ERR_NOMEM.
+ * addresses against From (its note, when not NULL, says why From
+ * misleads anyway: a display name showing another address), and fill sig
+ * (verdict, detail, signer, serial, issuer, revocation).  0 or
+ * KMS_ERR_NOMEM.
  */
-int mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(X509) *untrusted,
-    int sig_ok, const char *sig_why, char *const *from, size_t nfrom_fields, const char *from_note,
-    struct mlt_sig *sig);
+/* What the signature check found, for mlt_sig_judge. */
+struct mlt_signed_by {
+	X509 *cert;                     /* the signer's certificate, or NULL (not found) */
+	STACK_OF(X509) *untrusted;      /* the certificates the message carried */
+	int sig_ok;                     /* the signature verified */
+	const char *sig_why;            /* why not, when it did not */
+};
+/* The message's From, for mlt_sig_judge. */
+struct mlt_from {
+	char *const *addrs;             /* the addresses of the From field */
+	size_t nfields;                 /* how many From fields */
+	const char *note;               /* when not NULL: why From misleads anyway */
+};
+int mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, const struct mlt_signed_by *by,
+    const struct mlt_from *from, struct mlt_sig *sig);
 
 /* The signingTime attribute of si, 0 if none or unreadable. */
 time_t mlt_signing_time(CMS_SignerInfo *si);

@@ -296,80 +296,135 @@ tstr(time_t t, char *buf, size_t len)
 	return kms_time_format(t, buf, len);
 }
 
-int
-mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(X509) *untrusted,
-    int sig_ok, const char *sig_why, char *const *from, size_t nfrom_fields, const char *from_note,
-    struct mlt_sig *sig)
+/*
+ * From against the signer's addresses: *mismatch says what is wrong (NULL
+ * when nothing is), and sig->signer is the address the result names.
+ */
+static int
+from_check(const struct mlt_from *from, char **addrs, struct mlt_sig *sig, char **mismatch)
 {
-	STACK_OF(X509) *chain = NULL;
-	struct chain_state cs;
-	char **addrs = NULL, *d = NULL, t1[32], t2[32], *mismatch = NULL;
-	const char *who;
-	enum pol_verdict v = POL_V_PASS;
-	unsigned char ckey[MLT_HASH_LEN];
-	int rc = 0, cached;
+	int rc = 0;
 
-	if (cert == NULL) {
-		sig->verdict = sig_ok ? POL_V_UNTRUSTED : POL_V_FAIL;
-		if (sig_ok)
-			rc = mlt_strcatf(&d, "signer certificate neither in the message nor known here");
-		else
-			rc = mlt_strcatf(&d, "%s", sig_why ? sig_why : "signature does not verify");
-		goto out;
-	}
-	if ((sig->serial = ca_serial_hex(X509_get0_serialNumber(cert))) == NULL ||
-	    (sig->issuer = name_text(X509_get_issuer_name(cert))) == NULL)
-		goto nomem;
-	if (strlen(sig->serial) > 64)
-		sig->serial[64] = '\0';     /* RFC 5280: at most 20 octets; a longer one is cut */
-	sig->not_after = mlt_asn1_time(X509_get0_notAfter(cert));
-	if ((rc = cert_addresses(cert, &addrs)) != 0)
-		goto out;
-
-	/* From against the signer's addresses. */
-	if (nfrom_fields != 1)
-		rc = mlt_strcatf(&mismatch, nfrom_fields == 0 ? "message has no From field" :
-		    "message has %zu From fields", nfrom_fields);
-	else if (from == NULL || from[0] == NULL)
-		rc = mlt_strcatf(&mismatch, "From has no address");
+	if (from->nfields != 1)
+		rc = mlt_strcatf(mismatch, from->nfields == 0 ? "message has no From field" :
+		    "message has %zu From fields", from->nfields);
+	else if (from->addrs == NULL || from->addrs[0] == NULL)
+		rc = mlt_strcatf(mismatch, "From has no address");
 	else if (addrs[0] == NULL)
-		rc = mlt_strcatf(&mismatch, "signer certificate carries no address");
+		rc = mlt_strcatf(mismatch, "signer certificate carries no address");
 	else {
-		for (size_t i = 0; from[i] != NULL && rc == 0; i++) {
+		for (size_t i = 0; from->addrs[i] != NULL && rc == 0; i++) {
+			const char *f = from->addrs[i];
 			size_t j;
 
 			for (j = 0; addrs[j] != NULL; j++)
-				if (strcasecmp(addrs[j], from[i]) == 0)
+				if (strcasecmp(addrs[j], f) == 0)
 					break;
 			if (addrs[j] == NULL) {
-				char *f = kms_sanitize_new(from[i], strlen(from[i]), 80);
+				char *clean = kms_sanitize_new(f, strlen(f), 80);
 
-				if (f == NULL)
-					goto nomem;
-				rc = mlt_strcatf(&mismatch, "From %s is not an address of the signer (%s)", f, addrs[0]);
-				free(f);
+				if (clean == NULL)
+					return kms_fail(KMS_ERR_NOMEM, "out of memory");
+				rc = mlt_strcatf(mismatch, "From %s is not an address of the signer (%s)", clean, addrs[0]);
+				free(clean);
 				break;
 			}
 			if (sig->signer == NULL && (sig->signer = strdup(addrs[j])) == NULL)
-				goto nomem;
+				return kms_fail(KMS_ERR_NOMEM, "out of memory");
 		}
 	}
 	if (rc != 0)
-		goto out;
+		return rc;
 	/* The address matches, but the name the reader sees is another address. */
-	if (mismatch == NULL && from_note != NULL && (rc = mlt_strcatf(&mismatch, "%s", from_note)) != 0)
-		goto out;
-	if (mismatch != NULL) {
+	if (*mismatch == NULL && from->note != NULL && (rc = mlt_strcatf(mismatch, "%s", from->note)) != 0)
+		return rc;
+	if (*mismatch != NULL) {
 		free(sig->signer);
 		sig->signer = NULL;
 	}
 	if (sig->signer == NULL && addrs[0] != NULL && (sig->signer = strdup(addrs[0])) == NULL)
-		goto nomem;
-	who = sig->signer ? sig->signer : "the signer";
+		return kms_fail(KMS_ERR_NOMEM, "out of memory");
+	return 0;
+}
+
+/* The detail text of a judged signature (verdict in sig->verdict). */
+static int
+judge_detail(const struct mlt_sig *sig, const struct chain_state *cs, const char *sig_why, const char *mismatch,
+    char **d)
+{
+	const char *who = sig->signer ? sig->signer : "the signer";
+	char t1[32], t2[32];
+	int rc;
+
+	switch (sig->verdict) {
+	case POL_V_FAIL:
+		rc = mlt_strcatf(d, "%s; signer %s", sig_why ? sig_why : "signature does not verify", who);
+		break;
+	case POL_V_REVOKED:
+		rc = mlt_strcatf(d, "%scertificate of %s (serial %s) revoked on %s, reason %s",
+		    sig->revoked_ca ? "a CA certificate in the chain of the " : "", who, sig->serial,
+		    tstr(sig->rev.revoked_at, t1, sizeof(t1)), ca_reason_name(sig->rev.reason));
+		if (rc == 0 && sig->signing_time != 0)
+			rc = mlt_strcatf(d, "; claims to have been signed on %s, %s the revocation",
+			    tstr(sig->signing_time, t2, sizeof(t2)), mlt_claim_word(sig, 0));
+		break;
+	case POL_V_UNTRUSTED:
+		rc = mlt_strcatf(d, "certificate of %s is not from a trusted CA for S/MIME signing: %s", who,
+		    X509_verify_cert_error_string(cs->err));
+		break;
+	case POL_V_EXPIRED:
+		rc = mlt_strcatf(d, "%s of %s %s %s", cs->exp_depth > 0 ? "a CA certificate in the chain" :
+		    "certificate", who, cs->not_yet ? "is not valid before" : "expired on",
+		    tstr(cs->exp_when, t1, sizeof(t1)));
+		break;
+	case POL_V_MISMATCH:
+		rc = mlt_strcatf(d, "%s", mismatch);
+		break;
+	default:
+		rc = mlt_strcatf(d, "signed by %s", who);
+		break;
+	}
+	if (rc == 0 && sig->rev_unknown && !sig->revoked && sig->verdict == POL_V_PASS)
+		rc = mlt_strcatf(d, "; revocation unknown: no current CRL covers %s",
+		    sig->rev_unknown_ca ? "a CA certificate of the chain" : "the certificate");
+	if (rc == 0 && sig->stale)
+		rc = mlt_strcatf(d, "; revocation data is stale (the CRL is past its next update)");
+	return rc;
+}
+
+int
+mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, const struct mlt_signed_by *by,
+    const struct mlt_from *from, struct mlt_sig *sig)
+{
+	STACK_OF(X509) *chain = NULL;
+	struct chain_state cs;
+	char **addrs = NULL, *d = NULL, *mismatch = NULL;
+	enum pol_verdict v = POL_V_PASS;
+	unsigned char ckey[MLT_HASH_LEN];
+	int rc = 0, cached;
+
+	if (by->cert == NULL) {
+		sig->verdict = by->sig_ok ? POL_V_UNTRUSTED : POL_V_FAIL;
+		if (by->sig_ok)
+			rc = mlt_strcatf(&d, "signer certificate neither in the message nor known here");
+		else
+			rc = mlt_strcatf(&d, "%s", by->sig_why ? by->sig_why : "signature does not verify");
+		goto out;
+	}
+	if ((sig->serial = ca_serial_hex(X509_get0_serialNumber(by->cert))) == NULL ||
+	    (sig->issuer = name_text(X509_get_issuer_name(by->cert))) == NULL) {
+		rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (strlen(sig->serial) > 64)
+		sig->serial[64] = '\0';     /* RFC 5280: at most 20 octets; a longer one is cut */
+	sig->not_after = mlt_asn1_time(X509_get0_notAfter(by->cert));
+	if ((rc = cert_addresses(by->cert, &addrs)) != 0 || (rc = from_check(from, addrs, sig, &mismatch)) != 0)
+		goto out;
 
 	/* The chain from the cache when this signer was seen under these anchors (cache.h). */
-	if ((cached = mlt_chaincache_get(ctx, now, cert, untrusted, &cs, sizeof(cs), &chain, ckey)) != 1) {
-		if ((rc = check_chain(ctx, now, cert, untrusted, &cs, &chain)) != 0)
+	if ((cached = mlt_chaincache_get(ctx, now, by->cert, by->untrusted, &cs, sizeof(cs), &chain, ckey)) != 1) {
+		if ((rc = check_chain(ctx, now, by->cert, by->untrusted, &cs, &chain)) != 0)
 			goto out;
 		if (cached == 0)
 			mlt_chaincache_put(ctx, now, ckey, &cs, sizeof(cs), chain);
@@ -384,46 +439,10 @@ mlt_sig_judge(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(
 		v = pol_verdict_worst(v, POL_V_UNTRUSTED);
 	if (sig->revoked)
 		v = pol_verdict_worst(v, POL_V_REVOKED);
-	if (!sig_ok)
+	if (!by->sig_ok)
 		v = POL_V_FAIL;
 	sig->verdict = v;
-
-	switch (v) {
-	case POL_V_FAIL:
-		rc = mlt_strcatf(&d, "%s; signer %s", sig_why ? sig_why : "signature does not verify", who);
-		break;
-	case POL_V_REVOKED:
-		rc = mlt_strcatf(&d, "%scertificate of %s (serial %s) revoked on %s, reason %s",
-		    sig->revoked_ca ? "a CA certificate in the chain of the " : "", who, sig->serial,
-		    tstr(sig->rev.revoked_at, t1, sizeof(t1)), ca_reason_name(sig->rev.reason));
-		if (rc == 0 && sig->signing_time != 0)
-			rc = mlt_strcatf(&d, "; claims to have been signed on %s, %s the revocation",
-			    tstr(sig->signing_time, t2, sizeof(t2)), mlt_claim_word(sig, 0));
-		break;
-	case POL_V_UNTRUSTED:
-		rc = mlt_strcatf(&d, "certificate of %s is not from a trusted CA for S/MIME signing: %s", who,
-		    X509_verify_cert_error_string(cs.err));
-		break;
-	case POL_V_EXPIRED:
-		rc = mlt_strcatf(&d, "%s of %s %s %s", cs.exp_depth > 0 ? "a CA certificate in the chain" :
-		    "certificate", who, cs.not_yet ? "is not valid before" : "expired on",
-		    tstr(cs.exp_when, t1, sizeof(t1)));
-		break;
-	case POL_V_MISMATCH:
-		rc = mlt_strcatf(&d, "%s", mismatch);
-		break;
-	default:
-		rc = mlt_strcatf(&d, "signed by %s", who);
-		break;
-	}
-	if (rc == 0 && sig->rev_unknown && !sig->revoked && v == POL_V_PASS)
-		rc = mlt_strcatf(&d, "; revocation unknown: no current CRL covers %s",
-		    sig->rev_unknown_ca ? "a CA certificate of the chain" : "the certificate");
-	if (rc == 0 && sig->stale)
-		rc = mlt_strcatf(&d, "; revocation data is stale (the CRL is past its next update)");
-	goto out;
-nomem:
-	rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
+	rc = judge_detail(sig, &cs, by->sig_why, mismatch, &d);
 out:
 	if (rc == 0 && d != NULL) {
 		if ((sig->detail = kms_sanitize_new(d, strlen(d), 2 * MLT_MAX_TEXT)) == NULL)

@@ -454,6 +454,93 @@ out:
 	return rc;
 }
 
+/*
+ * Trust anchors (the --trust files, else [milter] trust_file, trust_dir,
+ * the system store and our CA from the store) and intermediates.  Says
+ * what failed on stderr: 0, or -1.
+ */
+static int
+setup_trust(struct offline *o, char **trust, size_t ntrust, char **inter, size_t ninter)
+{
+	open_store(o);
+	if (o->st != NULL) {
+		struct ca *ca = NULL;
+
+		if (ca_store_load(o->st, o->cfg->ca.name, NULL, &ca) == 0) {
+			X509_up_ref(ca->cert);
+			o->ca_cert = ca->cert;
+			ca_free(ca);
+		}
+		kms_clear_error();
+	}
+	if (ntrust > 0) {
+		for (size_t i = 0; i < ntrust; i++) {
+			if (load_anchors(o, trust[i]) != 0) {
+				fprintf(stderr, "kmsd: %s\n", kms_last_error());
+				return -1;
+			}
+		}
+	} else {
+		const struct kms_config *cfg = o->cfg;
+
+		if (cfg->milter.trust_file[0] != '\0' && load_anchors(o, cfg->milter.trust_file) != 0) {
+			fprintf(stderr, "kmsd: [milter] trust_file: %s\n", kms_last_error());
+			return -1;
+		}
+		if (cfg->milter.trust_dir[0] != '\0' && ca_trust_add_dir(o->trust, cfg->milter.trust_dir, NULL) != 0) {
+			fprintf(stderr, "kmsd: [milter] trust_dir: %s\n", kms_last_error());
+			return -1;
+		}
+		if (cfg->milter.use_system_store && ca_trust_add_system(o->trust) != 0) {
+			fprintf(stderr, "kmsd: [milter] use_system_store: %s\n", kms_last_error());
+			return -1;
+		}
+		if (o->ca_cert != NULL && add_anchor(o, o->ca_cert) != 0) {
+			fprintf(stderr, "kmsd: %s\n", kms_last_error());
+			return -1;
+		}
+	}
+	if (sk_X509_num(o->anchors) == 0 && o->cfg->milter.trust_dir[0] == '\0' && !o->cfg->milter.use_system_store)
+		fprintf(stderr, "kmsd: note: no trust anchors (no --trust, no [milter] trust_file, no CA in the store)\n");
+	o->trust_gen = mlt_generation_next();
+	if (ninter == 0 && o->cfg->milter.intermediates_file[0] != '\0')
+		inter[ninter++] = o->cfg->milter.intermediates_file;
+	for (size_t i = 0; i < ninter; i++) {
+		if (ca_certs_load_file(inter[i], o->inter, NULL) != 0) {
+			fprintf(stderr, "kmsd: intermediates %s: %s\n", inter[i], kms_last_error());
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Everything a run of kmsd -t holds. */
+static void
+offline_free(struct offline *o)
+{
+	ca_revidx_unref(o->rev);
+	for (size_t i = 0; i < o->ncrls; i++) {
+		X509_CRL_free(o->crls[i].crl);
+		ca_crl_meta_clear(&o->crls[i].m);
+		free(o->crls[i].name);
+	}
+	free(o->crls);
+	for (size_t i = 0; i < o->npend; i++) {
+		X509_CRL_free(o->pend[i].crl);
+		free(o->pend[i].name);
+	}
+	free(o->pend);
+	kms_strv_free(o->tried);
+	X509_free(o->ca_cert);
+	sk_X509_pop_free(o->anchors, X509_free);
+	sk_X509_pop_free(o->inter, X509_free);
+	X509_STORE_free(o->trust);
+	if (o->st != NULL)
+		kms_store_close(o->st);
+	if (o->cfg != NULL)
+		kms_config_unref(o->cfg);
+}
+
 int
 mlt_offline_main(int argc, char **argv)
 {
@@ -508,55 +595,8 @@ mlt_offline_main(int argc, char **argv)
 		fprintf(stderr, "kmsd: out of memory\n");
 		goto out;
 	}
-	open_store(&o);
-	if (o.st != NULL) {
-		struct ca *ca = NULL;
-
-		if (ca_store_load(o.st, o.cfg->ca.name, NULL, &ca) == 0) {
-			X509_up_ref(ca->cert);
-			o.ca_cert = ca->cert;
-			ca_free(ca);
-		}
-		kms_clear_error();
-	}
-	if (ntrust > 0) {
-		for (size_t i = 0; i < ntrust; i++) {
-			if (load_anchors(&o, trust[i]) != 0) {
-				fprintf(stderr, "kmsd: %s\n", kms_last_error());
-				goto out;
-			}
-		}
-	} else {
-		const struct kms_config *cfg = o.cfg;
-
-		if (cfg->milter.trust_file[0] != '\0' && load_anchors(&o, cfg->milter.trust_file) != 0) {
-			fprintf(stderr, "kmsd: [milter] trust_file: %s\n", kms_last_error());
-			goto out;
-		}
-		if (cfg->milter.trust_dir[0] != '\0' && ca_trust_add_dir(o.trust, cfg->milter.trust_dir, NULL) != 0) {
-			fprintf(stderr, "kmsd: [milter] trust_dir: %s\n", kms_last_error());
-			goto out;
-		}
-		if (cfg->milter.use_system_store && ca_trust_add_system(o.trust) != 0) {
-			fprintf(stderr, "kmsd: [milter] use_system_store: %s\n", kms_last_error());
-			goto out;
-		}
-		if (o.ca_cert != NULL && add_anchor(&o, o.ca_cert) != 0) {
-			fprintf(stderr, "kmsd: %s\n", kms_last_error());
-			goto out;
-		}
-	}
-	if (sk_X509_num(o.anchors) == 0 && o.cfg->milter.trust_dir[0] == '\0' && !o.cfg->milter.use_system_store)
-		fprintf(stderr, "kmsd: note: no trust anchors (no --trust, no [milter] trust_file, no CA in the store)\n");
-	o.trust_gen = mlt_generation_next();
-	if (ninter == 0 && o.cfg->milter.intermediates_file[0] != '\0')
-		inter[ninter++] = o.cfg->milter.intermediates_file;
-	for (size_t i = 0; i < ninter; i++) {
-		if (ca_certs_load_file(inter[i], o.inter, NULL) != 0) {
-			fprintf(stderr, "kmsd: intermediates %s: %s\n", inter[i], kms_last_error());
-			goto out;
-		}
-	}
+	if (setup_trust(&o, trust, ntrust, inter, ninter) != 0)
+		goto out;
 	/* A bad CRL is said on stderr and left out; the run goes on. */
 	for (size_t i = 0; i < ncrl; i++) {
 		if (load_crl(&o, crls[i]) != 0) {
@@ -573,27 +613,7 @@ mlt_offline_main(int argc, char **argv)
 			unreadable = 1;
 	status = unreadable ? 1 : 0;
 out:
-	ca_revidx_unref(o.rev);
-	for (size_t i = 0; i < o.ncrls; i++) {
-		X509_CRL_free(o.crls[i].crl);
-		ca_crl_meta_clear(&o.crls[i].m);
-		free(o.crls[i].name);
-	}
-	free(o.crls);
-	for (size_t i = 0; i < o.npend; i++) {
-		X509_CRL_free(o.pend[i].crl);
-		free(o.pend[i].name);
-	}
-	free(o.pend);
-	kms_strv_free(o.tried);
-	X509_free(o.ca_cert);
-	sk_X509_pop_free(o.anchors, X509_free);
-	sk_X509_pop_free(o.inter, X509_free);
-	X509_STORE_free(o.trust);
-	if (o.st != NULL)
-		kms_store_close(o.st);
-	if (o.cfg != NULL)
-		kms_config_unref(o.cfg);
+	offline_free(&o);
 	free(trust);
 	free(crls);
 	free(inter);

@@ -10,6 +10,7 @@
  *   PKCS#12     security files in the modern and compat encodings
  *   CRL         build and sign full and delta CRLs, publish them
  *   index       the immutable in-memory revocation index the milter reads
+ *   OCSP        responses from that index, the delegated signer, issued serials
  *
  * Conventions: 0 or a negative KMS_ERR_* code with kms_last_error() set;
  * output pointers NULL on entry and filled only on success; OpenSSL's
@@ -509,6 +510,99 @@ int ca_pubq_resync(struct kms_store *st);
  * the last sweep and up to now; *queued is how many.
  */
 int ca_pubq_sweep_expired(struct kms_store *st, time_t now, long long *queued);
+
+/* ==================================================================== OCSP */
+
+/*
+ * The serial numbers our CA issued, in memory (flat lookup cost), so that
+ * OCSP can answer "unknown" for serials we never issued.  Thread-safe:
+ * lookups share a read lock, additions take the write lock.
+ */
+struct ca_serialset;
+int ca_serialset_new(struct ca_serialset **out);
+void ca_serialset_free(struct ca_serialset *set);
+/* Add one serial (KMS_ERR_INVALID for a negative or over-long one). */
+int ca_serialset_add(struct ca_serialset *set, const ASN1_INTEGER *serial);
+/* Add every serial of the certs table. */
+int ca_serialset_add_store(struct ca_serialset *set, struct kms_store *st);
+/* 1 if present, 0 if not. */
+int ca_serialset_has(struct ca_serialset *set, const ASN1_INTEGER *serial);
+size_t ca_serialset_count(struct ca_serialset *set);
+
+/*
+ * The delegated OCSP signer (RFC 6960 4.2.2.2): a certificate issued by ca
+ * for pubkey, valid lifetime seconds (1 h to 90 days, never past the CA),
+ * with keyUsage digitalSignature, extKeyUsage id-kp-OCSPSigning and
+ * id-pkix-ocsp-nocheck.
+ */
+int ca_ocsp_issue_signer(const struct ca *ca, EVP_PKEY *pubkey, long lifetime, X509 **out);
+/* Keep the signer in the store, its key encrypted like the CA key (ca_key_encrypt). */
+int ca_ocsp_signer_save(struct kms_store *st, X509 *cert, EVP_PKEY *key, const char *passphrase);
+/*
+ * Load the stored signer, checking that ca_cert (may be NULL) issued it and
+ * that the key is its own.  KMS_ERR_NOTFOUND when there is none,
+ * KMS_ERR_PERM on a wrong passphrase, KMS_ERR_STATE if another CA issued it.
+ */
+int ca_ocsp_signer_load(struct kms_store *st, X509 *ca_cert, const char *passphrase, X509 **cert, EVP_PKEY **key);
+/* 1 when cert should be replaced now: past half of lifetime, or issued for a longer one. */
+int ca_ocsp_signer_due(X509 *cert, long lifetime, time_t now);
+/*
+ * The signer to use from now on: the stored one while it is not due,
+ * else a new key of key_type and a new certificate, saved.  *renewed tells
+ * which.  Needs ca's key only when it issues.
+ */
+int ca_ocsp_signer_ensure(struct kms_store *st, const struct ca *ca, const char *passphrase, const char *key_type,
+    long lifetime, time_t now, X509 **cert, EVP_PKEY **key, int *renewed);
+
+struct ca_ocsp_opts {
+	long validity;          /* seconds from thisUpdate to nextUpdate ([ocsp] validity) */
+	size_t max_request;     /* bytes of one DER request */
+	size_t max_certids;     /* CertIDs in one request */
+	size_t cache_max;       /* pre-signed responses kept (0: none) */
+	int know_issued;        /* 1: "unknown" for serials never issued (the primary); 0: a replica that
+	                         * knows only the CRL answers "good" for any serial not revoked */
+};
+
+/* An encoded OCSPResponse, immutable and reference counted. */
+struct ca_ocsp_blob {
+	_Atomic long refs;
+	unsigned char *der;
+	size_t len;
+	int status;             /* OCSPResponseStatus: 0 successful, 1 malformedRequest, ... */
+	int cert_status;        /* one CertID: V_OCSP_CERTSTATUS_*; else -1 */
+	int http_cacheable;     /* no nonce: HTTP caches may keep it until next_update */
+	time_t produced, next_update;
+	unsigned gen;
+	char etag[40];          /* quoted strong validator */
+};
+void ca_ocsp_blob_unref(struct ca_ocsp_blob *b);
+
+/*
+ * The responder for one CA.  Thread-safe: ca_ocsp_respond() runs in many
+ * threads at once while the signer is replaced and serials are added.
+ */
+struct ca_ocsp;
+int ca_ocsp_new(X509 *ca_cert, const struct ca_ocsp_opts *opts, struct ca_ocsp **out);
+void ca_ocsp_free(struct ca_ocsp *r);
+/* Sign with cert/key (issued by the CA; both up-ref'd) from now on; empties the cache. */
+int ca_ocsp_set_signer(struct ca_ocsp *r, X509 *cert, EVP_PKEY *key);
+/* Note a newly issued serial; with know_issued 0 a no-op. */
+int ca_ocsp_add_issued(struct ca_ocsp *r, const ASN1_INTEGER *serial);
+/* Load every issued serial of the store. */
+int ca_ocsp_load_issued(struct ca_ocsp *r, struct kms_store *st);
+/*
+ * Answer a DER OCSPRequest at time now from idx: one SingleResponse per
+ * CertID (good, revoked with time and reason, or unknown), the nonce echoed.
+ * Malformed input, too many CertIDs or a request over max_request give
+ * malformedRequest; CertIDs none of which names our CA give unauthorized;
+ * no revocation data, stale data or no signer give tryLater.  0 with *out
+ * (get1; an error status is still a response to send), or an error only
+ * when out of memory.
+ */
+int ca_ocsp_respond(struct ca_ocsp *r, const struct ca_revidx *idx, const unsigned char *in, size_t len, time_t now,
+    struct ca_ocsp_blob **out);
+/* Responses in the cache now. */
+size_t ca_ocsp_cached(struct ca_ocsp *r);
 
 /* ================================================================= PKCS#12 */
 

@@ -6,7 +6,15 @@
 #define KMS_CA_CRLINT_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <time.h>
+
+/*
+ * A keyed 64-bit hash (random per-process key) for in-memory tables whose
+ * keys come from outside: the revocation index, the issued serials, the
+ * OCSP cache.  Flooding one bucket needs the key.
+ */
+uint64_t ca_keyed_hash(const void *in, size_t len);
 
 /* Room for a normalised serial in hex (64 octets) and its NUL. */
 #define CA_SERIAL_HEX_MAX 130

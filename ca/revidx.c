@@ -178,6 +178,13 @@ keyed_hash(const unsigned char *in, size_t len)
 	return mix(h, sipkey[0] ^ 0x8ebc6af09c88c6e3ULL);
 }
 
+uint64_t
+ca_keyed_hash(const void *in, size_t len)
+{
+	pthread_once(&sipkey_once, sipkey_init);
+	return keyed_hash(in, len);
+}
+
 static uint64_t
 key_hash(unsigned issuer, int neg, const unsigned char *s, size_t n)
 {

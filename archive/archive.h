@@ -455,6 +455,8 @@ struct esc_enroll_req {
 	int days;
 	const char *crl_url;
 	const char *crl_ldap_url;   /* ldap:// name of the same CRL, NULL or "" for none */
+	const char *ocsp_url;       /* AIA: the OCSP responder, NULL for none */
+	const char *issuer_url;     /* AIA: the CA certificate, NULL for none */
 	const char *origin;         /* "enroll" */
 	const char *issued_by;
 };

@@ -125,7 +125,7 @@ esc_enroll_prepare(const struct esc_enroll_req *er, struct esc_enrollment *en)
 	{
 		struct ca_issue_req sr = { .usage = CA_USAGE_SIGN, .pubkey = en->skey, .email = er->email,
 			.name = er->name, .days = er->days, .crl_url = er->crl_url, .subject_serial = en->generation,
-			.crl_ldap_url = er->crl_ldap_url };
+			.crl_ldap_url = er->crl_ldap_url, .ocsp_url = er->ocsp_url, .issuer_url = er->issuer_url };
 		struct ca_issue_req enc = sr;
 
 		enc.usage = CA_USAGE_ENC;

@@ -91,6 +91,8 @@ struct ca_issue_req {
 	const char *crl_url;    /* CRL distribution point; NULL or "" for none */
 	const char *subject_serial;  /* subject serialNumber (printable), or NULL for none */
 	const char *crl_ldap_url;   /* ldap:// name of the same CRL beside crl_url; NULL or "" for none */
+	const char *ocsp_url;   /* AIA id-ad-ocsp; NULL or "" for none */
+	const char *issuer_url; /* AIA id-ad-caIssuers (the CA certificate, DER); NULL or "" for none */
 };
 
 /*
@@ -101,7 +103,8 @@ struct ca_issue_req {
  * emailAddress=<email>, and the
  * extensions of DESIGN section 4: basicConstraints CA:FALSE (critical),
  * keyUsage (critical), extendedKeyUsage emailProtection, subjectAltName
- * rfc822Name, SKI, AKI (keyid), crlDistributionPoints.
+ * rfc822Name, SKI, AKI (keyid), crlDistributionPoints, and
+ * authorityInfoAccess (OCSP, caIssuers) when those URLs are given.
  */
 int ca_issue(const struct ca *ca, const struct ca_issue_req *req, X509 **out);
 
@@ -115,6 +118,9 @@ int ca_issue(const struct ca *ca, const struct ca_issue_req *req, X509 **out);
  */
 int ca_issue_csr(const struct ca *ca, X509_REQ *csr, int days, const char *crl_url, const char *crl_ldap_url,
     X509 **out, char **email_out);
+/* The same with the AIA URLs (either may be NULL). */
+int ca_issue_csr_aia(const struct ca *ca, X509_REQ *csr, int days, const char *crl_url, const char *crl_ldap_url,
+    const char *ocsp_url, const char *issuer_url, X509 **out, char **email_out);
 
 /* Lowercase hex of a serial, no leading zeros (the certs table key). */
 char *ca_serial_hex(const ASN1_INTEGER *serial);

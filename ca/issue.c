@@ -4,7 +4,7 @@
  * certificates for a user's own CSR; and reading a certificate's serial,
  * fingerprint and address back.
  *
- * Entry points: ca_usage_name(), ca_issue(), ca_issue_csr(),
+ * Entry points: ca_usage_name(), ca_issue(), ca_issue_csr(), ca_issue_csr_aia(),
  * ca_serial_hex(), ca_cert_fingerprint(), ca_cert_email().
  *
  * Profiles follow the CA/Browser Forum S/MIME Baseline Requirements,
@@ -24,7 +24,11 @@
  *     CN the given name, else the address when it fits ub-common-name (64);
  *   - authorityKeyIdentifier keyIdentifier only, equal to the CA's SKI;
  *     subjectKeyIdentifier present; cRLDistributionPoints with one HTTP
- *     URI whenever a CRL URL is configured.
+ *     URI whenever a CRL URL is configured;
+ *   - authorityInformationAccess with the OCSP responder (id-ad-ocsp) and
+ *     the CA certificate (id-ad-caIssuers), plain HTTP URIs, whenever
+ *     they are configured: Thunderbird (NSS) checks revocation only
+ *     through the OCSP URL, and clients build the chain from caIssuers.
  * The CABF certificatePolicies OIDs are left out: a private CA is not
  * audited against the BR and must not claim it.
  */
@@ -297,6 +301,45 @@ out:
 }
 
 static int
+add_access(AUTHORITY_INFO_ACCESS *aia, int method, const char *url)
+{
+	ACCESS_DESCRIPTION *ad;
+	GENERAL_NAMES *gens;
+
+	if (url == NULL || *url == '\0')
+		return 0;
+	if ((ad = ACCESS_DESCRIPTION_new()) == NULL || (gens = one_general_name(GEN_URI, url)) == NULL) {
+		ACCESS_DESCRIPTION_free(ad);
+		return KMS_ERR_NOMEM;
+	}
+	GENERAL_NAME_free(ad->location);
+	ad->location = sk_GENERAL_NAME_shift(gens);
+	GENERAL_NAMES_free(gens);
+	ASN1_OBJECT_free(ad->method);
+	ad->method = OBJ_nid2obj(method);
+	if (!sk_ACCESS_DESCRIPTION_push(aia, ad)) {
+		ACCESS_DESCRIPTION_free(ad);
+		return KMS_ERR_NOMEM;
+	}
+	return 0;
+}
+
+/* RFC 5280 4.2.2.1, not critical: the OCSP responder first, then the CA certificate. */
+static int
+add_aia(X509 *x, const char *ocsp_url, const char *issuer_url)
+{
+	AUTHORITY_INFO_ACCESS *aia = sk_ACCESS_DESCRIPTION_new_null();
+	int rc = 0;
+
+	if (aia == NULL || add_access(aia, NID_ad_OCSP, ocsp_url) != 0 || add_access(aia, NID_ad_ca_issuers, issuer_url) != 0)
+		rc = kms_fail_openssl(KMS_ERR_NOMEM, "authorityInfoAccess");
+	else if (sk_ACCESS_DESCRIPTION_num(aia) > 0 && X509_add1_ext_i2d(x, NID_info_access, aia, 0, X509V3_ADD_REPLACE) != 1)
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "adding authorityInfoAccess");
+	AUTHORITY_INFO_ACCESS_free(aia);
+	return rc;
+}
+
+static int
 add_usage_extensions(X509 *x, const struct ca_issue_req *req)
 {
 	static const int ku_sign[] = { CA_KU_DIGITAL_SIGNATURE, CA_KU_NON_REPUDIATION };
@@ -370,6 +413,10 @@ check_request(const struct ca *ca, const struct ca_issue_req *req, const char **
 		return kms_fail(KMS_ERR_INVALID, "the CRL URL must be an http:// or https:// URL of printable ASCII");
 	if (req->crl_ldap_url != NULL && *req->crl_ldap_url != '\0' && !ldap_url_valid(req->crl_ldap_url))
 		return kms_fail(KMS_ERR_INVALID, "the CRL's LDAP URL must be an ldap:// URL of printable ASCII");
+	if ((req->ocsp_url != NULL && *req->ocsp_url != '\0' && !url_valid(req->ocsp_url)) ||
+	    (req->issuer_url != NULL && *req->issuer_url != '\0' && !url_valid(req->issuer_url)))
+		return kms_fail(KMS_ERR_INVALID, "the OCSP and CA certificate URLs must be http:// or https:// URLs "
+		    "of printable ASCII");
 	return 0;
 }
 
@@ -418,6 +465,8 @@ ca_issue(const struct ca *ca, const struct ca_issue_req *req, X509 **out)
 	if ((rc = add_usage_extensions(x, req)) != 0 || (rc = ca_add_key_ids(x, akid)) != 0)
 		goto out;
 	if (req->crl_url != NULL && *req->crl_url != '\0' && (rc = add_crl_dp(x, req->crl_url, req->crl_ldap_url)) != 0)
+		goto out;
+	if (req->usage != CA_USAGE_KRK && (rc = add_aia(x, req->ocsp_url, req->issuer_url)) != 0)
 		goto out;
 	if ((rc = ca_sign(x, ca->key)) != 0)
 		goto out;
@@ -554,6 +603,13 @@ int
 ca_issue_csr(const struct ca *ca, X509_REQ *csr, int days, const char *crl_url, const char *crl_ldap_url,
     X509 **out, char **email_out)
 {
+	return ca_issue_csr_aia(ca, csr, days, crl_url, crl_ldap_url, NULL, NULL, out, email_out);
+}
+
+int
+ca_issue_csr_aia(const struct ca *ca, X509_REQ *csr, int days, const char *crl_url, const char *crl_ldap_url,
+    const char *ocsp_url, const char *issuer_url, X509 **out, char **email_out)
+{
 	struct ca_issue_req req;
 	EVP_PKEY *pub;
 	char *email = NULL;
@@ -584,6 +640,8 @@ ca_issue_csr(const struct ca *ca, X509_REQ *csr, int days, const char *crl_url, 
 	req.days = days;
 	req.crl_url = crl_url;
 	req.crl_ldap_url = crl_ldap_url;
+	req.ocsp_url = ocsp_url;
+	req.issuer_url = issuer_url;
 	if ((rc = ca_issue(ca, &req, out)) != 0) {
 		free(email);
 		return rc;

@@ -544,7 +544,7 @@ ca_ocsp_respond(struct ca_ocsp *r, const struct ca_revidx *idx, const unsigned c
 	struct signer *sg = NULL;
 	size_t n, nours = 0;
 	unsigned gen;
-	int has_nonce, count, rc, status = OCSP_RESPONSE_STATUS_MALFORMEDREQUEST;
+	int has_nonce, count, rc, st_idx = 0, status = OCSP_RESPONSE_STATUS_MALFORMEDREQUEST;
 
 	*out = NULL;
 	if (r == NULL)
@@ -557,8 +557,13 @@ ca_ocsp_respond(struct ca_ocsp *r, const struct ca_revidx *idx, const unsigned c
 	if (count <= 0 || (size_t)count > r->o.max_certids || !nonce_ok(req, &has_nonce))
 		goto error;
 	n = (size_t)count;
-	/* No current revocation data for our CA (a replica that has not synchronised, or a stale copy). */
-	if (idx == NULL || ca_revidx_issuer_state(idx, X509_get_subject_name(r->ca_cert)) != 0) {
+	/*
+	 * No current revocation data for our CA: a stale copy, or a replica
+	 * that has not synchronised yet.  (The primary's index is its store:
+	 * no entry for our CA there just means nothing was revoked.)
+	 */
+	if (idx == NULL || (st_idx = ca_revidx_issuer_state(idx, X509_get_subject_name(r->ca_cert))) == 1 ||
+	    (st_idx == -1 && r->issued == NULL)) {
 		status = OCSP_RESPONSE_STATUS_TRYLATER;
 		goto error;
 	}

@@ -243,6 +243,17 @@ struct kms_config {
 		long long retry_max;              /* seconds, longest back-off */
 	} ldap;
 	struct {
+		int enabled;                      /* serve /ocsp, put AIA into new certificates */
+		char *url;                        /* OCSP URL in AIA (default http://<http listen>/ocsp) */
+		char *ca_issuers_url;             /* caIssuers URL in AIA (default .../ca/<name>.crt) */
+		long long validity;               /* seconds from thisUpdate to nextUpdate */
+		long long signer_lifetime;        /* seconds a delegated signer certificate is valid */
+		char *signer_key;                 /* its key type */
+		long long max_request_size;       /* bytes */
+		long long max_certids;            /* CertIDs per request */
+		long long cache_size;             /* pre-signed responses kept */
+	} ocsp;
+	struct {
 		long long request_ttl;            /* seconds */
 		char *krk_key;
 		long long shares;

@@ -214,6 +214,25 @@ static const struct cfg_key schema[] = {
 	{ "http", "longpoll_timeout", T_DURATION, "30", 1, 300, NULL, NULL, OFF(http.longpoll_timeout),
 	  "how long ?after= requests wait for a newer CRL" },
 
+	{ "ocsp", "enabled", T_BOOL, "yes", 0, 0, NULL, NULL, OFF(ocsp.enabled),
+	  "answer OCSP at /ocsp and name it (and the CA certificate) in new certificates' AIA" },
+	{ "ocsp", "url", T_STRING, "", 0, 0, NULL, NULL, OFF(ocsp.url),
+	  "OCSP responder URL written into certificates (default http://<http listen>/ocsp)" },
+	{ "ocsp", "ca_issuers_url", T_STRING, "", 0, 0, NULL, NULL, OFF(ocsp.ca_issuers_url),
+	  "CA certificate URL written into certificates (default http://<http listen>/ca/<name>.crt)" },
+	{ "ocsp", "validity", T_DURATION, "3600", 300, 604800, NULL, NULL, OFF(ocsp.validity),
+	  "how long a response is valid (nextUpdate - thisUpdate); clients cache it that long" },
+	{ "ocsp", "signer_lifetime", T_DURATION, "604800", 14400, 7776000, NULL, NULL, OFF(ocsp.signer_lifetime),
+	  "validity of the delegated OCSP signing certificate (renewed at half of it)" },
+	{ "ocsp", "signer_key", T_CHOICE, "rsa:2048", 0, 0, user_keys, NULL, OFF(ocsp.signer_key),
+	  "key type of the delegated OCSP signer" },
+	{ "ocsp", "max_request_size", T_SIZE, "64K", 1024, 1024 * 1024, NULL, NULL, OFF(ocsp.max_request_size),
+	  "largest OCSP request accepted" },
+	{ "ocsp", "max_certids", T_INT, "100", 1, 10000, NULL, NULL, OFF(ocsp.max_certids),
+	  "most certificates asked about in one OCSP request" },
+	{ "ocsp", "cache_size", T_INT, "100000", 0, 10000000, NULL, NULL, OFF(ocsp.cache_size),
+	  "pre-signed responses kept in memory" },
+
 	{ "escrow", "request_ttl", T_DURATION, "3600", 60, 604800, NULL, NULL, OFF(escrow.request_ttl),
 	  "lifetime of a recovery request" },
 	{ "escrow", "krk_key", T_CHOICE, "rsa:3072", 0, 0, krk_keys, NULL, OFF(escrow.krk_key),
@@ -840,6 +859,41 @@ derive_crl(struct kms_config *cfg, const char *where, char *err, size_t errlen)
 		free(cfg->crl.url);
 		if ((cfg->crl.url = kms_buf_steal(&b, NULL)) == NULL)
 			return KMS_ERR_NOMEM;
+	}
+	if (cfg->ocsp.url[0] == '\0' && cfg->http.listen[0] != '\0') {
+		struct kms_buf b;
+
+		kms_buf_init(&b, SIZE_MAX);
+		if (kms_buf_appendf(&b, "http://%s/ocsp", cfg->http.listen) != 0) {
+			kms_buf_free(&b);
+			return KMS_ERR_NOMEM;
+		}
+		free(cfg->ocsp.url);
+		if ((cfg->ocsp.url = kms_buf_steal(&b, NULL)) == NULL)
+			return KMS_ERR_NOMEM;
+	}
+	if (cfg->ocsp.ca_issuers_url[0] == '\0' && cfg->http.listen[0] != '\0') {
+		struct kms_buf b;
+
+		kms_buf_init(&b, SIZE_MAX);
+		if (kms_buf_appendf(&b, "http://%s/ca/%s.crt", cfg->http.listen, cfg->ca.name) != 0) {
+			kms_buf_free(&b);
+			return KMS_ERR_NOMEM;
+		}
+		free(cfg->ocsp.ca_issuers_url);
+		if ((cfg->ocsp.ca_issuers_url = kms_buf_steal(&b, NULL)) == NULL)
+			return KMS_ERR_NOMEM;
+	}
+	if ((cfg->ocsp.url[0] != '\0' && strncmp(cfg->ocsp.url, "http://", 7) != 0) ||
+	    (cfg->ocsp.ca_issuers_url[0] != '\0' && strncmp(cfg->ocsp.ca_issuers_url, "http://", 7) != 0)) {
+		/* RFC 5019 5 / RFC 5280 4.2.2.1: plain HTTP, so that no client needs OCSP to check the TLS of OCSP. */
+		snprintf(err, errlen, "%s: [ocsp] url and ca_issuers_url must be http:// URLs", where);
+		return KMS_ERR_CONFIG;
+	}
+	if (cfg->ocsp.signer_lifetime < 4 * cfg->ocsp.validity) {
+		snprintf(err, errlen, "%s: [ocsp] signer_lifetime must be at least 4 times validity (a response "
+		    "must not outlive the certificate that signed it)", where);
+		return KMS_ERR_CONFIG;
 	}
 	if (cfg->crl.url[0] != '\0' && !is_http_url(cfg->crl.url)) {
 		snprintf(err, errlen, "%s: [crl] url must be an http:// or https:// URL", where);

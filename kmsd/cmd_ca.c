@@ -259,6 +259,8 @@ kmsd_cmd_init(struct kmsd_req *req)
 		kms_log(KMS_LOG_ERR, "init: cannot refresh the environment: %s", kms_last_error());
 	if (kmsd_crl_publish_new(req->st, "init") != 0)
 		kms_log(KMS_LOG_ERR, "init: cannot publish the first CRL: %s", kms_last_error());
+	/* OCSP answers as soon as init does, not a timer tick later. */
+	kmsd_ocsp_tick(req->st, time(NULL));
 	kms_log(KMS_LOG_WARNING, "init: %lld recovery shares written to %s: hand them to the officers and delete them there",
 	    n, share_dir);
 	reply = kms_reply_ok(res);
@@ -454,7 +456,9 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 	display = name != NULL ? name : email;
 	er = (struct esc_enroll_req){ .ca = kmsd_ca(), .krk_cert = krk, .krk_id = er.krk_id, .email = email,
 		.name = name, .key_type = cfg->ca.user_key, .days = (int)cfg->ca.user_validity_days,
-		.crl_url = cfg->crl.url, .crl_ldap_url = cfg->crl.ldap_url, .origin = "enroll", .issued_by = req->user };
+		.crl_url = cfg->crl.url, .crl_ldap_url = cfg->crl.ldap_url,
+		.ocsp_url = cfg->ocsp.enabled ? cfg->ocsp.url : NULL,
+		.issuer_url = cfg->ocsp.enabled ? cfg->ocsp.ca_issuers_url : NULL, .origin = "enroll", .issued_by = req->user };
 	if ((rc = esc_enroll_prepare(&er, &en)) != 0)
 		goto fail;
 
@@ -476,6 +480,8 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 	if ((rc = enroll_commit(req, &er, &en, renew, password == NULL)) != 0)
 		goto fail;
 
+	kmsd_ocsp_note_issued(en.scert);
+	kmsd_ocsp_note_issued(en.ecert);
 	/* Committed: now, and only now, the security file leaves. */
 	if (job_started) {
 		pthread_join(job_thread, NULL);
@@ -532,8 +538,9 @@ kmsd_cmd_issue(struct kmsd_req *req)
 		reply = kms_reply_error("bad_args", "issue: not a PEM certificate request (-----BEGIN CERTIFICATE REQUEST-----)");
 		goto out;
 	}
-	if ((rc = ca_issue_csr(ca, csr, (int)cfg->ca.user_validity_days, cfg->crl.url, cfg->crl.ldap_url, &cert,
-	    &email)) != 0) {
+	if ((rc = ca_issue_csr_aia(ca, csr, (int)cfg->ca.user_validity_days, cfg->crl.url, cfg->crl.ldap_url,
+	    cfg->ocsp.enabled ? cfg->ocsp.url : NULL, cfg->ocsp.enabled ? cfg->ocsp.ca_issuers_url : NULL,
+	    &cert, &email)) != 0) {
 		reply = kmsd_reply_fail(rc);
 		goto out;
 	}
@@ -547,6 +554,7 @@ kmsd_cmd_issue(struct kmsd_req *req)
 		goto out;
 	}
 	kmsd_ldap_kick();
+	kmsd_ocsp_note_issued(cert);
 	serial = ca_serial_hex(X509_get0_serialNumber(cert));
 	{
 		BIO *out = BIO_new(BIO_s_mem());

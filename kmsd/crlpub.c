@@ -155,5 +155,6 @@ kmsd_periodic(struct kms_store *st, time_t now)
 		if (C.next_update == 0 || now >= C.this_update + (C.next_update - C.this_update) / 2)
 			kmsd_crl_publish_new(st, C.next_update == 0 ? "first CRL" : "timer");
 	}
+	kmsd_ocsp_tick(st, now);
 	kmsd_recovery_expire(st, now);
 }

@@ -5,6 +5,7 @@
  * rebuild (kmsd_revidx_rebuild) whenever a synchronised CRL changes.
  *
  * Entry points: kmsd_http_start(), kmsd_http_stop(), kmsd_http_publish(),
+ * kmsd_http_set_ocsp(),
  * kmsd_sync_start(), kmsd_sync_stop(), kmsd_sync_refresh(),
  * kmsd_sync_add_to().  Kept apart from http.c and crlsync.c so that their
  * unit suite links without the rest of kmsd.
@@ -29,6 +30,7 @@ kmsd_http_start(int fd, struct pub_http_server **out)
 
 	o.max_connections = (unsigned)env->cfg->http.max_connections;
 	o.longpoll_ms = (unsigned)env->cfg->http.longpoll_timeout * 1000u;
+	o.ocsp_max_request = (size_t)env->cfg->ocsp.max_request_size;
 	kmsd_env_put(env);
 	if ((rc = pub_http_start(fd, &o, out)) != 0)
 		return rc;
@@ -77,6 +79,14 @@ sync_changed(void *arg)
 	if (kmsd_revidx_rebuild(st) != 0)
 		kms_log(KMS_LOG_ERR, "revocation index not rebuilt: %s", kms_last_error());
 	kms_store_close(st);
+}
+
+void
+kmsd_http_set_ocsp(struct ca_ocsp *r, struct ca_revholder *rev)
+{
+	pthread_mutex_lock(&http_mu);
+	pub_http_set_ocsp(cur_http, r, rev);
+	pthread_mutex_unlock(&http_mu);
 }
 
 int

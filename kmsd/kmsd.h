@@ -40,6 +40,8 @@ void kmsd_env_put(struct kmsd_env *env);
 
 /* The current revocation index (get1; NULL when none is loaded yet). */
 struct ca_revidx *kmsd_revidx_get(void);
+/* The holder of the current index (borrowed; lives until kmsd_runtime_stop()). */
+struct ca_revholder *kmsd_revholder(void);
 /* Make idx the current index (takes the reference); readers see it at their next get. */
 void kmsd_revidx_set(struct ca_revidx *idx);
 
@@ -97,6 +99,18 @@ int kmsd_http_start(int fd, struct pub_http_server **out);
 void kmsd_http_stop(struct pub_http_server *srv);
 /* Serve a newly issued CRL set and the CA certificate under [ca] name (no-op without a server). */
 void kmsd_http_publish(const struct ca_crl_set *set, X509 *ca_cert);
+/* Serve OCSP from r and rev on the running HTTP server (no-op without one). */
+void kmsd_http_set_ocsp(struct ca_ocsp *r, struct ca_revholder *rev);
+
+/*
+ * OCSP (kmsd/ocspglue.c): each tick starts the responder once the CA key is
+ * loaded and [ocsp] enabled, and renews the delegated signer when due;
+ * note_issued tells it of a certificate just committed; stop (after the
+ * HTTP server) frees it.
+ */
+void kmsd_ocsp_tick(struct kms_store *st, time_t now);
+void kmsd_ocsp_note_issued(X509 *cert);
+void kmsd_ocsp_stop(void);
 /*
  * Start CRL synchronisation from [crl] source/source_ca and
  * external/external_ca (cache in <state_dir>/crl-cache).  Each change

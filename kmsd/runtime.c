@@ -316,6 +316,12 @@ kmsd_krk_forget(void)
 
 /* ------------------------------------------------------- revocation index */
 
+struct ca_revholder *
+kmsd_revholder(void)
+{
+	return R.rev;
+}
+
 struct ca_revidx *
 kmsd_revidx_get(void)
 {

@@ -3,7 +3,7 @@
  * plain HTTP, served by libmicrohttpd from in-memory copies.
  *
  * Entry points: pub_http_listen(), pub_http_port(), pub_http_start(), pub_http_publish(),
- * pub_http_stop().  Owns the published copies ("blobs": immutable, reference
+ * pub_http_set_ocsp(), pub_http_stop().  /ocsp is handed to ocsp.c.  Owns the published copies ("blobs": immutable, reference
  * counted, so a response in flight keeps the bytes it started with while
  * kmsd publishes a newer CRL) and the long-poll waiters.
  *
@@ -30,6 +30,7 @@
 #include <microhttpd.h>
 
 #include "publish/publish.h"
+#include "publish/pubint.h"
 
 #define CT_CRL "application/pkix-crl"
 #define CT_CERT "application/pkix-cert"
@@ -58,6 +59,9 @@ struct pub_http_server {
 	struct site *sites;
 	int stopping;
 	unsigned longpoll_ms;
+	struct ca_ocsp *ocsp;       /* /ocsp; NULL: 404 (set by pub_http_set_ocsp) */
+	struct ca_revholder *rev;
+	size_t ocsp_max;            /* bytes of one OCSP request */
 };
 
 /* ----------------------------------------------------------------- blobs */
@@ -117,9 +121,8 @@ static const char *const wdays[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "
 static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep",
 	"Oct", "Nov", "Dec" };
 
-/* IMF-fixdate, independent of the locale. */
-static void
-http_date(time_t t, char *buf, size_t len)
+void
+pub_http_date(time_t t, char *buf, size_t len)
 {
 	struct tm tm;
 
@@ -167,9 +170,8 @@ parse_http_date(const char *s, time_t *out)
 	return 0;
 }
 
-/* Does an If-None-Match list name etag (weak comparison, RFC 9110 13.1.2)? */
-static int
-etag_listed(const char *list, const char *etag)
+int
+pub_etag_listed(const char *list, const char *etag)
 {
 	size_t elen = strlen(etag);
 	const char *p = list;
@@ -221,13 +223,13 @@ add_validators(struct MHD_Response *r, const struct blob *b)
 	time_t now = time(NULL);
 
 	MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, b->etag);
-	http_date(b->last_modified, date, sizeof(date));
+	pub_http_date(b->last_modified, date, sizeof(date));
 	MHD_add_response_header(r, MHD_HTTP_HEADER_LAST_MODIFIED, date);
 	if (b->next_update > 0) {
 		long long age = b->next_update > now ? (long long)(b->next_update - now) : 0;
 
 		snprintf(cc, sizeof(cc), "public, max-age=%lld, no-transform", age);
-		http_date(b->next_update, date, sizeof(date));
+		pub_http_date(b->next_update, date, sizeof(date));
 		MHD_add_response_header(r, MHD_HTTP_HEADER_EXPIRES, date);
 	} else {
 		snprintf(cc, sizeof(cc), "public, max-age=%d, no-transform", CERT_MAX_AGE);
@@ -273,7 +275,7 @@ not_modified(struct MHD_Connection *c, const struct blob *b)
 	time_t t;
 
 	if (inm != NULL)
-		return etag_listed(inm, b->etag);
+		return pub_etag_listed(inm, b->etag);
 	ims = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_MODIFIED_SINCE);
 	return ims != NULL && parse_http_date(ims, &t) == 0 && b->last_modified <= t;
 }
@@ -417,9 +419,16 @@ handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
 	int head;
 
 	(void)version;
-	(void)upload_data;
-	(void)upload_size;
-	(void)req_cls;
+	if (pub_ocsp_path(url)) {
+		struct ca_ocsp *r;
+		struct ca_revholder *rev;
+
+		pthread_mutex_lock(&srv->mu);
+		r = srv->ocsp;
+		rev = srv->rev;
+		pthread_mutex_unlock(&srv->mu);
+		return pub_ocsp_serve(c, r, rev, srv->ocsp_max, url, method, upload_data, upload_size, req_cls);
+	}
 	if (strcmp(method, MHD_HTTP_METHOD_GET) == 0)
 		head = 0;
 	else if (strcmp(method, MHD_HTTP_METHOD_HEAD) == 0)
@@ -447,6 +456,15 @@ handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
 		return reply_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
 	ctype = w == W_CERT ? CT_CERT : CT_CRL;
 	return reply_blob(c, b, ctype, not_modified(c, b) ? MHD_HTTP_NOT_MODIFIED : MHD_HTTP_OK);
+}
+
+static void
+completed(void *cls, struct MHD_Connection *c, void **req_cls, enum MHD_RequestTerminationCode toe)
+{
+	(void)cls;
+	(void)c;
+	(void)toe;
+	pub_ocsp_done(req_cls);
 }
 
 static void
@@ -545,6 +563,7 @@ pub_http_start(int fd, const struct pub_http_opts *opts, struct pub_http_server 
 	if ((srv = calloc(1, sizeof(*srv))) == NULL)
 		return KMS_ERR_NOMEM;
 	srv->longpoll_ms = lp;
+	srv->ocsp_max = opts && opts->ocsp_max_request ? opts->ocsp_max_request : 65536;
 	pthread_mutex_init(&srv->mu, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -556,6 +575,7 @@ pub_http_start(int fd, const struct pub_http_opts *opts, struct pub_http_server 
 	    /* An idle client goes after this; a long poll is not idle (its thread is in our handler). */
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(lp / 1000 + 30),
 	    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+	    MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
 	    MHD_OPTION_END);
 	if (srv->mhd == NULL) {
 		pthread_cond_destroy(&srv->cv);
@@ -565,6 +585,17 @@ pub_http_start(int fd, const struct pub_http_opts *opts, struct pub_http_server 
 	}
 	*out = srv;
 	return 0;
+}
+
+void
+pub_http_set_ocsp(struct pub_http_server *srv, struct ca_ocsp *r, struct ca_revholder *rev)
+{
+	if (srv == NULL)
+		return;
+	pthread_mutex_lock(&srv->mu);
+	srv->ocsp = r;
+	srv->rev = rev;
+	pthread_mutex_unlock(&srv->mu);
 }
 
 void

@@ -27,6 +27,7 @@ struct pub_http_server;
 struct pub_http_opts {
 	unsigned max_connections;   /* concurrent connections ([http] max_connections) */
 	unsigned longpoll_ms;       /* how long GET ...crl?after=N waits ([http] longpoll_timeout) */
+	size_t ocsp_max_request;    /* bytes of one OCSP request ([ocsp] max_request_size; 0: 64 KiB) */
 };
 
 /*
@@ -46,10 +47,17 @@ int pub_http_port(int fd);
  *                          published, else 304 after longpoll_ms
  *   /crl/<name>-delta.crl  the delta CRL
  *   /ca/<name>.crt         the CA certificate (application/pkix-cert)
+ *   /ocsp, /ocsp/<base64>  OCSP (POST and GET), once pub_http_set_ocsp() was called
  * with ETag, Last-Modified, Cache-Control (max-age up to nextUpdate),
  * conditional GET (304), 404 for anything else, 405 for other methods.
  */
 int pub_http_start(int fd, const struct pub_http_opts *opts, struct pub_http_server **out);
+/*
+ * Answer OCSP from now on with r and the current index of rev (both
+ * borrowed: they must outlive the server, or be replaced first).  r NULL
+ * turns /ocsp off (404).
+ */
+void pub_http_set_ocsp(struct pub_http_server *srv, struct ca_ocsp *r, struct ca_revholder *rev);
 /* Wake long polls (they answer 503), stop serving, close the socket, free.  NULL is fine. */
 void pub_http_stop(struct pub_http_server *srv);
 /*

@@ -277,7 +277,7 @@ static X509 *
 issue(const struct ca *ca, enum ca_usage usage, EVP_PKEY *key, const char *email, const char *name,
     int days, const char *crl_url)
 {
-	struct ca_issue_req req = { usage, key, email, name, days, crl_url, NULL, NULL };
+	struct ca_issue_req req = { usage, key, email, name, days, crl_url, NULL, NULL, NULL, NULL };
 	X509 *x = NULL;
 
 	ck_assert_msg(ca_issue(ca, &req, &x) == 0, "ca_issue: %s", kms_last_error());
@@ -289,7 +289,7 @@ static int
 issue_rc(const struct ca *ca, enum ca_usage usage, EVP_PKEY *key, const char *email, const char *name,
     int days, const char *crl_url)
 {
-	struct ca_issue_req req = { usage, key, email, name, days, crl_url, NULL, NULL };
+	struct ca_issue_req req = { usage, key, email, name, days, crl_url, NULL, NULL, NULL, NULL };
 	X509 *x = NULL;
 	int rc = ca_issue(ca, &req, &x);
 

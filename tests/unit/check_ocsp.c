@@ -320,6 +320,50 @@ START_TEST(test_signer_not_issued_by_our_ca_is_refused)
 }
 END_TEST
 
+/* -------------------------------------------------------------------- AIA */
+
+START_TEST(test_issued_certificates_carry_aia_ocsp_then_ca_issuers)
+{
+	struct ca_issue_req req = { .usage = CA_USAGE_SIGN, .email = "erin@example.org", .days = 30,
+		.ocsp_url = "http://pki.example.org/ocsp", .issuer_url = "http://pki.example.org/ca/test-ca.crt" };
+	AUTHORITY_INFO_ACCESS *aia;
+	EVP_PKEY *k = NULL;
+	X509 *x = NULL;
+	int crit = -1, type;
+
+	ck_assert_int_eq(ca_keygen("ec:p256", &k), 0);
+	req.pubkey = k;
+	ck_assert_int_eq(ca_issue(ca, &req, &x), 0);
+	aia = X509_get_ext_d2i(x, NID_info_access, &crit, NULL);
+	ck_assert_ptr_nonnull(aia);
+	ck_assert_int_eq(crit, 0);
+	ck_assert_int_eq(sk_ACCESS_DESCRIPTION_num(aia), 2);
+	ck_assert_int_eq(OBJ_obj2nid(sk_ACCESS_DESCRIPTION_value(aia, 0)->method), NID_ad_OCSP);
+	ck_assert_str_eq((const char *)ASN1_STRING_get0_data(GENERAL_NAME_get0_value(
+	    sk_ACCESS_DESCRIPTION_value(aia, 0)->location, &type)), "http://pki.example.org/ocsp");
+	ck_assert_int_eq(type, GEN_URI);
+	ck_assert_int_eq(OBJ_obj2nid(sk_ACCESS_DESCRIPTION_value(aia, 1)->method), NID_ad_ca_issuers);
+	ck_assert_str_eq((const char *)ASN1_STRING_get0_data(GENERAL_NAME_get0_value(
+	    sk_ACCESS_DESCRIPTION_value(aia, 1)->location, &type)), "http://pki.example.org/ca/test-ca.crt");
+	AUTHORITY_INFO_ACCESS_free(aia);
+	X509_free(x);
+	x = NULL;
+	/* No URLs: no AIA at all. */
+	req.ocsp_url = req.issuer_url = NULL;
+	ck_assert_int_eq(ca_issue(ca, &req, &x), 0);
+	ck_assert_int_lt(X509_get_ext_by_NID(x, NID_info_access, -1), 0);
+	X509_free(x);
+	x = NULL;
+	/* A URL that is not plain printable http(s) is refused, not written. */
+	req.ocsp_url = "http://pki.example.org/oc sp";
+	ck_assert_int_eq(ca_issue(ca, &req, &x), KMS_ERR_INVALID);
+	ck_assert_ptr_null(x);
+	req.ocsp_url = "ldap://pki.example.org/";
+	ck_assert_int_eq(ca_issue(ca, &req, &x), KMS_ERR_INVALID);
+	EVP_PKEY_free(k);
+}
+END_TEST
+
 /* ------------------------------------------------------------ issued set */
 
 START_TEST(test_serial_set_holds_exactly_what_was_added)
@@ -644,6 +688,12 @@ ocsp_suite(void)
 	tcase_add_test(tc, test_signer_profile_is_a_delegated_ocsp_signer);
 	tcase_add_test(tc, test_signer_is_kept_encrypted_and_renewed_only_when_due);
 	tcase_add_test(tc, test_signer_not_issued_by_our_ca_is_refused);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("aia");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_issued_certificates_carry_aia_ocsp_then_ca_issuers);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("issued");

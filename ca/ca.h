@@ -286,6 +286,8 @@ struct ca_fetch_cond {
 /* ca_crl_fetch() with validators (cond may be NULL); 0 with *crl NULL on 304 Not Modified. */
 int ca_crl_fetch_cond(const char *url, int timeout, long long after, size_t max, const int *cancel,
     struct ca_fetch_cond *cond, X509_CRL **crl, unsigned char **der, size_t *derlen);
+/* GET an http(s) URL: 0 with the body (malloc'd) on 200; KMS_ERR_NOTFOUND on 404, else as ca_crl_fetch. */
+int ca_http_get(const char *url, int timeout, size_t max, unsigned char **body, size_t *len);
 /* Parse DER or PEM (KMS_ERR_CORRUPT if neither). */
 int ca_crl_parse(const unsigned char *buf, size_t len, X509_CRL **out);
 /* The CRL number extension, or -1 if absent. */
@@ -550,6 +552,19 @@ int ca_ocsp_signer_save(struct kms_store *st, X509 *cert, EVP_PKEY *key, const c
  * KMS_ERR_PERM on a wrong passphrase, KMS_ERR_STATE if another CA issued it.
  */
 int ca_ocsp_signer_load(struct kms_store *st, X509 *ca_cert, const char *passphrase, X509 **cert, EVP_PKEY **key);
+/* Lowercase hex SHA-256 of a public key's SubjectPublicKeyInfo (names a replica's signer); malloc'd. */
+char *ca_key_fingerprint(EVP_PKEY *key);
+/*
+ * Is cert a delegated OCSP signer that ca_cert issued for key, valid at
+ * now?  0, or KMS_ERR_INVALID saying why not.
+ */
+int ca_ocsp_signer_check(X509 *cert, X509 *ca_cert, EVP_PKEY *key, time_t now);
+/*
+ * A replica's own signer key, kept in its store encrypted under passphrase
+ * (made on first use).  The certificate for it comes from the primary.
+ */
+int ca_ocsp_replica_key(struct kms_store *st, const char *passphrase, const char *key_type, EVP_PKEY **out,
+    int *created);
 /* 1 when cert should be replaced now: past half of lifetime, or issued for a longer one. */
 int ca_ocsp_signer_due(X509 *cert, long lifetime, time_t now);
 /*

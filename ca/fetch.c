@@ -327,6 +327,33 @@ out:
 }
 
 int
+ca_http_get(const char *url, int timeout, size_t max, unsigned char **body, size_t *len)
+{
+	struct body b = { 0 };
+	long status = 0;
+	int rc;
+
+	*body = NULL;
+	*len = 0;
+	if (url == NULL || !is_http(url))
+		return kms_fail(KMS_ERR_INVALID, "not an http(s) URL");
+	if ((rc = fetch_http(url, timeout, -1, max, NULL, &b, &status)) != 0)
+		goto out;
+	if (status == 404)
+		rc = kms_fail(KMS_ERR_NOTFOUND, "%s: 404 not found", url);
+	else if (status != 200)
+		rc = kms_fail(KMS_ERR_PROTO, "%s: HTTP status %ld", url, status);
+	if (rc != 0)
+		goto out;
+	*body = b.p;
+	*len = b.len;
+	b.p = NULL;
+out:
+	free(b.p);
+	return rc;
+}
+
+int
 ca_crl_load_cas(const char *path, STACK_OF(X509) **out)
 {
 	STACK_OF(X509) *sk = NULL;

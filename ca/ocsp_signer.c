@@ -3,7 +3,8 @@
  * keeping it (certificate and encrypted key) in the store.
  *
  * Entry points: ca_ocsp_issue_signer(), ca_ocsp_signer_load(),
- * ca_ocsp_signer_save(), ca_ocsp_signer_ensure().
+ * ca_ocsp_signer_save(), ca_ocsp_signer_ensure(), ca_ocsp_signer_due(),
+ * ca_ocsp_signer_check(), ca_key_fingerprint(), ca_ocsp_replica_key().
  *
  * The CA key signs the signer's certificate and nothing else of OCSP's
  * (RFC 6960 4.2.2.2): responses are signed by a short-lived key of their
@@ -32,6 +33,7 @@
 
 #define META_CERT "ocsp_signer_cert"
 #define META_KEY "ocsp_signer_key"
+#define META_REPLICA_KEY "ocsp_replica_key"
 #define SIGNER_CN_SUFFIX " OCSP Responder"
 /* notBefore this far back: a client whose clock runs a little slow still accepts a new signer. */
 #define BACKDATE 300
@@ -263,4 +265,77 @@ out:
 	X509_free(x);
 	EVP_PKEY_free(k);
 	return rc;
+}
+
+char *
+ca_key_fingerprint(EVP_PKEY *key)
+{
+	unsigned char *der = NULL, md[32];
+	unsigned int mdlen = 0;
+	char *hex = NULL;
+	int n;
+
+	if (key == NULL || (n = i2d_PUBKEY(key, &der)) <= 0)
+		goto out;
+	if (EVP_Digest(der, (size_t)n, md, &mdlen, EVP_sha256(), NULL))
+		hex = kms_hex(md, mdlen);
+out:
+	ERR_clear_error();
+	OPENSSL_free(der);
+	return hex;
+}
+
+int
+ca_ocsp_signer_check(X509 *cert, X509 *ca_cert, EVP_PKEY *key, time_t now)
+{
+	time_t nb, na;
+
+	if (cert == NULL || ca_cert == NULL)
+		return kms_fail(KMS_ERR_INVALID, "no signer or CA certificate");
+	if (X509_NAME_cmp(X509_get_issuer_name(cert), X509_get_subject_name(ca_cert)) != 0 ||
+	    X509_verify(cert, X509_get0_pubkey(ca_cert)) != 1) {
+		ERR_clear_error();
+		return kms_fail(KMS_ERR_INVALID, "the OCSP signer certificate was not issued by our CA");
+	}
+	if (!(X509_get_extension_flags(cert) & EXFLAG_XKUSAGE) || !(X509_get_extended_key_usage(cert) & XKU_OCSP_SIGN))
+		return kms_fail(KMS_ERR_INVALID, "the OCSP signer certificate lacks id-kp-OCSPSigning");
+	if (key != NULL && !EVP_PKEY_eq(X509_get0_pubkey(cert), key)) {
+		ERR_clear_error();
+		return kms_fail(KMS_ERR_INVALID, "the OCSP signer certificate is for another key");
+	}
+	if (ca_asn1_time_to_time(X509_get0_notBefore(cert), &nb) != 0 ||
+	    ca_asn1_time_to_time(X509_get0_notAfter(cert), &na) != 0 || now < nb || now >= na)
+		return kms_fail(KMS_ERR_INVALID, "the OCSP signer certificate is not valid now");
+	return 0;
+}
+
+int
+ca_ocsp_replica_key(struct kms_store *st, const char *passphrase, const char *key_type, EVP_PKEY **out,
+    int *created)
+{
+	char *pem = NULL;
+	size_t len = 0;
+	EVP_PKEY *k = NULL;
+	int rc;
+
+	*out = NULL;
+	*created = 0;
+	rc = kms_store_meta_get(st, META_REPLICA_KEY, &pem);
+	if (rc == 0) {
+		rc = ca_key_decrypt(pem, strlen(pem), passphrase, out);
+		free(pem);
+		return rc;
+	}
+	if (rc != KMS_ERR_NOTFOUND)
+		return rc;
+	if ((rc = ca_keygen(key_type, &k)) != 0 || (rc = ca_key_encrypt(k, passphrase, &pem, &len)) != 0 ||
+	    (rc = kms_store_meta_set(st, META_REPLICA_KEY, pem)) != 0) {
+		EVP_PKEY_free(k);
+		free(pem);
+		return rc;
+	}
+	free(pem);
+	*out = k;
+	*created = 1;
+	return 0;
 }

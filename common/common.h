@@ -252,6 +252,8 @@ struct kms_config {
 		long long max_request_size;       /* bytes */
 		long long max_certids;            /* CertIDs per request */
 		long long cache_size;             /* pre-signed responses kept */
+		char *replica_keys;               /* primary: PEM public keys of replicas' signers */
+		char *primary_url;                /* replica: where its signer certificate is fetched */
 	} ocsp;
 	struct {
 		long long request_ttl;            /* seconds */

@@ -232,6 +232,10 @@ static const struct cfg_key schema[] = {
 	  "most certificates asked about in one OCSP request" },
 	{ "ocsp", "cache_size", T_INT, "100000", 0, 10000000, NULL, NULL, OFF(ocsp.cache_size),
 	  "pre-signed responses kept in memory" },
+	{ "ocsp", "replica_keys", T_LIST, "", 0, 0, NULL, NULL, OFF(ocsp.replica_keys),
+	  "primary: PEM public key files of replicas' OCSP signers, each issued a delegated signer" },
+	{ "ocsp", "primary_url", T_STRING, "", 0, 0, NULL, NULL, OFF(ocsp.primary_url),
+	  "replica: http://HOST:PORT of the primary, for its signer certificate (default from [crl] source)" },
 
 	{ "escrow", "request_ttl", T_DURATION, "3600", 60, 604800, NULL, NULL, OFF(escrow.request_ttl),
 	  "lifetime of a recovery request" },

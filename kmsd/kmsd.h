@@ -99,6 +99,8 @@ int kmsd_http_start(int fd, struct pub_http_server **out);
 void kmsd_http_stop(struct pub_http_server *srv);
 /* Serve a newly issued CRL set and the CA certificate under [ca] name (no-op without a server). */
 void kmsd_http_publish(const struct ca_crl_set *set, X509 *ca_cert);
+/* Serve a replica's delegated signer certificate at /ocsp-signers/<fp>.crt. */
+void kmsd_http_publish_signer(const char *fp, X509 *cert);
 /* Serve OCSP from r and rev on the running HTTP server (no-op without one). */
 void kmsd_http_set_ocsp(struct ca_ocsp *r, struct ca_revholder *rev);
 

@@ -8,11 +8,25 @@
  * Entry points: kmsd_ocsp_tick(), kmsd_ocsp_note_issued(), kmsd_ocsp_stop().
  * The responder lives until kmsd_ocsp_stop(), after the HTTP server has
  * stopped: request threads borrow it without a reference.
+ *
+ * Replicas (a milter-only kmsd following the primary's CRL) answer OCSP
+ * too, with a delegated signer the primary issues to them: the replica
+ * makes its own key (kept in its store, encrypted under its passphrase
+ * file, made on first use like the CA's), writes the public half to
+ * <state_dir>/ocsp-signer.pub, and fetches
+ * <primary>/ocsp-signers/<key fingerprint>.crt until it gets a certificate
+ * and again at half its life.  The primary issues and renews one for every
+ * public key listed in [ocsp] replica_keys.  The replica's answers come
+ * from the CRL it follows: "good" means not revoked (it has no list of
+ * issued serials), "unknown" only for other CAs' certificates.
  */
 #include "config.h"
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include <openssl/pem.h>
 
 #include "kmsd/kmsd.h"
 
@@ -23,6 +37,21 @@ static struct ca_ocsp *cur;             /* set once; freed by kmsd_ocsp_stop() *
 static X509 *cur_signer;                /* the signer's certificate, to see when it is due */
 static long cur_lifetime;
 static time_t next_try;                 /* after a failure, wait before trying again */
+
+/* Primary: the signers issued to replicas. */
+struct replica_signer {
+	char fp[65];
+	X509 *cert;
+};
+static struct replica_signer *replicas;
+static size_t nreplicas;
+static time_t replicas_next;
+
+/* Replica: its own signer key and the CA it answers for. */
+static EVP_PKEY *replica_key;
+static char *replica_fp;
+static X509 *replica_ca;
+static time_t replica_next;
 
 /* Load or make the signer with the CA passphrase, and hand it to r. */
 static int
@@ -90,6 +119,245 @@ start(struct kms_store *st, const struct ca *ca, const struct kms_config *cfg, t
 	return 0;
 }
 
+/* ------------------------------------------------------------ primary */
+
+static EVP_PKEY *
+read_pubkey(const char *path)
+{
+	BIO *b = BIO_new_file(path, "r");
+	EVP_PKEY *k = b ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
+
+	BIO_free(b);
+	if (k == NULL)
+		kms_fail_openssl(KMS_ERR_CONFIG, "[ocsp] replica_keys: %s holds no PEM public key", path);
+	return k;
+}
+
+/* Issue (and renew at half-life) a delegated signer for each replica key, served for it to fetch. */
+static void
+replica_signers(const struct ca *ca, const struct kms_config *cfg, time_t now)
+{
+	char **files;
+
+	if (cfg->ocsp.replica_keys[0] == '\0' || now < replicas_next)
+		return;
+	replicas_next = now + 10;       /* picks up a reloaded list soon, without reading files every second */
+	if ((files = kms_split_list(cfg->ocsp.replica_keys)) == NULL)
+		return;
+	for (char **f = files; *f != NULL; f++) {
+		EVP_PKEY *k = read_pubkey(*f);
+		struct replica_signer *rs = NULL, *na;
+		char *fp = NULL;
+		X509 *x = NULL;
+
+		if (k == NULL || (fp = ca_key_fingerprint(k)) == NULL) {
+			kms_log(KMS_LOG_ERR, "OCSP: %s", kms_last_error());
+			goto next;
+		}
+		for (size_t i = 0; i < nreplicas; i++)
+			if (strcmp(replicas[i].fp, fp) == 0)
+				rs = &replicas[i];
+		if (rs != NULL && !ca_ocsp_signer_due(rs->cert, (long)cfg->ocsp.signer_lifetime, now))
+			goto next;
+		if (ca_ocsp_issue_signer(ca, k, (long)cfg->ocsp.signer_lifetime, &x) != 0) {
+			kms_log(KMS_LOG_ERR, "OCSP: replica signer for %s: %s", *f, kms_last_error());
+			goto next;
+		}
+		if (rs == NULL) {
+			if ((na = realloc(replicas, (nreplicas + 1) * sizeof(*na))) == NULL)
+				goto next;
+			replicas = na;
+			rs = &replicas[nreplicas++];
+			memcpy(rs->fp, fp, sizeof(rs->fp));
+			rs->cert = NULL;
+		}
+		X509_free(rs->cert);
+		rs->cert = x;
+		x = NULL;
+		kmsd_http_publish_signer(rs->fp, rs->cert);
+		kms_log(KMS_LOG_INFO, "OCSP: delegated signer issued for the replica key %s (%.16s...)", *f, fp);
+next:
+		X509_free(x);
+		free(fp);
+		EVP_PKEY_free(k);
+	}
+	kms_strv_free(files);
+}
+
+/* ------------------------------------------------------------ replica */
+
+/* The passphrase of the replica's signer key: [ca] passphrase_file, made (0600) when absent. */
+static int
+replica_passphrase(const struct kms_config *cfg, char **out)
+{
+	char buf[48];
+	int rc = kms_read_secret_file(cfg->ca.passphrase_file, out);
+
+	if (rc != KMS_ERR_NOTFOUND)
+		return rc;
+	if ((rc = kms_random_password(buf, sizeof(buf) - 1)) != 0)
+		return rc;
+	buf[sizeof(buf) - 2] = '\n';
+	buf[sizeof(buf) - 1] = '\0';
+	rc = kms_write_file_excl(cfg->ca.passphrase_file, buf, strlen(buf), 0600);
+	kms_wipe(buf, sizeof(buf));
+	return rc != 0 ? rc : kms_read_secret_file(cfg->ca.passphrase_file, out);
+}
+
+static int
+replica_setup(struct kms_store *st, const struct kms_config *cfg)
+{
+	STACK_OF(X509) *cas = NULL;
+	char *pass = NULL, *path = NULL, *pem = NULL;
+	BIO *b = NULL;
+	long n;
+	int created = 0, rc;
+	struct ca_ocsp_opts o = {
+		.validity = (long)cfg->ocsp.validity,
+		.max_request = (size_t)cfg->ocsp.max_request_size,
+		.max_certids = (size_t)cfg->ocsp.max_certids,
+		.cache_max = (size_t)cfg->ocsp.cache_size,
+		.know_issued = 0,
+	};
+	struct ca_ocsp *r = NULL;
+
+	if (replica_key == NULL) {
+		if ((rc = replica_passphrase(cfg, &pass)) != 0)
+			goto out;
+		rc = ca_ocsp_replica_key(st, pass, cfg->ocsp.signer_key, &replica_key, &created);
+		if (rc != 0)
+			goto out;
+		if ((replica_fp = ca_key_fingerprint(replica_key)) == NULL ||
+		    (path = kms_path_join(cfg->kmsd.state_dir, "ocsp-signer.pub")) == NULL ||
+		    (b = BIO_new(BIO_s_mem())) == NULL || !PEM_write_bio_PUBKEY(b, replica_key) ||
+		    (n = BIO_get_mem_data(b, &pem)) <= 0) {
+			rc = kms_fail_openssl(KMS_ERR_NOMEM, "replica signer public key");
+			goto out;
+		}
+		if ((rc = kms_write_file_atomic(path, pem, (size_t)n, 0644)) != 0)
+			goto out;
+		kms_log(KMS_LOG_INFO, "OCSP: this replica's signer key is in %s (%s): list that file in the "
+		    "primary's [ocsp] replica_keys", path, created ? "new" : "kept");
+	}
+	if (replica_ca == NULL) {
+		if ((rc = ca_crl_load_cas(cfg->crl.source_ca, &cas)) != 0)
+			goto out;
+		replica_ca = sk_X509_shift(cas);
+	}
+	if ((rc = ca_ocsp_new(replica_ca, &o, &r)) != 0)
+		goto out;
+	pthread_mutex_lock(&ocsp_mu);
+	cur = r;
+	pthread_mutex_unlock(&ocsp_mu);
+	/* Until the primary's certificate arrives it answers tryLater. */
+	kmsd_http_set_ocsp(r, kmsd_revholder());
+	kms_log(KMS_LOG_INFO, "OCSP responder started (replica of %s)", cfg->crl.source);
+out:
+	sk_X509_pop_free(cas, X509_free);
+	BIO_free(b);
+	free(path);
+	kms_secret_free(pass);
+	return rc;
+}
+
+/* http://host:port of the primary: [ocsp] primary_url, else from [crl] source. */
+static char *
+primary_base(const struct kms_config *cfg)
+{
+	const char *src = cfg->ocsp.primary_url[0] ? cfg->ocsp.primary_url : cfg->crl.source;
+	const char *p = strstr(src, "://");
+	size_t n;
+
+	if (p == NULL)
+		return NULL;
+	if (cfg->ocsp.primary_url[0])
+		n = strlen(src);
+	else
+		n = (size_t)((p = strchr(p + 3, '/')) != NULL ? p - src : (long)strlen(src));
+	while (n > 0 && src[n - 1] == '/')
+		n--;
+	return strndup(src, n);
+}
+
+/* Fetch this replica's signer certificate from the primary; install it when it is new and good. */
+static void
+replica_fetch(struct ca_ocsp *r, const struct kms_config *cfg, time_t now)
+{
+	char *base = primary_base(cfg), *url = NULL;
+	unsigned char *body = NULL;
+	size_t len = 0;
+	const unsigned char *p;
+	X509 *x = NULL;
+	int rc;
+
+	if (base == NULL || (url = malloc(strlen(base) + strlen(replica_fp) + 32)) == NULL)
+		goto out;
+	sprintf(url, "%s/ocsp-signers/%s.crt", base, replica_fp);
+	if ((rc = ca_http_get(url, 5, 64 * 1024, &body, &len)) != 0) {
+		if (rc == KMS_ERR_NOTFOUND)
+			kms_log(KMS_LOG_DEBUG, "OCSP: no signer certificate for this replica at %s yet", url);
+		else
+			kms_log(KMS_LOG_WARNING, "OCSP: %s", kms_last_error());
+		goto out;
+	}
+	p = body;
+	if ((x = d2i_X509(NULL, &p, (long)len)) == NULL || ca_ocsp_signer_check(x, replica_ca, replica_key, now) != 0) {
+		kms_log(KMS_LOG_WARNING, "OCSP: the signer certificate from %s is refused: %s", url,
+		    x == NULL ? "not a certificate" : kms_last_error());
+		goto out;
+	}
+	if (cur_signer != NULL && X509_cmp(x, cur_signer) == 0)
+		goto out;
+	if (ca_ocsp_set_signer(r, x, replica_key) != 0) {
+		kms_log(KMS_LOG_ERR, "OCSP: %s", kms_last_error());
+		goto out;
+	}
+	pthread_mutex_lock(&ocsp_mu);
+	X509_free(cur_signer);
+	cur_signer = x;
+	x = NULL;
+	pthread_mutex_unlock(&ocsp_mu);
+	kms_log(KMS_LOG_INFO, "OCSP: signer certificate from the primary installed");
+out:
+	X509_free(x);
+	free(body);
+	free(url);
+	free(base);
+}
+
+static void
+replica_tick(struct kms_store *st, const struct kms_config *cfg, time_t now)
+{
+	long span;
+	time_t nb, na;
+
+	if (cfg->crl.source[0] == '\0' || cfg->crl.source_ca[0] == '\0' || !cfg->ocsp.enabled || now < replica_next)
+		return;
+	replica_next = now + 5;         /* while it has no good certificate, ask often */
+	if (cur == NULL && replica_setup(st, cfg) != 0) {
+		kms_log(KMS_LOG_ERR, "OCSP (replica): %s", kms_last_error());
+		replica_next = now + 60;
+		return;
+	}
+	if (cur_signer != NULL) {
+		X509 *x = cur_signer;
+
+		span = 0;
+		struct tm tm;
+
+		if (ASN1_TIME_to_tm(X509_get0_notBefore(x), &tm) == 1 && (nb = timegm(&tm)) > 0 &&
+		    ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1 && (na = timegm(&tm)) > nb)
+			span = (long)(na - nb);
+		if (span > 0 && !ca_ocsp_signer_due(x, span, now)) {
+			replica_next = now + 60;
+			return;
+		}
+	}
+	replica_fetch(cur, cfg, now);
+}
+
+/* ---------------------------------------------------------------- tick */
+
 void
 kmsd_ocsp_tick(struct kms_store *st, time_t now)
 {
@@ -98,9 +366,20 @@ kmsd_ocsp_tick(struct kms_store *st, time_t now)
 	struct ca_ocsp *r;
 	int due, rc = 0;
 
-	if (ca == NULL || ca->key == NULL)
+	if (ca == NULL || ca->key == NULL) {
+		pthread_mutex_lock(&tick_mu);
+		env = kmsd_env_get();
+		if (ca == NULL)
+			replica_tick(st, env->cfg, now);
+		kmsd_env_put(env);
+		pthread_mutex_unlock(&tick_mu);
 		return;
+	}
 	pthread_mutex_lock(&tick_mu);
+	env = kmsd_env_get();
+	if (env->cfg->ocsp.enabled)
+		replica_signers(ca, env->cfg, now);
+	kmsd_env_put(env);
 	if (now < next_try) {
 		pthread_mutex_unlock(&tick_mu);
 		return;
@@ -138,6 +417,17 @@ kmsd_ocsp_note_issued(X509 *cert)
 void
 kmsd_ocsp_stop(void)
 {
+	for (size_t i = 0; i < nreplicas; i++)
+		X509_free(replicas[i].cert);
+	free(replicas);
+	replicas = NULL;
+	nreplicas = 0;
+	EVP_PKEY_free(replica_key);
+	replica_key = NULL;
+	free(replica_fp);
+	replica_fp = NULL;
+	X509_free(replica_ca);
+	replica_ca = NULL;
 	pthread_mutex_lock(&ocsp_mu);
 	ca_ocsp_free(cur);
 	cur = NULL;

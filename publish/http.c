@@ -52,11 +52,19 @@ struct site {
 	struct site *next;
 };
 
+/* A replica's delegated OCSP signer certificate, by the fingerprint of its key. */
+struct signer_pub {
+	char fp[65];
+	struct blob *cert;
+	struct signer_pub *next;
+};
+
 struct pub_http_server {
 	struct MHD_Daemon *mhd;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;          /* broadcast on publish and on stop */
 	struct site *sites;
+	struct signer_pub *signers;
 	int stopping;
 	unsigned longpoll_ms;
 	struct ca_ocsp *ocsp;       /* /ocsp; NULL: 404 (set by pub_http_set_ocsp) */
@@ -282,7 +290,7 @@ not_modified(struct MHD_Connection *c, const struct blob *b)
 
 /* ---------------------------------------------------------------- routing */
 
-enum what { W_NONE, W_FULL, W_DELTA, W_CERT };
+enum what { W_NONE, W_FULL, W_DELTA, W_CERT, W_SIGNER };
 
 static int
 name_ok(const char *s, size_t n)
@@ -314,12 +322,28 @@ ends_with(const char *s, size_t n, const char *suffix)
 }
 
 /* Under mu: the site and what the URL asks of it. */
+/* Under mu: the signer certificate published for /ocsp-signers/<64 hex>.crt. */
+static struct blob *
+signer_find(struct pub_http_server *srv, const char *url)
+{
+	const char *fp = url + strlen("/ocsp-signers/");
+
+	if (strlen(fp) != 64 + 4 || strcmp(fp + 64, ".crt") != 0)
+		return NULL;
+	for (struct signer_pub *p = srv->signers; p != NULL; p = p->next)
+		if (strncmp(p->fp, fp, 64) == 0)
+			return p->cert;
+	return NULL;
+}
+
 static enum what
 route(struct pub_http_server *srv, const char *url, struct site **site)
 {
 	size_t n;
 
 	*site = NULL;
+	if (strncmp(url, "/ocsp-signers/", 14) == 0)
+		return signer_find(srv, url) != NULL ? W_SIGNER : W_NONE;
 	if (strncmp(url, "/crl/", 5) == 0) {
 		url += 5;
 		n = strlen(url);
@@ -451,10 +475,12 @@ handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
 		b = blob_ref(site->delta);
 	else if (w == W_CERT)
 		b = blob_ref(site->cert);
+	else if (w == W_SIGNER)
+		b = blob_ref(signer_find(srv, url));
 	pthread_mutex_unlock(&srv->mu);
 	if (b == NULL)
 		return reply_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
-	ctype = w == W_CERT ? CT_CERT : CT_CRL;
+	ctype = w == W_CERT || w == W_SIGNER ? CT_CERT : CT_CRL;
 	return reply_blob(c, b, ctype, not_modified(c, b) ? MHD_HTTP_NOT_MODIFIED : MHD_HTTP_OK);
 }
 
@@ -587,6 +613,50 @@ pub_http_start(int fd, const struct pub_http_opts *opts, struct pub_http_server 
 	return 0;
 }
 
+int
+pub_http_publish_signer(struct pub_http_server *srv, const char *fp, X509 *cert)
+{
+	struct signer_pub *p;
+	struct blob *b, *old = NULL;
+	unsigned char *der = NULL;
+	struct tm tm;
+	time_t nb = 0;
+	int n;
+
+	if (srv == NULL)
+		return 0;
+	if (fp == NULL || strlen(fp) != 64 || strspn(fp, "0123456789abcdef") != 64 || cert == NULL)
+		return kms_fail(KMS_ERR_INVALID, "HTTP publish: bad signer fingerprint or no certificate");
+	if ((n = i2d_X509(cert, &der)) <= 0)
+		return kms_fail_openssl(KMS_ERR_CRYPTO, "encode signer certificate");
+	if (ASN1_TIME_to_tm(X509_get0_notBefore(cert), &tm))
+		nb = timegm(&tm);
+	b = blob_new(der, (size_t)n, -1, nb, 0);
+	OPENSSL_free(der);
+	if (b == NULL)
+		return KMS_ERR_NOMEM;
+	pthread_mutex_lock(&srv->mu);
+	for (p = srv->signers; p != NULL && strcmp(p->fp, fp) != 0; p = p->next)
+		;
+	if (p == NULL && (p = calloc(1, sizeof(*p))) != NULL) {
+		memcpy(p->fp, fp, 65);
+		p->next = srv->signers;
+		srv->signers = p;
+	}
+	if (p != NULL) {
+		old = p->cert;
+		p->cert = b;
+		b = NULL;
+	}
+	pthread_mutex_unlock(&srv->mu);
+	blob_unref(old);
+	if (b != NULL) {
+		blob_unref(b);
+		return KMS_ERR_NOMEM;
+	}
+	return 0;
+}
+
 void
 pub_http_set_ocsp(struct pub_http_server *srv, struct ca_ocsp *r, struct ca_revholder *rev)
 {
@@ -611,6 +681,11 @@ pub_http_stop(struct pub_http_server *srv)
 	pthread_mutex_unlock(&srv->mu);
 	/* Joins the connection threads; the long polls were just woken. */
 	MHD_stop_daemon(srv->mhd);
+	for (struct signer_pub *p = srv->signers, *pn; p != NULL; p = pn) {
+		pn = p->next;
+		blob_unref(p->cert);
+		free(p);
+	}
 	for (s = srv->sites; s != NULL; s = next) {
 		next = s->next;
 		blob_unref(s->full);

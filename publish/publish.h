@@ -48,6 +48,7 @@ int pub_http_port(int fd);
  *   /crl/<name>-delta.crl  the delta CRL
  *   /ca/<name>.crt         the CA certificate (application/pkix-cert)
  *   /ocsp, /ocsp/<base64>  OCSP (POST and GET), once pub_http_set_ocsp() was called
+ *   /ocsp-signers/<fp>.crt a replica's delegated OCSP signer certificate
  * with ETag, Last-Modified, Cache-Control (max-age up to nextUpdate),
  * conditional GET (304), 404 for anything else, 405 for other methods.
  */
@@ -57,6 +58,12 @@ int pub_http_start(int fd, const struct pub_http_opts *opts, struct pub_http_ser
  * borrowed: they must outlive the server, or be replaced first).  r NULL
  * turns /ocsp off (404).
  */
+/*
+ * Serve cert (copied) at /ocsp-signers/<fp>.crt, fp being the 64 hex
+ * digits of ca_key_fingerprint() of its key: where a replica fetches the
+ * signer certificate the primary issued for it.  Replaces an older one.
+ */
+int pub_http_publish_signer(struct pub_http_server *srv, const char *fp, X509 *cert);
 void pub_http_set_ocsp(struct pub_http_server *srv, struct ca_ocsp *r, struct ca_revholder *rev);
 /* Wake long polls (they answer 503), stop serving, close the socket, free.  NULL is fine. */
 void pub_http_stop(struct pub_http_server *srv);

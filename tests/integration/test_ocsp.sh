@@ -9,20 +9,38 @@
 # within a second; gpgsm with dirmngr --allow-ocsp refusing a revoked
 # signer; hostile requests (truncated, oversized, wrong ASN.1, 10,000
 # CertIDs) answered with errors while the responder keeps answering; and a
-# replica that keeps answering OCSP when the primary is stopped.
+# replica (its delegated signer issued by the primary) that keeps answering
+# OCSP when the primary is stopped; `kmsctl enroll --renew` brings an
+# existing user onto AIA.
 . "${srcdir:-.}/tests/integration/lib.sh"
 need_cmd openssl curl
 setup
 USER_KEY=rsa:2048
-write_conf "[ca]" "pkcs12_format = compat" "[ocsp]" "max_certids = 100"
+# First without OCSP: frank's certificates carry no AIA until `enroll --renew`.
+write_conf "[ca]" "pkcs12_format = compat" "[ocsp]" "enabled = no"
 start_kmsd || { fail "kmsd starts"; done_testing; }
 ctl init --org "OCSP Test" --share-dir "$T/shares" >/dev/null 2>&1
 printf 'ocsppassword\n' > "$T/pw"
-for u in alice bob carol dave; do
-	ctl enroll "$u@example.org" --name "$u" --password-file "$T/pw" --out "$T/$u.p12" >/dev/null 2>&1
+# enroll USER [kmsctl options]: a security file and the signing certificate out of it.
+enroll() {
+	u=$1
+	shift
+	ctl enroll "$u@example.org" --name "$u" --password-file "$T/pw" --out "$T/$u.p12" "$@" >/dev/null 2>&1
 	openssl pkcs12 -in "$T/$u.p12" -passin "file:$T/pw" -nodes -legacy 2>/dev/null > "$T/$u.pem"
 	awk '/friendlyName: .*\(signing\)/{p=1} /friendlyName: .*\(encryption\)/{p=0} p' "$T/$u.pem" > "$T/$u-sign.pem"
 	openssl x509 -in "$T/$u-sign.pem" -out "$T/$u-sign.crt" 2>/dev/null
+}
+enroll frank
+openssl x509 -in "$T/frank-sign.crt" -noout -ext authorityInfoAccess > "$T/frank-aia.out" 2>&1
+check_nogrep "with [ocsp] enabled = no certificates carry no AIA" "OCSP - URI" "$T/frank-aia.out"
+write_conf "[ca]" "pkcs12_format = compat" "[ocsp]" "max_certids = 100"
+kill -HUP "$KMSD_PID"
+for _ in $(seq 1 50); do
+	curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$HTTP_PORT/ocsp" | grep -q 200 && break
+	sleep 0.2
+done
+for u in alice bob carol dave erin; do
+	enroll "$u"
 done
 curl -sf "http://127.0.0.1:$HTTP_PORT/ca/kms-ca.crt" | openssl x509 -inform DER -out "$T/ca.pem"
 URL="http://127.0.0.1:$HTTP_PORT/ocsp"
@@ -41,6 +59,13 @@ check_grep "and the CA certificate (caIssuers)" "CA Issuers - URI:http://127.0.0
 ciu=$(sed -n 's/.*CA Issuers - URI:\(http[^ ]*\).*/\1/p' "$T/aia.out")
 curl -sf "$ciu" | openssl x509 -inform DER -out "$T/ca-aia.pem" 2>/dev/null
 cmp -s "$T/ca.pem" "$T/ca-aia.pem" && pass "the caIssuers URL serves our CA certificate" || fail "caIssuers serves the CA"
+
+rm -f "$T/frank.p12"
+enroll frank --renew
+openssl x509 -in "$T/frank-sign.crt" -noout -ext authorityInfoAccess > "$T/frank-aia2.out" 2>&1
+check_grep "kmsctl enroll --renew brings an existing user onto AIA" "OCSP - URI:$URL\$" "$T/frank-aia2.out"
+ocsp "$T/frank-sign.crt" > "$T/frank.out"
+check_grep "and frank's new certificate is good over OCSP" "frank-sign.crt: good" "$T/frank.out"
 
 # ------------------------------------------------- openssl ocsp: good
 ocsp "$T/alice-sign.crt" -reqout "$T/req1.der" -respout "$T/resp1.der" > "$T/good.out"
@@ -188,5 +213,54 @@ if command -v gpgsm >/dev/null && command -v dirmngr >/dev/null; then
 else
 	note "gpgsm/dirmngr not installed: client check skipped"
 fi
+
+# --------------------------------------------------------------- replica
+# A milter-only kmsd following the primary's CRL answers OCSP with a
+# delegated signer the primary issues to it, and keeps answering when the
+# primary is stopped.
+RPORT=$(free_port)
+RSTATE="$T/replica"
+printf '[kmsd]\nstate_dir = %s\nauthserv_id = mx2.test.example\nlog_level = debug\n[ca]\nenabled = no\n' "$RSTATE" \
+	> "$T/replica.conf"
+printf '[http]\nlisten = 127.0.0.1:%s\n[crl]\nsource = http://127.0.0.1:%s/crl/kms-ca.crl\nsource_ca = %s\n' \
+	"$RPORT" "$HTTP_PORT" "$T/ca.pem" >> "$T/replica.conf"
+"$KMSD" -f -c "$T/replica.conf" >> "$T/replica.log" 2>&1 &
+RPID=$!
+PIDS="$PIDS $RPID"
+for _ in $(seq 1 100); do [ -s "$RSTATE/ocsp-signer.pub" ] && break; sleep 0.1; done
+check_grep "the replica writes its signer's public key for the primary" "BEGIN PUBLIC KEY" "$RSTATE/ocsp-signer.pub"
+RURL="http://127.0.0.1:$RPORT/ocsp"
+rocsp() { openssl ocsp -issuer "$T/ca.pem" -url "$RURL" -CAfile "$T/ca.pem" "$@" 2>&1; }
+rocsp -cert "$T/dave-sign.crt" > "$T/r0.out"
+check_grep "before the primary issued it a signer, the replica says tryLater" "trylater \(3\)" "$T/r0.out"
+write_conf "[ca]" "pkcs12_format = compat" "[ocsp]" "max_certids = 100" "replica_keys = $RSTATE/ocsp-signer.pub"
+kill -HUP "$KMSD_PID"
+for _ in $(seq 1 60); do
+	rocsp -cert "$T/dave-sign.crt" > "$T/r1.out"
+	grep -q "dave-sign.crt: good" "$T/r1.out" && break
+	sleep 0.5
+done
+check_grep "once listed in replica_keys, the replica answers: dave is good" "dave-sign.crt: good" "$T/r1.out"
+check_grep "its response verifies against our CA" "Response verify OK" "$T/r1.out"
+rocsp -cert "$T/bob-sign.crt" > "$T/r2.out"
+check_grep "and bob, revoked on the primary, is revoked there too" "bob-sign.crt: revoked" "$T/r2.out"
+fp=$(openssl pkey -pubin -in "$RSTATE/ocsp-signer.pub" -outform DER | sha256sum | cut -c1-64)
+curl -sf "http://127.0.0.1:$HTTP_PORT/ocsp-signers/$fp.crt" | openssl x509 -inform DER -noout -ext extendedKeyUsage \
+	> "$T/rsigner.out" 2>&1
+check_grep "the primary serves the replica's delegated signer certificate" "OCSP Signing" "$T/rsigner.out"
+ctl revoke erin@example.org --reason superseded > /dev/null 2>&1
+for _ in $(seq 1 30); do
+	rocsp -cert "$T/erin-sign.crt" > "$T/r3.out"
+	grep -q "erin-sign.crt: revoked" "$T/r3.out" && break
+	sleep 0.2
+done
+check_grep "a revocation on the primary reaches the replica's OCSP answers" "erin-sign.crt: revoked" "$T/r3.out"
+stop_kmsd
+rocsp -cert "$T/dave-sign.crt" -cert "$T/erin-sign.crt" > "$T/r4.out"
+check_grep "with the primary stopped the replica still answers: dave good" "dave-sign.crt: good" "$T/r4.out"
+check_grep "and erin revoked" "erin-sign.crt: revoked" "$T/r4.out"
+kill -TERM "$RPID"
+wait "$RPID" 2>/dev/null
+PIDS=$(printf '%s' "$PIDS" | sed "s/ $RPID\b//")
 
 done_testing

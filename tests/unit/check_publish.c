@@ -105,7 +105,7 @@ republish(void)
 static void
 start_server(unsigned maxc, unsigned longpoll_ms)
 {
-	struct pub_http_opts o = { maxc, longpoll_ms };
+	struct pub_http_opts o = { maxc, longpoll_ms, 0 };
 	int fd;
 
 	ck_assert_int_eq(pub_http_listen("127.0.0.1:0", &fd), 0);

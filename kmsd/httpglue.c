@@ -84,18 +84,18 @@ sync_changed(void *arg)
 void
 kmsd_http_publish_signer(const char *fp, X509 *cert)
 {
-	pthread_mutex_lock(&http_mu);
-	if (cur_http != NULL && pub_http_publish_signer(cur_http, fp, cert) != 0)
+	pthread_mutex_lock(&P.http_mu);
+	if (P.http != NULL && pub_http_publish_signer(P.http, fp, cert) != 0)
 		kms_log(KMS_LOG_ERR, "HTTP distribution point: %s", kms_last_error());
-	pthread_mutex_unlock(&http_mu);
+	pthread_mutex_unlock(&P.http_mu);
 }
 
 void
 kmsd_http_set_ocsp(struct ca_ocsp *r, struct ca_revholder *rev)
 {
-	pthread_mutex_lock(&http_mu);
-	pub_http_set_ocsp(cur_http, r, rev);
-	pthread_mutex_unlock(&http_mu);
+	pthread_mutex_lock(&P.http_mu);
+	pub_http_set_ocsp(P.http, r, rev);
+	pthread_mutex_unlock(&P.http_mu);
 }
 
 int

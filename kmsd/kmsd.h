@@ -141,6 +141,7 @@ int kmsd_dp_list(struct pub_dp_status **out, size_t *n);
 
 struct kmsd_client;             /* kmsd/server.c */
 struct kmsd_pending;            /* kmsd/cmd_escrow.c */
+struct kmsd_replica_signer;     /* kmsd/ocspglue.c */
 
 /*
  * Everything kmsd keeps for the life of the process, in one object
@@ -181,6 +182,21 @@ struct kmsd_state {
 	struct {                    /* cmd_publish.c: the LDAP directory's delivery thread */
 		struct pub_ldap *publisher;     /* NULL when [ldap] uri is not set */
 	} ldap;
+	struct {                    /* ocspglue.c: the OCSP responder and the signers */
+		pthread_mutex_t mu;     /* cur, signer */
+		pthread_mutex_t tick_mu;        /* one tick at a time (timer, init) */
+		struct ca_ocsp *cur;    /* set once; freed by kmsd_ocsp_stop() */
+		X509 *signer;           /* the signer's certificate, to see when it is due */
+		long lifetime;
+		time_t next_try;        /* after a failure, wait before trying again */
+		struct kmsd_replica_signer *replicas;   /* primary: signers issued to replicas */
+		size_t nreplicas;
+		time_t replicas_next;
+		EVP_PKEY *replica_key;  /* replica: its own signer key */
+		char *replica_fp;
+		X509 *replica_ca;       /* replica: the CA it answers for */
+		time_t replica_next;
+	} ocsp;
 	struct {                    /* cmd_escrow.c: shares and recovered keys, only in memory */
 		pthread_mutex_t lock;
 		struct kmsd_pending *pendings;

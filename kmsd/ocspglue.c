@@ -30,28 +30,13 @@
 
 #include "kmsd/kmsd.h"
 
-static pthread_mutex_t ocsp_mu = PTHREAD_MUTEX_INITIALIZER;
-/* One tick at a time (the main loop's timer, and init in a control thread). */
-static pthread_mutex_t tick_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct ca_ocsp *cur;             /* set once; freed by kmsd_ocsp_stop() */
-static X509 *cur_signer;                /* the signer's certificate, to see when it is due */
-static long cur_lifetime;
-static time_t next_try;                 /* after a failure, wait before trying again */
+#define O kmsd_state.ocsp
 
-/* Primary: the signers issued to replicas. */
-struct replica_signer {
+/* Primary: a signer issued to a replica, by its key's fingerprint. */
+struct kmsd_replica_signer {
 	char fp[65];
 	X509 *cert;
 };
-static struct replica_signer *replicas;
-static size_t nreplicas;
-static time_t replicas_next;
-
-/* Replica: its own signer key and the CA it answers for. */
-static EVP_PKEY *replica_key;
-static char *replica_fp;
-static X509 *replica_ca;
-static time_t replica_next;
 
 /* Load or make the signer with the CA passphrase, and hand it to r. */
 static int
@@ -75,11 +60,11 @@ install_signer(struct ca_ocsp *r, struct kms_store *st, const struct ca *ca, con
 
 		kms_log(KMS_LOG_INFO, "OCSP signer %s %s", serial ? serial : "?", renewed ? "issued" : "loaded");
 		free(serial);
-		pthread_mutex_lock(&ocsp_mu);
-		X509_free(cur_signer);
-		cur_signer = x;
-		cur_lifetime = (long)cfg->ocsp.signer_lifetime;
-		pthread_mutex_unlock(&ocsp_mu);
+		pthread_mutex_lock(&O.mu);
+		X509_free(O.signer);
+		O.signer = x;
+		O.lifetime = (long)cfg->ocsp.signer_lifetime;
+		pthread_mutex_unlock(&O.mu);
 		x = NULL;
 	}
 	X509_free(x);
@@ -109,9 +94,9 @@ start(struct kms_store *st, const struct ca *ca, const struct kms_config *cfg, t
 	 * only after: a certificate committed meanwhile is either read or
 	 * noted, and no client is told "unknown" for it.
 	 */
-	pthread_mutex_lock(&ocsp_mu);
-	cur = r;
-	pthread_mutex_unlock(&ocsp_mu);
+	pthread_mutex_lock(&O.mu);
+	O.cur = r;
+	pthread_mutex_unlock(&O.mu);
 	if ((rc = ca_ocsp_load_issued(r, st)) != 0)
 		return rc;
 	kmsd_http_set_ocsp(r, kmsd_revholder());
@@ -139,14 +124,14 @@ replica_signers(const struct ca *ca, const struct kms_config *cfg, time_t now)
 {
 	char **files;
 
-	if (cfg->ocsp.replica_keys[0] == '\0' || now < replicas_next)
+	if (cfg->ocsp.replica_keys[0] == '\0' || now < O.replicas_next)
 		return;
-	replicas_next = now + 10;       /* picks up a reloaded list soon, without reading files every second */
+	O.replicas_next = now + 10;       /* picks up a reloaded list soon, without reading files every second */
 	if ((files = kms_split_list(cfg->ocsp.replica_keys)) == NULL)
 		return;
 	for (char **f = files; *f != NULL; f++) {
 		EVP_PKEY *k = read_pubkey(*f);
-		struct replica_signer *rs = NULL, *na;
+		struct kmsd_replica_signer *rs = NULL, *na;
 		char *fp = NULL;
 		X509 *x = NULL;
 
@@ -154,9 +139,9 @@ replica_signers(const struct ca *ca, const struct kms_config *cfg, time_t now)
 			kms_log(KMS_LOG_ERR, "OCSP: %s", kms_last_error());
 			goto next;
 		}
-		for (size_t i = 0; i < nreplicas; i++)
-			if (strcmp(replicas[i].fp, fp) == 0)
-				rs = &replicas[i];
+		for (size_t i = 0; i < O.nreplicas; i++)
+			if (strcmp(O.replicas[i].fp, fp) == 0)
+				rs = &O.replicas[i];
 		if (rs != NULL && !ca_ocsp_signer_due(rs->cert, (long)cfg->ocsp.signer_lifetime, now))
 			goto next;
 		if (ca_ocsp_issue_signer(ca, k, (long)cfg->ocsp.signer_lifetime, &x) != 0) {
@@ -164,10 +149,10 @@ replica_signers(const struct ca *ca, const struct kms_config *cfg, time_t now)
 			goto next;
 		}
 		if (rs == NULL) {
-			if ((na = realloc(replicas, (nreplicas + 1) * sizeof(*na))) == NULL)
+			if ((na = realloc(O.replicas, (O.nreplicas + 1) * sizeof(*na))) == NULL)
 				goto next;
-			replicas = na;
-			rs = &replicas[nreplicas++];
+			O.replicas = na;
+			rs = &O.replicas[O.nreplicas++];
 			memcpy(rs->fp, fp, sizeof(rs->fp));
 			rs->cert = NULL;
 		}
@@ -221,15 +206,15 @@ replica_setup(struct kms_store *st, const struct kms_config *cfg)
 	};
 	struct ca_ocsp *r = NULL;
 
-	if (replica_key == NULL) {
+	if (O.replica_key == NULL) {
 		if ((rc = replica_passphrase(cfg, &pass)) != 0)
 			goto out;
-		rc = ca_ocsp_replica_key(st, pass, cfg->ocsp.signer_key, &replica_key, &created);
+		rc = ca_ocsp_replica_key(st, pass, cfg->ocsp.signer_key, &O.replica_key, &created);
 		if (rc != 0)
 			goto out;
-		if ((replica_fp = ca_key_fingerprint(replica_key)) == NULL ||
+		if ((O.replica_fp = ca_key_fingerprint(O.replica_key)) == NULL ||
 		    (path = kms_path_join(cfg->kmsd.state_dir, "ocsp-signer.pub")) == NULL ||
-		    (b = BIO_new(BIO_s_mem())) == NULL || !PEM_write_bio_PUBKEY(b, replica_key) ||
+		    (b = BIO_new(BIO_s_mem())) == NULL || !PEM_write_bio_PUBKEY(b, O.replica_key) ||
 		    (n = BIO_get_mem_data(b, &pem)) <= 0) {
 			rc = kms_fail_openssl(KMS_ERR_NOMEM, "replica signer public key");
 			goto out;
@@ -239,16 +224,16 @@ replica_setup(struct kms_store *st, const struct kms_config *cfg)
 		kms_log(KMS_LOG_INFO, "OCSP: this replica's signer key is in %s (%s): list that file in the "
 		    "primary's [ocsp] replica_keys", path, created ? "new" : "kept");
 	}
-	if (replica_ca == NULL) {
+	if (O.replica_ca == NULL) {
 		if ((rc = ca_crl_load_cas(cfg->crl.source_ca, &cas)) != 0)
 			goto out;
-		replica_ca = sk_X509_shift(cas);
+		O.replica_ca = sk_X509_shift(cas);
 	}
-	if ((rc = ca_ocsp_new(replica_ca, &o, &r)) != 0)
+	if ((rc = ca_ocsp_new(O.replica_ca, &o, &r)) != 0)
 		goto out;
-	pthread_mutex_lock(&ocsp_mu);
-	cur = r;
-	pthread_mutex_unlock(&ocsp_mu);
+	pthread_mutex_lock(&O.mu);
+	O.cur = r;
+	pthread_mutex_unlock(&O.mu);
 	/* Until the primary's certificate arrives it answers tryLater. */
 	kmsd_http_set_ocsp(r, kmsd_revholder());
 	kms_log(KMS_LOG_INFO, "OCSP responder started (replica of %s)", cfg->crl.source);
@@ -290,9 +275,9 @@ replica_fetch(struct ca_ocsp *r, const struct kms_config *cfg, time_t now)
 	X509 *x = NULL;
 	int rc;
 
-	if (base == NULL || (url = malloc(strlen(base) + strlen(replica_fp) + 32)) == NULL)
+	if (base == NULL || (url = malloc(strlen(base) + strlen(O.replica_fp) + 32)) == NULL)
 		goto out;
-	sprintf(url, "%s/ocsp-signers/%s.crt", base, replica_fp);
+	sprintf(url, "%s/ocsp-signers/%s.crt", base, O.replica_fp);
 	if ((rc = ca_http_get(url, 5, 64 * 1024, &body, &len)) != 0) {
 		if (rc == KMS_ERR_NOTFOUND)
 			kms_log(KMS_LOG_DEBUG, "OCSP: no signer certificate for this replica at %s yet", url);
@@ -301,22 +286,22 @@ replica_fetch(struct ca_ocsp *r, const struct kms_config *cfg, time_t now)
 		goto out;
 	}
 	p = body;
-	if ((x = d2i_X509(NULL, &p, (long)len)) == NULL || ca_ocsp_signer_check(x, replica_ca, replica_key, now) != 0) {
+	if ((x = d2i_X509(NULL, &p, (long)len)) == NULL || ca_ocsp_signer_check(x, O.replica_ca, O.replica_key, now) != 0) {
 		kms_log(KMS_LOG_WARNING, "OCSP: the signer certificate from %s is refused: %s", url,
 		    x == NULL ? "not a certificate" : kms_last_error());
 		goto out;
 	}
-	if (cur_signer != NULL && X509_cmp(x, cur_signer) == 0)
+	if (O.signer != NULL && X509_cmp(x, O.signer) == 0)
 		goto out;
-	if (ca_ocsp_set_signer(r, x, replica_key) != 0) {
+	if (ca_ocsp_set_signer(r, x, O.replica_key) != 0) {
 		kms_log(KMS_LOG_ERR, "OCSP: %s", kms_last_error());
 		goto out;
 	}
-	pthread_mutex_lock(&ocsp_mu);
-	X509_free(cur_signer);
-	cur_signer = x;
+	pthread_mutex_lock(&O.mu);
+	X509_free(O.signer);
+	O.signer = x;
 	x = NULL;
-	pthread_mutex_unlock(&ocsp_mu);
+	pthread_mutex_unlock(&O.mu);
 	kms_log(KMS_LOG_INFO, "OCSP: signer certificate from the primary installed");
 out:
 	X509_free(x);
@@ -331,16 +316,16 @@ replica_tick(struct kms_store *st, const struct kms_config *cfg, time_t now)
 	long span;
 	time_t nb, na;
 
-	if (cfg->crl.source[0] == '\0' || cfg->crl.source_ca[0] == '\0' || !cfg->ocsp.enabled || now < replica_next)
+	if (cfg->crl.source[0] == '\0' || cfg->crl.source_ca[0] == '\0' || !cfg->ocsp.enabled || now < O.replica_next)
 		return;
-	replica_next = now + 5;         /* while it has no good certificate, ask often */
-	if (cur == NULL && replica_setup(st, cfg) != 0) {
+	O.replica_next = now + 5;         /* while it has no good certificate, ask often */
+	if (O.cur == NULL && replica_setup(st, cfg) != 0) {
 		kms_log(KMS_LOG_ERR, "OCSP (replica): %s", kms_last_error());
-		replica_next = now + 60;
+		O.replica_next = now + 60;
 		return;
 	}
-	if (cur_signer != NULL) {
-		X509 *x = cur_signer;
+	if (O.signer != NULL) {
+		X509 *x = O.signer;
 
 		span = 0;
 		struct tm tm;
@@ -349,11 +334,11 @@ replica_tick(struct kms_store *st, const struct kms_config *cfg, time_t now)
 		    ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1 && (na = timegm(&tm)) > nb)
 			span = (long)(na - nb);
 		if (span > 0 && !ca_ocsp_signer_due(x, span, now)) {
-			replica_next = now + 60;
+			O.replica_next = now + 60;
 			return;
 		}
 	}
-	replica_fetch(cur, cfg, now);
+	replica_fetch(O.cur, cfg, now);
 }
 
 /* ---------------------------------------------------------------- tick */
@@ -367,29 +352,29 @@ kmsd_ocsp_tick(struct kms_store *st, time_t now)
 	int due, rc = 0;
 
 	if (ca == NULL || ca->key == NULL) {
-		pthread_mutex_lock(&tick_mu);
+		pthread_mutex_lock(&O.tick_mu);
 		env = kmsd_env_get();
 		if (ca == NULL)
 			replica_tick(st, env->cfg, now);
 		kmsd_env_put(env);
-		pthread_mutex_unlock(&tick_mu);
+		pthread_mutex_unlock(&O.tick_mu);
 		return;
 	}
-	pthread_mutex_lock(&tick_mu);
+	pthread_mutex_lock(&O.tick_mu);
 	env = kmsd_env_get();
 	if (env->cfg->ocsp.enabled)
 		replica_signers(ca, env->cfg, now);
 	kmsd_env_put(env);
-	if (now < next_try) {
-		pthread_mutex_unlock(&tick_mu);
+	if (now < O.next_try) {
+		pthread_mutex_unlock(&O.tick_mu);
 		return;
 	}
-	pthread_mutex_lock(&ocsp_mu);
-	r = cur;
-	due = r != NULL && ca_ocsp_signer_due(cur_signer, cur_lifetime, now);
-	pthread_mutex_unlock(&ocsp_mu);
+	pthread_mutex_lock(&O.mu);
+	r = O.cur;
+	due = r != NULL && ca_ocsp_signer_due(O.signer, O.lifetime, now);
+	pthread_mutex_unlock(&O.mu);
 	if (r != NULL && !due) {
-		pthread_mutex_unlock(&tick_mu);
+		pthread_mutex_unlock(&O.tick_mu);
 		return;
 	}
 	env = kmsd_env_get();
@@ -398,40 +383,40 @@ kmsd_ocsp_tick(struct kms_store *st, time_t now)
 		if (rc != 0) {
 			/* Old signer (if any) keeps signing; try again in a minute. */
 			kms_log(KMS_LOG_ERR, "OCSP: %s", kms_last_error());
-			next_try = now + 60;
+			O.next_try = now + 60;
 		}
 	}
 	kmsd_env_put(env);
-	pthread_mutex_unlock(&tick_mu);
+	pthread_mutex_unlock(&O.tick_mu);
 }
 
 void
 kmsd_ocsp_note_issued(X509 *cert)
 {
-	pthread_mutex_lock(&ocsp_mu);
-	if (cur != NULL && cert != NULL && ca_ocsp_add_issued(cur, X509_get0_serialNumber(cert)) != 0)
+	pthread_mutex_lock(&O.mu);
+	if (O.cur != NULL && cert != NULL && ca_ocsp_add_issued(O.cur, X509_get0_serialNumber(cert)) != 0)
 		kms_log(KMS_LOG_ERR, "OCSP: issued serial not noted: %s", kms_last_error());
-	pthread_mutex_unlock(&ocsp_mu);
+	pthread_mutex_unlock(&O.mu);
 }
 
 void
 kmsd_ocsp_stop(void)
 {
-	for (size_t i = 0; i < nreplicas; i++)
-		X509_free(replicas[i].cert);
-	free(replicas);
-	replicas = NULL;
-	nreplicas = 0;
-	EVP_PKEY_free(replica_key);
-	replica_key = NULL;
-	free(replica_fp);
-	replica_fp = NULL;
-	X509_free(replica_ca);
-	replica_ca = NULL;
-	pthread_mutex_lock(&ocsp_mu);
-	ca_ocsp_free(cur);
-	cur = NULL;
-	X509_free(cur_signer);
-	cur_signer = NULL;
-	pthread_mutex_unlock(&ocsp_mu);
+	for (size_t i = 0; i < O.nreplicas; i++)
+		X509_free(O.replicas[i].cert);
+	free(O.replicas);
+	O.replicas = NULL;
+	O.nreplicas = 0;
+	EVP_PKEY_free(O.replica_key);
+	O.replica_key = NULL;
+	free(O.replica_fp);
+	O.replica_fp = NULL;
+	X509_free(O.replica_ca);
+	O.replica_ca = NULL;
+	pthread_mutex_lock(&O.mu);
+	ca_ocsp_free(O.cur);
+	O.cur = NULL;
+	X509_free(O.signer);
+	O.signer = NULL;
+	pthread_mutex_unlock(&O.mu);
 }

@@ -167,7 +167,10 @@ if command -v certutil >/dev/null && command -v vfychain >/dev/null && command -
 	certutil -A -d "$db" -n "OCSP Test CA" -t "C,C,C" -a -i "$T/ca.pem"
 	pk12util -i "$T/carol.p12" -d "$db" -w "$T/pw" > "$T/pk12util.out" 2>&1
 	check_grep "pk12util imports carol's security file into a fresh NSS database" "SUCCESSFUL" "$T/pk12util.out"
-	certutil -L -d "$db" -n "carol (signing)" -a > "$T/carol-nss.pem"
+	# The nickname is the security file's friendly name: "carol (signing)", perhaps with a generation id.
+	nick=$(certutil -L -d "$db" | sed -n 's/^\(carol (signing)[^ ]*\( #[0-9a-f]*\)\?\) .*/\1/p' | head -1)
+	certutil -L -d "$db" -n "$nick" -a > "$T/carol-nss.pem"
+	check_grep "the signing certificate is in the database" "BEGIN CERTIFICATE" "$T/carol-nss.pem"
 	crlutil -L -d "$db" > "$T/crls.out" 2>&1
 	check_nogrep "the database holds no CRL" "CRL Info" "$T/crls.out"
 	vfy() { vfychain -d "$db" -pp -u 4 -g leaf -m ocsp -s failIfNoInfo -a "$T/carol-nss.pem" 2>&1; }

@@ -337,6 +337,7 @@ ca_http_get(const char *url, int timeout, size_t max, unsigned char **body, size
 	*len = 0;
 	if (url == NULL || !is_http(url))
 		return kms_fail(KMS_ERR_INVALID, "not an http(s) URL");
+	kms_buf_init(&b.buf, max);
 	if ((rc = fetch_http(url, timeout, -1, max, NULL, &b, &status)) != 0)
 		goto out;
 	if (status == 404)
@@ -345,11 +346,10 @@ ca_http_get(const char *url, int timeout, size_t max, unsigned char **body, size
 		rc = kms_fail(KMS_ERR_PROTO, "%s: HTTP status %ld", url, status);
 	if (rc != 0)
 		goto out;
-	*body = b.p;
-	*len = b.len;
-	b.p = NULL;
+	if ((*body = kms_buf_steal(&b.buf, len)) == NULL)
+		rc = KMS_ERR_NOMEM;
 out:
-	free(b.p);
+	kms_buf_free(&b.buf);
 	return rc;
 }
 

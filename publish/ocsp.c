@@ -28,8 +28,7 @@
 #define CT_OCSP_RESP "application/ocsp-response"
 
 struct post_body {
-	unsigned char *buf;
-	size_t len;
+	struct kms_buf buf;         /* bounded by [ocsp] max_request_size */
 	int too_big;
 };
 
@@ -46,7 +45,7 @@ pub_ocsp_done(void **req_cls)
 
 	if (pb == NULL)
 		return;
-	free(pb->buf);
+	kms_buf_free(&pb->buf);
 	free(pb);
 	*req_cls = NULL;
 }
@@ -214,31 +213,28 @@ serve_post(struct MHD_Connection *c, struct ca_ocsp *r, struct ca_revholder *rev
 			return reply_malformed(c, r, MHD_HTTP_CONTENT_TOO_LARGE);
 		if ((pb = calloc(1, sizeof(*pb))) == NULL)
 			return MHD_NO;
+		kms_buf_init(&pb->buf, max);
 		*req_cls = pb;
 		return MHD_YES;
 	}
 	if (*upload_size > 0) {
-		if (!pb->too_big && pb->len + *upload_size > max) {
-			pb->too_big = 1;
-			free(pb->buf);
-			pb->buf = NULL;
-			pb->len = 0;
-		}
+		/* Past the bound the rest is read and dropped, never stored. */
 		if (!pb->too_big) {
-			unsigned char *nb = realloc(pb->buf, pb->len + *upload_size);
+			int rc = kms_buf_append(&pb->buf, upload_data, *upload_size);
 
-			if (nb == NULL)
+			if (rc == KMS_ERR_TOOBIG) {
+				pb->too_big = 1;
+				kms_buf_free(&pb->buf);
+			} else if (rc != 0) {
 				return MHD_NO;
-			memcpy(nb + pb->len, upload_data, *upload_size);
-			pb->buf = nb;
-			pb->len += *upload_size;
+			}
 		}
 		*upload_size = 0;
 		return MHD_YES;
 	}
 	if (pb->too_big)
 		return reply_malformed(c, r, MHD_HTTP_CONTENT_TOO_LARGE);
-	return answer(c, r, rev, pb->buf, pb->len, 0);
+	return answer(c, r, rev, pb->buf.data, pb->buf.len, 0);
 }
 
 enum MHD_Result

@@ -338,7 +338,7 @@ ca_http_get(const char *url, int timeout, size_t max, unsigned char **body, size
 	if (url == NULL || !is_http(url))
 		return kms_fail(KMS_ERR_INVALID, "not an http(s) URL");
 	kms_buf_init(&b.buf, max);
-	if ((rc = fetch_http(url, timeout, -1, max, NULL, &b, &status)) != 0)
+	if ((rc = fetch_http(url, timeout, -1, max, NULL, &b, &status, NULL)) != 0)
 		goto out;
 	if (status == 404)
 		rc = kms_fail(KMS_ERR_NOTFOUND, "%s: 404 not found", url);

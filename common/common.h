@@ -189,6 +189,7 @@ struct kms_config {
 		char *group;
 		long long max_control_clients;
 		long long control_idle_timeout;   /* seconds */
+		long long control_request_timeout;   /* seconds for a whole request */
 		long long log_level;              /* KMS_LOG_* */
 		long long syslog_facility;        /* LOG_* facility */
 	} kmsd;

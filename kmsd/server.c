@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <pwd.h>
@@ -112,10 +113,35 @@ fail:
 struct cred_reader {
 	struct kmsd_client *c;
 	int mismatch;               /* bytes came from someone other than the peer */
+	int in_request;             /* a request's first byte has come */
+	int timed_out;              /* 1 idle, 2 inside a request */
+	struct timespec deadline;   /* CLOCK_MONOTONIC: of the idle wait, then of the whole request */
+	long request_ms;
 	uid_t last_uid;
 	gid_t last_gid;
 	pid_t last_pid;
 };
+
+static void
+deadline_in(struct timespec *ts, long ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+static long
+ms_until(const struct timespec *ts)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (long)(ts->tv_sec - now.tv_sec) * 1000 + (ts->tv_nsec - now.tv_nsec) / 1000000L;
+}
 
 static ssize_t
 cred_read(void *ctx, char *buf, size_t n)
@@ -135,13 +161,33 @@ cred_read(void *ctx, char *buf, size_t n)
 	msg.msg_iovlen = 1;
 	msg.msg_control = cbuf.buf;
 	msg.msg_controllen = sizeof(cbuf.buf);
+	/* One deadline for the whole wait, not per read: a byte every few seconds does not extend it. */
+	for (;;) {
+		struct pollfd pfd = { cr->c->fd, POLLIN, 0 };
+		long ms = ms_until(&cr->deadline);
+		int p;
+
+		if (ms <= 0) {
+			cr->timed_out = cr->in_request ? 2 : 1;
+			return KMS_ERR_TIMEOUT;
+		}
+		p = poll(&pfd, 1, (int)(ms > INT_MAX ? INT_MAX : ms));
+		if (p > 0)
+			break;
+		if (p < 0 && errno != EINTR)
+			return KMS_ERR_IO;
+	}
 	do
-		r = recvmsg(cr->c->fd, &msg, MSG_CMSG_CLOEXEC);
+		r = recvmsg(cr->c->fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
 	while (r < 0 && errno == EINTR);
 	if (r < 0)
 		return errno == EAGAIN || errno == EWOULDBLOCK ? KMS_ERR_TIMEOUT : KMS_ERR_IO;
 	if (r == 0)
 		return 0;
+	if (!cr->in_request) {
+		cr->in_request = 1;
+		deadline_in(&cr->deadline, cr->request_ms);
+	}
 	for (cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
 		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_CREDENTIALS &&
 		    cm->cmsg_len == CMSG_LEN(sizeof(struct ucred))) {
@@ -323,19 +369,31 @@ client_main(void *arg)
 	struct cred_reader cr = { .c = c, .last_uid = c->peer.uid, .last_gid = c->peer.gid, .last_pid = c->peer.pid };
 	struct kms_lines lb;
 	struct kmsd_env *env = kmsd_env_get();
-	struct timeval tv = { .tv_sec = (time_t)env->cfg->kmsd.control_idle_timeout };
+	long idle_ms = (long)env->cfg->kmsd.control_idle_timeout * 1000;
+	struct timeval tv = { .tv_sec = (time_t)env->cfg->kmsd.control_request_timeout };
 
+	cr.request_ms = (long)env->cfg->kmsd.control_request_timeout * 1000;
 	kmsd_env_put(env);
-	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	/* A client that does not take its reply is dropped too. */
+	setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	kms_lines_init(&lb, KMS_PROTO_MAX_REQUEST);
 	for (;;) {
 		char *line;
 		size_t len;
 		json_t *reply;
-		int rc = kms_lines_read(&lb, cred_read, &cr, &line, &len);
+		int rc;
 
+		/* Bytes of the next request already read count as its start. */
+		cr.in_request = lb.len > lb.start;
+		deadline_in(&cr.deadline, cr.in_request ? cr.request_ms : idle_ms);
+		rc = kms_lines_read(&lb, cred_read, &cr, &line, &len);
 		if (rc == 0)
 			break;
+		if (rc == KMS_ERR_TIMEOUT) {
+			kms_log(cr.timed_out == 2 ? KMS_LOG_WARNING : KMS_LOG_DEBUG, "control: uid %u %s: closed",
+			    (unsigned)c->peer.uid, cr.timed_out == 2 ? "sent no whole request in time" : "was idle too long");
+			break;
+		}
 		if (cr.mismatch) {
 			json_t *e = kms_reply_error("forbidden", "credentials changed on this connection");
 
@@ -420,7 +478,7 @@ listener_main(void *arg)
 		struct kmsd_client *c;
 		struct kmsd_env *env;
 		socklen_t sl = sizeof(struct ucred);
-		int fd, max;
+		int fd, max, privileged;
 
 		if (poll(pfd, 2, -1) < 0) {
 			if (errno == EINTR)
@@ -440,22 +498,27 @@ listener_main(void *arg)
 				poll(NULL, 0, 100);
 			continue;
 		}
+		c = calloc(1, sizeof(*c));
+		if (c == NULL || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->peer, &sl) != 0) {
+			free(c);
+			close(fd);
+			continue;
+		}
+		/* The last slot is kept for root and admins: others filling the rest never lock them out. */
 		env = kmsd_env_get();
 		max = (int)env->cfg->kmsd.max_control_clients;
+		privileged = c->peer.uid == 0 || (pol_roles_of(env->roles, c->peer.uid, c->peer.gid) & POL_ROLE_ADMIN);
 		kmsd_env_put(env);
 		pthread_mutex_lock(&S.lock);
 		reap_locked();
-		if (S.stopping || S.nclients >= max) {
+		if (S.stopping || S.nclients >= (privileged ? max : max - 1)) {
+			int n = S.nclients;
+
 			pthread_mutex_unlock(&S.lock);
-			kms_log(KMS_LOG_WARNING, "control: %d clients connected (the limit): refusing one", max);
-			refuse_busy(fd);
-			continue;
-		}
-		c = calloc(1, sizeof(*c));
-		if (c == NULL || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->peer, &sl) != 0) {
-			pthread_mutex_unlock(&S.lock);
+			kms_log(KMS_LOG_WARNING, "control: %d clients connected (the limit%s): refusing uid %u", n,
+			    privileged ? "" : " for users other than root and admins", (unsigned)c->peer.uid);
 			free(c);
-			close(fd);
+			refuse_busy(fd);
 			continue;
 		}
 		c->fd = fd;

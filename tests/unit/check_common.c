@@ -129,7 +129,7 @@ static const struct {
 } bad_configs[] = {
 	{ "[kmsd]\nstate_dir = /x\nbogus = 1\n", { "kmsd.conf:3:", "unknown key", "bogus" } },
 	{ "[nosuch]\nkey = 1\n", { "kmsd.conf:2:", "unknown section", "nosuch" } },
-	{ "[kmsd]\nmax_control_clients = 0\n", { "kmsd.conf:2:", "max_control_clients", "from 1 to 1024" } },
+	{ "[kmsd]\nmax_control_clients = 0\n", { "kmsd.conf:2:", "max_control_clients", "from 2 to 1024" } },
 	{ "[kmsd]\nmax_control_clients = 12abc\n", { "kmsd.conf:2:", "max_control_clients", "12abc" } },
 	{ "[ca]\n\nenabled = maybe\n", { "kmsd.conf:3:", "enabled", "yes or no" } },
 	{ "[ca]\nuser_key = rsa:1024\n", { "kmsd.conf:2:", "user_key", "ec:p256" } },

@@ -384,7 +384,7 @@ client_main(void *arg)
 		int rc;
 
 		/* Bytes of the next request already read count as its start. */
-		cr.in_request = lb.len > lb.start;
+		cr.in_request = lb.b.len > lb.start;
 		deadline_in(&cr.deadline, cr.in_request ? cr.request_ms : idle_ms);
 		rc = kms_lines_read(&lb, cred_read, &cr, &line, &len);
 		if (rc == 0)

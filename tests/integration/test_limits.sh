@@ -5,11 +5,6 @@
 # answers; a request trickled one byte a second is cut at
 # control_request_timeout (a deadline for the whole request, not per
 # read), which frees the slots.
-# HTTP: 200 slow clients (a request line one byte every few seconds) and
-# idle ones hold connections while a plain curl of the CRL and of the CA
-# certificate answers within 2 s; one address gets at most
-# max_connections_per_client; long polls over max_longpolls are refused
-# at once, and the CRL is still served.
 . "${srcdir:-.}/tests/integration/lib.sh"
 need_root "runs clients as other local users"
 need_cmd setpriv curl timeout
@@ -19,7 +14,7 @@ officers_setup
 
 write_conf "[kmsd]" "group = $GROUP" "max_control_clients = 8" "control_idle_timeout = 60" \
 	"control_request_timeout = 3" \
-	"[roles]" "admin = root" "officer = kmsoff1, kmsoff2" "auditor = root"
+	"[roles]" "admin = root" "officer = ${ACCT}o1, ${ACCT}o2" "auditor = root"
 start_kmsd || { fail "kmsd starts"; done_testing; }
 chgrp "$GROUP" "$STATE" && chmod 0750 "$STATE"
 
@@ -38,11 +33,11 @@ hold() {
 }
 
 # ------------------------------------------------------ control socket
-hold kmsoff1 "$T/idle.out" -n 16 -t 6 "unix:$SOCK" || fail "16 idle control clients connect"
+hold ${ACCT}o1 "$T/idle.out" -n 16 -t 6 "unix:$SOCK" || fail "16 idle control clients connect"
 sleep 1
 timeout 5 "$KMSCTL" -s "$SOCK" status > "$T/root.out" 2>&1
 check_grep "root's kmsctl status answers while 16 idle clients hold connections" "^kmsd " "$T/root.out"
-as kmsoff2 status > "$T/busy.out" 2>&1
+as ${ACCT}o2 status > "$T/busy.out" 2>&1
 rc=$?
 [ $rc != 0 ] && pass "another ordinary user finds the other slots full" || fail "ordinary user refused" "$(cat "$T/busy.out")"
 check_grep "and is told so" "too many control connections" "$T/busy.out"
@@ -50,9 +45,9 @@ wait "$HOLD_PID"
 check_grep "the idle clients held every slot but the one kept for root and admins (7 of 8)" "^open 7$" "$T/idle.out"
 
 # One byte a second: the whole request has 3 s, whatever each read brings.
-hold kmsoff1 "$T/drip.out" -n 8 -d 1 -r '{"cmd":"status","args":{}}' -t 7 "unix:$SOCK" || fail "8 trickling clients connect"
+hold ${ACCT}o1 "$T/drip.out" -n 8 -d 1 -r '{"cmd":"status","args":{}}' -t 7 "unix:$SOCK" || fail "8 trickling clients connect"
 sleep 5
-as kmsoff2 status > "$T/after.out" 2>&1
+as ${ACCT}o2 status > "$T/after.out" 2>&1
 check_grep "a request trickled one byte a second is cut at control_request_timeout, freeing the slots" "^kmsd " "$T/after.out"
 wait "$HOLD_PID"
 check_grep "none of the trickling clients is still connected" "^open 0$" "$T/drip.out"

@@ -50,7 +50,7 @@ signer_subject(X509 *ca_cert, X509_NAME **out)
 	*out = NULL;
 	if ((n = X509_NAME_new()) == NULL)
 		return kms_fail_openssl(KMS_ERR_NOMEM, "OCSP signer subject");
-	strcpy(cn, "OCSP Responder");
+	snprintf(cn, sizeof(cn), "OCSP Responder");
 	if ((i = X509_NAME_get_index_by_NID(ca_name, NID_organizationName, -1)) >= 0) {
 		if (!X509_NAME_add_entry(n, X509_NAME_get_entry(ca_name, i), -1, 0)) {
 			rc = kms_fail_openssl(KMS_ERR_NOMEM, "OCSP signer subject");

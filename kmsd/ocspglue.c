@@ -277,7 +277,7 @@ replica_fetch(struct ca_ocsp *r, const struct kms_config *cfg, time_t now)
 
 	if (base == NULL || (url = malloc(strlen(base) + strlen(O.replica_fp) + 32)) == NULL)
 		goto out;
-	sprintf(url, "%s/ocsp-signers/%s.crt", base, O.replica_fp);
+	snprintf(url, strlen(base) + strlen(O.replica_fp) + 32, "%s/ocsp-signers/%s.crt", base, O.replica_fp);
 	if ((rc = ca_http_get(url, 5, 64 * 1024, &body, &len)) != 0) {
 		if (rc == KMS_ERR_NOTFOUND)
 			kms_log(KMS_LOG_DEBUG, "OCSP: no signer certificate for this replica at %s yet", url);

@@ -508,12 +508,14 @@ pub_ldap_put_user(struct pub_ldap *pl, struct kms_store *st, const char *email)
 	if (dn == NULL) {
 		char *e = dn_escape(email);
 
-		if (e == NULL || (rdn = malloc(strlen(e) + strlen(pl->cfg->ldap.people_dn) + 8)) == NULL) {
+		size_t rlen = e ? strlen(e) + strlen(pl->cfg->ldap.people_dn) + 8 : 0;
+
+		if (e == NULL || (rdn = malloc(rlen)) == NULL) {
 			free(e);
 			rc = KMS_ERR_NOMEM;
 			goto out;
 		}
-		sprintf(rdn, "mail=%s,%s", e, pl->cfg->ldap.people_dn);
+		snprintf(rdn, rlen, "mail=%s,%s", e, pl->cfg->ldap.people_dn);
 		free(e);
 	}
 	rc = add_user(pl, dn ? dn : rdn, email, name, &cv, &sv);

@@ -421,6 +421,37 @@ put_crl_extensions(struct ca_der *d, const struct crl_params *cp, const unsigned
 }
 
 /*
+ * Sign the DER of a TBSCertList: *sig (malloc'd) is the BIT STRING's
+ * content, a zero unused-bits byte then the signature, *siglen bytes after
+ * that first byte.
+ */
+static int
+sign_tbs(EVP_PKEY *key, const EVP_MD *md, const unsigned char *tbs, size_t len, unsigned char **sig, size_t *siglen)
+{
+	EVP_MD_CTX *mctx = EVP_MD_CTX_new();
+	int rc = 0;
+
+	*sig = NULL;
+	*siglen = 0;
+	if (mctx == NULL)
+		return KMS_ERR_NOMEM;
+	if (EVP_DigestSignInit(mctx, NULL, md, NULL, key) != 1 || EVP_DigestSign(mctx, NULL, siglen, tbs, len) != 1) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "sign CRL");
+	} else if ((*sig = malloc(*siglen + 1)) == NULL) {
+		rc = KMS_ERR_NOMEM;
+	} else {
+		(*sig)[0] = 0;   /* BIT STRING: no unused bits */
+		if (EVP_DigestSign(mctx, *sig + 1, siglen, tbs, len) != 1) {
+			rc = kms_fail_openssl(KMS_ERR_CRYPTO, "sign CRL");
+			free(*sig);
+			*sig = NULL;
+		}
+	}
+	EVP_MD_CTX_free(mctx);
+	return rc;
+}
+
+/*
  * Encode and sign one CRL with the entries the prepared statement yields.
  * *der is malloc'd.
  */
@@ -433,7 +464,6 @@ crl_build(sqlite3 *db, sqlite3_stmt *rows, const struct crl_params *cp, unsigned
 	const unsigned char *name;
 	unsigned char *alg = NULL, *sig = NULL, kid[EVP_MAX_MD_SIZE];
 	size_t namelen, kidlen = sizeof(kid), outer, tbs, list, siglen = 0;
-	EVP_MD_CTX *mctx = NULL;
 	int alglen = 0, rc, step, any = 0;
 	static const unsigned char v2[] = { 0x02, 0x01, 0x01 };
 
@@ -479,24 +509,8 @@ crl_build(sqlite3 *db, sqlite3_stmt *rows, const struct crl_params *cp, unsigned
 		goto out;
 	}
 
-	if ((mctx = EVP_MD_CTX_new()) == NULL) {
-		rc = KMS_ERR_NOMEM;
+	if ((rc = sign_tbs(key, md, d.p + tbs, d.len - tbs, &sig, &siglen)) != 0)
 		goto out;
-	}
-	if (EVP_DigestSignInit(mctx, NULL, md, NULL, key) != 1 ||
-	    EVP_DigestSign(mctx, NULL, &siglen, d.p + tbs, d.len - tbs) != 1) {
-		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "sign CRL");
-		goto out;
-	}
-	if ((sig = malloc(siglen + 1)) == NULL) {
-		rc = KMS_ERR_NOMEM;
-		goto out;
-	}
-	sig[0] = 0;   /* BIT STRING: no unused bits */
-	if (EVP_DigestSign(mctx, sig + 1, &siglen, d.p + tbs, d.len - tbs) != 1) {
-		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "sign CRL");
-		goto out;
-	}
 	ca_der_put(&d, alg, (size_t)alglen);
 	ca_der_tlv(&d, 0x03, sig, siglen + 1);
 	ca_der_close(&d, outer, 0x30);
@@ -512,7 +526,6 @@ out:
 	free(d.p);
 	free(sig);
 	OPENSSL_free(alg);
-	EVP_MD_CTX_free(mctx);
 	return rc;
 }
 

@@ -299,6 +299,51 @@ signer_cert(const struct mlt_check_ctx *ctx, CMS_SignerInfo *si, STACK_OF(X509) 
 }
 
 /*
+ * What is wrong with one signer's signature over the digested content, or
+ * NULL.  With signed attributes the content digest is compared without
+ * the key, so a changed message shows even when the certificate is
+ * missing; without them and without the certificate there is nothing to
+ * check (the signer is judged untrusted).
+ */
+static const char *
+signer_problem(CMS_SignerInfo *si, X509 *signer, BIO *cmsbio, char *buf, size_t len)
+{
+	int has_attrs = CMS_signed_get_attr_count(si) >= 0;
+	int r;
+
+	if (signer == NULL && !has_attrs)
+		return NULL;
+	if ((r = CMS_SignerInfo_verify_content(si, cmsbio)) != 1) {
+		openssl_why(buf, len, r == 0 ? "content changed after signing" : "cannot check the content digest");
+		return buf;
+	}
+	if (has_attrs && signer != NULL && CMS_SignerInfo_verify(si) != 1) {
+		openssl_why(buf, len, "signature does not verify");
+		return buf;
+	}
+	return NULL;
+}
+
+/* Free the BIO chain CMS_dataInit made on top of dcont (popping down to it), then dcont. */
+static void
+free_data_bio(BIO *cmsbio, BIO *dcont)
+{
+	if (cmsbio != NULL) {
+		if (dcont != NULL) {
+			while (cmsbio != NULL && cmsbio != dcont) {
+				BIO *next = BIO_pop(cmsbio);
+
+				BIO_free(cmsbio);
+				cmsbio = next;
+			}
+		} else {
+			BIO_free_all(cmsbio);
+		}
+	}
+	BIO_free(dcont);
+}
+
+/*
  * Verify the signed-data cms over content (detached; NULL for the
  * encapsulated content) and judge each signer.
  */
@@ -353,31 +398,10 @@ verify_signed(struct walk *w, CMS_ContentInfo *cms, STACK_OF(X509) *certs, const
 	for (int i = 0; i < n; i++) {
 		CMS_SignerInfo *si = sk_CMS_SignerInfo_value(sis, i);
 		struct mlt_sig *s;
-		const char *bad = NULL;
+		const char *bad;
 		char sbuf[320];
 
-		if (!data_ok) {
-			bad = why;
-		} else {
-			/*
-			 * With signed attributes the content digest is compared
-			 * without the key, so a changed message shows even when
-			 * the certificate is missing.
-			 */
-			int has_attrs = CMS_signed_get_attr_count(si) >= 0;
-			int r;
-
-			if (signers[i] == NULL && !has_attrs) {
-				bad = NULL;     /* nothing to check without the key: judged as untrusted below */
-			} else if ((r = CMS_SignerInfo_verify_content(si, cmsbio)) != 1) {
-				openssl_why(sbuf, sizeof(sbuf), r == 0 ? "content changed after signing" :
-				    "cannot check the content digest");
-				bad = sbuf;
-			} else if (has_attrs && signers[i] != NULL && CMS_SignerInfo_verify(si) != 1) {
-				openssl_why(sbuf, sizeof(sbuf), "signature does not verify");
-				bad = sbuf;
-			}
-		}
+		bad = data_ok ? signer_problem(si, signers[i], cmsbio, sbuf, sizeof(sbuf)) : why;
 		ERR_clear_error();
 		if ((s = sig_new(w, kind)) == NULL) {
 			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
@@ -393,19 +417,7 @@ verify_signed(struct walk *w, CMS_ContentInfo *cms, STACK_OF(X509) *certs, const
 		}
 	}
 out:
-	if (cmsbio != NULL) {
-		if (dcont != NULL) {
-			while (cmsbio != NULL && cmsbio != dcont) {
-				BIO *next = BIO_pop(cmsbio);
-
-				BIO_free(cmsbio);
-				cmsbio = next;
-			}
-		} else {
-			BIO_free_all(cmsbio);
-		}
-	}
-	BIO_free(dcont);
+	free_data_bio(cmsbio, dcont);
 	for (int i = 0; signers != NULL && i < n; i++)
 		X509_free(signers[i]);
 	free(signers);
@@ -736,6 +748,42 @@ name_is_p7m(const char *fn)
 	return strcasecmp(fn + n - 4, ".p7m") == 0;
 }
 
+/* The parts of a multipart, each walked; it is covered when every one of them is. */
+static int
+walk_multipart(struct walk *w, const unsigned char *buf, const struct mlt_entity *e, long depth, int *covered)
+{
+	const struct mlt_limits *lim = &w->ctx->limits;
+	struct mlt_span *parts = NULL;
+	size_t nparts = 0;
+	int closed, all = 1, rc;
+
+	rc = mlt_multipart_split(buf, e->body, e->end, mlt_entity_param(e, "boundary"),
+	    lim->max_parts - w->parts + 1, &parts, &nparts, &closed);
+	if (rc == KMS_ERR_TOOBIG) {
+		char t[96];
+
+		snprintf(t, sizeof(t), "more than %ld MIME parts ([milter] max_parts)", lim->max_parts);
+		rc = hit_bound(w, t);
+	} else if (rc == KMS_ERR_INVALID) {
+		rc = 0;         /* a multipart without boundary: nothing inside to see */
+	}
+	for (size_t i = 0; rc == 0 && i < nparts && w->bound == NULL; i++) {
+		int cov = 0;
+
+		rc = walk_child(w, buf, &parts[i], i + 1, depth + 1, &cov);
+		all = all && cov;
+	}
+	*covered = nparts > 0 && all;
+	if (rc == 0 && nparts == 0) {
+		char type[112];
+
+		entity_type(e, type, sizeof(type));
+		rc = note_uncovered(w, 0, type);
+	}
+	free(parts);
+	return rc;
+}
+
 static int
 walk_entity(struct walk *w, const unsigned char *buf, size_t start, size_t end, long depth, int *covered)
 {
@@ -780,33 +828,7 @@ walk_entity(struct walk *w, const unsigned char *buf, size_t start, size_t end, 
 		}
 	}
 	if (mlt_entity_is(&e, "multipart", "*")) {
-		struct mlt_span *parts = NULL;
-		size_t nparts = 0;
-		int closed, all = 1;
-
-		rc = mlt_multipart_split(buf, e.body, e.end, mlt_entity_param(&e, "boundary"),
-		    lim->max_parts - w->parts + 1, &parts, &nparts, &closed);
-		if (rc == KMS_ERR_TOOBIG) {
-			char t[96];
-
-			snprintf(t, sizeof(t), "more than %ld MIME parts ([milter] max_parts)", lim->max_parts);
-			rc = hit_bound(w, t);
-		} else if (rc == KMS_ERR_INVALID) {
-			rc = 0;         /* a multipart without boundary: nothing inside to see */
-		}
-		/* A multipart is covered when every one of its parts is. */
-		for (size_t i = 0; rc == 0 && i < nparts && w->bound == NULL; i++) {
-			int cov = 0;
-
-			rc = walk_child(w, buf, &parts[i], i + 1, depth + 1, &cov);
-			all = all && cov;
-		}
-		*covered = nparts > 0 && all;
-		if (rc == 0 && nparts == 0) {
-			entity_type(&e, type, sizeof(type));
-			rc = note_uncovered(w, 0, type);
-		}
-		free(parts);
+		rc = walk_multipart(w, buf, &e, depth, covered);
 		goto out;
 	}
 	/* Every pkcs7-mime part is parsed: its content type decides, not smime-type. */

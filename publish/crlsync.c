@@ -347,12 +347,64 @@ empty(const char *s)
 	return s == NULL || s[0] == '\0';
 }
 
+/* The replica's source ([crl] source) and the external CRLs ([crl] external), each with its CAs. */
+static int
+sources_init(struct pub_sync *s, const struct pub_sync_opts *o)
+{
+	char **list = NULL;
+	int rc = 0;
+
+	if (!empty(o->source)) {
+		if (empty(o->source_ca)) {
+			rc = kms_fail(KMS_ERR_CONFIG, "[crl] source needs [crl] source_ca");
+			goto out;
+		}
+		if ((rc = ca_crl_load_cas(o->source_ca, &s->source_cas)) != 0)
+			goto out;
+		if ((s->source = calloc(1, sizeof(*s->source))) == NULL) {
+			rc = KMS_ERR_NOMEM;
+			goto out;
+		}
+		if ((rc = src_init(s, s->source, o->source, 1, s->source_cas)) != 0)
+			goto out;
+	}
+	if (!empty(o->external)) {
+		size_t n = 0;
+
+		if (empty(o->external_ca)) {
+			rc = kms_fail(KMS_ERR_CONFIG, "[crl] external needs [crl] external_ca");
+			goto out;
+		}
+		if ((rc = ca_crl_load_cas(o->external_ca, &s->ext_cas)) != 0)
+			goto out;
+		if ((list = kms_split_list(o->external)) == NULL) {
+			rc = KMS_ERR_NOMEM;
+			goto out;
+		}
+		while (list[n] != NULL)
+			n++;
+		if ((s->ext = calloc(n + 1, sizeof(*s->ext))) == NULL) {
+			rc = KMS_ERR_NOMEM;
+			goto out;
+		}
+		for (size_t i = 0; i < n; i++) {
+			if (list[i][0] == '\0')
+				continue;
+			s->next++;
+			if ((rc = src_init(s, &s->ext[s->next - 1], list[i], 0, s->ext_cas)) != 0)
+				goto out;
+		}
+	}
+out:
+	kms_strv_free(list);
+	return rc;
+}
+
 int
 pub_sync_start(const struct pub_sync_opts *o, struct pub_sync **out)
 {
 	struct pub_sync *s;
 	pthread_condattr_t ca;
-	char **list = NULL;
 	int rc;
 
 	*out = NULL;
@@ -373,47 +425,8 @@ pub_sync_start(const struct pub_sync_opts *o, struct pub_sync **out)
 		goto fail;
 	}
 
-	if (!empty(o->source)) {
-		if (empty(o->source_ca)) {
-			rc = kms_fail(KMS_ERR_CONFIG, "[crl] source needs [crl] source_ca");
-			goto fail;
-		}
-		if ((rc = ca_crl_load_cas(o->source_ca, &s->source_cas)) != 0)
-			goto fail;
-		if ((s->source = calloc(1, sizeof(*s->source))) == NULL) {
-			rc = KMS_ERR_NOMEM;
-			goto fail;
-		}
-		if ((rc = src_init(s, s->source, o->source, 1, s->source_cas)) != 0)
-			goto fail;
-	}
-	if (!empty(o->external)) {
-		size_t n = 0;
-
-		if (empty(o->external_ca)) {
-			rc = kms_fail(KMS_ERR_CONFIG, "[crl] external needs [crl] external_ca");
-			goto fail;
-		}
-		if ((rc = ca_crl_load_cas(o->external_ca, &s->ext_cas)) != 0)
-			goto fail;
-		if ((list = kms_split_list(o->external)) == NULL) {
-			rc = KMS_ERR_NOMEM;
-			goto fail;
-		}
-		while (list[n] != NULL)
-			n++;
-		if ((s->ext = calloc(n + 1, sizeof(*s->ext))) == NULL) {
-			rc = KMS_ERR_NOMEM;
-			goto fail;
-		}
-		for (size_t i = 0; i < n; i++) {
-			if (list[i][0] == '\0')
-				continue;
-			s->next++;
-			if ((rc = src_init(s, &s->ext[s->next - 1], list[i], 0, s->ext_cas)) != 0)
-				goto fail;
-		}
-	}
+	if ((rc = sources_init(s, o)) != 0)
+		goto fail;
 
 	/* Visible to the caller before any thread can call changed(). */
 	*out = s;
@@ -431,15 +444,12 @@ pub_sync_start(const struct pub_sync_opts *o, struct pub_sync **out)
 		}
 		s->ext_started = 1;
 	}
-	kms_strv_free(list);
 	return 0;
 fail_threads:
 	*out = NULL;
 	pub_sync_stop(s);
-	kms_strv_free(list);
 	return rc;
 fail:
-	kms_strv_free(list);
 	sync_free(s);
 	return rc;
 }

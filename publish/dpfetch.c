@@ -230,15 +230,51 @@ cands_with(struct pub_dp *d, STACK_OF(X509) *cands)
 	return all;
 }
 
-/* One fetch of s (marked busy by the caller, d->mu not held). */
+/* Check a fetched CRL as RFC 5280 6.3 says; only a complete, current one is taken. */
+static int
+validate_fetched(struct pub_dp *d, struct dp_src *s, X509_CRL *crl, X509_STORE *anchors, time_t now,
+    struct ca_crl_meta *m)
+{
+	STACK_OF(X509) *all = cands_with(d, s->cands);
+	X509 *signer = NULL;
+	int rc;
+
+	if (all == NULL)
+		return kms_fail(KMS_ERR_NOMEM, "out of memory");
+	rc = ca_crl_validate_chain(crl, anchors, all, now, &signer, m);
+	if (rc == 0 && m->delta)
+		rc = kms_fail(KMS_ERR_CORRUPT, "a delta CRL, not a complete one");
+	else if (rc == KMS_ERR_EXPIRED)
+		rc = kms_fail(KMS_ERR_EXPIRED, "the CRL served is past its nextUpdate");
+	sk_X509_free(all);
+	return rc;
+}
+
+/* One warning when a source starts failing, one line when it recovers, debug in between. */
+static void
+log_outcome(const char *url, int rc, const char *why, int was_failing, int have_copy)
+{
+	if (rc != 0 && !was_failing)
+		kms_log(KMS_LOG_WARNING, "CRL %s: %s; %s", url, why,
+		    have_copy ? "keeping the last good copy" : "no good copy yet: revocation status unknown");
+	else if (rc != 0)
+		kms_log(KMS_LOG_DEBUG, "CRL %s: %s", url, why);
+	else if (was_failing)
+		kms_log(KMS_LOG_INFO, "CRL %s: fetched again", url);
+}
+
+/*
+ * One fetch of s (marked busy by the caller, d->mu not held).  Kept in one
+ * piece (88 lines) on purpose: the order is what matters here, fetch and
+ * check without the lock, record the result under it, then log, save and
+ * tell the index outside it again.
+ */
 static void
 fetch_one(struct pub_dp *d, struct dp_src *s)
 {
 	struct ca_fetch_cond cond;
 	X509_CRL *crl = NULL, *old = NULL;
 	struct ca_crl_meta m;
-	STACK_OF(X509) *all = NULL;
-	X509 *signer = NULL;
 	X509_STORE *anchors;
 	char etag[256], lm[64], why[256] = "";
 	time_t now = time(NULL);
@@ -259,22 +295,10 @@ fetch_one(struct pub_dp *d, struct dp_src *s)
 		X509_CRL_free(crl);
 		return;
 	}
-	if (rc == 0 && crl != NULL) {
-		if ((all = cands_with(d, s->cands)) == NULL) {
-			rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
-		} else {
-			rc = ca_crl_validate_chain(crl, anchors, all, now, &signer, &m);
-			if (rc == 0 && m.delta)
-				rc = kms_fail(KMS_ERR_CORRUPT, "a delta CRL, not a complete one");
-			else if (rc == KMS_ERR_EXPIRED)
-				rc = kms_fail(KMS_ERR_EXPIRED, "the CRL served is past its nextUpdate");
-		}
-		if (rc != 0)
-			snprintf(why, sizeof(why), "%s", kms_last_error());
-	} else if (rc != 0) {
+	if (rc == 0 && crl != NULL)
+		rc = validate_fetched(d, s, crl, anchors, now, &m);
+	if (rc != 0)
 		snprintf(why, sizeof(why), "%s", kms_last_error());
-	}
-	sk_X509_free(all);
 	X509_STORE_free(anchors);
 
 	pthread_mutex_lock(&d->mu);
@@ -315,13 +339,7 @@ fetch_one(struct pub_dp *d, struct dp_src *s)
 	}
 	pthread_mutex_unlock(&d->mu);
 
-	if (rc != 0 && !was_failing)
-		kms_log(KMS_LOG_WARNING, "CRL %s: %s; %s", s->url, why,
-		    have_copy ? "keeping the last good copy" : "no good copy yet: revocation status unknown");
-	else if (rc != 0)
-		kms_log(KMS_LOG_DEBUG, "CRL %s: %s", s->url, why);
-	else if (was_failing)
-		kms_log(KMS_LOG_INFO, "CRL %s: fetched again", s->url);
+	log_outcome(s->url, rc, why, was_failing, have_copy);
 	if (changed) {
 		pthread_mutex_lock(&d->mu);
 		kms_log(KMS_LOG_INFO, "CRL %s: taken (number %lld, %d entries)", s->url, s->meta.number,

@@ -534,6 +534,37 @@ out:
 	return rc;
 }
 
+/* The CRLs of set as LDAP values (copied into OpenSSL's allocator, which bv_free uses). */
+static int
+crl_values(const struct ca_crl_set *set, int with_delta, struct bv_list *crl, struct bv_list *delta)
+{
+	unsigned char *c = OPENSSL_memdup(set->full_der, set->full_len);
+
+	if (c == NULL)
+		return KMS_ERR_NOMEM;
+	bv_add(crl, c, (int)set->full_len);
+	if (with_delta && set->delta_der) {
+		if ((c = OPENSSL_memdup(set->delta_der, set->delta_len)) == NULL)
+			return KMS_ERR_NOMEM;
+		bv_add(delta, c, (int)set->delta_len);
+	}
+	return 0;
+}
+
+/* The value of a DN's first RDN when it is cn=NAME (malloc'd), else NULL. */
+static char *
+rdn_cn(const char *dn)
+{
+	LDAPDN parsed = NULL;
+	char *cn = NULL;
+
+	if (ldap_str2dn(dn, &parsed, LDAP_DN_FORMAT_LDAPV3) == LDAP_SUCCESS && parsed && parsed[0] && parsed[0][0] &&
+	    strcasecmp(parsed[0][0]->la_attr.bv_val, "cn") == 0)
+		cn = strndup(parsed[0][0]->la_value.bv_val, parsed[0][0]->la_value.bv_len);
+	ldap_dnfree(parsed);
+	return cn;
+}
+
 int
 pub_ldap_put_ca(struct pub_ldap *pl, struct kms_store *st)
 {
@@ -558,23 +589,8 @@ pub_ldap_put_ca(struct pub_ldap *pl, struct kms_store *st)
 		kms_clear_error();
 	else if (rc != 0)
 		goto out;
-	if (set != NULL) {
-		/* The set's buffers are malloc'd: copy into OpenSSL's allocator for bv_free. */
-		unsigned char *c = OPENSSL_memdup(set->full_der, set->full_len);
-
-		if (c == NULL) {
-			rc = KMS_ERR_NOMEM;
-			goto out;
-		}
-		bv_add(&crl, c, (int)set->full_len);
-		if (cfg->crl.delta && set->delta_der) {
-			if ((c = OPENSSL_memdup(set->delta_der, set->delta_len)) == NULL) {
-				rc = KMS_ERR_NOMEM;
-				goto out;
-			}
-			bv_add(&delta, c, (int)set->delta_len);
-		}
-	}
+	if (set != NULL && (rc = crl_values(set, cfg->crl.delta, &crl, &delta)) != 0)
+		goto out;
 	{
 		LDAPMod m_ca = { LDAP_MOD_REPLACE | LDAP_MOD_BVALUES, "cACertificate;binary", { NULL } };
 		LDAPMod m_crl = { LDAP_MOD_REPLACE | LDAP_MOD_BVALUES, "certificateRevocationList;binary", { NULL } };
@@ -586,19 +602,13 @@ pub_ldap_put_ca(struct pub_ldap *pl, struct kms_store *st)
 		m_delta.mod_bvalues = delta.n ? delta.ptrs : NULL;
 		lrc = ldap_modify_ext_s(pl->ld, cfg->ldap.ca_dn, mods, NULL, NULL);
 		if (lrc == LDAP_NO_SUCH_OBJECT) {
-			LDAPDN parsed = NULL;
 			char *oc[] = { "cRLDistributionPoint", "pkiCA", NULL }, *cn[] = { NULL, NULL };
 			LDAPMod a_oc = { LDAP_MOD_ADD, "objectClass", { oc } };
 			LDAPMod a_cn = { LDAP_MOD_ADD, "cn", { cn } };
 			LDAPMod *adds[] = { &a_oc, &a_cn, &m_ca, &m_crl, &m_delta, NULL };
 			char *cnval = NULL;
 
-			/* The entry's own cn comes from its RDN (cn=NAME,...). */
-			if (ldap_str2dn(cfg->ldap.ca_dn, &parsed, LDAP_DN_FORMAT_LDAPV3) == LDAP_SUCCESS && parsed &&
-			    parsed[0] && parsed[0][0] && strcasecmp(parsed[0][0]->la_attr.bv_val, "cn") == 0)
-				cnval = strndup(parsed[0][0]->la_value.bv_val, parsed[0][0]->la_value.bv_len);
-			ldap_dnfree(parsed);
-			if (cnval == NULL) {
+			if ((cnval = rdn_cn(cfg->ldap.ca_dn)) == NULL) {
 				rc = kms_fail(KMS_ERR_CONFIG, "LDAP: [ldap] ca_dn %s must start with cn=", cfg->ldap.ca_dn);
 				goto out;
 			}

@@ -301,7 +301,7 @@ struct p12_job {
 	const char *password;
 	const struct kms_config *cfg;
 	int rc;
-	char err[300];
+	char err[KMSD_ERR_TEXT];
 };
 
 static void *

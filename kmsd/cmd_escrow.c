@@ -254,7 +254,7 @@ complete(struct kmsd_req *req, struct esc_request *rq, struct kmsd_pending *p)
 {
 	struct esc_krk *krk = NULL;
 	EVP_PKEY *key = NULL;
-	char officers[400], summary[400] = "";
+	char officers[KMSD_PART_TEXT], summary[KMSD_PART_TEXT] = "";
 	int rc, rotating = strcmp(rq->purpose, "rotate") == 0;
 
 	esc_request_officers(rq, officers, sizeof(officers));
@@ -291,7 +291,7 @@ complete(struct kmsd_req *req, struct esc_request *rq, struct kmsd_pending *p)
 	}
 fail:
 	{
-		char why[300];
+		char why[KMSD_ERR_TEXT];
 
 		snprintf(why, sizeof(why), "%s", kms_last_error());
 		set_state(req->st, rq->id, "failed", why);
@@ -359,7 +359,7 @@ kmsd_cmd_recover_approve(struct kmsd_req *req)
 	struct esc_share share = { 0 };
 	struct esc_share_meta meta;
 	struct kmsd_pending *p;
-	char officers[400];
+	char officers[KMSD_PART_TEXT];
 	int rc;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
@@ -550,7 +550,7 @@ kmsd_cmd_recover_fetch(struct kmsd_req *req)
 	json_t *reply = NULL, *res = NULL;
 	struct esc_request rq;
 	struct kmsd_pending *p;
-	char officers[400];
+	char officers[KMSD_PART_TEXT];
 	size_t nkeys = 0;
 	int rc;
 
@@ -604,7 +604,7 @@ struct release {
 	unsigned char *cek;         /* secure heap */
 	size_t ceklen, which;
 	int rc;
-	char err[300];
+	char err[KMSD_ERR_TEXT];
 };
 
 struct release_work {
@@ -680,7 +680,7 @@ release_record(struct kmsd_req *req, struct esc_request *rq, struct release_work
 {
 	const char *msgid = json_string_value(json_object_get(r->item, "message_id"));
 	const char *date = json_string_value(json_object_get(r->item, "date"));
-	char cm[200], cd[100], detail[400], *serial = NULL, *cek64 = NULL;
+	char cm[KMSD_MSGID_TEXT], cd[KMSD_DATE_TEXT], detail[KMSD_PART_TEXT], *serial = NULL, *cek64 = NULL;
 	struct kms_audit_rec rec = { .time = time(NULL), .uid = req->uid, .user = req->user, .role = req->role,
 		.cmd = "archive.release", .target = cm, .request_id = rq->id, .detail = detail };
 	json_t *res;

@@ -149,10 +149,10 @@ kmsd_cmd_cert(struct kmsd_req *req)
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
 		return reply;
-	email = kmsd_arg_str(req, "email", 1, 254, &reply);
+	email = kmsd_arg_str(req, "email", 1, KMS_ADDR_MAX, &reply);
 	if (reply)
 		return reply;
-	kms_sanitize(email, 254, req->target, sizeof(req->target));
+	kms_sanitize(email, KMS_ADDR_MAX, req->target, sizeof(req->target));
 	if ((rc = ca_store_current(req->st, email, time(NULL), &sign, &enc, NULL)) != 0)
 		return kmsd_reply_fail(rc);
 	if (enc == NULL && sign == NULL)

@@ -33,6 +33,17 @@ struct kmsd_req {
 	int audited;                /* the handler wrote the audit row itself */
 };
 
+/*
+ * Text a handler keeps beside the request: an error message it copies
+ * (kms_last_error, cleaned), a part of an audit detail such as an officer
+ * list or a summary (it must leave room in detail[]), and the cleaned
+ * Message-ID and Date of a released message.
+ */
+#define KMSD_ERR_TEXT 300
+#define KMSD_PART_TEXT 400
+#define KMSD_MSGID_TEXT 200
+#define KMSD_DATE_TEXT 100
+
 typedef json_t *(*kmsd_handler_fn)(struct kmsd_req *req);
 
 kmsd_handler_fn kmsd_handler_find(const char *cmd);

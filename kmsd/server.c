@@ -249,7 +249,7 @@ kmsd_audit_record(struct kmsd_req *req, const char *outcome)
 static void
 audit(struct kmsd_req *req, const char *outcome)
 {
-	char clean[300];
+	char clean[KMSD_ERR_TEXT];
 
 	if (!req->audited && req->st == NULL) {
 		kms_log(KMS_LOG_ERR, "audit: no store to record %s by %s", req->cmd, req->user);

@@ -57,6 +57,14 @@ int ctl_take_p12(json_t *result, int fd, const char *path);
  * file holds the PKCS#12.  NULL after a connection error.
  */
 json_t *ctl_call_p12(struct ctl *ctl, const char *cmd, json_t *args, int fd, const char *path, int *written);
+/*
+ * ctl_call, then text(result) of a successful reply into the output file
+ * reserved as fd (-1: no file), which is removed again when the call fails.
+ * *write_failed is 1 when the file could not be written (and is gone).
+ * NULL after a connection error.
+ */
+json_t *ctl_call_to_file(struct ctl *ctl, const char *cmd, json_t *args, int fd, const char *path,
+    const char *(*text)(json_t *result), int *write_failed);
 /* Print "kmsctl: ..." on stderr and return CTL_ERR_USAGE. */
 int ctl_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Print "kmsctl: ..." with kms_last_error() and return status. */

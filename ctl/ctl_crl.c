@@ -150,6 +150,12 @@ crl_list_external(struct ctl *ctl, int argc, char **argv)
 	return rc;
 }
 
+static const char *
+crl_pem(json_t *result)
+{
+	return ctl_str(result, "pem");
+}
+
 int
 ctl_cmd_crl(struct ctl *ctl, int argc, char **argv)
 {
@@ -160,7 +166,7 @@ ctl_cmd_crl(struct ctl *ctl, int argc, char **argv)
 	};
 	const char *out = NULL;
 	json_t *reply, *r;
-	int c, human, rc, fresh = 0, fd = -1;
+	int c, human, rc, fresh = 0, fd = -1, werr;
 
 	if (argc > 1 && strcmp(argv[1], "fetch") == 0)
 		return crl_fetch(argc - 1, argv + 1);
@@ -178,26 +184,14 @@ ctl_cmd_crl(struct ctl *ctl, int argc, char **argv)
 		return ctl_usage_error("crl: unexpected argument \"%s\"", argv[optind]);
 	if (out && (fd = ctl_reserve_output(out, 0644)) < 0)
 		return CTL_ERR_USAGE;
-	reply = ctl_call(ctl, "crl", json_pack("{s:b}", "new", fresh));
-	if (reply == NULL) {
-		if (fd >= 0) {
-			close(fd);
-			unlink(out);
-		}
+	reply = ctl_call_to_file(ctl, "crl", json_pack("{s:b}", "new", fresh), fd, out, crl_pem, &werr);
+	if (reply == NULL)
 		return CTL_ERR_USAGE;
+	if (werr) {
+		json_decref(reply);
+		return CTL_ERR_REPLY;
 	}
 	r = json_object_get(reply, "result");
-	if (fd >= 0) {
-		const char *pem = ctl_str(r, "pem");
-
-		if (!json_is_true(json_object_get(reply, "ok"))) {
-			close(fd);
-			unlink(out);
-		} else if (ctl_write_output(fd, out, pem, strlen(pem)) != 0) {
-			json_decref(reply);
-			return CTL_ERR_REPLY;
-		}
-	}
 	rc = ctl_finish(ctl, reply, &human);
 	if (human) {
 		if (out)

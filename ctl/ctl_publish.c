@@ -58,6 +58,15 @@ ctl_cmd_publish(struct ctl *ctl, int argc, char **argv)
 	return ctl_usage_error("publish: unknown subcommand \"%s\"", argv[1]);
 }
 
+/* The encryption certificate is what a correspondent needs; signing-only users get that one. */
+static const char *
+cert_pem(json_t *result)
+{
+	const char *pem = ctl_str(result, "encryption");
+
+	return pem[0] != '\0' ? pem : ctl_str(result, "signing");
+}
+
 int
 ctl_cmd_cert(struct ctl *ctl, int argc, char **argv)
 {
@@ -66,8 +75,8 @@ ctl_cmd_cert(struct ctl *ctl, int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *out = NULL, *email, *pem;
-	json_t *reply, *r;
-	int c, human, rc, fd = -1;
+	json_t *reply;
+	int c, human, rc, fd = -1, werr;
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -81,28 +90,14 @@ ctl_cmd_cert(struct ctl *ctl, int argc, char **argv)
 	email = argv[optind];
 	if (out && (fd = ctl_reserve_output(out, 0644)) < 0)
 		return CTL_ERR_USAGE;
-	reply = ctl_call(ctl, "cert", json_pack("{s:s}", "email", email));
-	if (reply == NULL) {
-		if (fd >= 0) {
-			close(fd);
-			unlink(out);
-		}
+	reply = ctl_call_to_file(ctl, "cert", json_pack("{s:s}", "email", email), fd, out, cert_pem, &werr);
+	if (reply == NULL)
 		return CTL_ERR_USAGE;
+	if (werr) {
+		json_decref(reply);
+		return CTL_ERR_REPLY;
 	}
-	r = json_object_get(reply, "result");
-	/* The encryption certificate is what a correspondent needs; signing-only users get that one. */
-	pem = ctl_str(r, "encryption");
-	if (pem[0] == '\0')
-		pem = ctl_str(r, "signing");
-	if (fd >= 0) {
-		if (!json_is_true(json_object_get(reply, "ok"))) {
-			close(fd);
-			unlink(out);
-		} else if (ctl_write_output(fd, out, pem, strlen(pem)) != 0) {
-			json_decref(reply);
-			return CTL_ERR_REPLY;
-		}
-	}
+	pem = cert_pem(json_object_get(reply, "result"));
 	rc = ctl_finish(ctl, reply, &human);
 	if (human) {
 		if (out)

@@ -244,6 +244,26 @@ ctl_call_p12(struct ctl *ctl, const char *cmd, json_t *args, int fd, const char 
 	return reply;
 }
 
+json_t *
+ctl_call_to_file(struct ctl *ctl, const char *cmd, json_t *args, int fd, const char *path,
+    const char *(*text)(json_t *result), int *write_failed)
+{
+	json_t *reply = ctl_call(ctl, cmd, args);
+	const char *t;
+
+	*write_failed = 0;
+	if (fd < 0)
+		return reply;
+	if (reply == NULL || !json_is_true(json_object_get(reply, "ok"))) {
+		close(fd);
+		unlink(path);
+		return reply;
+	}
+	t = text(json_object_get(reply, "result"));
+	*write_failed = ctl_write_output(fd, path, t, strlen(t)) != 0;
+	return reply;
+}
+
 int
 ctl_read_password_file(const char *path, char **out)
 {

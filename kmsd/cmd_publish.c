@@ -8,6 +8,7 @@
  */
 #include "config.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,9 +19,25 @@
 /* Our part of the process state: kmsd_state.ldap (kmsd/state.c). */
 #define L kmsd_state.ldap
 
+/* The directory the thread writes to, to see a reload move it elsewhere. */
+static int
+remember_uri(const struct kms_config *cfg)
+{
+	char *u = strdup(cfg->ldap.uri);
+
+	if (u == NULL)
+		return KMS_ERR_NOMEM;
+	pthread_rwlock_wrlock(&L.lock);
+	free(L.uri);
+	L.uri = u;
+	pthread_rwlock_unlock(&L.lock);
+	return 0;
+}
+
 int
 kmsd_ldap_start(struct kms_config *cfg, struct kms_store *st)
 {
+	struct pub_ldap *pl = NULL;
 	char *dbpath;
 	int rc, newly = 0;
 
@@ -32,22 +49,68 @@ kmsd_ldap_start(struct kms_config *cfg, struct kms_store *st)
 		kms_log(KMS_LOG_INFO, "ldap: publishing to %s turned on: every entry queued", cfg->ldap.uri);
 	if ((dbpath = kms_path_join(cfg->kmsd.state_dir, KMS_STORE_FILE)) == NULL)
 		return KMS_ERR_NOMEM;
-	rc = pub_ldap_start(cfg, dbpath, &L.publisher);
+	if ((rc = remember_uri(cfg)) == 0)
+		rc = pub_ldap_start(cfg, dbpath, &pl);
 	free(dbpath);
+	if (rc == 0) {
+		pthread_rwlock_wrlock(&L.lock);
+		L.publisher = pl;
+		pthread_rwlock_unlock(&L.lock);
+	}
 	return rc;
 }
 
 void
 kmsd_ldap_stop(void)
 {
-	pub_ldap_stop(L.publisher);
+	struct pub_ldap *pl;
+
+	pthread_rwlock_wrlock(&L.lock);
+	pl = L.publisher;
 	L.publisher = NULL;
+	free(L.uri);
+	L.uri = NULL;
+	pthread_rwlock_unlock(&L.lock);
+	/* Outside the lock: it waits for an operation in flight. */
+	pub_ldap_stop(pl);
+}
+
+int
+kmsd_ldap_reload(struct kms_config *cfg, struct kms_store *st)
+{
+	int running, moved = 0, rc;
+
+	pthread_rwlock_wrlock(&L.lock);
+	running = L.publisher != NULL;
+	if (running && cfg->ldap.uri[0] != '\0') {
+		/* Another directory holds none of our entries: write them all there. */
+		moved = L.uri == NULL || strcmp(L.uri, cfg->ldap.uri) != 0;
+		pub_ldap_reconfigure(L.publisher, cfg);
+	}
+	pthread_rwlock_unlock(&L.lock);
+	if (running && cfg->ldap.uri[0] != '\0') {
+		if (!moved)
+			return 0;
+		kms_log(KMS_LOG_INFO, "ldap: now publishing to %s: every entry queued", cfg->ldap.uri);
+		if ((rc = remember_uri(cfg)) != 0 || (rc = ca_pubq_resync(st)) != 0)
+			return rc;
+		kmsd_ldap_kick();
+		return 0;
+	}
+	if (running) {
+		kms_log(KMS_LOG_INFO, "ldap: [ldap] uri removed: publishing turned off");
+		kmsd_ldap_stop();
+	}
+	/* Off to on starts the thread; off to off, or on to off, records the state. */
+	return kmsd_ldap_start(cfg, st);
 }
 
 void
 kmsd_ldap_kick(void)
 {
+	pthread_rwlock_rdlock(&L.lock);
 	pub_ldap_kick(L.publisher);
+	pthread_rwlock_unlock(&L.lock);
 }
 
 json_t *
@@ -60,7 +123,9 @@ kmsd_ldap_json(struct kms_store *st, const struct kms_config *cfg)
 
 	if (cfg->ldap.uri[0] == '\0')
 		return json_pack("{s:b}", "enabled", 0);
+	pthread_rwlock_rdlock(&L.lock);
 	pub_ldap_status(L.publisher, &ps);
+	pthread_rwlock_unlock(&L.lock);
 	o = json_pack("{s:b,s:s,s:s,s:b,s:I}", "enabled", 1, "uri", cfg->ldap.uri, "base_dn", cfg->ldap.base_dn,
 	    "connected", ps.connected, "delivered", (json_int_t)ps.delivered);
 	if (o == NULL)

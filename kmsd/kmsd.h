@@ -180,7 +180,9 @@ struct kmsd_state {
 		struct pub_dp *dp;          /* distribution points seen in mail, NULL when off */
 	} pub;
 	struct {                    /* cmd_publish.c: the LDAP directory's delivery thread */
+		pthread_rwlock_t lock;  /* write: start, stop, reload; read: every use */
 		struct pub_ldap *publisher;     /* NULL when [ldap] uri is not set */
+		char *uri;              /* the directory it writes to (a reload may move it) */
 	} ldap;
 	struct {                    /* ocspglue.c: the OCSP responder and the signers */
 		pthread_mutex_t mu;     /* cur, signer */
@@ -232,6 +234,11 @@ extern struct kmsd_state kmsd_state;
  */
 int kmsd_ldap_start(struct kms_config *cfg, struct kms_store *st);
 void kmsd_ldap_stop(void);
+/*
+ * After a reload (SIGHUP): [ldap] uri set or cleared turns publishing on or
+ * off; otherwise the running thread takes the new settings.  0 or an error.
+ */
+int kmsd_ldap_reload(struct kms_config *cfg, struct kms_store *st);
 /* Wake the delivery thread after a committed change (no-op when off). */
 void kmsd_ldap_kick(void);
 /* The directory's state for status and publish status (new object). */

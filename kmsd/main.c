@@ -478,6 +478,17 @@ report_ready(void)
 	}
 }
 
+/* The directory after a reload: the thread follows the config now in force. */
+static void
+reload_ldap(struct kms_store *st)
+{
+	struct kmsd_env *env = kmsd_env_get();
+
+	if (kmsd_ldap_reload(env->cfg, st) != 0)
+		kms_log(KMS_LOG_ERR, "LDAP directory: %s", kms_last_error());
+	kmsd_env_put(env);
+}
+
 /* Signals and the once-a-second timer until SIGTERM/SIGINT: 0, or 1 when the milter died. */
 static int
 main_loop(struct run_ctx *r)
@@ -500,6 +511,7 @@ main_loop(struct run_ctx *r)
 				kms_log(KMS_LOG_ERR, "reload refused, the running configuration is kept: %s", kms_last_error());
 			else
 				kms_log(KMS_LOG_INFO, "configuration reloaded");
+			reload_ldap(r->st);
 			kmsd_dp_reload();
 			kmsd_sync_refresh();
 		}

@@ -23,6 +23,10 @@
  * Each entry is rewritten whole from the store, so a delivery repeated
  * after a crash, a resync or a coalesced change all end in the same state.
  *
+ * Reload: pub_ldap_reconfigure() hands the thread a new config; between
+ * two rounds it drops the connection and goes on with the new settings
+ * (and re-reads the bind password file), cutting a back-off short.
+ *
  * Failures: a connection-level error (server down, timeout, bind refused)
  * stops the round and the thread backs off (1 s doubling to [ldap]
  * retry_max); an error about one entry (access denied, schema) defers that
@@ -48,6 +52,7 @@
 struct pub_ldap {
 	const struct kms_config *cfg;       /* borrowed; outlives us (a reference is held by start) */
 	struct kms_config *cfg_ref;
+	struct kms_config *pending;         /* under mu: settings from a reload, taken between rounds */
 	LDAP *ld;
 	char *store_path;
 	/* Thread state, under mu. */
@@ -746,6 +751,7 @@ pub_ldap_free(struct pub_ldap *pl)
 	pthread_mutex_destroy(&pl->mu);
 	pthread_cond_destroy(&pl->cv);
 	kms_config_unref(pl->cfg_ref);
+	kms_config_unref(pl->pending);
 	free(pl->store_path);
 	free(pl);
 }
@@ -779,6 +785,43 @@ stopping(struct pub_ldap *pl)
 	return s;
 }
 
+/* Between rounds: take the settings of a reload, if any (1 when taken). */
+static int
+adopt_pending(struct pub_ldap *pl)
+{
+	struct kms_config *cfg;
+
+	pthread_mutex_lock(&pl->mu);
+	cfg = pl->pending;
+	pl->pending = NULL;
+	pthread_mutex_unlock(&pl->mu);
+	if (cfg == NULL)
+		return 0;
+	disconnect(pl);
+	kms_config_unref(pl->cfg_ref);
+	pl->cfg_ref = cfg;
+	pl->cfg = cfg;
+	pthread_mutex_lock(&pl->mu);
+	pl->st.next_retry = 0;
+	pl->st.failures = 0;
+	pthread_mutex_unlock(&pl->mu);
+	kms_log(KMS_LOG_INFO, "ldap: settings reloaded; publishing to %s as %s", cfg->ldap.uri,
+	    strcmp(cfg->ldap.bind_method, "external") == 0 ? "SASL EXTERNAL" :
+	    cfg->ldap.bind_dn[0] ? cfg->ldap.bind_dn : "anonymous");
+	return 1;
+}
+
+static int
+reload_waiting(struct pub_ldap *pl)
+{
+	int r;
+
+	pthread_mutex_lock(&pl->mu);
+	r = pl->pending != NULL;
+	pthread_mutex_unlock(&pl->mu);
+	return r;
+}
+
 static void *
 run(void *arg)
 {
@@ -791,6 +834,8 @@ run(void *arg)
 		size_t done = 0;
 		int rc;
 
+		if (adopt_pending(pl))
+			failures = 0;
 		if (st == NULL && kms_store_open(pl->store_path, 0, &st) != 0) {
 			kms_log(KMS_LOG_ERR, "ldap: cannot open the store: %s", kms_last_error());
 			wait_for(pl, 5);
@@ -836,8 +881,8 @@ run(void *arg)
 			pl->st.next_retry = time(NULL) + d;
 			pl->st.failures = failures;
 			pthread_mutex_unlock(&pl->mu);
-			/* Back-off: a kick does not cut it short, only stop does. */
-			for (time_t end = time(NULL) + d; !stopping(pl) && time(NULL) < end;)
+			/* Back-off: a kick does not cut it short, only stop or new settings do. */
+			for (time_t end = time(NULL) + d; !stopping(pl) && !reload_waiting(pl) && time(NULL) < end;)
 				wait_for(pl, 1);
 		}
 	}
@@ -877,6 +922,22 @@ pub_ldap_kick(struct pub_ldap *pl)
 	pl->kicked = 1;
 	pthread_cond_signal(&pl->cv);
 	pthread_mutex_unlock(&pl->mu);
+}
+
+void
+pub_ldap_reconfigure(struct pub_ldap *pl, struct kms_config *cfg)
+{
+	struct kms_config *old;
+
+	if (pl == NULL)
+		return;
+	pthread_mutex_lock(&pl->mu);
+	old = pl->pending;
+	pl->pending = kms_config_ref(cfg);
+	pl->kicked = 1;
+	pthread_cond_signal(&pl->cv);
+	pthread_mutex_unlock(&pl->mu);
+	kms_config_unref(old);
 }
 
 void

@@ -134,6 +134,12 @@ struct pub_ldap_status {
 int pub_ldap_start(struct kms_config *cfg, const char *store_path, struct pub_ldap **out);
 /* Wake the thread now (a change was committed); NULL is fine. */
 void pub_ldap_kick(struct pub_ldap *pl);
+/*
+ * New [ldap] settings (a reload; uri still set): the thread drops its
+ * connection between two rounds and goes on with cfg (a reference is taken),
+ * re-reading the bind password file.  A back-off in progress ends early.
+ */
+void pub_ldap_reconfigure(struct pub_ldap *pl, struct kms_config *cfg);
 /* A copy of the thread's state; all zero for NULL. */
 void pub_ldap_status(struct pub_ldap *pl, struct pub_ldap_status *out);
 /* Stop the thread (waits for an operation in flight, at most [ldap] timeout) and free. */

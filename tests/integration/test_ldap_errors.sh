@@ -5,7 +5,9 @@
 # are still published; a server that accepts connections but never answers
 # (slapd stopped with SIGSTOP) is given up after [ldap] timeout; a wrong
 # bind password says "Invalid credentials".  Through all of it enrollment,
-# revocation and kmsctl status keep answering.
+# revocation and kmsctl status keep answering.  SIGHUP applies new [ldap]
+# settings without a restart: a corrected bind password file, another
+# directory (which gets every entry), and no uri at all (publishing off).
 . "${srcdir:-.}/tests/integration/lib.sh"
 . "${srcdir:-.}/tests/integration/slapd.sh"
 need_slapd
@@ -76,4 +78,41 @@ check_grep "the log says so" "ldap: LDAP bind as $LDAP_PUB_DN: Invalid credentia
 check_nogrep "the password is never logged" "not-the-password" "$T/kmsd.log"
 ctl status > "$T/status.out" 2>&1
 check_grep "kmsctl status shows the directory failing" "^Directory: .*failing" "$T/status.out"
+# ------------------------------------------------ [ldap] settings on SIGHUP
+printf '%s\n' "$LDAP_PUB_PW" > "$T/bindpw-fixed"
+write_conf "[ldap]" "uri = ldap://127.0.0.1:$P/" "bind_dn = $LDAP_PUB_DN" "bind_password_file = $T/bindpw-fixed" \
+	"base_dn = $LDAP_BASE" "timeout = 2" "retry_max = 1"
+kill -HUP "$KMSD_PID"
+erin_there() { [ -n "$(ldap_serials dir erin@example.org)" ]; }
+wait_until 10 erin_there && pass "SIGHUP with a corrected bind_password_file: the waiting enrollment is published" ||
+	fail "erin published after the reload" "$(ctl publish status 2>&1)"
+check_grep "the log says the settings were reloaded" "ldap: settings reloaded; publishing to ldap://127.0.0.1:$P/ as $LDAP_PUB_DN" "$T/kmsd.log"
+# (the locked entry stays queued: "catching up", not "failing")
+wait_until 10 eval 'ctl publish status 2>&1 | grep -Eq "^Directory: .*(in sync|idle|catching up)"' &&
+	pass "and publish status is no longer failing" ||
+	fail "state after the reload" "$(ctl publish status 2>&1)"
+
+P2=$(free_port)
+slapd_setup two "$P2" || fail "second slapd set up"
+slapd_start two || fail "second slapd starts"
+write_conf "[ldap]" "uri = ldap://127.0.0.1:$P2/" "bind_dn = $LDAP_PUB_DN" "bind_password_file = $T/bindpw-fixed" \
+	"base_dn = $LDAP_BASE" "timeout = 2" "retry_max = 1"
+kill -HUP "$KMSD_PID"
+moved() { [ -n "$(ldap_serials two erin@example.org)" ] && [ -n "$(ldap_serials two dave@example.org)" ]; }
+wait_until 15 moved && pass "SIGHUP with another uri: the new directory gets every entry" ||
+	fail "entries in the second directory" "$(ctl publish status 2>&1)"
+check "enrollment after the move" enroll frank@example.org
+frank_two() { [ -n "$(ldap_serials two frank@example.org)" ]; }
+wait_until 10 frank_two && pass "and new enrollments go to the new directory" || fail "frank in the second directory"
+[ -z "$(ldap_serials dir frank@example.org)" ] && pass "not to the old one" || fail "frank in the old directory"
+ctl publish status > "$T/moved.status" 2>&1
+check_grep "publish status names the new directory" "^Directory: ldap://127.0.0.1:$P2/" "$T/moved.status"
+
+write_conf
+kill -HUP "$KMSD_PID"
+off() { ctl --json publish status 2>/dev/null | grep -q '"enabled":false'; }
+wait_until 10 off && pass "SIGHUP without [ldap] uri turns publishing off" || fail "publishing off" "$(ctl --json publish status 2>&1)"
+check_grep "and the log says so" "ldap: \[ldap\] uri removed: publishing turned off" "$T/kmsd.log"
+check "enrollment works with publishing off" enroll gina@example.org
+check "status answers with publishing off" ctl status
 done_testing

@@ -227,6 +227,9 @@ struct kms_config {
 		char *listen;                     /* "HOST:PORT", "" disables */
 		long long max_connections;
 		long long longpoll_timeout;       /* seconds */
+		int certs_endpoint;               /* serve /certs/<address> (lets anyone enumerate addresses) */
+		long long certs_rate;             /* /certs requests a minute per client */
+		long long certs_clients;          /* clients the rate table holds */
 	} http;
 	struct {
 		char *uri;                        /* ldap://, ldaps:// or ldapi://; "" turns publishing off */

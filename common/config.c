@@ -215,6 +215,12 @@ static const struct cfg_key schema[] = {
 	  "concurrent HTTP connections" },
 	{ "http", "longpoll_timeout", T_DURATION, "30", 1, 300, NULL, NULL, OFF(http.longpoll_timeout),
 	  "how long ?after= requests wait for a newer CRL" },
+	{ "http", "certs_endpoint", T_BOOL, "no", 0, 0, NULL, NULL, OFF(http.certs_endpoint),
+	  "serve users' encryption certificates at /certs/<address> (anyone reaching the port can enumerate addresses)" },
+	{ "http", "certs_rate", T_INT, "30", 1, 100000, NULL, NULL, OFF(http.certs_rate),
+	  "/certs requests a minute per client address (IPv6: per /64)" },
+	{ "http", "certs_clients", T_INT, "4096", 16, 1000000, NULL, NULL, OFF(http.certs_clients),
+	  "client addresses the /certs rate table holds (the least recent gives way)" },
 
 	{ "ocsp", "enabled", T_BOOL, "yes", 0, 0, NULL, NULL, OFF(ocsp.enabled),
 	  "answer OCSP at /ocsp and name it (and the CA certificate) in new certificates' AIA" },

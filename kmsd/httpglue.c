@@ -5,7 +5,8 @@
  * rebuild (kmsd_revidx_rebuild) whenever a synchronised CRL changes.
  *
  * Entry points: kmsd_http_start(), kmsd_http_stop(), kmsd_http_publish(),
- * kmsd_http_set_ocsp(),
+ * kmsd_http_set_ocsp(), and the /certs/ lookup (certs_lookup) when
+ * [http] certs_endpoint is on,
  * kmsd_sync_start(), kmsd_sync_stop(), kmsd_sync_refresh(),
  * kmsd_sync_add_to().  Kept apart from http.c and crlsync.c so that their
  * unit suite links without the rest of kmsd.
@@ -14,12 +15,83 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/pem.h>
 
 #include "publish/publish.h"
 #include "kmsd/kmsd.h"
 
 /* Our part of the process state: kmsd_state.pub (kmsd/state.c). */
 #define P kmsd_state.pub
+
+/* /certs/<address>: the current encryption certificate, on a store connection of our own. */
+static int
+certs_lookup(void *arg, const char *email, char **pem, size_t *len)
+{
+	X509 *sign = NULL, *enc = NULL;
+	BIO *b = NULL;
+	char *data;
+	long n;
+	int rc;
+
+	(void)arg;
+	*pem = NULL;
+	*len = 0;
+	pthread_mutex_lock(&P.certs_mu);
+	rc = P.certs_st ? ca_store_current(P.certs_st, email, time(NULL), &sign, &enc, NULL) : KMS_ERR_STATE;
+	pthread_mutex_unlock(&P.certs_mu);
+	if (rc != 0)
+		goto out;
+	if (enc == NULL) {
+		rc = kms_fail(KMS_ERR_NOTFOUND, "no valid encryption certificate");
+		goto out;
+	}
+	if ((b = BIO_new(BIO_s_mem())) == NULL || !PEM_write_bio_X509(b, enc)) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "PEM of a certificate");
+		goto out;
+	}
+	n = BIO_get_mem_data(b, &data);
+	if ((*pem = malloc((size_t)n)) == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
+	}
+	memcpy(*pem, data, (size_t)n);
+	*len = (size_t)n;
+out:
+	BIO_free(b);
+	X509_free(sign);
+	X509_free(enc);
+	return rc;
+}
+
+/* [http] certs_endpoint: the lookup's store connection and rate table, handed to srv. */
+static int
+certs_start(const struct kms_config *cfg, struct pub_http_server *srv)
+{
+	char *dbpath;
+	int rc;
+
+	if (!cfg->http.certs_endpoint)
+		return 0;
+	if ((dbpath = kms_path_join(cfg->kmsd.state_dir, KMS_STORE_FILE)) == NULL)
+		return KMS_ERR_NOMEM;
+	rc = kms_store_open(dbpath, 0, &P.certs_st);
+	free(dbpath);
+	if (rc == 0)
+		rc = pub_certs_new(certs_lookup, NULL, (unsigned)cfg->http.certs_rate, (size_t)cfg->http.certs_clients,
+		    &P.certs);
+	if (rc != 0) {
+		kms_store_close(P.certs_st);
+		P.certs_st = NULL;
+		return rc;
+	}
+	pub_http_set_certs(srv, P.certs);
+	kms_log(KMS_LOG_INFO, "HTTP: /certs/<address> on, %lld requests a minute per client",
+	    cfg->http.certs_rate);
+	return 0;
+}
 
 int
 kmsd_http_start(int fd, struct pub_http_server **out)
@@ -31,9 +103,17 @@ kmsd_http_start(int fd, struct pub_http_server **out)
 	o.max_connections = (unsigned)env->cfg->http.max_connections;
 	o.longpoll_ms = (unsigned)env->cfg->http.longpoll_timeout * 1000u;
 	o.ocsp_max_request = (size_t)env->cfg->ocsp.max_request_size;
-	kmsd_env_put(env);
-	if ((rc = pub_http_start(fd, &o, out)) != 0)
+	if ((rc = pub_http_start(fd, &o, out)) != 0) {
+		kmsd_env_put(env);
 		return rc;
+	}
+	rc = certs_start(env->cfg, *out);
+	kmsd_env_put(env);
+	if (rc != 0) {
+		pub_http_stop(*out);
+		*out = NULL;
+		return rc;
+	}
 	pthread_mutex_lock(&P.http_mu);
 	P.http = *out;
 	pthread_mutex_unlock(&P.http_mu);
@@ -48,6 +128,13 @@ kmsd_http_stop(struct pub_http_server *srv)
 		P.http = NULL;
 	pthread_mutex_unlock(&P.http_mu);
 	pub_http_stop(srv);
+	/* No connection is left to use them. */
+	pub_certs_free(P.certs);
+	P.certs = NULL;
+	pthread_mutex_lock(&P.certs_mu);
+	kms_store_close(P.certs_st);
+	P.certs_st = NULL;
+	pthread_mutex_unlock(&P.certs_mu);
 }
 
 void

@@ -178,6 +178,9 @@ struct kmsd_state {
 		char *sync_dbpath;
 		pthread_rwlock_t dp_lock;   /* write: start and stop; read: every use */
 		struct pub_dp *dp;          /* distribution points seen in mail, NULL when off */
+		pthread_mutex_t certs_mu;   /* certs_st: one lookup at a time */
+		struct kms_store *certs_st; /* /certs lookups; NULL when [http] certs_endpoint is off */
+		struct pub_certs *certs;
 	} pub;
 	struct {                    /* cmd_publish.c: the LDAP directory's delivery thread */
 		pthread_rwlock_t lock;  /* write: start, stop, reload; read: every use */

@@ -11,6 +11,7 @@ struct kmsd_state kmsd_state = {
 	.rt = { .lock = PTHREAD_MUTEX_INITIALIZER },
 	.crl = { .publish_lock = PTHREAD_MUTEX_INITIALIZER, .rev_lock = PTHREAD_MUTEX_INITIALIZER },
 	.pub = { .http_mu = PTHREAD_MUTEX_INITIALIZER, .sync_mu = PTHREAD_MUTEX_INITIALIZER,
+		.certs_mu = PTHREAD_MUTEX_INITIALIZER,
 		.dp_lock = PTHREAD_RWLOCK_INITIALIZER },
 	.ldap = { .lock = PTHREAD_RWLOCK_INITIALIZER },
 	.ocsp = { .mu = PTHREAD_MUTEX_INITIALIZER, .tick_mu = PTHREAD_MUTEX_INITIALIZER },

@@ -70,6 +70,7 @@ struct pub_http_server {
 	struct ca_ocsp *ocsp;       /* /ocsp; NULL: 404 (set by pub_http_set_ocsp) */
 	struct ca_revholder *rev;
 	size_t ocsp_max;            /* bytes of one OCSP request */
+	struct pub_certs *certs;    /* /certs/; NULL: 404 (set by pub_http_set_certs) */
 };
 
 /* ----------------------------------------------------------------- blobs */
@@ -453,6 +454,14 @@ handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
 		pthread_mutex_unlock(&srv->mu);
 		return pub_ocsp_serve(c, r, rev, srv->ocsp_max, url, method, upload_data, upload_size, req_cls);
 	}
+	if (strncmp(url, "/certs/", 7) == 0) {
+		struct pub_certs *pc;
+
+		pthread_mutex_lock(&srv->mu);
+		pc = srv->certs;
+		pthread_mutex_unlock(&srv->mu);
+		return pub_certs_serve(pc, c, url, method);
+	}
 	if (strcmp(method, MHD_HTTP_METHOD_GET) == 0)
 		head = 0;
 	else if (strcmp(method, MHD_HTTP_METHOD_HEAD) == 0)
@@ -602,6 +611,7 @@ pub_http_start(int fd, const struct pub_http_opts *opts, struct pub_http_server 
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(lp / 1000 + 30),
 	    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 	    MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
+	    MHD_OPTION_UNESCAPE_CALLBACK, pub_http_unescape, NULL,
 	    MHD_OPTION_END);
 	if (srv->mhd == NULL) {
 		pthread_cond_destroy(&srv->cv);
@@ -665,6 +675,14 @@ pub_http_set_ocsp(struct pub_http_server *srv, struct ca_ocsp *r, struct ca_revh
 	pthread_mutex_lock(&srv->mu);
 	srv->ocsp = r;
 	srv->rev = rev;
+	pthread_mutex_unlock(&srv->mu);
+}
+
+void
+pub_http_set_certs(struct pub_http_server *srv, struct pub_certs *pc)
+{
+	pthread_mutex_lock(&srv->mu);
+	srv->certs = pc;
 	pthread_mutex_unlock(&srv->mu);
 }
 

@@ -30,4 +30,15 @@ enum MHD_Result pub_ocsp_serve(struct MHD_Connection *c, struct ca_ocsp *r, stru
 /* Free what pub_ocsp_serve() left in *req_cls (MHD's request-completed callback). */
 void pub_ocsp_done(void **req_cls);
 
+/*
+ * MHD's URL unescaping, except that %00 is not turned into a NUL (which
+ * would cut "/certs/alice@example.org%00x" short to alice's address): its
+ * '%' becomes DEL, which no route and no address validator accepts.
+ */
+size_t pub_http_unescape(void *cls, struct MHD_Connection *c, char *s);
+
+/* The MHD access handler's work for a /certs/ URL (certs.c); pc NULL: 404. */
+struct pub_certs;
+enum MHD_Result pub_certs_serve(struct pub_certs *pc, struct MHD_Connection *c, const char *url, const char *method);
+
 #endif

@@ -13,6 +13,7 @@
 #ifndef PUB_PUBLISH_H
 #define PUB_PUBLISH_H
 
+#include <sys/socket.h>
 #include <time.h>
 
 #include <openssl/x509.h>
@@ -47,6 +48,8 @@ int pub_http_port(int fd);
  *                          published, else 304 after longpoll_ms
  *   /crl/<name>-delta.crl  the delta CRL
  *   /ca/<name>.crt         the CA certificate (application/pkix-cert)
+ *   /certs/<address>       a user's encryption certificate (PEM), once
+ *                          pub_http_set_certs() was called (certs.c)
  *   /ocsp, /ocsp/<base64>  OCSP (POST and GET), once pub_http_set_ocsp() was called
  *   /ocsp-signers/<fp>.crt a replica's delegated OCSP signer certificate
  * with ETag, Last-Modified, Cache-Control (max-age up to nextUpdate),
@@ -65,6 +68,23 @@ int pub_http_start(int fd, const struct pub_http_opts *opts, struct pub_http_ser
  */
 int pub_http_publish_signer(struct pub_http_server *srv, const char *fp, X509 *cert);
 void pub_http_set_ocsp(struct pub_http_server *srv, struct ca_ocsp *r, struct ca_revholder *rev);
+
+/*
+ * /certs/<address> (publish/certs.c): the lookup gives the PEM of the
+ * address's current encryption certificate (malloc'd, *len bytes) or
+ * KMS_ERR_NOTFOUND; it runs in the connection's thread.
+ */
+typedef int (*pub_certs_lookup_fn)(void *arg, const char *email, char **pem, size_t *len);
+struct pub_certs;
+/* Rate per_minute per client (IPv4 address or IPv6 /64), table of clients entries. */
+int pub_certs_new(pub_certs_lookup_fn lookup, void *arg, unsigned per_minute, size_t clients, struct pub_certs **out);
+void pub_certs_free(struct pub_certs *pc);
+/* Serve /certs/ with pc (borrowed: it must outlive the server); NULL: 404, the default. */
+void pub_http_set_certs(struct pub_http_server *srv, struct pub_certs *pc);
+/* For tests: the table key of a client address (0, or -1 for other families). */
+int pub_certs_client_key(const struct sockaddr *sa, unsigned char key[16]);
+/* For tests: spend one token of key's bucket at monotonic time now; 1 if allowed. */
+int pub_certs_allow(struct pub_certs *pc, const unsigned char key[16], double now);
 /* Wake long polls (they answer 503), stop serving, close the socket, free.  NULL is fine. */
 void pub_http_stop(struct pub_http_server *srv);
 /*

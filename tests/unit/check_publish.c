@@ -16,6 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <curl/curl.h>
 #include <openssl/bn.h>
 #include <openssl/evp.h>
@@ -1046,6 +1050,163 @@ START_TEST(test_dp_fetch_validates_keeps_and_reports_errors)
 }
 END_TEST
 
+/* ------------------------------------------------------------- /certs */
+
+static int lookups;
+
+/* Stands in for kmsd's store lookup: one known address. */
+static int
+fake_lookup(void *arg, const char *email, char **pem, size_t *len)
+{
+	(void)arg;
+	lookups++;
+	if (strcmp(email, "alice@example.org") != 0)
+		return kms_fail(KMS_ERR_NOTFOUND, "none");
+	*pem = strdup("-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n");
+	*len = strlen(*pem);
+	return 0;
+}
+
+START_TEST(test_certs_off_by_default_then_served_with_strict_addresses)
+{
+	struct pub_certs *pc = NULL;
+	struct resp r;
+
+	request(NULL, "/certs/alice@example.org", NULL, &r);
+	ck_assert_int_eq(r.status, 404);
+	resp_free(&r);
+	ck_assert_int_eq(pub_certs_new(fake_lookup, NULL, 1000, 64, &pc), 0);
+	pub_http_set_certs(srv, pc);
+	lookups = 0;
+	request(NULL, "/certs/alice@example.org", NULL, &r);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert_str_eq(hval(&r, "Content-Type"), "application/pem-certificate-chain");
+	ck_assert_str_eq(hval(&r, "Cache-Control"), "no-store");
+	ck_assert_ptr_nonnull(memmem(r.body, r.blen, "BEGIN CERTIFICATE", 17));
+	resp_free(&r);
+	request(NULL, "/certs/alice%40example.org", NULL, &r);
+	ck_assert_int_eq(r.status, 200);
+	resp_free(&r);
+	request(NULL, "/certs/bob@example.org", NULL, &r);
+	ck_assert_int_eq(r.status, 404);
+	resp_free(&r);
+	ck_assert_int_eq(lookups, 3);
+	/* Not addresses: refused before any lookup. */
+	request(NULL, "/certs/alice@example.org/../x", NULL, &r);
+	ck_assert_int_eq(r.status, 400);
+	resp_free(&r);
+	request(NULL, "/certs/alice%00@example.org", NULL, &r);
+	ck_assert_int_eq(r.status, 400);
+	resp_free(&r);
+	/* A NUL must not cut the address short to a valid one. */
+	request(NULL, "/certs/alice@example.org%00.evil", NULL, &r);
+	ck_assert_int_eq(r.status, 400);
+	resp_free(&r);
+	request(NULL, "/certs/%22a%20b%22@example.org", NULL, &r);
+	ck_assert_int_eq(r.status, 400);
+	resp_free(&r);
+	request(NULL, "/certs/", NULL, &r);
+	ck_assert_int_eq(r.status, 400);
+	resp_free(&r);
+	ck_assert_int_eq(lookups, 3);
+	request("POST", "/certs/alice@example.org", NULL, &r);
+	ck_assert_int_eq(r.status, 405);
+	resp_free(&r);
+	pub_http_set_certs(srv, NULL);
+	pub_certs_free(pc);
+}
+END_TEST
+
+START_TEST(test_certs_rate_limited_per_client_with_retry_after)
+{
+	struct pub_certs *pc = NULL;
+	struct resp r;
+	int ok = 0, limited = 0;
+
+	ck_assert_int_eq(pub_certs_new(fake_lookup, NULL, 5, 64, &pc), 0);
+	pub_http_set_certs(srv, pc);
+	lookups = 0;
+	for (int i = 0; i < 8; i++) {
+		/* Bad requests and unknown addresses spend tokens too. */
+		request(NULL, i % 2 ? "/certs/nobody@example.org" : "/certs/not-an-address", NULL, &r);
+		if (r.status == 429) {
+			limited++;
+			ck_assert_str_eq(hval(&r, "Retry-After"), "60");
+		} else {
+			ok++;
+		}
+		resp_free(&r);
+	}
+	ck_assert_int_eq(ok, 5);
+	ck_assert_int_eq(limited, 3);
+	ck_assert_int_le(lookups, 3);
+	pub_http_set_certs(srv, NULL);
+	pub_certs_free(pc);
+}
+END_TEST
+
+START_TEST(test_certs_bucket_refills_and_table_is_bounded)
+{
+	struct pub_certs *pc = NULL;
+	unsigned char k[17][16];
+
+	ck_assert_int_eq(pub_certs_new(fake_lookup, NULL, 60, 16, &pc), 0);
+	memset(k, 0, sizeof(k));
+	for (int i = 0; i < 17; i++)
+		k[i][15] = (unsigned char)(i + 1);
+	/* A burst of 60, then one a second. */
+	for (int i = 0; i < 60; i++)
+		ck_assert_int_eq(pub_certs_allow(pc, k[0], 100.0), 1);
+	ck_assert_int_eq(pub_certs_allow(pc, k[0], 100.0), 0);
+	ck_assert_int_eq(pub_certs_allow(pc, k[0], 100.5), 0);
+	ck_assert_int_eq(pub_certs_allow(pc, k[0], 101.01), 1);
+	ck_assert_int_eq(pub_certs_allow(pc, k[0], 101.02), 0);
+	/* Fill the other 15 slots, each spent, k[1] least recently. */
+	for (int i = 1; i < 16; i++)
+		for (int j = 0; j < 60; j++)
+			ck_assert_int_eq(pub_certs_allow(pc, k[i], 200.0 + i * 0.001), 1);
+	ck_assert_int_eq(pub_certs_allow(pc, k[0], 200.016), 1);  /* refilled meanwhile, and now the newest */
+	for (int j = 0; j < 60; j++)
+		pub_certs_allow(pc, k[0], 200.016);
+	/* A 17th client takes the least recent slot (k[1]'s); the others keep their state. */
+	ck_assert_int_eq(pub_certs_allow(pc, k[16], 200.017), 1);
+	ck_assert_int_eq(pub_certs_allow(pc, k[2], 200.018), 0);
+	ck_assert_int_eq(pub_certs_allow(pc, k[0], 200.018), 0);
+	/* k[1] was forgotten: it starts again with a full bucket. */
+	ck_assert_int_eq(pub_certs_allow(pc, k[1], 200.019), 1);
+	pub_certs_free(pc);
+}
+END_TEST
+
+START_TEST(test_certs_clients_counted_by_ipv4_address_and_ipv6_64)
+{
+	struct sockaddr_in a4 = { .sin_family = AF_INET }, b4 = { .sin_family = AF_INET };
+	struct sockaddr_in6 a6 = { .sin6_family = AF_INET6 }, b6 = { .sin6_family = AF_INET6 };
+	struct sockaddr_in6 c6 = { .sin6_family = AF_INET6 }, m6 = { .sin6_family = AF_INET6 };
+	struct sockaddr un = { .sa_family = AF_UNIX };
+	unsigned char ka[16], kb[16];
+
+	inet_pton(AF_INET, "192.0.2.1", &a4.sin_addr);
+	inet_pton(AF_INET, "192.0.2.2", &b4.sin_addr);
+	inet_pton(AF_INET6, "2001:db8:1:2::1", &a6.sin6_addr);
+	inet_pton(AF_INET6, "2001:db8:1:2:ffff::9", &b6.sin6_addr);
+	inet_pton(AF_INET6, "2001:db8:1:3::1", &c6.sin6_addr);
+	inet_pton(AF_INET6, "::ffff:192.0.2.1", &m6.sin6_addr);
+	ck_assert_int_eq(pub_certs_client_key((struct sockaddr *)&a4, ka), 0);
+	ck_assert_int_eq(pub_certs_client_key((struct sockaddr *)&b4, kb), 0);
+	ck_assert_int_ne(memcmp(ka, kb, 16), 0);
+	ck_assert_int_eq(pub_certs_client_key((struct sockaddr *)&m6, kb), 0);
+	ck_assert_int_eq(memcmp(ka, kb, 16), 0);   /* IPv4 over an IPv6 socket: the same client */
+	ck_assert_int_eq(pub_certs_client_key((struct sockaddr *)&a6, ka), 0);
+	ck_assert_int_eq(pub_certs_client_key((struct sockaddr *)&b6, kb), 0);
+	ck_assert_int_eq(memcmp(ka, kb, 16), 0);   /* one /64 */
+	ck_assert_int_eq(pub_certs_client_key((struct sockaddr *)&c6, kb), 0);
+	ck_assert_int_ne(memcmp(ka, kb, 16), 0);
+	ck_assert_int_eq(pub_certs_client_key(&un, ka), -1);
+	ck_assert_int_eq(pub_certs_client_key(NULL, ka), -1);
+}
+END_TEST
+
 static Suite *
 http_suite(void)
 {
@@ -1067,6 +1228,10 @@ http_suite(void)
 	tcase_add_test(tc, test_replica_follows_primary_and_keeps_copy_when_it_is_gone);
 	tcase_add_test(tc, test_external_crl_bad_signature_keeps_last_good_and_stale_is_marked);
 	tcase_add_test(tc, test_dp_fetch_validates_keeps_and_reports_errors);
+	tcase_add_test(tc, test_certs_off_by_default_then_served_with_strict_addresses);
+	tcase_add_test(tc, test_certs_rate_limited_per_client_with_retry_after);
+	tcase_add_test(tc, test_certs_bucket_refills_and_table_is_bounded);
+	tcase_add_test(tc, test_certs_clients_counted_by_ipv4_address_and_ipv6_64);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("short");

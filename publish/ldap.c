@@ -15,8 +15,8 @@
  *     deltas are on, deltaRevocationList;binary.
  *   User entry (found with [ldap] user_filter under base_dn, or named by
  *     user_dn_template, or created as mail=ADDRESS,<people_dn>):
- *     userCertificate;binary = the newest valid signing and the newest
- *     valid encryption certificate; userSMIMECertificate (Binary syntax, no ;binary) = a
+ *     userCertificate;binary = the newest valid encryption and the newest
+ *     valid signing certificate, in that order; userSMIMECertificate (Binary syntax, no ;binary) = a
  *     certs-only CMS SignedData of those and the CA certificate.  No
  *     valid certificate: both attributes removed.  Nothing else of a
  *     person's entry is ever changed.
@@ -328,12 +328,17 @@ user_certs(struct kms_store *st, const char *email, time_t now, STACK_OF(X509) *
 	*out = NULL;
 	if ((rc = ca_store_current(st, email, now, &sign, &enc, name)) != 0)
 		return rc;
+	/*
+	 * Encryption first: clients that take one value of userCertificate
+	 * (dirmngr 2.2 hands gpgsm only the first) then get the one they can
+	 * encrypt to.  OpenLDAP keeps the order values were written in.
+	 */
 	if ((sk = sk_X509_new_null()) == NULL)
 		goto nomem;
-	if (sign && !sk_X509_push(sk, sign))
-		goto nomem;
-	sign = NULL;
 	if (enc && !sk_X509_push(sk, enc))
+		goto nomem;
+	enc = NULL;
+	if (sign && !sk_X509_push(sk, sign))
 		goto nomem;
 	*out = sk;
 	return 0;

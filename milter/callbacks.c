@@ -251,6 +251,36 @@ cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2,
 	return SMFIS_CONTINUE;
 }
 
+static void
+collect_failed(SMFICTX *ctx, struct msg *m)
+{
+	if (m->failed)
+		return;
+	m->failed = 1;
+	snprintf(m->failure, sizeof(m->failure), "%s", kms_last_error());
+	kms_log(KMS_LOG_ERR, "%s: %s", qid(ctx), m->failure);
+}
+
+/*
+ * The ESMTP SIZE parameter among the MAIL arguments (argv[0] is the
+ * sender), or 0: digits only, at most 18 of them, anything else ignored.
+ */
+static size_t
+declared_size(char **argv)
+{
+	for (size_t i = 1; argv != NULL && argv[0] != NULL && argv[i] != NULL && i < 32; i++) {
+		const char *a = argv[i];
+		size_t v = 0, n = 0;
+
+		if (strncasecmp(a, "SIZE=", 5) != 0)
+			continue;
+		for (a += 5; *a >= '0' && *a <= '9' && n < 18; a++, n++)
+			v = v * 10 + (size_t)(*a - '0');
+		return *a == '\0' && n > 0 ? v : 0;
+	}
+	return 0;
+}
+
 static sfsistat
 cb_envfrom(SMFICTX *ctx, char **argv)
 {
@@ -258,7 +288,6 @@ cb_envfrom(SMFICTX *ctx, char **argv)
 	const struct kms_config *cfg;
 	struct msg *m;
 
-	(void)argv;
 	if (c == NULL)
 		return on_error(ctx, NULL, "out of memory");
 	if (!c->negotiated)
@@ -273,18 +302,10 @@ cb_envfrom(SMFICTX *ctx, char **argv)
 	    cfg->milter.tempdir, &m->buf) != 0) {
 		m->failed = 1;
 		snprintf(m->failure, sizeof(m->failure), "%s", kms_last_error());
+	} else if (mlt_msgbuf_expect(m->buf, declared_size(argv)) != 0) {
+		collect_failed(ctx, m);
 	}
 	return step_reply(c, SMFIP_NR_MAIL);
-}
-
-static void
-collect_failed(SMFICTX *ctx, struct msg *m)
-{
-	if (m->failed)
-		return;
-	m->failed = 1;
-	snprintf(m->failure, sizeof(m->failure), "%s", kms_last_error());
-	kms_log(KMS_LOG_ERR, "%s: %s", qid(ctx), m->failure);
 }
 
 static sfsistat

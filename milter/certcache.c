@@ -50,12 +50,31 @@ static struct mlt_lru cert_table = MLT_LRU_INIT(MLT_CERTCACHE_MAX, x509_free_val
 
 static pthread_once_t md_once = PTHREAD_ONCE_INIT;
 static EVP_MD *sha256;
+/*
+ * The SHA-256 of a cached certificate's encoding rides on the X509 object
+ * (ex_data, set before the object is shared, read-only after), so that
+ * the chain cache's key needs neither the certificate re-encoded nor
+ * hashed again for every message.
+ */
+static int hash_idx = -1;
+
+static void
+hash_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+	(void)parent;
+	(void)ad;
+	(void)idx;
+	(void)argl;
+	(void)argp;
+	free(ptr);
+}
 
 static void
 md_init(void)
 {
 	/* Fetched once: the implicit fetch of EVP_sha256() takes a lock each time. */
 	sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	hash_idx = X509_get_ex_new_index(0, NULL, NULL, NULL, hash_free);
 	ERR_clear_error();
 }
 
@@ -75,10 +94,16 @@ mlt_hash_bytes(const unsigned char *p, size_t n, unsigned char out[MLT_HASH_LEN]
 int
 mlt_cert_hash(X509 *x, unsigned char out[MLT_HASH_LEN])
 {
+	const unsigned char *kept;
 	unsigned char *der = NULL;
-	int n = i2d_X509(x, &der), rc;
+	int n, rc;
 
-	if (n <= 0) {
+	pthread_once(&md_once, md_init);
+	if (hash_idx >= 0 && (kept = X509_get_ex_data(x, hash_idx)) != NULL) {
+		memcpy(out, kept, MLT_HASH_LEN);
+		return 0;
+	}
+	if ((n = i2d_X509(x, &der)) <= 0) {
 		ERR_clear_error();
 		return -1;
 	}
@@ -119,6 +144,18 @@ cert_get(const unsigned char *p, size_t n)
 		X509_free(x);
 		ERR_clear_error();
 		return NULL;
+	}
+	/* Not shared yet: the only moment its ex_data is written. */
+	if (hash_idx >= 0) {
+		unsigned char *h = malloc(MLT_HASH_LEN);
+
+		if (h != NULL) {
+			memcpy(h, key, MLT_HASH_LEN);
+			if (X509_set_ex_data(x, hash_idx, h) != 1) {
+				free(h);
+				ERR_clear_error();
+			}
+		}
 	}
 	pthread_mutex_lock(&cert_table.lock);
 	X509_up_ref(x);

@@ -232,6 +232,13 @@ struct mlt_msgbuf;
 int mlt_msgbuf_new(size_t max_memory, size_t max_size, const char *tempdir, struct mlt_msgbuf **out);
 /* Append n bytes.  0, or KMS_ERR_IO (temp file) / KMS_ERR_NOMEM; over max_size is not an error. */
 int mlt_msgbuf_append(struct mlt_msgbuf *mb, const void *p, size_t n);
+/*
+ * The size the sender declared (ESMTP SIZE, a hint only: a lie costs
+ * nothing but this): room for it is taken at once, or, past max_memory,
+ * the temp file is opened before the first byte, so that a large message
+ * is not grown and copied in memory first.  0 or an error from the spill.
+ */
+int mlt_msgbuf_expect(struct mlt_msgbuf *mb, size_t declared);
 /* Append a header field from libmilter: "name:" value CRLF, lone LF made CRLF; lead_space adds " ". */
 int mlt_msgbuf_add_header(struct mlt_msgbuf *mb, const char *name, const char *value, int lead_space);
 /* Bytes appended in all, kept or not. */

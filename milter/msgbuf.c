@@ -127,17 +127,39 @@ mlt_msgbuf_append(struct mlt_msgbuf *mb, const void *p, size_t n)
 	return 0;
 }
 
+/* Header room the hint adds to the declared size (the MTA's own fields come on top). */
+#define EXPECT_SLACK 4096
+
+int
+mlt_msgbuf_expect(struct mlt_msgbuf *mb, size_t declared)
+{
+	size_t want;
+
+	if (mb->len > 0 || mb->fd >= 0 || mb->too_big || declared == 0)
+		return 0;
+	if (mb->max_memory <= EXPECT_SLACK || declared > mb->max_memory - EXPECT_SLACK)
+		return spill(mb);
+	want = declared + EXPECT_SLACK;
+	/* Room only: a failure here is no failure (the buffer grows as it would have). */
+	if (kms_array_reserve(&mb->mem, &mb->cap, want, 1, mb->max_memory) != 0)
+		kms_clear_error();
+	return 0;
+}
+
+/* Header lines up to this long are built on the stack (longer ones: malloc). */
+#define HEADER_STACK 1024
+
 int
 mlt_msgbuf_add_header(struct mlt_msgbuf *mb, const char *name, const char *value, int lead_space)
 {
-	char *line = NULL;
+	char stackline[HEADER_STACK], *line = stackline;
 	size_t nl = strlen(name), vl = strlen(value), o = 0, extra = 0;
 	int rc;
 
 	for (size_t i = 0; i < vl; i++)
 		if (value[i] == '\n' && (i == 0 || value[i - 1] != '\r'))
 			extra++;
-	if ((line = malloc(nl + vl + extra + 5)) == NULL)
+	if (nl + vl + extra + 5 > sizeof(stackline) && (line = malloc(nl + vl + extra + 5)) == NULL)
 		return kms_fail(KMS_ERR_NOMEM, "out of memory");
 	memcpy(line, name, nl);
 	o = nl;
@@ -152,7 +174,8 @@ mlt_msgbuf_add_header(struct mlt_msgbuf *mb, const char *name, const char *value
 	line[o++] = '\r';
 	line[o++] = '\n';
 	rc = mlt_msgbuf_append(mb, line, o);
-	free(line);
+	if (line != stackline)
+		free(line);
 	return rc;
 }
 
@@ -185,7 +208,8 @@ mlt_msgbuf_data(struct mlt_msgbuf *mb, const unsigned char **data, size_t *len)
 		return 0;
 	}
 	if (mb->map == NULL && mb->len > 0) {
-		void *m = mmap(NULL, mb->len, PROT_READ, MAP_PRIVATE, mb->fd, 0);
+		/* Populated at once: the walk reads all of it, so no fault per page run. */
+		void *m = mmap(NULL, mb->len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, mb->fd, 0);
 
 		if (m == MAP_FAILED)
 			return kms_fail(KMS_ERR_IO, "cannot map the message temp file: %s", strerror(errno));

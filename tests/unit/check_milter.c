@@ -1500,6 +1500,101 @@ START_TEST(test_msgbuf_over_max_size_counts_but_keeps_no_more)
 }
 END_TEST
 
+/* A declared size past max_memory: the temp file from the first byte, the data the same. */
+START_TEST(test_msgbuf_declared_size_spills_before_the_first_byte)
+{
+	struct mlt_msgbuf *mb;
+	const unsigned char *data;
+	size_t len;
+	char longval[3000];
+
+	memset(longval, 'v', sizeof(longval) - 1);
+	longval[sizeof(longval) - 1] = '\0';
+	ck_assert_int_eq(mlt_msgbuf_new(64 * 1024, 1024 * 1024, dir, &mb), 0);
+	ck_assert_int_eq(mlt_msgbuf_expect(mb, 500 * 1024), 0);
+	ck_assert_int_eq(mlt_msgbuf_spilled(mb), 1);
+	ck_assert_int_eq(dir_entries(dir), 0);
+	/* A header line longer than the stack line buffer, then a short one. */
+	ck_assert_int_eq(mlt_msgbuf_add_header(mb, "X-Long", longval, 1), 0);
+	ck_assert_int_eq(mlt_msgbuf_add_header(mb, "From", "a@example.org", 1), 0);
+	ck_assert_int_eq(mlt_msgbuf_append(mb, "\r\nbody\r\n", 8), 0);
+	ck_assert_int_eq(mlt_msgbuf_data(mb, &data, &len), 0);
+	ck_assert_uint_eq(len, 8 + 2999 + 2 + 21 + 8);
+	ck_assert(memcmp(data, "X-Long: vvv", 11) == 0);
+	ck_assert(memcmp(data + 8 + 2999, "\r\nFrom: a@example.org\r\n\r\nbody\r\n", 31) == 0);
+	mlt_msgbuf_free(mb);
+}
+END_TEST
+
+/* A small declared size (or a lie) changes nothing but where the bytes are kept. */
+START_TEST(test_msgbuf_declared_size_is_only_a_hint)
+{
+	struct mlt_msgbuf *mb;
+	const unsigned char *data;
+	size_t len;
+	unsigned char chunk[4096];
+
+	memset(chunk, 'q', sizeof(chunk));
+	ck_assert_int_eq(mlt_msgbuf_new(64 * 1024, 1024 * 1024, dir, &mb), 0);
+	ck_assert_int_eq(mlt_msgbuf_expect(mb, 100), 0);
+	ck_assert_int_eq(mlt_msgbuf_spilled(mb), 0);
+	ck_assert_int_eq(mlt_msgbuf_append(mb, "\r\n", 2), 0);
+	/* It said 100 bytes and sends 160 KB: spilled past max_memory all the same. */
+	for (int i = 0; i < 40; i++)
+		ck_assert_int_eq(mlt_msgbuf_append(mb, chunk, sizeof(chunk)), 0);
+	ck_assert_int_eq(mlt_msgbuf_spilled(mb), 1);
+	/* Said too late (bytes already kept): ignored. */
+	ck_assert_int_eq(mlt_msgbuf_expect(mb, 900 * 1024), 0);
+	ck_assert_int_eq(mlt_msgbuf_data(mb, &data, &len), 0);
+	ck_assert_uint_eq(len, 2 + 40 * 4096);
+	ck_assert_int_eq(data[2 + 39 * 4096], 'q');
+	mlt_msgbuf_free(mb);
+}
+END_TEST
+
+/*
+ * "--boundary" counts only at the start of a line: in the middle of one
+ * (even right after a CR), at the end of the data, or as the prefix of a
+ * longer boundary it is no delimiter; at the very start of the body it is.
+ */
+START_TEST(test_multipart_delimiters_only_at_line_starts)
+{
+	static const char body[] =
+	    "--b1\r\n"
+	    "\r\nfirst x--b1\r\n"
+	    "text --b1--\r\n"
+	    "\r--b1\r\n"
+	    "--b12\r\n"
+	    "--b1 \t\r\n"
+	    "\r\nsecond\r\n"
+	    "--b1--\r\n"
+	    "epilogue --b1\r\n";
+	const unsigned char *b = (const unsigned char *)body;
+	struct mlt_span *parts;
+	size_t n;
+	int closed;
+
+	ck_assert_int_eq(mlt_multipart_split(b, 0, sizeof(body) - 1, "b1", 100, &parts, &n, &closed), 0);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_int_eq(closed, 1);
+	ck_assert_uint_eq(parts[0].start, 6);
+	ck_assert(memcmp(b + parts[0].end - 5, "--b12", 5) == 0);
+	ck_assert(memcmp(b + parts[1].start, "\r\nsecond", 8) == 0);
+	ck_assert_uint_eq(parts[1].end - parts[1].start, 8);
+	free(parts);
+	/* The same bytes split from inside a line: the start of the range counts as a line start. */
+	ck_assert(memcmp(b + 15, "--b1\r\n", 6) == 0);
+	ck_assert_int_eq(mlt_multipart_split(b, 15, sizeof(body) - 1, "b1", 100, &parts, &n, &closed), 0);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_uint_eq(parts[0].start, 21);
+	free(parts);
+	/* Nothing but a delimiter prefix at the very end: no part. */
+	ck_assert_int_eq(mlt_multipart_split((const unsigned char *)"--b", 0, 3, "b1", 100, &parts, &n, &closed), 0);
+	ck_assert_uint_eq(n, 0);
+	free(parts);
+}
+END_TEST
+
 START_TEST(test_result_error_has_temperror_header)
 {
 	struct mlt_result *res;
@@ -2209,6 +2304,9 @@ milter_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_msgbuf_spills_to_an_unlinked_temp_file);
 	tcase_add_test(tc, test_msgbuf_over_max_size_counts_but_keeps_no_more);
+	tcase_add_test(tc, test_msgbuf_declared_size_spills_before_the_first_byte);
+	tcase_add_test(tc, test_msgbuf_declared_size_is_only_a_hint);
+	tcase_add_test(tc, test_multipart_delimiters_only_at_line_starts);
 	tcase_add_test(tc, test_offline_prints_verdict_line_and_header);
 	tcase_add_test(tc, test_offline_exit_status);
 	suite_add_tcase(s, tc);

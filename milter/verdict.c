@@ -36,17 +36,23 @@ mlt_strcatf(char **s, const char *fmt, ...)
 {
 	va_list ap;
 	size_t old = *s ? strlen(*s) : 0;
+	char tmp[512];
 	int n;
 	char *ns;
 
+	/* Formatted once when it fits the stack buffer (most do), else measured then formatted. */
 	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
+	n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
 	va_end(ap);
 	if (n < 0 || (ns = realloc(*s, old + (size_t)n + 1)) == NULL)
 		return kms_fail(KMS_ERR_NOMEM, "out of memory");
-	va_start(ap, fmt);
-	vsnprintf(ns + old, (size_t)n + 1, fmt, ap);
-	va_end(ap);
+	if ((size_t)n < sizeof(tmp)) {
+		memcpy(ns + old, tmp, (size_t)n + 1);
+	} else {
+		va_start(ap, fmt);
+		vsnprintf(ns + old, (size_t)n + 1, fmt, ap);
+		va_end(ap);
+	}
 	*s = ns;
 	return 0;
 }

@@ -451,6 +451,7 @@ cb_eom(SMFICTX *ctx)
 		return on_error(ctx, cfg, "end of message without a message");
 	memset(&cc, 0, sizeof(cc));
 	cc.trust = c->view.trust;
+	cc.inter = c->view.inter;
 	cc.trust_gen = c->view.trust_gen;
 	cc.rev = host->revidx_get();
 	cc.find_cert = host->find_cert;

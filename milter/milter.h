@@ -55,6 +55,12 @@ typedef struct ca_revidx *(*mlt_rev_unknown_fn)(void *arg, STACK_OF(X509) *chain
 
 struct mlt_check_ctx {
 	X509_STORE *trust;              /* borrowed: trust anchors (may be empty, not NULL) */
+	/*
+	 * borrowed: configured intermediates ([milter] intermediates_file),
+	 * used to build chains beside the certificates a message carries;
+	 * NULL when none.  Part of the trust generation below.
+	 */
+	STACK_OF(X509) *inter;
 	const struct ca_revidx *rev;    /* borrowed: revocation index, NULL when none is loaded */
 	mlt_rev_unknown_fn rev_unknown; /* NULL: nobody to tell */
 	void *rev_unknown_arg;
@@ -64,8 +70,8 @@ struct mlt_check_ctx {
 	const char *authserv_id;        /* for Authentication-Results */
 	time_t now;                     /* verification time; 0 means time(NULL) */
 	/*
-	 * Generation of trust (mlt_generation_next() when the store was
-	 * made; a new store, a new one): chain results are cached per
+	 * Generation of trust (mlt_generation_next() when the store and
+	 * the intermediates were made; new ones, a new number): chain results are cached per
 	 * generation.  0: nothing is cached for this context.
 	 */
 	unsigned long trust_gen;
@@ -99,6 +105,7 @@ struct mlt_sig {
 	int stale;                      /* revocation data for the chain is past its nextUpdate */
 	int rev_unknown;                /* no usable CRL covers a certificate of the (trusted) chain */
 	int rev_unknown_ca;             /* ... and that certificate is a CA's, not the signer's */
+	const char *rev_unknown_why;    /* ... why, a static string ("no CRL of its issuer is loaded"...) */
 	time_t rev_pending_since;       /* when the fetch of its CRL was first asked for; 0: none pending */
 };
 
@@ -271,7 +278,8 @@ void mlt_msgbuf_free(struct mlt_msgbuf *mb);
 struct mlt_view {
 	const struct kms_config *cfg;
 	X509_STORE *trust;
-	unsigned long trust_gen;        /* mlt_generation_next() of trust; 0: no caching */
+	STACK_OF(X509) *inter;          /* configured intermediates, NULL when none */
+	unsigned long trust_gen;        /* mlt_generation_next() of trust and inter; 0: no caching */
 };
 
 struct mlt_host {

@@ -396,6 +396,7 @@ check_file(struct offline *o, const char *path)
 
 	memset(&ctx, 0, sizeof(ctx));
 	ctx.trust = o->trust;
+	ctx.inter = o->inter;
 	ctx.trust_gen = o->trust_gen;
 	ctx.rev = o->ctx_rev = ca_revidx_ref(o->rev);
 	ctx.rev_unknown = rev_unknown;

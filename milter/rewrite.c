@@ -694,6 +694,33 @@ warning_text(const struct mlt_result *res, char **out)
 	return *out ? 0 : kms_fail(KMS_ERR_NOMEM, "out of memory");
 }
 
+/*
+ * The strictest [policy] on_revocation_unknown action over the good
+ * signatures (pass, or a good chain whose addresses do not match) whose
+ * chain has an unknown revocation status; -1 when there is none.
+ * *unknown: 1 when there is one.
+ */
+static int
+unknown_action(const struct kms_config *cfg, const struct mlt_result *res, int *unknown)
+{
+	time_t now = time(NULL);
+	int a = -1;
+
+	*unknown = 0;
+	if (res->verdict == POL_V_ERROR)
+		return -1;
+	for (size_t i = 0; i < res->nsigs; i++) {
+		const struct mlt_sig *g = &res->sigs[i];
+
+		if (!g->rev_unknown || g->revoked || (g->verdict != POL_V_PASS && g->verdict != POL_V_MISMATCH))
+			continue;
+		*unknown = 1;
+		a = a < 0 ? pol_decide_revocation_unknown(cfg, g->rev_pending_since, now) :
+		    pol_action_stricter(a, pol_decide_revocation_unknown(cfg, g->rev_pending_since, now));
+	}
+	return a;
+}
+
 int
 mlt_rewrite_plan(const struct kms_config *cfg, const char *authserv_id, const struct mlt_result *res,
     const unsigned char *msg, size_t len, struct mlt_rewrite **out)
@@ -708,17 +735,7 @@ mlt_rewrite_plan(const struct kms_config *cfg, const char *authserv_id, const st
 	if ((rw = calloc(1, sizeof(*rw))) == NULL)
 		return kms_fail(KMS_ERR_NOMEM, "out of memory");
 	rw->verdict = res ? res->verdict : POL_V_ERROR;
-	rw->action = pol_decide(cfg, rw->verdict);
-	if (res != NULL && res->verdict == POL_V_PASS && rw->action == KMS_ACT_ACCEPT) {
-		/* A good signature whose revocation status nobody could establish. */
-		for (size_t i = 0; i < res->nsigs; i++) {
-			if (res->sigs[i].rev_unknown) {
-				rw->action = pol_decide_revocation_unknown(cfg, res->sigs[i].rev_pending_since, time(NULL));
-				unknown = 1;
-				break;
-			}
-		}
-	}
+	rw->action = pol_decide_message(cfg, rw->verdict, res ? unknown_action(cfg, res, &unknown) : -1);
 	if ((rc = mlt_strcatf(&text, "S/MIME %s: %s", pol_verdict_name(rw->verdict),
 	    res && res->detail ? res->detail : "internal error while checking the message")) != 0)
 		goto out;
@@ -757,7 +774,8 @@ mlt_rewrite_plan(const struct kms_config *cfg, const char *authserv_id, const st
 		 * The tag says "revoked sender": a partial signature, or a good one
 		 * whose revocation status is only unknown, gets the warning field only.
 		 */
-		if (rw->verdict != POL_V_PARTIAL && !unknown && (rc = tag_subject(rw, cfg, msg, &t)) != 0)
+		if (rw->verdict != POL_V_PARTIAL && !(unknown && rw->verdict == POL_V_PASS) &&
+		    (rc = tag_subject(rw, cfg, msg, &t)) != 0)
 			goto out;
 		if ((rc = warning_text(res, &warn)) != 0 || (rc = add_edit(rw, MLT_HDR_ADD, "X-KMS-Warning", 0, warn)) != 0)
 			goto out;

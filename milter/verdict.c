@@ -207,10 +207,23 @@ check_chain(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(X5
     struct chain_state *cs, STACK_OF(X509) **chain)
 {
 	X509_STORE_CTX *sctx = NULL;
+	STACK_OF(X509) *all = NULL;
 	int rc = 0;
 
 	*chain = NULL;
 	memset(cs, 0, sizeof(*cs));
+	/* The message's certificates first, then the configured intermediates. */
+	if (ctx->inter != NULL && sk_X509_num(ctx->inter) > 0) {
+		if ((all = untrusted ? sk_X509_dup(untrusted) : sk_X509_new_null()) == NULL)
+			return kms_fail(KMS_ERR_NOMEM, "out of memory");
+		for (int i = 0; i < sk_X509_num(ctx->inter); i++) {
+			if (!sk_X509_push(all, sk_X509_value(ctx->inter, i))) {
+				sk_X509_free(all);
+				return kms_fail(KMS_ERR_NOMEM, "out of memory");
+			}
+		}
+		untrusted = all;
+	}
 	if (ctx->trust == NULL || (sctx = X509_STORE_CTX_new()) == NULL ||
 	    X509_STORE_CTX_init(sctx, ctx->trust, cert, untrusted) != 1) {
 		cs->untrusted = 1;
@@ -232,6 +245,7 @@ check_chain(const struct mlt_check_ctx *ctx, time_t now, X509 *cert, STACK_OF(X5
 fallback:
 	ERR_clear_error();
 	X509_STORE_CTX_free(sctx);
+	sk_X509_free(all);
 	if (*chain == NULL || sk_X509_num(*chain) == 0) {
 		sk_X509_pop_free(*chain, X509_free);
 		if ((*chain = sk_X509_new_null()) == NULL || !sk_X509_push(*chain, cert)) {
@@ -242,6 +256,19 @@ fallback:
 		X509_up_ref(cert);
 	}
 	return rc;
+}
+
+/* Why the index has no status for c (ca_revidx_check said -1). */
+static const char *
+unknown_why(const struct ca_revidx *rev, X509 *c, const struct ca_rev_info *info)
+{
+	int st = ca_revidx_issuer_state(rev, X509_get_issuer_name(c));
+
+	if (st < 0)
+		return "no CRL of its issuer is loaded";
+	if (st > 0 || info->stale)
+		return "the CRL of its issuer is past its next update";
+	return "the CRLs of its issuer loaded here do not cover it";
 }
 
 /*
@@ -280,9 +307,11 @@ check_revocation(const struct mlt_check_ctx *ctx, STACK_OF(X509) *chain, int tru
 		}
 		if (info.stale)
 			sig->stale = 1;
-		if (r < 0 && !sig->rev_unknown) {
+		/* Unknown counts for a trusted chain only: an untrusted one is judged as such. */
+		if (r < 0 && trusted && !sig->rev_unknown) {
 			sig->rev_unknown = 1;
 			sig->rev_unknown_ca = i > 0;
+			sig->rev_unknown_why = unknown_why(rev, c, &info);
 		}
 		if (r == 1 && !sig->revoked) {
 			sig->revoked = 1;
@@ -390,9 +419,11 @@ judge_detail(const struct mlt_sig *sig, const struct chain_state *cs, const char
 		rc = mlt_strcatf(d, "signed by %s", who);
 		break;
 	}
-	if (rc == 0 && sig->rev_unknown && !sig->revoked && sig->verdict == POL_V_PASS)
-		rc = mlt_strcatf(d, "; revocation unknown: no current CRL covers %s",
-		    sig->rev_unknown_ca ? "a CA certificate of the chain" : "the certificate");
+	if (rc == 0 && sig->rev_unknown && !sig->revoked && (sig->verdict == POL_V_PASS || sig->verdict == POL_V_MISMATCH))
+		rc = mlt_strcatf(d, "; revocation unknown: no current CRL covers %s (%s%s)",
+		    sig->rev_unknown_ca ? "a CA certificate of the chain" : "the certificate",
+		    sig->rev_unknown_why ? sig->rev_unknown_why : "no usable CRL",
+		    sig->rev_pending_since ? "; its distribution point is being fetched" : "");
 	if (rc == 0 && sig->stale)
 		rc = mlt_strcatf(d, "; revocation data is stale (the CRL is past its next update)");
 	return rc;

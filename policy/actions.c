@@ -105,3 +105,32 @@ pol_decide(const struct kms_config *cfg, enum pol_verdict v)
 	default: return (int)cfg->policy.on_error;
 	}
 }
+
+/* How strict each action is: what it withholds from the recipient. */
+static int
+action_rank(int a)
+{
+	switch (a) {
+	case KMS_ACT_REJECT: return 4;
+	case KMS_ACT_TEMPFAIL: return 3;
+	case KMS_ACT_QUARANTINE: return 2;
+	case KMS_ACT_WARN: return 1;
+	default: return 0;
+	}
+}
+
+int
+pol_action_stricter(int a, int b)
+{
+	return action_rank(b) > action_rank(a) ? b : a;
+}
+
+int
+pol_decide_message(const struct kms_config *cfg, enum pol_verdict v, int unknown_action)
+{
+	int a = pol_decide(cfg, v);
+
+	if (v == POL_V_REVOKED || unknown_action < 0)
+		return a;
+	return pol_action_stricter(a, unknown_action);
+}

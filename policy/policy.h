@@ -54,6 +54,17 @@ int pol_decide(const struct kms_config *cfg, enum pol_verdict v);
  * most revocation_unknown_wait; after that it is warn.
  */
 int pol_decide_revocation_unknown(const struct kms_config *cfg, time_t pending_since, time_t now);
+/* The stricter of two enum kms_action: reject > tempfail > quarantine > warn > accept. */
+int pol_action_stricter(int a, int b);
+/*
+ * The action for a whole message with verdict v when good signatures in
+ * it have an unknown revocation status (unknown_action, the strictest
+ * pol_decide_revocation_unknown of them; -1 when there are none): the
+ * stricter of pol_decide(v) and unknown_action, whatever on_pass says,
+ * except that a revoked verdict takes on_revoked alone (a revocation is
+ * known, and always wins).
+ */
+int pol_decide_message(const struct kms_config *cfg, enum pol_verdict v, int unknown_action);
 /*
  * RFC 8601/7281 result keyword for the smime method: pass, fail, neutral,
  * temperror, permerror, none, policy.

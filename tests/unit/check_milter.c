@@ -1250,6 +1250,103 @@ START_TEST(test_warn_on_other_verdict_tags_without_wrapping)
 }
 END_TEST
 
+/* The fetcher's answer for an unknown status: a fetch asked for a second ago. */
+static struct ca_revidx *
+fetch_pending(void *arg, STACK_OF(X509) *chain, int depth, time_t *since)
+{
+	int *calls = arg;
+
+	(void)chain;
+	(void)depth;
+	++*calls;
+	*since = time(NULL) - 1;
+	return NULL;
+}
+
+static int
+has_edit(const struct mlt_rewrite *rw, const char *name)
+{
+	for (size_t i = 0; i < rw->nedits; i++)
+		if (strcmp(rw->edits[i].name, name) == 0)
+			return 1;
+	return 0;
+}
+
+START_TEST(test_unknown_revocation_has_its_own_result_and_action_whatever_on_pass)
+{
+	static const int on_pass[] = { KMS_ACT_ACCEPT, KMS_ACT_WARN, KMS_ACT_QUARANTINE };
+	struct ca_revidx_builder *b;
+	struct ca_revidx *none;
+	struct mlt_check_ctx ctx;
+	struct mlt_result *res;
+	struct mlt_rewrite *rw;
+	size_t len;
+	unsigned char *msg = fixture("alice-detached.eml", &len);
+	int calls = 0;
+
+	/* An index with no CRL of the test CA: no status for alice. */
+	ck_assert_int_eq(ca_revidx_builder_new(&b), 0);
+	ck_assert_int_eq(ca_revidx_build(b, &none), 0);
+	ca_revidx_builder_free(b);
+	ctx_init(&ctx, none);
+	ctx.rev_unknown = fetch_pending;
+	ctx.rev_unknown_arg = &calls;
+	ck_assert_int_eq(mlt_check_message(&ctx, msg, len, &res), 0);
+	ck_verdict(res, POL_V_PASS);
+	ck_assert_int_eq(calls, 1);
+	ck_assert_uint_eq(res->nsigs, 1);
+	ck_assert_int_eq(res->sigs[0].rev_unknown, 1);
+	/* The result says it, and why. */
+	ck_assert_msg(strstr(res->detail, "revocation unknown: no current CRL covers the certificate "
+	    "(no CRL of its issuer is loaded; its distribution point is being fetched)") != NULL, "%s", res->detail);
+	ck_assert(strstr(res->ar_value, "revocation unknown") != NULL);
+
+	cfg->policy.on_revocation_unknown = KMS_ACT_TEMPFAIL;
+	cfg->policy.revocation_unknown_wait = 600;
+	for (size_t i = 0; i < sizeof(on_pass) / sizeof(on_pass[0]); i++) {
+		cfg->policy.on_pass = on_pass[i];
+		ck_assert_int_eq(mlt_rewrite_plan(cfg, AUTHSERV, res, msg, len, &rw), 0);
+		ck_assert_msg(rw->action == KMS_ACT_TEMPFAIL, "on_pass %s: %s", kms_action_name(on_pass[i]),
+		    kms_action_name(rw->action));
+		ck_assert_str_eq(rw->rcode, "451");
+		ck_assert(strstr(rw->reply, "revocation unknown") != NULL);
+		mlt_rewrite_free(rw);
+	}
+	/* Past the wait it is a warning: the field, never the revoked-sender tag; on_pass quarantine stays. */
+	res->sigs[0].rev_pending_since = time(NULL) - 601;
+	cfg->policy.on_pass = KMS_ACT_ACCEPT;
+	ck_assert_int_eq(mlt_rewrite_plan(cfg, AUTHSERV, res, msg, len, &rw), 0);
+	ck_assert_int_eq(rw->action, KMS_ACT_WARN);
+	ck_assert(has_edit(rw, "X-KMS-Warning"));
+	ck_assert(!has_edit(rw, "Subject"));
+	mlt_rewrite_free(rw);
+	cfg->policy.on_pass = KMS_ACT_QUARANTINE;
+	ck_assert_int_eq(mlt_rewrite_plan(cfg, AUTHSERV, res, msg, len, &rw), 0);
+	ck_assert_int_eq(rw->action, KMS_ACT_QUARANTINE);
+	mlt_rewrite_free(rw);
+	/* on_revocation_unknown = reject is stricter than any on_pass. */
+	cfg->policy.on_pass = KMS_ACT_WARN;
+	cfg->policy.on_revocation_unknown = KMS_ACT_REJECT;
+	ck_assert_int_eq(mlt_rewrite_plan(cfg, AUTHSERV, res, msg, len, &rw), 0);
+	ck_assert_int_eq(rw->action, KMS_ACT_REJECT);
+	mlt_rewrite_free(rw);
+	mlt_result_free(res);
+
+	/* A known status (the CRL in the index covers alice): on_pass alone. */
+	cfg->policy.on_revocation_unknown = KMS_ACT_TEMPFAIL;
+	cfg->policy.on_pass = KMS_ACT_ACCEPT;
+	res = check_buf(msg, len, crl_idx);
+	ck_assert_int_eq(res->sigs[0].rev_unknown, 0);
+	ck_assert(strstr(res->detail, "unknown") == NULL);
+	ck_assert_int_eq(mlt_rewrite_plan(cfg, AUTHSERV, res, msg, len, &rw), 0);
+	ck_assert_int_eq(rw->action, KMS_ACT_ACCEPT);
+	mlt_rewrite_free(rw);
+	mlt_result_free(res);
+	ca_revidx_unref(none);
+	free(msg);
+}
+END_TEST
+
 /* ------------------------------------------------------------ hostile input */
 
 static double
@@ -2270,6 +2367,7 @@ milter_suite(void)
 	tcase_add_test(tc, test_policy_defaults_accept_with_header_only);
 	tcase_add_test(tc, test_internal_error_answers_on_error);
 	tcase_add_test(tc, test_warn_on_other_verdict_tags_without_wrapping);
+	tcase_add_test(tc, test_unknown_revocation_has_its_own_result_and_action_whatever_on_pass);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("hostile");

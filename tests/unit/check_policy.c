@@ -62,6 +62,40 @@ START_TEST(test_decide_uses_configured_action_per_verdict)
 }
 END_TEST
 
+START_TEST(test_unknown_revocation_combines_with_every_on_pass)
+{
+	struct kms_config *cfg;
+	char *dir = tu_tmpdir(), *p;
+	time_t now = 1700000000;
+
+	ck_assert_int_eq(pol_action_stricter(KMS_ACT_ACCEPT, KMS_ACT_WARN), KMS_ACT_WARN);
+	ck_assert_int_eq(pol_action_stricter(KMS_ACT_QUARANTINE, KMS_ACT_TEMPFAIL), KMS_ACT_TEMPFAIL);
+	ck_assert_int_eq(pol_action_stricter(KMS_ACT_REJECT, KMS_ACT_TEMPFAIL), KMS_ACT_REJECT);
+	ck_assert_int_eq(pol_action_stricter(KMS_ACT_WARN, KMS_ACT_QUARANTINE), KMS_ACT_QUARANTINE);
+	p = tu_write(dir, "k.conf", "[policy]\non_pass = warn\non_revocation_unknown = tempfail\n"
+	    "revocation_unknown_wait = 10m\non_revoked = accept\non_mismatch = quarantine\n");
+	ck_assert_int_eq(kms_config_load(p, &cfg), 0);
+	/* Strict checking holds the first message of a new partner even when on_pass is not accept. */
+	ck_assert_int_eq(pol_decide_message(cfg, POL_V_PASS, pol_decide_revocation_unknown(cfg, now - 5, now)),
+	    KMS_ACT_TEMPFAIL);
+	/* Past the wait, or with no fetch pending: warn, and on_pass still counts. */
+	ck_assert_int_eq(pol_decide_revocation_unknown(cfg, now - 601, now), KMS_ACT_WARN);
+	ck_assert_int_eq(pol_decide_revocation_unknown(cfg, 0, now), KMS_ACT_WARN);
+	ck_assert_int_eq(pol_decide_message(cfg, POL_V_PASS, KMS_ACT_WARN), KMS_ACT_WARN);
+	/* The stricter of the verdict's own action and the unknown status's. */
+	ck_assert_int_eq(pol_decide_message(cfg, POL_V_MISMATCH, KMS_ACT_WARN), KMS_ACT_QUARANTINE);
+	ck_assert_int_eq(pol_decide_message(cfg, POL_V_MISMATCH, KMS_ACT_TEMPFAIL), KMS_ACT_TEMPFAIL);
+	/* A known revocation always takes on_revoked alone. */
+	ck_assert_int_eq(pol_decide_message(cfg, POL_V_REVOKED, KMS_ACT_TEMPFAIL), KMS_ACT_ACCEPT);
+	/* No unknown status: the verdict's action. */
+	ck_assert_int_eq(pol_decide_message(cfg, POL_V_PASS, -1), KMS_ACT_WARN);
+	kms_config_unref(cfg);
+	free(p);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 static struct pol_roles *
 roles_from(const char *text)
 {
@@ -185,6 +219,7 @@ policy_suite(void)
 
 	tcase_add_test(tc, test_worst_verdict_follows_severity_order);
 	tcase_add_test(tc, test_decide_uses_configured_action_per_verdict);
+	tcase_add_test(tc, test_unknown_revocation_combines_with_every_on_pass);
 	tcase_add_test(tc, test_roles_by_name_uid_group_and_self);
 	tcase_add_test(tc, test_roles_unknown_user_or_group_is_config_error);
 	tcase_add_test(tc, test_command_table_names_roles);

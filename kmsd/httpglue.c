@@ -265,23 +265,18 @@ kmsd_dp_start(void)
 	const struct kms_config *cfg = env->cfg;
 	struct pub_dp_opts o = { 0 };
 	struct pub_dp *d = NULL;
-	STACK_OF(X509) *inter = NULL;
 	char *cache = NULL;
 	int rc = 0;
 
 	if (!cfg->crl.fetch)
 		goto out;
 	if ((cache = kms_path_join(cfg->kmsd.state_dir, "crl-dp")) == NULL ||
-	    (P.sync_dbpath == NULL && (P.sync_dbpath = kms_path_join(cfg->kmsd.state_dir, KMS_STORE_FILE)) == NULL) ||
-	    (inter = sk_X509_new_null()) == NULL) {
+	    (P.sync_dbpath == NULL && (P.sync_dbpath = kms_path_join(cfg->kmsd.state_dir, KMS_STORE_FILE)) == NULL)) {
 		rc = KMS_ERR_NOMEM;
 		goto out;
 	}
-	if (cfg->milter.intermediates_file[0] != '\0' &&
-	    (rc = ca_certs_load_file(cfg->milter.intermediates_file, inter, NULL)) != 0)
-		goto out;
 	o.anchors = env->trust;
-	o.inter = inter;
+	o.inter = env->inter;
 	o.cache_dir = cache;
 	o.max_size = (size_t)cfg->crl.fetch_max_size;
 	o.timeout = (int)cfg->crl.fetch_timeout;
@@ -299,7 +294,6 @@ kmsd_dp_start(void)
 	if (rc == 0)
 		sync_changed(NULL);
 out:
-	sk_X509_pop_free(inter, X509_free);
 	free(cache);
 	kmsd_env_put(env);
 	return rc;

@@ -2,8 +2,8 @@
  * kmsd.h - internal header of the kmsd program (kmsd/): what the parts of
  * the daemon share.  Nothing outside kmsd/ includes it.
  *
- * The runtime keeps one current "environment": the config and the trust
- * anchors, reference counted and replaced as a whole on SIGHUP or after
+ * The runtime keeps one current "environment": the config, the trust
+ * anchors and the configured intermediates, reference counted and replaced as a whole on SIGHUP or after
  * `kmsctl init`.  A milter connection takes a reference at connect and
  * keeps it until close, so a reload never changes a message half-way.
  * The revocation index is held separately because it changes far more often
@@ -29,7 +29,8 @@ struct kmsd_env {
 	int refs;
 	struct kms_config *cfg;     /* the config in force */
 	X509_STORE *trust;          /* our CA plus [milter] trust_file; never NULL, may be empty */
-	unsigned long trust_gen;    /* mlt_generation_next() when trust was made: the milter caches per generation */
+	STACK_OF(X509) *inter;      /* [milter] intermediates_file; never NULL, may be empty */
+	unsigned long trust_gen;    /* mlt_generation_next() when trust and inter were made: the milter caches per generation */
 	X509 *ca_cert;              /* our CA certificate; NULL before init (or on a replica without one) */
 	struct pol_roles *roles;    /* [roles] compiled */
 };

@@ -225,6 +225,7 @@ milter_settings_get(struct mlt_view *view)
 		return NULL;
 	view->cfg = env->cfg;
 	view->trust = env->trust;
+	view->inter = env->inter;
 	view->trust_gen = env->trust_gen;
 	return env;
 }

@@ -42,6 +42,7 @@ env_free(struct kmsd_env *env)
 	if (env == NULL)
 		return;
 	X509_STORE_free(env->trust);
+	sk_X509_pop_free(env->inter, X509_free);
 	X509_free(env->ca_cert);
 	pol_roles_free(env->roles);
 	kms_config_unref(env->cfg);
@@ -118,7 +119,8 @@ env_build(struct kms_config *cfg, X509 *ca_cert, struct kmsd_env **out)
 	env->refs = 1;
 	env->cfg = cfg;
 	env->trust = X509_STORE_new();
-	if (env->trust == NULL) {
+	env->inter = sk_X509_new_null();
+	if (env->trust == NULL || env->inter == NULL) {
 		rc = KMS_ERR_NOMEM;
 		goto fail;
 	}
@@ -142,6 +144,15 @@ env_build(struct kms_config *cfg, X509 *ca_cert, struct kmsd_env **out)
 	if (cfg->crl.source_ca[0] != '\0' && ca_cert == NULL &&
 	    (rc = add_trust_file(env->trust, "[crl] source_ca", cfg->crl.source_ca)) != 0)
 		goto fail;
+	/* Chains are built with them as with the certificates a message carries. */
+	if (cfg->milter.intermediates_file[0] != '\0' &&
+	    (rc = ca_certs_load_file(cfg->milter.intermediates_file, env->inter, NULL)) != 0) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", kms_last_error());
+		rc = kms_fail(KMS_ERR_CONFIG, "[milter] intermediates_file: %s", why);
+		goto fail;
+	}
 	if ((rc = pol_roles_compile(cfg, geteuid(), &env->roles)) != 0)
 		goto fail;
 	env->trust_gen = mlt_generation_next();

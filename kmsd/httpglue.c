@@ -8,7 +8,7 @@
  * kmsd_http_set_ocsp(), and the /certs/ lookup (certs_lookup) when
  * [http] certs_endpoint is on,
  * kmsd_sync_start(), kmsd_sync_stop(), kmsd_sync_refresh(),
- * kmsd_sync_add_to().  Kept apart from http.c and crlsync.c so that their
+ * kmsd_sync_offer(), kmsd_sync_add_to().  Kept apart from http.c and crlsync.c so that their
  * unit suite links without the rest of kmsd.
  */
 #include "config.h"
@@ -206,6 +206,8 @@ kmsd_sync_start(void)
 	o.source_ca = cfg->crl.source_ca;
 	o.external = cfg->crl.external;
 	o.external_ca = cfg->crl.external_ca;
+	o.anchors = env->trust;
+	o.inter = env->inter;
 	o.external_refresh = (int)cfg->crl.external_refresh;
 	o.longpoll_timeout = (int)cfg->http.longpoll_timeout;
 	o.cache_dir = cache;
@@ -240,8 +242,22 @@ kmsd_sync_stop(void)
 void
 kmsd_sync_refresh(void)
 {
+	struct kmsd_env *env = kmsd_env_get();
+
 	pthread_mutex_lock(&P.sync_mu);
+	pub_sync_set_trust(P.sync, env->trust, env->inter);
 	pub_sync_refresh(P.sync);
+	pthread_mutex_unlock(&P.sync_mu);
+	kmsd_env_put(env);
+}
+
+void
+kmsd_sync_offer(STACK_OF(X509) *chain)
+{
+	/* The mail path never waits for a sync being started, stopped or read. */
+	if (pthread_mutex_trylock(&P.sync_mu) != 0)
+		return;
+	pub_sync_offer(P.sync, chain);
 	pthread_mutex_unlock(&P.sync_mu);
 }
 

@@ -121,8 +121,10 @@ void kmsd_ocsp_stop(void);
  */
 int kmsd_sync_start(void);
 void kmsd_sync_stop(void);
-/* Fetch the external CRLs again now (SIGHUP). */
+/* Fetch the external CRLs again now, validated against the current environment's trust set (SIGHUP). */
 void kmsd_sync_refresh(void);
+/* A trusted chain in mail with an unknown status: external CRLs kept aside for its CAs are tried again. */
+void kmsd_sync_offer(STACK_OF(X509) *chain);
 /* pub_sync_add_to() for the running sync (0 when none). */
 int kmsd_sync_add_to(struct ca_revidx_builder *b);
 /*

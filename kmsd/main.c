@@ -244,11 +244,15 @@ milter_find_cert(void *arg, const X509_NAME *issuer, const ASN1_INTEGER *serial,
 	return kmsd_find_cert(issuer, serial, skid, out);
 }
 
-/* Unknown revocation status in mail: queue the distribution points, never wait. */
+/*
+ * Unknown revocation status in mail: queue the distribution points, and
+ * let external CRLs waiting for this chain's CAs be validated; never wait.
+ */
 static struct ca_revidx *
 milter_rev_unknown(void *arg, STACK_OF(X509) *chain, int depth, time_t *since)
 {
 	(void)arg;
+	kmsd_sync_offer(chain);
 	*since = kmsd_dp_offer(chain, depth);
 	return NULL;
 }

@@ -6,13 +6,24 @@
  * Entry points: pub_sync_start(), pub_sync_stop(), pub_sync_refresh(),
  * pub_sync_add_to(), pub_sync_source_number().
  *
- * Each source keeps its last good copy: a CRL whose signature checked out
- * against the configured CA certificates, never replaced by an older one
+ * Each source keeps its last good copy: a CRL validated as RFC 5280 6.3
+ * says (ca/crlcheck.c), never replaced by an older one
  * (a lower CRL number, or with no number an older thisUpdate).  A failed
  * fetch or a bad CRL is logged once (and its recovery once) and the copy
  * stays in use; past its nextUpdate the index marks its entries stale.
  * Good copies are also written to a cache directory so that a restart
  * while the primary is down still has them.
+ *
+ * Who may sign: the replica's source, a certificate of [crl] source_ca.
+ * An external CRL, a certificate of [crl] external_ca when one is its
+ * issuer, else the full trust set of the milter: a trust anchor, or an
+ * intermediate with a valid path to one (the configured intermediates,
+ * the CA that signed the source's last good copy, and CA certificates
+ * that trusted chains in mail showed, pub_sync_offer).  A CRL whose
+ * issuer none of them is yet is kept aside, not used; it is validated
+ * again when mail first shows a certificate of its issuer (the fetch
+ * thread does it, never the mail path) and after a reload
+ * (pub_sync_set_trust).
  */
 #include "config.h"
 
@@ -27,6 +38,8 @@
 #define LONGPOLL_SLACK 15
 #define EXTERNAL_TIMEOUT 60
 #define BACKOFF_MAX 30
+/* CA certificates from mail kept as would-be CRL signers (the oldest go first). */
+#define SEEN_MAX 256
 
 struct src {
 	char *url;
@@ -38,6 +51,8 @@ struct src {
 	struct ca_crl_meta meta;    /* what its validation found (scope, times) */
 	long long number;
 	int failing;
+	X509 *issuer;               /* the certificate that validated crl (external only) */
+	X509_CRL *pend;             /* fetched, its issuer not trusted yet: kept aside, not used */
 };
 
 struct pub_sync {
@@ -50,6 +65,11 @@ struct pub_sync {
 	struct src *ext;
 	size_t next;
 	STACK_OF(X509) *source_cas, *ext_cas;
+	/* Under mu: the trust set external CRLs are validated against. */
+	X509_STORE *anchors;        /* may be NULL */
+	STACK_OF(X509) *inter;      /* configured intermediates */
+	STACK_OF(X509) *seen;       /* CA certificates of trusted chains in mail */
+	int recheck;                /* a pending CRL may have its issuer now */
 	char *cache_dir;
 	int external_refresh, longpoll;
 	void (*changed)(void *arg);
@@ -123,24 +143,120 @@ this_update_of(X509_CRL *crl)
 	return timegm(&tm);
 }
 
+static STACK_OF(X509) *
+certs_dup(STACK_OF(X509) *c)
+{
+	STACK_OF(X509) *d = c ? sk_X509_dup(c) : sk_X509_new_null();
+
+	for (int i = 0; d != NULL && i < sk_X509_num(d); i++)
+		X509_up_ref(sk_X509_value(d, i));
+	return d;
+}
+
 /*
- * Check crl against src's CAs and make it the last good copy if it is
- * newer.  *changed tells whether it was.  Takes crl either way.
+ * RFC 5280 6.3 checks of crl for src: [crl] source_ca / external_ca
+ * first, then (external only) the trust set.  0 or KMS_ERR_EXPIRED with
+ * *issuer (get1) and *m; KMS_ERR_NOTFOUND when no trusted certificate of
+ * its issuer is known (yet); another error when it is unusable.
+ */
+static int
+validate(struct pub_sync *s, struct src *src, X509_CRL *crl, X509 **issuer, struct ca_crl_meta *m)
+{
+	X509_STORE *anchors = NULL;
+	STACK_OF(X509) *cands = NULL;
+	X509 *signer = NULL;
+	int rc = KMS_ERR_NOTFOUND;
+
+	*issuer = NULL;
+	memset(m, 0, sizeof(*m));
+	if (src->cas != NULL && sk_X509_num(src->cas) > 0) {
+		rc = ca_crl_validate(crl, src->cas, time(NULL), &signer, m);
+		if (rc != KMS_ERR_NOTFOUND || src->replica) {
+			if (signer != NULL)
+				X509_up_ref(signer);
+			*issuer = signer;
+			return rc;
+		}
+		ca_crl_meta_clear(m);
+	}
+	if (src->replica)
+		return rc;
+	/* A snapshot of the trust set: validation runs without the lock. */
+	pthread_mutex_lock(&s->mu);
+	if (s->anchors != NULL && X509_STORE_up_ref(s->anchors))
+		anchors = s->anchors;
+	if ((cands = certs_dup(s->inter)) != NULL) {
+		for (int i = 0; i < sk_X509_num(s->seen); i++)
+			if (sk_X509_push(cands, sk_X509_value(s->seen, i)))
+				X509_up_ref(sk_X509_value(s->seen, i));
+		if (src->issuer != NULL && sk_X509_push(cands, src->issuer))
+			X509_up_ref(src->issuer);
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (cands == NULL)
+		rc = kms_fail(KMS_ERR_NOMEM, "out of memory");
+	else if (anchors == NULL)
+		rc = kms_fail(KMS_ERR_NOTFOUND, "no CA certificate of [crl] external_ca issued it, and there are no trust anchors");
+	else
+		rc = ca_crl_validate_chain(crl, anchors, cands, time(NULL), &signer, m);
+	if ((rc == 0 || rc == KMS_ERR_EXPIRED) && signer != NULL) {
+		X509_up_ref(signer);
+		*issuer = signer;
+	}
+	sk_X509_pop_free(cands, X509_free);
+	X509_STORE_free(anchors);
+	return rc;
+}
+
+/* Keep crl (taken) aside until a certificate of its issuer is trusted; a newer one replaces it. */
+static void
+keep_pending(struct pub_sync *s, struct src *src, X509_CRL *crl)
+{
+	X509_CRL *old = NULL;
+	int first = 0;
+	char name[256];
+
+	pthread_mutex_lock(&s->mu);
+	if (src->pend == NULL || ca_crl_number(crl) > ca_crl_number(src->pend) ||
+	    this_update_of(crl) > this_update_of(src->pend)) {
+		first = src->pend == NULL;
+		old = src->pend;
+		src->pend = crl;
+		crl = NULL;
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (first) {
+		X509_NAME_oneline(X509_CRL_get_issuer(src->pend), name, sizeof(name));
+		kms_log(KMS_LOG_WARNING, "CRL %s: no trusted certificate of its issuer %s yet; kept aside, used once "
+		    "a message shows a trusted chain to that CA", src->url, name);
+	}
+	X509_CRL_free(old);
+	X509_CRL_free(crl);
+}
+
+/*
+ * Validate crl for src and make it the last good copy if it is newer.
+ * *changed tells whether it was.  Takes crl either way (an external CRL
+ * whose issuer is not trusted yet is kept aside: KMS_ERR_NOTFOUND).
  */
 static int
 take(struct pub_sync *s, struct src *src, X509_CRL *crl, int *changed)
 {
-	X509 *issuer;
-	X509_CRL *old = NULL, *keep = NULL;
+	X509 *issuer = NULL, *old_issuer = NULL;
+	X509_CRL *old = NULL, *keep = NULL, *old_pend = NULL;
 	struct ca_crl_meta m;
 	long long n;
 	int rc, stale, newer;
 
 	*changed = 0;
-	/* RFC 5280 6.3 checks, the configured CA certificates being the would-be signers. */
-	rc = ca_crl_validate(crl, src->cas, time(NULL), &issuer, &m);
+	rc = validate(s, src, crl, &issuer, &m);
 	stale = rc == KMS_ERR_EXPIRED;
+	if (rc == KMS_ERR_NOTFOUND && !src->replica) {
+		keep_pending(s, src, crl);
+		return rc;
+	}
 	if (rc != 0 && !stale) {
+		X509_free(issuer);
 		X509_CRL_free(crl);
 		return rc;
 	}
@@ -160,22 +276,73 @@ take(struct pub_sync *s, struct src *src, X509_CRL *crl, int *changed)
 		src->meta = m;
 		memset(&m, 0, sizeof(m));
 		src->number = n;
+		old_issuer = src->issuer;
+		src->issuer = issuer;
+		X509_up_ref(issuer);
 		keep = crl;
 		crl = NULL;
+	}
+	/* What was kept aside is this CRL or older: no longer needed. */
+	if (src->pend != NULL && (src->pend == keep || src->pend == crl || ca_crl_number(src->pend) <= n)) {
+		old_pend = src->pend;
+		src->pend = NULL;
 	}
 	pthread_mutex_unlock(&s->mu);
 	ca_crl_meta_clear(&m);
 	X509_CRL_free(old);
+	X509_CRL_free(old_pend);
+	X509_free(old_issuer);
 	X509_CRL_free(crl);
-	if (keep == NULL)
+	if (keep == NULL) {
+		X509_free(issuer);
 		return 0;
+	}
 	*changed = 1;
 	if (stale)
 		kms_log(KMS_LOG_WARNING, "CRL %s is past its nextUpdate: used, marked stale", src->url);
 	if (s->cache_dir != NULL && ca_crl_save(s->cache_dir, src->cache_name, keep, issuer) != 0)
 		kms_log(KMS_LOG_WARNING, "CRL %s: cannot keep a copy: %s", src->url, kms_last_error());
 	X509_CRL_free(keep);
+	X509_free(issuer);
 	return 0;
+}
+
+/* Validate the CRLs kept aside again (their issuers may be trusted now); 1 when one was taken. */
+static int
+recheck_pending(struct pub_sync *s)
+{
+	int any = 0;
+
+	pthread_mutex_lock(&s->mu);
+	s->recheck = 0;
+	pthread_mutex_unlock(&s->mu);
+	for (size_t i = 0; i < s->next && !stopping(s); i++) {
+		struct src *src = &s->ext[i];
+		X509_CRL *crl = NULL;
+		int rc, changed = 0;
+
+		pthread_mutex_lock(&s->mu);
+		if (src->pend != NULL && X509_CRL_up_ref(src->pend))
+			crl = src->pend;
+		pthread_mutex_unlock(&s->mu);
+		if (crl == NULL)
+			continue;
+		rc = take(s, src, crl, &changed);
+		if (rc == 0 && changed) {
+			kms_log(KMS_LOG_INFO, "CRL %s: its issuer is trusted now; taken (number %lld)", src->url,
+			    ca_crl_number(src->crl));
+			any = 1;
+		} else if (rc != 0 && rc != KMS_ERR_NOTFOUND) {
+			/* Its issuer showed up, and the CRL is not valid for it: drop it. */
+			pthread_mutex_lock(&s->mu);
+			crl = src->pend;
+			src->pend = NULL;
+			pthread_mutex_unlock(&s->mu);
+			X509_CRL_free(crl);
+			note_failure(s, src, kms_last_error());
+		}
+	}
+	return any;
 }
 
 static void
@@ -236,15 +403,34 @@ source_main(void *arg)
 	return NULL;
 }
 
+/* Wait until deadline (CLOCK_MONOTONIC), stop, a refresh or a recheck; 1 when a refresh was asked for. */
+static int
+ext_wait(struct pub_sync *s, const struct timespec *deadline)
+{
+	int r;
+
+	pthread_mutex_lock(&s->mu);
+	while (!s->stop && !s->refresh && !s->recheck)
+		if (pthread_cond_timedwait(&s->cv, &s->mu, deadline) == ETIMEDOUT)
+			break;
+	r = s->refresh;
+	s->refresh = 0;
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
 static void *
 ext_main(void *arg)
 {
 	struct pub_sync *s = arg;
+	struct timespec due = { 0, 0 };
+	int fetch = 1;
 
 	while (!stopping(s)) {
+		struct timespec now;
 		int any = 0;
 
-		for (size_t i = 0; i < s->next && !stopping(s); i++) {
+		for (size_t i = 0; fetch && i < s->next && !stopping(s); i++) {
 			struct src *src = &s->ext[i];
 			X509_CRL *crl = NULL;
 			int rc, changed = 0;
@@ -254,17 +440,30 @@ ext_main(void *arg)
 				rc = kms_fail(KMS_ERR_PROTO, "no CRL in the answer");
 			if (rc == 0)
 				rc = take(s, src, crl, &changed);
+			if (rc == KMS_ERR_NOTFOUND)
+				continue;       /* kept aside, said once */
 			if (rc != 0) {
 				if (!stopping(s))
 					note_failure(s, src, kms_last_error());
 				continue;
 			}
 			note_success(s, src);
+			if (changed)
+				kms_log(KMS_LOG_INFO, "CRL %s: taken (number %lld)", src->url, src->number);
 			any |= changed;
 		}
+		if (fetch) {
+			clock_gettime(CLOCK_MONOTONIC, &due);
+			due.tv_sec += s->external_refresh;
+		}
+		/* CRLs kept aside whose issuer mail may have shown since. */
+		any |= recheck_pending(s);
 		if (any && !stopping(s))
 			call_changed(s);
-		nap(s, s->external_refresh, 1);
+		fetch = ext_wait(s, &due);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec > due.tv_sec || (now.tv_sec == due.tv_sec && now.tv_nsec >= due.tv_nsec))
+			fetch = 1;
 	}
 	return NULL;
 }
@@ -292,19 +491,19 @@ src_init(struct pub_sync *s, struct src *src, const char *url, int replica, STAC
 		unsigned char *buf = NULL;
 		size_t len;
 		X509_CRL *crl = NULL;
-		X509 *issuer;
-		int stale, changed;
+		int changed;
 
 		if (path != NULL && kms_read_file(path, CA_CRL_FETCH_MAX, &buf, &len) == 0 &&
 		    ca_crl_parse(buf, len, &crl) == 0) {
-			if (ca_crl_find_issuer(crl, cas, time(NULL), &issuer, &stale) == 0) {
-				take(s, src, crl, &changed);
+			/* Validated again, as a fetched one would be. */
+			int rc = take(s, src, crl, &changed);
+
+			if (rc == 0)
 				kms_log(KMS_LOG_INFO, "CRL %s: last good copy loaded (number %lld%s)", url, src->number,
-				    stale ? ", stale" : "");
-			} else {
+				    src->crl != NULL && src->meta.next_update != 0 && src->meta.next_update < time(NULL) ?
+				    ", stale" : "");
+			else if (rc != KMS_ERR_NOTFOUND)
 				kms_log(KMS_LOG_WARNING, "CRL %s: kept copy refused: %s", url, kms_last_error());
-				X509_CRL_free(crl);
-			}
 		}
 		kms_clear_error();
 		free(buf);
@@ -319,6 +518,8 @@ src_free(struct src *src)
 	free(src->url);
 	free(src->cache_name);
 	X509_CRL_free(src->crl);
+	X509_CRL_free(src->pend);
+	X509_free(src->issuer);
 	ca_crl_meta_clear(&src->meta);
 }
 
@@ -334,6 +535,9 @@ sync_free(struct pub_sync *s)
 	free(s->ext);
 	sk_X509_pop_free(s->source_cas, X509_free);
 	sk_X509_pop_free(s->ext_cas, X509_free);
+	sk_X509_pop_free(s->inter, X509_free);
+	sk_X509_pop_free(s->seen, X509_free);
+	X509_STORE_free(s->anchors);
 	free(s->cache_dir);
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->mu);
@@ -371,11 +575,12 @@ sources_init(struct pub_sync *s, const struct pub_sync_opts *o)
 	if (!empty(o->external)) {
 		size_t n = 0;
 
-		if (empty(o->external_ca)) {
-			rc = kms_fail(KMS_ERR_CONFIG, "[crl] external needs [crl] external_ca");
+		if (empty(o->external_ca) && s->anchors == NULL) {
+			rc = kms_fail(KMS_ERR_CONFIG, "[crl] external needs trust anchors ([milter] trust_file, trust_dir, "
+			    "use_system_store) or [crl] external_ca");
 			goto out;
 		}
-		if ((rc = ca_crl_load_cas(o->external_ca, &s->ext_cas)) != 0)
+		if (!empty(o->external_ca) && (rc = ca_crl_load_cas(o->external_ca, &s->ext_cas)) != 0)
 			goto out;
 		if ((list = kms_split_list(o->external)) == NULL) {
 			rc = KMS_ERR_NOMEM;
@@ -424,6 +629,12 @@ pub_sync_start(const struct pub_sync_opts *o, struct pub_sync **out)
 		rc = KMS_ERR_NOMEM;
 		goto fail;
 	}
+	if ((s->inter = certs_dup(o->inter)) == NULL || (s->seen = sk_X509_new_null()) == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto fail;
+	}
+	if (o->anchors != NULL && X509_STORE_up_ref(o->anchors))
+		s->anchors = o->anchors;
 
 	if ((rc = sources_init(s, o)) != 0)
 		goto fail;
@@ -519,4 +730,69 @@ pub_sync_source_number(struct pub_sync *s)
 		n = s->source->number;
 	pthread_mutex_unlock(&s->mu);
 	return n;
+}
+
+void
+pub_sync_set_trust(struct pub_sync *s, X509_STORE *anchors, STACK_OF(X509) *inter)
+{
+	STACK_OF(X509) *ni, *oi;
+	X509_STORE *oa;
+
+	if (s == NULL || (ni = certs_dup(inter)) == NULL)
+		return;
+	if (anchors != NULL && !X509_STORE_up_ref(anchors))
+		anchors = NULL;
+	pthread_mutex_lock(&s->mu);
+	oa = s->anchors;
+	oi = s->inter;
+	s->anchors = anchors;
+	s->inter = ni;
+	s->recheck = 1;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	X509_STORE_free(oa);
+	sk_X509_pop_free(oi, X509_free);
+}
+
+/* Does a CRL kept aside name subj as its issuer?  Under s->mu. */
+static int
+pending_for(struct pub_sync *s, const X509_NAME *subj)
+{
+	for (size_t i = 0; i < s->next; i++)
+		if (s->ext[i].pend != NULL && X509_NAME_cmp(X509_CRL_get_issuer(s->ext[i].pend), subj) == 0)
+			return 1;
+	return 0;
+}
+
+void
+pub_sync_offer(struct pub_sync *s, STACK_OF(X509) *chain)
+{
+	int added = 0;
+
+	/* Never waits: while an index rebuild holds the lock, the next message offers again. */
+	if (s == NULL || chain == NULL || pthread_mutex_trylock(&s->mu) != 0)
+		return;
+	/* Only the chain's CAs, only those a CRL kept aside waits for, each once. */
+	for (int i = 1; i < sk_X509_num(chain); i++) {
+		X509 *c = sk_X509_value(chain, i);
+		int known = 0;
+
+		if (!pending_for(s, X509_get_subject_name(c)))
+			continue;
+		for (int j = 0; j < sk_X509_num(s->seen) && !known; j++)
+			known = X509_cmp(sk_X509_value(s->seen, j), c) == 0;
+		if (known)
+			continue;
+		if (sk_X509_num(s->seen) >= SEEN_MAX)
+			X509_free(sk_X509_shift(s->seen));
+		if (sk_X509_push(s->seen, c)) {
+			X509_up_ref(c);
+			added = 1;
+		}
+	}
+	if (added) {
+		s->recheck = 1;
+		pthread_cond_broadcast(&s->cv);
+	}
+	pthread_mutex_unlock(&s->mu);
 }

@@ -103,7 +103,9 @@ struct pub_sync_opts {
 	const char *source;         /* replica: the primary's full CRL URL ("" or NULL: none) */
 	const char *source_ca;      /* PEM of the primary's CA certificate */
 	const char *external;       /* comma-separated files and http(s) URLs of other CAs' CRLs */
-	const char *external_ca;    /* PEM of the CAs that sign them */
+	const char *external_ca;    /* PEM of CAs that sign them ("" or NULL: the trust set alone) */
+	X509_STORE *anchors;        /* trust anchors for external CRLs (a reference is taken), may be NULL */
+	STACK_OF(X509) *inter;      /* configured intermediates (copied), may be NULL */
 	int external_refresh;       /* seconds between refreshes of the external CRLs */
 	int longpoll_timeout;       /* seconds the primary holds a long poll */
 	const char *cache_dir;      /* last good copies, kept across restarts (NULL: memory only) */
@@ -122,6 +124,19 @@ int pub_sync_start(const struct pub_sync_opts *opts, struct pub_sync **out);
 void pub_sync_stop(struct pub_sync *s);
 /* Refresh the external CRLs now (e.g. on SIGHUP). */
 void pub_sync_refresh(struct pub_sync *s);
+/*
+ * New trust anchors and intermediates (after a reload): later external
+ * CRLs are validated against them, and those kept aside are tried again.
+ */
+void pub_sync_set_trust(struct pub_sync *s, X509_STORE *anchors, STACK_OF(X509) *inter);
+/*
+ * A trusted chain in mail has a certificate of unknown status: its CA
+ * certificates that an external CRL kept aside names as issuer are
+ * noted, and the sync thread validates that CRL again.  Never waits for
+ * a lock (busy: the next message offers again), a signature check or
+ * I/O: safe in the mail path.
+ */
+void pub_sync_offer(struct pub_sync *s, STACK_OF(X509) *chain);
 /*
  * Add every last good copy to an index being built; copies past their
  * nextUpdate are marked stale.  Signatures were checked when the copies

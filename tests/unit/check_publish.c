@@ -897,6 +897,60 @@ START_TEST(test_external_crl_bad_signature_keeps_last_good_and_stale_is_marked)
 }
 END_TEST
 
+START_TEST(test_external_crl_without_external_ca_waits_for_a_trusted_issuer)
+{
+	struct pub_sync_opts o = { 0 };
+	struct pub_sync *s = NULL;
+	X509_STORE *none = X509_STORE_new(), *anchors = X509_STORE_new();
+	STACK_OF(X509) *inter = sk_X509_new_null();
+	char *file = kms_path_join(dir, "ext.crl");
+	int changed;
+
+	ck_assert_int_eq(X509_STORE_add_cert(anchors, ca->cert), 1);
+	write_file(file, cur->full_der, cur->full_len);
+	/* Without external_ca and without anchors there is nothing to check it against. */
+	o.external = file;
+	o.external_refresh = 3600;
+	o.changed = on_changed;
+	ck_assert_int_ne(pub_sync_start(&o, &s), 0);
+	ck_assert_ptr_null(s);
+	ck_assert(strstr(kms_last_error(), "trust anchors") != NULL);
+
+	/* Anchors that do not hold its issuer: read, kept aside, not used. */
+	o.anchors = none;
+	o.inter = inter;
+	ck_assert_int_eq(pub_sync_start(&o, &s), 0);
+	usleep(300 * 1000);
+	ck_assert_int_eq(index_has(s, "a1", NULL), 0);
+	pthread_mutex_lock(&ch_mu);
+	changed = ch_count;
+	pthread_mutex_unlock(&ch_mu);
+	/* A reload that trusts its issuer: validated again and taken, without a new fetch. */
+	unlink(file);
+	pub_sync_set_trust(s, anchors, inter);
+	for (int i = 0; i < 100 && !index_has(s, "a1", NULL); i++)
+		usleep(20 * 1000);
+	ck_assert_int_eq(index_has(s, "a1", NULL), 1);
+	pthread_mutex_lock(&ch_mu);
+	ck_assert_int_gt(ch_count, changed);
+	pthread_mutex_unlock(&ch_mu);
+	pub_sync_stop(s);
+
+	/* The anchor itself signs it: taken at the first fetch. */
+	write_file(file, cur->full_der, cur->full_len);
+	o.anchors = anchors;
+	ck_assert_int_eq(pub_sync_start(&o, &s), 0);
+	for (int i = 0; i < 100 && !index_has(s, "a1", NULL); i++)
+		usleep(20 * 1000);
+	ck_assert_int_eq(index_has(s, "a1", NULL), 1);
+	pub_sync_stop(s);
+	X509_STORE_free(none);
+	X509_STORE_free(anchors);
+	sk_X509_free(inter);
+	free(file);
+}
+END_TEST
+
 /* ------------------------------------------- distribution points seen in mail */
 
 /* A user certificate of the test CA, serial hex, with the given distribution point. */
@@ -1227,6 +1281,7 @@ http_suite(void)
 	tcase_add_test(tc, test_listen_forms);
 	tcase_add_test(tc, test_replica_follows_primary_and_keeps_copy_when_it_is_gone);
 	tcase_add_test(tc, test_external_crl_bad_signature_keeps_last_good_and_stale_is_marked);
+	tcase_add_test(tc, test_external_crl_without_external_ca_waits_for_a_trusted_issuer);
 	tcase_add_test(tc, test_dp_fetch_validates_keeps_and_reports_errors);
 	tcase_add_test(tc, test_certs_off_by_default_then_served_with_strict_addresses);
 	tcase_add_test(tc, test_certs_rate_limited_per_client_with_retry_after);

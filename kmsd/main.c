@@ -54,7 +54,8 @@ usage(FILE *fp)
 	fprintf(fp,
 	    "usage: kmsd [-f] [-c FILE]          run the daemon (-f: foreground, log to stderr too)\n"
 	    "       kmsd -n [-c FILE]            check the configuration and exit\n"
-	    "       kmsd -t [-c FILE] [--trust PEM]... [--crl FILE]... [--out DIR] MESSAGE...\n"
+	    "       kmsd -t [-c FILE] [--trust PEM]... [--intermediates PEM]... [--crl FILE]... [--fetch]\n"
+	    "               [--out DIR] MESSAGE...\n"
 	    "                                    check S/MIME signatures of message files offline\n"
 	    "       kmsd --schema                print every configuration key with its default\n"
 	    "       kmsd -V                      print the version\n"

@@ -4,7 +4,8 @@
 # intermediates, one of them with a CA two levels down, users under each),
 # checked through `kmsd -t`:
 # - a user revoked by the intermediate's CRL is revoked, with date and
-#   reason; the same CRL fetched from the certificate's distribution point
+#   reason, also when the message leaves the intermediate out and
+#   --intermediates gives it; the same CRL fetched from the certificate's distribution point
 #   (--fetch, served by a local HTTP server);
 # - an intermediate revoked by the root's CRL revokes its users, two
 #   levels down as well;
@@ -51,6 +52,15 @@ check_grep "a user revoked by the intermediate's CRL is revoked, with date and r
 check_grep "the recipient gets the warning header" "^X-KMS-Warning: signer certificate of alice@partner.example" "$T/r1"
 check_grep "another user of that CA passes, status known" "bob.eml: smime=pass \(pass: signed by bob@partner.example\)$" "$T/r1"
 check_nogrep "no CRL is refused" "ignored" "$T/r1.err"
+
+# A message that carries only the signer's certificate: the chain comes from --intermediates.
+openssl smime -sign -in "$P/alice.txt" -signer "$P/alice.crt" -inkey "$P/alice.key" -from alice@partner.example \
+	-to rcpt@example.org -subject "from alice" -out "$P/alice-bare.eml" 2>/dev/null || fail "alice-bare.eml is made"
+kt "$T/r1b" --crl "$T/issuing.crl" --crl "$T/root-empty.crl" "$P/alice-bare.eml"
+check_grep "without its intermediate the chain is not trusted" "alice-bare.eml: smime=neutral \(untrusted:" "$T/r1b"
+kt "$T/r1c" --intermediates "$P/intermediates.pem" --crl "$T/issuing.crl" --crl "$T/root-empty.crl" "$P/alice-bare.eml"
+check_grep "--intermediates builds the chain: revoked, with date and reason" \
+	"alice-bare.eml: smime=fail \(revoked: certificate of alice@partner.example \(serial 1000\) revoked on 20[0-9-]+T[0-9:]+Z, reason keyCompromise" "$T/r1c"
 
 # ------------------------------------------------- revoked intermediate
 pki_crl "$P" root "$T/root-revokes-issuing.crl" -n 2 -r 2,cACompromise

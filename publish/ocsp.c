@@ -32,6 +32,14 @@ struct post_body {
 	int too_big;
 };
 
+/*
+ * *req_cls of a GET or HEAD between MHD's first call (the headers) and
+ * its second: a response queued at the first call makes MHD close the
+ * connection after it (it takes the request as not read to its end), which
+ * would cost every GET client a new connection.
+ */
+static char get_seen;
+
 int
 pub_ocsp_path(const char *url)
 {
@@ -43,8 +51,10 @@ pub_ocsp_done(void **req_cls)
 {
 	struct post_body *pb = *req_cls;
 
-	if (pb == NULL)
+	if (pb == NULL || *req_cls == &get_seen) {
+		*req_cls = NULL;
 		return;
+	}
 	kms_buf_free(&pb->buf);
 	free(pb);
 	*req_cls = NULL;
@@ -249,5 +259,10 @@ pub_ocsp_serve(struct MHD_Connection *c, struct ca_ocsp *r, struct ca_revholder 
 		return reply_text(c, MHD_HTTP_NOT_FOUND, "no OCSP responder here\n");
 	if (post)
 		return serve_post(c, r, rev, max, upload_data, upload_size, req_cls);
+	if (*req_cls == NULL) {
+		*req_cls = &get_seen;
+		return MHD_YES;
+	}
+	/* A body on a GET is not read: answering now makes MHD close the connection after the answer. */
 	return serve_get(c, r, rev, max, url);
 }

@@ -120,6 +120,10 @@ read_response(int fd, char *buf, size_t cap, int *closed)
 				clen = strtoul(p + 17, NULL, 10);
 			if ((p = strcasestr(buf, "\r\nConnection: close")) != NULL && p < hdr_end)
 				*closed = 1;
+			/* HTTP/1.0 without keep-alive (OpenSSL's responder): closed after this answer. */
+			if (strncmp(buf, "HTTP/1.0", 8) == 0 &&
+			    ((p = strcasestr(buf, "\r\nConnection: keep-alive")) == NULL || p > hdr_end))
+				*closed = 1;
 		}
 		if (hdr_end != NULL && clen > 0 && have >= body_at + clen)
 			break;

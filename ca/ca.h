@@ -565,6 +565,14 @@ int ca_ocsp_signer_check(X509 *cert, X509 *ca_cert, EVP_PKEY *key, time_t now);
  */
 int ca_ocsp_replica_key(struct kms_store *st, const char *passphrase, const char *key_type, EVP_PKEY **out,
     int *created);
+/*
+ * A replica's signer certificate kept in the store (PEM in the meta table):
+ * on the primary under the replica key's fingerprint fp (64 lowercase hex
+ * digits), on the replica itself with fp NULL.  Load: KMS_ERR_NOTFOUND when
+ * none is kept; the caller checks it (ca_ocsp_signer_check).
+ */
+int ca_ocsp_replica_cert_save(struct kms_store *st, const char *fp, X509 *cert);
+int ca_ocsp_replica_cert_load(struct kms_store *st, const char *fp, X509 **out);
 /* 1 when cert should be replaced now: past half of lifetime, or issued for a longer one. */
 int ca_ocsp_signer_due(X509 *cert, long lifetime, time_t now);
 /*

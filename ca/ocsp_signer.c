@@ -4,7 +4,8 @@
  *
  * Entry points: ca_ocsp_issue_signer(), ca_ocsp_signer_load(),
  * ca_ocsp_signer_save(), ca_ocsp_signer_ensure(), ca_ocsp_signer_due(),
- * ca_ocsp_signer_check(), ca_key_fingerprint(), ca_ocsp_replica_key().
+ * ca_ocsp_signer_check(), ca_key_fingerprint(), ca_ocsp_replica_key(),
+ * ca_ocsp_replica_cert_save(), ca_ocsp_replica_cert_load().
  *
  * The CA key signs the signer's certificate and nothing else of OCSP's
  * (RFC 6960 4.2.2.2): responses are signed by a short-lived key of their
@@ -16,6 +17,10 @@
  *
  * The signer's key is kept like the CA key (PKCS#8, scrypt, AES-256-CBC,
  * under the CA passphrase), its certificate in PEM, both in the meta table.
+ * Replicas' signers outlive a restart of either side: the primary keeps
+ * each certificate it issued to a replica (the replica's key never leaves
+ * the replica), the replica its key (encrypted) and the certificate it
+ * fetched, so a replica restarted while the primary is down still signs.
  */
 #include "config.h"
 
@@ -34,6 +39,8 @@
 #define META_CERT "ocsp_signer_cert"
 #define META_KEY "ocsp_signer_key"
 #define META_REPLICA_KEY "ocsp_replica_key"
+#define META_REPLICA_CERT "ocsp_replica_cert"
+#define META_REPLICA_SIGNER "ocsp_replica_signer:"
 #define SIGNER_CN_SUFFIX " OCSP Responder"
 /* notBefore this far back: a client whose clock runs a little slow still accepts a new signer. */
 #define BACKDATE 300
@@ -338,4 +345,59 @@ ca_ocsp_replica_key(struct kms_store *st, const char *passphrase, const char *ke
 	*out = k;
 	*created = 1;
 	return 0;
+}
+
+/* The meta key of a stored signer certificate: "ocsp_replica_signer:<fp>" on a primary, "ocsp_replica_cert" on a replica. */
+static int
+cert_meta_key(const char *fp, char *buf, size_t size)
+{
+	int n;
+
+	if (fp == NULL)
+		n = snprintf(buf, size, "%s", META_REPLICA_CERT);
+	else if (strlen(fp) != 64 || strspn(fp, "0123456789abcdef") != 64)
+		return kms_fail(KMS_ERR_INVALID, "not a key fingerprint");
+	else
+		n = snprintf(buf, size, "%s%s", META_REPLICA_SIGNER, fp);
+	return n < 0 || (size_t)n >= size ? kms_fail(KMS_ERR_TOOBIG, "meta key") : 0;
+}
+
+int
+ca_ocsp_replica_cert_save(struct kms_store *st, const char *fp, X509 *cert)
+{
+	char key[128], *data, *pem = NULL;
+	BIO *b = NULL;
+	long n;
+	int rc;
+
+	if (st == NULL || cert == NULL)
+		return kms_fail(KMS_ERR_INVALID, "no store or certificate");
+	if ((rc = cert_meta_key(fp, key, sizeof(key))) != 0)
+		return rc;
+	if ((b = BIO_new(BIO_s_mem())) == NULL || !PEM_write_bio_X509(b, cert) ||
+	    (n = BIO_get_mem_data(b, &data)) <= 0 || (pem = strndup(data, (size_t)n)) == NULL) {
+		BIO_free(b);
+		return kms_fail_openssl(KMS_ERR_NOMEM, "OCSP signer certificate");
+	}
+	BIO_free(b);
+	rc = kms_store_meta_set(st, key, pem);
+	free(pem);
+	return rc;
+}
+
+int
+ca_ocsp_replica_cert_load(struct kms_store *st, const char *fp, X509 **out)
+{
+	char key[128], *pem = NULL;
+	BIO *b = NULL;
+	int rc;
+
+	*out = NULL;
+	if ((rc = cert_meta_key(fp, key, sizeof(key))) != 0 || (rc = kms_store_meta_get(st, key, &pem)) != 0)
+		return rc;
+	if ((b = BIO_new_mem_buf(pem, -1)) == NULL || (*out = PEM_read_bio_X509(b, NULL, NULL, NULL)) == NULL)
+		rc = kms_fail_openssl(KMS_ERR_CORRUPT, "the stored OCSP signer certificate %s", key);
+	BIO_free(b);
+	free(pem);
+	return rc;
 }

@@ -16,7 +16,10 @@
  * <state_dir>/ocsp-signer.pub, and fetches
  * <primary>/ocsp-signers/<key fingerprint>.crt until it gets a certificate
  * and again at half its life.  The primary issues and renews one for every
- * public key listed in [ocsp] replica_keys.  The replica's answers come
+ * public key listed in [ocsp] replica_keys.  Both sides keep the
+ * certificate in their store (ca_ocsp_replica_cert_save): a restarted
+ * primary serves the same one, a replica restarted while the primary is
+ * down signs with the one it has.  The replica's answers come
  * from the CRL it follows: "good" means not revoked (it has no list of
  * issued serials), "unknown" only for other CAs' certificates.
  */
@@ -118,9 +121,36 @@ read_pubkey(const char *path)
 	return k;
 }
 
-/* Issue (and renew at half-life) a delegated signer for each replica key, served for it to fetch. */
+/*
+ * A replica's signer kept in the store from before a restart: taken back
+ * (not issued again) while it is good and not due.
+ */
+static X509 *
+replica_signer_kept(struct kms_store *st, const struct ca *ca, EVP_PKEY *k, const char *fp, long lifetime,
+    time_t now)
+{
+	X509 *x = NULL;
+	int rc = ca_ocsp_replica_cert_load(st, fp, &x);
+
+	if (rc == KMS_ERR_NOTFOUND)
+		return NULL;
+	if (rc != 0 || ca_ocsp_signer_check(x, ca->cert, k, now) != 0 || ca_ocsp_signer_due(x, lifetime, now)) {
+		if (rc != 0)
+			kms_log(KMS_LOG_WARNING, "OCSP: %s", kms_last_error());
+		kms_clear_error();
+		X509_free(x);
+		return NULL;
+	}
+	return x;
+}
+
+/*
+ * Issue (and renew at half-life) a delegated signer for each replica key,
+ * served for it to fetch and kept in the store, so that a restart of the
+ * primary serves the same one rather than issuing another.
+ */
 static void
-replica_signers(const struct ca *ca, const struct kms_config *cfg, time_t now)
+replica_signers(struct kms_store *st, const struct ca *ca, const struct kms_config *cfg, time_t now)
 {
 	char **files;
 
@@ -134,6 +164,7 @@ replica_signers(const struct ca *ca, const struct kms_config *cfg, time_t now)
 		struct kmsd_replica_signer *rs = NULL, *na;
 		char *fp = NULL;
 		X509 *x = NULL;
+		int kept = 0;
 
 		if (k == NULL || (fp = ca_key_fingerprint(k)) == NULL) {
 			kms_log(KMS_LOG_ERR, "OCSP: %s", kms_last_error());
@@ -144,9 +175,14 @@ replica_signers(const struct ca *ca, const struct kms_config *cfg, time_t now)
 				rs = &O.replicas[i];
 		if (rs != NULL && !ca_ocsp_signer_due(rs->cert, (long)cfg->ocsp.signer_lifetime, now))
 			goto next;
-		if (ca_ocsp_issue_signer(ca, k, (long)cfg->ocsp.signer_lifetime, &x) != 0) {
+		if (rs == NULL && (x = replica_signer_kept(st, ca, k, fp, (long)cfg->ocsp.signer_lifetime, now)) != NULL) {
+			kept = 1;
+		} else if (ca_ocsp_issue_signer(ca, k, (long)cfg->ocsp.signer_lifetime, &x) != 0) {
 			kms_log(KMS_LOG_ERR, "OCSP: replica signer for %s: %s", *f, kms_last_error());
 			goto next;
+		} else if (ca_ocsp_replica_cert_save(st, fp, x) != 0) {
+			/* Served all the same; a restart would issue another. */
+			kms_log(KMS_LOG_WARNING, "OCSP: replica signer for %s not kept: %s", *f, kms_last_error());
 		}
 		if (rs == NULL) {
 			if ((na = realloc(O.replicas, (O.nreplicas + 1) * sizeof(*na))) == NULL)
@@ -160,7 +196,8 @@ replica_signers(const struct ca *ca, const struct kms_config *cfg, time_t now)
 		rs->cert = x;
 		x = NULL;
 		kmsd_http_publish_signer(rs->fp, rs->cert);
-		kms_log(KMS_LOG_INFO, "OCSP: delegated signer issued for the replica key %s (%.16s...)", *f, fp);
+		kms_log(KMS_LOG_INFO, "OCSP: delegated signer %s for the replica key %s (%.16s...)", kept ? "kept" : "issued",
+		    *f, fp);
 next:
 		X509_free(x);
 		free(fp);
@@ -170,6 +207,21 @@ next:
 }
 
 /* ------------------------------------------------------------ replica */
+
+/* Use cert (taken) as this replica's signer. */
+static int
+replica_install(struct ca_ocsp *r, X509 *x)
+{
+	if (ca_ocsp_set_signer(r, x, O.replica_key) != 0) {
+		X509_free(x);
+		return -1;
+	}
+	pthread_mutex_lock(&O.mu);
+	X509_free(O.signer);
+	O.signer = x;
+	pthread_mutex_unlock(&O.mu);
+	return 0;
+}
 
 /* The passphrase of the replica's signer key: [ca] passphrase_file, made (0600) when absent. */
 static int
@@ -193,6 +245,7 @@ static int
 replica_setup(struct kms_store *st, const struct kms_config *cfg)
 {
 	STACK_OF(X509) *cas = NULL;
+	X509 *x = NULL;
 	char *pass = NULL, *path = NULL, *pem = NULL;
 	BIO *b = NULL;
 	long n;
@@ -234,6 +287,21 @@ replica_setup(struct kms_store *st, const struct kms_config *cfg)
 	pthread_mutex_lock(&O.mu);
 	O.cur = r;
 	pthread_mutex_unlock(&O.mu);
+	/* The certificate kept from before a restart signs until the primary's next one arrives. */
+	if ((rc = ca_ocsp_replica_cert_load(st, NULL, &x)) == 0 &&
+	    ca_ocsp_signer_check(x, O.replica_ca, O.replica_key, time(NULL)) == 0) {
+		if (replica_install(r, x) == 0)
+			kms_log(KMS_LOG_INFO, "OCSP: the kept signer certificate installed");
+		else
+			kms_log(KMS_LOG_WARNING, "OCSP: the kept signer certificate: %s", kms_last_error());
+	} else {
+		if (rc != KMS_ERR_NOTFOUND)
+			kms_log(KMS_LOG_INFO, "OCSP: the kept signer certificate is not used: %s", kms_last_error());
+		X509_free(x);
+	}
+	x = NULL;
+	kms_clear_error();
+	rc = 0;
 	/* Until the primary's certificate arrives it answers tryLater. */
 	kmsd_http_set_ocsp(r, kmsd_revholder());
 	kms_log(KMS_LOG_INFO, "OCSP responder started (replica of %s)", cfg->crl.source);
@@ -264,9 +332,13 @@ primary_base(const struct kms_config *cfg)
 	return strndup(src, n);
 }
 
-/* Fetch this replica's signer certificate from the primary; install it when it is new and good. */
+/*
+ * Fetch this replica's signer certificate from the primary; install it when
+ * it is new and good, and keep it in the store for a restart while the
+ * primary is down.
+ */
 static void
-replica_fetch(struct ca_ocsp *r, const struct kms_config *cfg, time_t now)
+replica_fetch(struct ca_ocsp *r, struct kms_store *st, const struct kms_config *cfg, time_t now)
 {
 	char *base = primary_base(cfg), *url = NULL;
 	unsigned char *body = NULL;
@@ -293,15 +365,14 @@ replica_fetch(struct ca_ocsp *r, const struct kms_config *cfg, time_t now)
 	}
 	if (O.signer != NULL && X509_cmp(x, O.signer) == 0)
 		goto out;
-	if (ca_ocsp_set_signer(r, x, O.replica_key) != 0) {
+	if (ca_ocsp_replica_cert_save(st, NULL, x) != 0)
+		kms_log(KMS_LOG_WARNING, "OCSP: the signer certificate is not kept: %s", kms_last_error());
+	rc = replica_install(r, x);
+	x = NULL;
+	if (rc != 0) {
 		kms_log(KMS_LOG_ERR, "OCSP: %s", kms_last_error());
 		goto out;
 	}
-	pthread_mutex_lock(&O.mu);
-	X509_free(O.signer);
-	O.signer = x;
-	x = NULL;
-	pthread_mutex_unlock(&O.mu);
 	kms_log(KMS_LOG_INFO, "OCSP: signer certificate from the primary installed");
 out:
 	X509_free(x);
@@ -338,7 +409,7 @@ replica_tick(struct kms_store *st, const struct kms_config *cfg, time_t now)
 			return;
 		}
 	}
-	replica_fetch(O.cur, cfg, now);
+	replica_fetch(O.cur, st, cfg, now);
 }
 
 /* ---------------------------------------------------------------- tick */
@@ -363,7 +434,7 @@ kmsd_ocsp_tick(struct kms_store *st, time_t now)
 	pthread_mutex_lock(&O.tick_mu);
 	env = kmsd_env_get();
 	if (env->cfg->ocsp.enabled)
-		replica_signers(ca, env->cfg, now);
+		replica_signers(st, ca, env->cfg, now);
 	kmsd_env_put(env);
 	if (now < O.next_try) {
 		pthread_mutex_unlock(&O.tick_mu);

@@ -268,6 +268,53 @@ stop_kmsd
 rocsp -cert "$T/dave-sign.crt" -cert "$T/erin-sign.crt" > "$T/r4.out"
 check_grep "with the primary stopped the replica still answers: dave good" "dave-sign.crt: good" "$T/r4.out"
 check_grep "and erin revoked" "erin-sign.crt: revoked" "$T/r4.out"
+
+# Both sides keep the replica's signer in their store: a replica restarted
+# while the primary is down still signs, and a restarted primary serves the
+# same certificate rather than issuing another.
+# rsigner_serial RESPONSE: the serial number of the signer certificate an OCSP response carries.
+rsigner_serial() { openssl ocsp -respin "$1" -resp_text -noverify 2>/dev/null | \
+	sed -n '/BEGIN CERTIFICATE/,/END CERTIFICATE/p' | openssl x509 -noout -serial 2>/dev/null | cut -d= -f2; }
+rocsp -cert "$T/dave-sign.crt" -respout "$T/r4.der" > /dev/null
+s_before=$(rsigner_serial "$T/r4.der")
+kill -TERM "$RPID"
+wait "$RPID" 2>/dev/null
+PIDS=$(printf '%s' "$PIDS" | sed "s/ $RPID\b//")
+"$KMSD" -f -c "$T/replica.conf" >> "$T/replica.log" 2>&1 &
+RPID=$!
+PIDS="$PIDS $RPID"
+for _ in $(seq 1 100); do
+	rocsp -cert "$T/dave-sign.crt" -cert "$T/erin-sign.crt" -respout "$T/r5.der" > "$T/r5.out"
+	grep -q "dave-sign.crt: good" "$T/r5.out" && break
+	sleep 0.1
+done
+check_grep "a replica restarted while the primary is down answers: dave good" "dave-sign.crt: good" "$T/r5.out"
+check_grep "erin revoked (from the CRL it kept)" "erin-sign.crt: revoked" "$T/r5.out"
+check_grep "and its answer verifies against our CA" "Response verify OK" "$T/r5.out"
+s_after=$(rsigner_serial "$T/r5.der")
+[ -n "$s_before" ] && [ "$s_before" = "$s_after" ] && pass "signed with the signer certificate it kept ($s_after)" || \
+	fail "the kept signer" "before $s_before, after $s_after"
+curl -sf "http://127.0.0.1:$HTTP_PORT/ocsp-signers/$fp.crt" -o /dev/null
+[ $? -ne 0 ] && pass "(the primary is really down)" || fail "the primary is down"
+start_kmsd || fail "the primary starts again"
+for _ in $(seq 1 50); do
+	curl -sf "http://127.0.0.1:$HTTP_PORT/ocsp-signers/$fp.crt" -o "$T/rsigner2.der" && break
+	sleep 0.2
+done
+s_served=$(openssl x509 -inform DER -in "$T/rsigner2.der" -noout -serial 2>/dev/null | cut -d= -f2)
+[ -n "$s_served" ] && [ "$s_served" = "$s_before" ] && \
+	pass "the restarted primary serves the replica the same signer certificate, not a new one" || \
+	fail "the same replica signer after a primary restart" "served $s_served, replica has $s_before"
+grep -q "delegated signer kept for the replica key" "$T/kmsd.log" && pass "(the primary says it kept it)" || \
+	fail "the primary kept the replica signer" "$(grep 'delegated signer' "$T/kmsd.log" | tail -2 | tr '\n' ' ')"
+ctl revoke dave@example.org --reason cessationOfOperation > /dev/null 2>&1
+for _ in $(seq 1 30); do
+	rocsp -cert "$T/dave-sign.crt" > "$T/r6.out"
+	grep -q "dave-sign.crt: revoked" "$T/r6.out" && break
+	sleep 0.2
+done
+check_grep "after the primary's restart a revocation there reaches the replica's answers" "dave-sign.crt: revoked" "$T/r6.out"
+check_grep "which still verify" "Response verify OK" "$T/r6.out"
 kill -TERM "$RPID"
 wait "$RPID" 2>/dev/null
 PIDS=$(printf '%s' "$PIDS" | sed "s/ $RPID\b//")

@@ -456,6 +456,16 @@ start_services(struct run_ctx *r)
 	/* Shares and recovered keys lived only in the memory of a previous run. */
 	kmsd_recovery_abort_all(r->st, NULL);
 	kmsd_periodic(r->st, time(NULL));
+	/*
+	 * CRL sources and the distribution point fetcher before the milter:
+	 * the first message sees their kept copies, and an unknown status
+	 * in it is handed to a running fetcher (on_revocation_unknown =
+	 * tempfail holds it only while a fetch is pending).
+	 */
+	if (kmsd_sync_start() != 0)
+		kms_log(KMS_LOG_ERR, "CRL synchronisation: %s", kms_last_error());
+	if (kmsd_dp_start() != 0)
+		kms_log(KMS_LOG_ERR, "CRL distribution point fetching: %s", kms_last_error());
 	if (kmsd_server_start(r->ctl_fd, cfg->kmsd.control_socket) != 0)
 		die("cannot start the control server");
 	if (pthread_create(&r->milter, NULL, milter_thread, NULL) != 0) {
@@ -463,12 +473,8 @@ start_services(struct run_ctx *r)
 		die("cannot start the milter");
 	}
 	M.milter_running = 1;
-	if (kmsd_sync_start() != 0)
-		kms_log(KMS_LOG_ERR, "CRL synchronisation: %s", kms_last_error());
 	if (kmsd_ldap_start(cfg, r->st) != 0)
 		kms_log(KMS_LOG_ERR, "LDAP directory: %s", kms_last_error());
-	if (kmsd_dp_start() != 0)
-		kms_log(KMS_LOG_ERR, "CRL distribution point fetching: %s", kms_last_error());
 }
 
 /* Tell a waiting parent (kmsd without -f) that we are up. */

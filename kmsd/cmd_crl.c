@@ -136,21 +136,39 @@ kmsd_cmd_crl(struct kmsd_req *req)
 	return reply;
 }
 
-/* crl list-external: every CRL fetched from a distribution point seen in mail, with its state. */
+/*
+ * crl list-external: every [crl] external CRL, then every CRL fetched
+ * from a distribution point seen in mail, each with its state.
+ */
 json_t *
 kmsd_cmd_crl_list_external(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { NULL };
-	struct pub_dp_status *v = NULL;
+	struct pub_dp_status *v = NULL, *d = NULL, *nv;
 	json_t *reply = NULL, *arr;
-	size_t n = 0;
+	size_t n = 0, nd = 0;
 	int rc;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
 		return reply;
 	snprintf(req->target, sizeof(req->target), "external CRLs");
-	if ((rc = kmsd_dp_list(&v, &n)) != 0)
+	if ((rc = kmsd_sync_list(&v, &n)) != 0)
 		return kmsd_reply_fail(rc);
+	if ((rc = kmsd_dp_list(&d, &nd)) != 0) {
+		free(v);
+		return kmsd_reply_fail(rc);
+	}
+	if (nd > 0) {
+		if ((nv = realloc(v, (n + nd) * sizeof(*v))) == NULL) {
+			free(v);
+			free(d);
+			return kmsd_reply_fail(kms_fail(KMS_ERR_NOMEM, "out of memory"));
+		}
+		v = nv;
+		memcpy(v + n, d, nd * sizeof(*d));
+		n += nd;
+	}
+	free(d);
 	arr = json_array();
 	for (size_t i = 0; arr != NULL && i < n; i++) {
 		char tu[32] = "", nu[32] = "", la[32] = "", ls[32] = "", nf[32] = "";

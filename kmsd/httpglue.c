@@ -262,6 +262,17 @@ kmsd_sync_offer(STACK_OF(X509) *chain)
 }
 
 int
+kmsd_sync_list(struct pub_dp_status **out, size_t *n)
+{
+	int rc;
+
+	pthread_mutex_lock(&P.sync_mu);
+	rc = pub_sync_list(P.sync, out, n);
+	pthread_mutex_unlock(&P.sync_mu);
+	return rc;
+}
+
+int
 kmsd_sync_add_to(struct ca_revidx_builder *b)
 {
 	int rc;

@@ -125,6 +125,8 @@ void kmsd_sync_stop(void);
 void kmsd_sync_refresh(void);
 /* A trusted chain in mail with an unknown status: external CRLs kept aside for its CAs are tried again. */
 void kmsd_sync_offer(STACK_OF(X509) *chain);
+/* The [crl] external sources with their state (pub_sync_list). */
+int kmsd_sync_list(struct pub_dp_status **out, size_t *n);
 /* pub_sync_add_to() for the running sync (0 when none). */
 int kmsd_sync_add_to(struct ca_revidx_builder *b);
 /*

@@ -53,6 +53,8 @@ struct src {
 	int failing;
 	X509 *issuer;               /* the certificate that validated crl (external only) */
 	X509_CRL *pend;             /* fetched, its issuer not trusted yet: kept aside, not used */
+	char error[256];            /* the last failure, "" after a success */
+	time_t last_attempt, last_success;
 };
 
 struct pub_sync {
@@ -110,6 +112,7 @@ note_failure(struct pub_sync *s, struct src *src, const char *why)
 	pthread_mutex_lock(&s->mu);
 	first = !src->failing;
 	src->failing = 1;
+	snprintf(src->error, sizeof(src->error), "%s", why);
 	n = src->crl ? src->number : -1;
 	pthread_mutex_unlock(&s->mu);
 	if (first && n >= 0)
@@ -128,6 +131,8 @@ note_success(struct pub_sync *s, struct src *src)
 	pthread_mutex_lock(&s->mu);
 	was = src->failing;
 	src->failing = 0;
+	src->error[0] = '\0';
+	src->last_success = time(NULL);
 	pthread_mutex_unlock(&s->mu);
 	if (was)
 		kms_log(KMS_LOG_INFO, "CRL %s: fetched again", src->url);
@@ -435,13 +440,18 @@ ext_main(void *arg)
 			X509_CRL *crl = NULL;
 			int rc, changed = 0;
 
+			pthread_mutex_lock(&s->mu);
+			src->last_attempt = time(NULL);
+			pthread_mutex_unlock(&s->mu);
 			rc = ca_crl_fetch(src->url, EXTERNAL_TIMEOUT, -1, 0, &s->stop, &crl, NULL, NULL);
 			if (rc == 0 && crl == NULL)
 				rc = kms_fail(KMS_ERR_PROTO, "no CRL in the answer");
 			if (rc == 0)
 				rc = take(s, src, crl, &changed);
-			if (rc == KMS_ERR_NOTFOUND)
-				continue;       /* kept aside, said once */
+			if (rc == KMS_ERR_NOTFOUND) {
+				note_success(s, src);   /* read well; kept aside, said once */
+				continue;
+			}
 			if (rc != 0) {
 				if (!stopping(s))
 					note_failure(s, src, kms_last_error());
@@ -795,4 +805,44 @@ pub_sync_offer(struct pub_sync *s, STACK_OF(X509) *chain)
 		pthread_cond_broadcast(&s->cv);
 	}
 	pthread_mutex_unlock(&s->mu);
+}
+
+int
+pub_sync_list(struct pub_sync *s, struct pub_dp_status **out, size_t *n)
+{
+	struct pub_dp_status *v;
+
+	*out = NULL;
+	*n = 0;
+	if (s == NULL || s->next == 0)
+		return 0;
+	if ((v = calloc(s->next, sizeof(*v))) == NULL)
+		return kms_fail(KMS_ERR_NOMEM, "out of memory");
+	pthread_mutex_lock(&s->mu);
+	for (size_t i = 0; i < s->next; i++) {
+		const struct src *src = &s->ext[i];
+		X509_CRL *named = src->crl ? src->crl : src->pend;
+		STACK_OF(X509_REVOKED) *r = src->crl ? X509_CRL_get_REVOKED(src->crl) : NULL;
+
+		snprintf(v[i].url, sizeof(v[i].url), "%s", src->url);
+		if (named != NULL)
+			X509_NAME_oneline(X509_CRL_get_issuer(named), v[i].issuer, sizeof(v[i].issuer));
+		if (src->error[0] != '\0')
+			snprintf(v[i].error, sizeof(v[i].error), "%s", src->error);
+		else if (src->pend != NULL)
+			snprintf(v[i].error, sizeof(v[i].error), "%s", "kept aside: no trusted certificate of its issuer "
+			    "yet (used once a message shows a trusted chain to it)");
+		v[i].have_copy = src->crl != NULL;
+		v[i].entries = r ? sk_X509_REVOKED_num(r) : 0;
+		v[i].number = src->crl ? src->number : -1;
+		v[i].this_update = src->crl ? src->meta.this_update : 0;
+		v[i].next_update = src->crl ? src->meta.next_update : 0;
+		v[i].last_attempt = src->last_attempt;
+		v[i].last_success = src->last_success;
+		v[i].next_fetch = src->last_attempt ? src->last_attempt + s->external_refresh : 0;
+	}
+	pthread_mutex_unlock(&s->mu);
+	*out = v;
+	*n = s->next;
+	return 0;
 }

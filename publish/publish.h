@@ -137,6 +137,9 @@ void pub_sync_set_trust(struct pub_sync *s, X509_STORE *anchors, STACK_OF(X509) 
  * I/O: safe in the mail path.
  */
 void pub_sync_offer(struct pub_sync *s, STACK_OF(X509) *chain);
+struct pub_dp_status;
+/* A snapshot of every [crl] external source (as pub_dp_list describes them); *out malloc'd. */
+int pub_sync_list(struct pub_sync *s, struct pub_dp_status **out, size_t *n);
 /*
  * Add every last good copy to an index being built; copies past their
  * nextUpdate are marked stale.  Signatures were checked when the copies

@@ -12,7 +12,8 @@
 #   CRL revokes the users below it;
 # - bad CRLs (bad signature, another CA's, no cRLSign, expired, not yet
 #   valid, unknown critical extension, CA certificates only) are not
-#   used: the log says why and the message gets on_revocation_unknown;
+#   used: the log and crl list-external say why, and the message gets
+#   on_revocation_unknown;
 # - with on_pass = warn and on_revocation_unknown = tempfail the first
 #   message from a new partner CA is tempfailed, not delivered as a pass;
 # - a distribution point that refuses connections: mail keeps flowing,
@@ -83,12 +84,22 @@ mt "without intermediates_file, a message without its intermediate is untrusted"
 wait_log "CRL $T/issuing.crl: no trusted certificate of its issuer /O=Partner/CN=Partner Issuing CA yet" &&
 	pass "the intermediate's CRL is kept aside until its issuer is trusted, and the log says so" ||
 	fail "the log names the CRL kept aside"
+ctl crl list-external > "$T/list0.out" 2>&1
+check_grep "crl list-external shows the external CRL kept aside" \
+	"last error: kept aside: no trusted certificate of its issuer yet" "$T/list0.out"
+check_grep "... with its issuer" "issuer: /O=Partner/CN=Partner Issuing CA" "$T/list0.out"
 mt "alice's first message shows the intermediate: status unknown for now" alice.eml unknown
 wait_log "CRL $T/issuing.crl: its issuer is trusted now; taken" &&
 	pass "the CRL is validated again when its issuer's certificate first appears in mail, and taken" ||
 	fail "the CRL kept aside is taken once mail shows its issuer"
 wait_log "revocation index rebuilt" && sleep 0.3
 mt "then alice, revoked by the intermediate's CRL, is revoked with date and reason" alice.eml revoked keyCompromise
+ctl crl list-external > "$T/list1.out" 2>&1
+check_grep "once taken, crl list-external shows its entries and no error" \
+	"^$T/issuing.crl\$" "$T/list1.out"
+grep -A4 "^$T/issuing.crl\$" "$T/list1.out" | grep -Eq "entries: 1 +number: 2" && \
+	grep -A4 "^$T/issuing.crl\$" "$T/list1.out" | grep -q "last error: none" &&
+	pass "... entries 1, number 2, last error none" || fail "crl list-external after the CRL is taken" "$(cat "$T/list1.out")"
 
 base_conf "[milter]" "intermediates_file = $P/intermediates.pem" "[crl]" "fetch = no" \
 	"external = $T/issuing.crl, $T/root-empty.crl"
@@ -151,6 +162,12 @@ check_grep "key without cRLSign: the log says why" "CRL $T/nocrlsign.crl: .*cRLS
 check_grep "expired: used for its entries only, marked stale" "CRL $T/expired.crl is past its nextUpdate" "$T/kmsd.log"
 check_grep "not yet valid: the log says why" "CRL $T/future.crl: .*not valid yet" "$T/kmsd.log"
 check_grep "unknown critical extension: the log says why" "CRL $T/critical.crl: .*unknown critical extension" "$T/kmsd.log"
+ctl crl list-external > "$T/list2.out" 2>&1
+grep -A5 "^$T/badsig.crl\$" "$T/list2.out" | grep -q "last error: .*signature" &&
+	pass "crl list-external shows why the CRL with a bad signature is refused" ||
+	fail "crl list-external names the bad signature" "$(head -20 "$T/list2.out")"
+grep -A5 "^$T/badsig.crl\$" "$T/list2.out" | grep -q "no good copy yet" &&
+	pass "... and that there is no good copy" || fail "crl list-external: no good copy"
 stop_kmsd
 
 # ------------------------------------- strict checking whatever on_pass says

@@ -1332,6 +1332,30 @@ START_TEST(test_unknown_revocation_has_its_own_result_and_action_whatever_on_pas
 	mlt_rewrite_free(rw);
 	mlt_result_free(res);
 
+	/* A good chain whose addresses do not match: the stricter of on_mismatch and the unknown status. */
+	{
+		size_t mlen;
+		unsigned char *mm = fixture("alice-mismatch.eml", &mlen);
+		struct mlt_result *mres = NULL;
+
+		calls = 0;
+		ck_assert_int_eq(mlt_check_message(&ctx, mm, mlen, &mres), 0);
+		ck_verdict(mres, POL_V_MISMATCH);
+		ck_assert_int_eq(mres->sigs[0].rev_unknown, 1);
+		ck_assert_msg(strstr(mres->detail, "revocation unknown") != NULL, "%s", mres->detail);
+		cfg->policy.on_mismatch = KMS_ACT_ACCEPT;
+		cfg->policy.on_revocation_unknown = KMS_ACT_TEMPFAIL;
+		ck_assert_int_eq(mlt_rewrite_plan(cfg, AUTHSERV, mres, mm, mlen, &rw), 0);
+		ck_assert_int_eq(rw->action, KMS_ACT_TEMPFAIL);
+		mlt_rewrite_free(rw);
+		cfg->policy.on_mismatch = KMS_ACT_REJECT;
+		ck_assert_int_eq(mlt_rewrite_plan(cfg, AUTHSERV, mres, mm, mlen, &rw), 0);
+		ck_assert_int_eq(rw->action, KMS_ACT_REJECT);
+		mlt_rewrite_free(rw);
+		mlt_result_free(mres);
+		free(mm);
+	}
+
 	/* A known status (the CRL in the index covers alice): on_pass alone. */
 	cfg->policy.on_revocation_unknown = KMS_ACT_TEMPFAIL;
 	cfg->policy.on_pass = KMS_ACT_ACCEPT;

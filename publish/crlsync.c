@@ -23,7 +23,8 @@
  * issuer none of them is yet is kept aside, not used; it is validated
  * again when mail first shows a certificate of its issuer (the fetch
  * thread does it, never the mail path) and after a reload
- * (pub_sync_set_trust).
+ * (pub_sync_set_trust).  The certificate that validated a kept copy is
+ * kept beside it, so that a restart need not wait for mail to show it.
  */
 #include "config.h"
 
@@ -31,6 +32,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <openssl/pem.h>
 
 #include "publish/publish.h"
 
@@ -240,6 +244,54 @@ keep_pending(struct pub_sync *s, struct src *src, X509_CRL *crl)
 }
 
 /*
+ * Beside an external CRL's kept copy, the certificate that validated it
+ * (<cache_name>.issuer.pem): a restart tries it again as an intermediate
+ * (it must still have a valid path to an anchor), so a CRL whose issuer
+ * mail showed once counts at once, before the next message shows it.
+ */
+static char *
+issuer_path(struct pub_sync *s, const struct src *src)
+{
+	char name[96];
+
+	snprintf(name, sizeof(name), "%s.issuer.pem", src->cache_name);
+	return kms_path_join(s->cache_dir, name);
+}
+
+static int
+save_issuer(struct pub_sync *s, const struct src *src, X509 *issuer)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char *path = issuer_path(s, src), *data = NULL;
+	long n;
+	int rc = KMS_ERR_NOMEM;
+
+	if (b != NULL && path != NULL && PEM_write_bio_X509(b, issuer) == 1 && (n = BIO_get_mem_data(b, &data)) > 0)
+		rc = kms_write_file_atomic(path, data, (size_t)n, 0644);
+	else
+		kms_fail(rc, "out of memory");
+	BIO_free(b);
+	free(path);
+	return rc;
+}
+
+static void
+load_issuer(struct pub_sync *s, struct src *src)
+{
+	STACK_OF(X509) *v = sk_X509_new_null();
+	char *path = issuer_path(s, src);
+
+	if (v != NULL && path != NULL && access(path, R_OK) == 0 && ca_certs_load_file(path, v, NULL) == 0 &&
+	    sk_X509_num(v) > 0) {
+		src->issuer = sk_X509_value(v, 0);
+		X509_up_ref(src->issuer);
+	}
+	kms_clear_error();
+	sk_X509_pop_free(v, X509_free);
+	free(path);
+}
+
+/*
  * Validate crl for src and make it the last good copy if it is newer.
  * *changed tells whether it was.  Takes crl either way (an external CRL
  * whose issuer is not trusted yet is kept aside: KMS_ERR_NOTFOUND).
@@ -307,6 +359,8 @@ take(struct pub_sync *s, struct src *src, X509_CRL *crl, int *changed)
 		kms_log(KMS_LOG_WARNING, "CRL %s is past its nextUpdate: used, marked stale", src->url);
 	if (s->cache_dir != NULL && ca_crl_save(s->cache_dir, src->cache_name, keep, issuer) != 0)
 		kms_log(KMS_LOG_WARNING, "CRL %s: cannot keep a copy: %s", src->url, kms_last_error());
+	else if (s->cache_dir != NULL && !src->replica && save_issuer(s, src, issuer) != 0)
+		kms_log(KMS_LOG_WARNING, "CRL %s: cannot keep its issuer's certificate: %s", src->url, kms_last_error());
 	X509_CRL_free(keep);
 	X509_free(issuer);
 	return 0;
@@ -503,6 +557,8 @@ src_init(struct pub_sync *s, struct src *src, const char *url, int replica, STAC
 		X509_CRL *crl = NULL;
 		int changed;
 
+		if (!replica)
+			load_issuer(s, src);
 		if (path != NULL && kms_read_file(path, CA_CRL_FETCH_MAX, &buf, &len) == 0 &&
 		    ca_crl_parse(buf, len, &crl) == 0) {
 			/* Validated again, as a fetched one would be. */

@@ -7,7 +7,7 @@
 #   counts from the next message (cached chains dropped);
 # - [crl] external CRLs without external_ca are validated against the
 #   trust set: an intermediate's CRL whose issuer mail shows later is kept
-#   aside and taken then; a user revoked by the intermediate's CRL is
+#   aside and taken then (and at once after a restart); a user revoked by the intermediate's CRL is
 #   revoked with date and reason; an intermediate revoked by the root's
 #   CRL revokes the users below it;
 # - bad CRLs (bad signature, another CA's, no cRLSign, expired, not yet
@@ -115,6 +115,16 @@ base_conf "[milter]" "intermediates_file = $T/broken.pem" "[crl]" "fetch = no"
 reload
 check_grep "a reload with a broken intermediates_file is refused and named" \
 	"reload refused.*intermediates_file" "$T/kmsd.log"
+stop_kmsd
+# A restart, intermediates_file still unset: the kept copy counts at once, its issuer kept beside it.
+base_conf "[crl]" "fetch = no" "external = $T/issuing.crl, $T/root-empty.crl"
+start_kmsd || { fail "kmsd restarts"; done_testing; }
+check_grep "the kept copy of the CRL whose issuer mail showed is loaded at start" \
+	"CRL $T/issuing.crl: last good copy loaded \(number 2\)" "$T/kmsd.log"
+mt "after a restart alice is revoked on the first message, before mail shows the intermediate again" \
+	alice.eml revoked keyCompromise
+mt "... and so is her message without the intermediate (her serial is listed under her issuer)" \
+	alice-bare.eml revoked keyCompromise
 stop_kmsd
 
 # The issuers are known from intermediates_file when the CRLs are loaded.

@@ -104,18 +104,21 @@ for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$HUGE_PORT") 2>/dev/null &
 pki_make "$T/huge" "http://127.0.0.1:$HUGE_PORT" || fail "the huge PKI is made"
 cat "$T/slow/root.crt" "$T/huge/root.crt" > "$T/roots.pem"
 rm -rf "$STATE/crl-dp"
+# The slow fetch may take 12 s before it gives up: all ten messages must be
+# answered while it still hangs (an order of events, not a speed: a mail
+# path that waited for the fetch could not answer before the time-out).
 write_conf "[kmsd]" "milter_socket = unix:$STATE/milter.sock" "[milter]" "trust_file = $T/roots.pem" \
-	"[crl]" "fetch_timeout = 3" "fetch_max_size = 64K" "[policy]" "on_revocation_unknown = accept"
+	"[crl]" "fetch_timeout = 12" "fetch_max_size = 64K" "[policy]" "on_revocation_unknown = accept"
 start_kmsd || { fail "kmsd starts (slow and huge)"; done_testing; }
-start=$(date +%s%N)
 for i in 1 2 3 4 5; do
 	mt "slow distribution point: message $i answered, revocation unknown" alice.eml unknown "$T/slow"
 	mt "huge distribution point: message $i answered, revocation unknown" alice.eml unknown "$T/huge"
 done
-ms=$(( ( $(date +%s%N) - start ) / 1000000 ))
-note "10 messages in ${ms} ms while the fetches hang or overflow"
-[ "$ms" -lt 2900 ] && pass "mail flows while a fetch hangs: 10 messages in ${ms} ms, under one fetch timeout" || \
-	fail "mail flows while a fetch hangs" "${ms} ms"
+if grep -Eq "CRL http://127.0.0.1:$SLOW_PORT/issuing.crl: .*timed out" "$T/kmsd.log"; then
+	fail "mail flows while a fetch hangs" "the fetch had timed out before the ten messages were answered"
+else
+	pass "mail flows while a fetch hangs: ten messages answered before the hanging fetch gave up"
+fi
 wait_log "CRL http://127.0.0.1:$SLOW_PORT/issuing.crl: .*timed out" && pass "the log says the slow fetch timed out" || \
 	fail "log names the timeout"
 wait_log "CRL http://127.0.0.1:$HUGE_PORT/issuing.crl: .*larger than 65536 bytes" && \

@@ -226,7 +226,12 @@ struct kms_config {
 	struct {
 		char *listen;                     /* "HOST:PORT", "" disables */
 		long long max_connections;
+		long long max_per_client;         /* connections from one address */
+		long long threads;                /* event-loop threads */
+		long long request_timeout;        /* seconds for a whole request to arrive */
+		long long idle_timeout;           /* seconds */
 		long long longpoll_timeout;       /* seconds */
+		long long max_longpolls;
 		int certs_endpoint;               /* serve /certs/<address> (lets anyone enumerate addresses) */
 		long long certs_rate;             /* /certs requests a minute per client */
 		long long certs_clients;          /* clients the rate table holds */

@@ -97,11 +97,16 @@ int
 kmsd_http_start(int fd, struct pub_http_server **out)
 {
 	struct kmsd_env *env = kmsd_env_get();
-	struct pub_http_opts o;
+	struct pub_http_opts o = { 0 };
 	int rc;
 
 	o.max_connections = (unsigned)env->cfg->http.max_connections;
+	o.max_per_client = (unsigned)env->cfg->http.max_per_client;
+	o.threads = (unsigned)env->cfg->http.threads;
+	o.request_ms = (unsigned)env->cfg->http.request_timeout * 1000u;
+	o.idle_ms = (unsigned)env->cfg->http.idle_timeout * 1000u;
 	o.longpoll_ms = (unsigned)env->cfg->http.longpoll_timeout * 1000u;
+	o.max_longpolls = (unsigned)env->cfg->http.max_longpolls;
 	o.ocsp_max_request = (size_t)env->cfg->ocsp.max_request_size;
 	if ((rc = pub_http_start(fd, &o, out)) != 0) {
 		kmsd_env_put(env);

@@ -5,11 +5,17 @@
  * Entry points: pub_http_listen(), pub_http_port(), pub_http_start(), pub_http_publish(),
  * pub_http_set_ocsp(), pub_http_stop().  /ocsp is handed to ocsp.c.  Owns the published copies ("blobs": immutable, reference
  * counted, so a response in flight keeps the bytes it started with while
- * kmsd publishes a newer CRL) and the long-poll waiters.
+ * kmsd publishes a newer CRL) and the record of every connection.
  *
- * libmicrohttpd runs one thread per connection, bounded by
- * [http] max_connections, so a long poll (GET /crl/<name>.crl?after=N) can
- * simply wait on a condition variable that pub_http_publish() broadcasts.
+ * Hostile clients must not lock out the ones that need a CRL, so every
+ * resource has a bound: libmicrohttpd runs a few threads over epoll (a
+ * slow or idle client costs a socket, not a thread), max_connections in
+ * all and max_per_client from one address; a whole request must arrive
+ * within request_ms (a timer thread cuts the late ones, since MHD's own
+ * timeout is only for idleness and a byte every few seconds resets it);
+ * a long poll (GET /crl/<name>.crl?after=N) is parked with MHD
+ * suspend/resume in a pool of max_longpolls, holding no thread, and is
+ * resumed on publish, at its deadline and on stop.
  */
 #include "config.h"
 
@@ -18,6 +24,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -59,14 +66,37 @@ struct signer_pub {
 	struct signer_pub *next;
 };
 
+/*
+ * One connection, from MHD's NOTIFY_STARTED to NOTIFY_CLOSED (its socket
+ * context): the request deadline, and the long poll it is parked in.
+ */
+struct conn {
+	struct MHD_Connection *c;
+	int fd;                     /* MHD's socket: open while listed (MHD closes it after NOTIFY_CLOSED) */
+	struct timespec start;      /* of the connection, or of its last answer */
+	int received;               /* the request is all in: no deadline */
+	int polling;                /* counted in the long-poll pool */
+	int suspended;              /* parked by MHD_suspend_connection, not yet resumed */
+	struct timespec deadline;   /* of the long poll */
+	struct conn *prev, *next;
+};
+
 struct pub_http_server {
 	struct MHD_Daemon *mhd;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;          /* broadcast on publish and on stop */
+	pthread_mutex_t mu;         /* everything below */
 	struct site *sites;
 	struct signer_pub *signers;
 	int stopping;
 	unsigned longpoll_ms;
+	unsigned request_ms;
+	unsigned max_longpolls;
+	unsigned nlongpolls;
+	struct conn *conns;
+	unsigned long long cut;     /* connections cut at request_ms, not yet logged */
+	time_t cut_logged;
+	pthread_t timer;            /* resumes long polls at their deadline, cuts late requests */
+	int timer_running;
+	pthread_cond_t timer_cv;    /* signalled on stop */
 	struct ca_ocsp *ocsp;       /* /ocsp; NULL: 404 (set by pub_http_set_ocsp) */
 	struct ca_revholder *rev;
 	size_t ocsp_max;            /* bytes of one OCSP request */
@@ -220,6 +250,8 @@ reply_text(struct MHD_Connection *c, unsigned status, const char *text)
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 	if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+	if (status == MHD_HTTP_SERVICE_UNAVAILABLE)
+		MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "5");
 	ret = MHD_queue_response(c, status, r);
 	MHD_destroy_response(r);
 	return ret;
@@ -393,42 +425,118 @@ deadline_after(struct timespec *ts, unsigned ms)
 	}
 }
 
+static int
+passed(const struct timespec *ts)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec > ts->tv_sec || (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
+}
+
+static struct conn *
+conn_of(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+	return ci != NULL ? ci->socket_context : NULL;
+}
+
 /*
- * GET /crl/<name>.crl?after=N: wait (this connection's own thread) until
- * the CRL's number exceeds N, the server stops, or the timeout passes.
+ * Resume the parked long polls (all of them on publish and stop, else
+ * those past their deadline).  Marked under mu, resumed after it: MHD
+ * never frees a suspended connection, and only the one who clears
+ * k->suspended resumes it, so the pointer stays good.
+ */
+static void
+wake_longpolls(struct pub_http_server *srv, int all)
+{
+	struct MHD_Connection *batch[64];
+	size_t n;
+
+	do {
+		n = 0;
+		pthread_mutex_lock(&srv->mu);
+		for (struct conn *k = srv->conns; k != NULL && n < 64; k = k->next) {
+			if (k->suspended && (all || passed(&k->deadline))) {
+				k->suspended = 0;
+				batch[n++] = k->c;
+			}
+		}
+		pthread_mutex_unlock(&srv->mu);
+		for (size_t i = 0; i < n; i++)
+			MHD_resume_connection(batch[i]);
+	} while (n == 64);
+}
+
+/* Under mu: the long poll of k (if any) leaves the pool. */
+static void
+longpoll_end(struct pub_http_server *srv, struct conn *k)
+{
+	if (k != NULL && k->polling) {
+		k->polling = 0;
+		srv->nlongpolls--;
+	}
+}
+
+/*
+ * GET /crl/<name>.crl?after=N: answered at once when the CRL's number is
+ * above N; else parked (MHD suspend, no thread held) in a pool of at most
+ * max_longpolls until a newer CRL, the deadline (304) or shutdown (503);
+ * over the pool, 503 at once.  MHD calls the handler again after each
+ * resume; k says whether this request is already parked.
  */
 static enum MHD_Result
-long_poll(struct pub_http_server *srv, struct MHD_Connection *c, const char *url, long long after)
+long_poll(struct pub_http_server *srv, struct MHD_Connection *c, struct conn *k, const char *url, long long after)
 {
-	struct timespec deadline;
 	struct site *site;
 	struct blob *b = NULL;
+	enum what wh;
 	int stopping;
 
-	deadline_after(&deadline, srv->longpoll_ms);
 	pthread_mutex_lock(&srv->mu);
-	if (route(srv, url, &site) != W_FULL) {
-		pthread_mutex_unlock(&srv->mu);
-		return reply_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
-	}
-	for (;;) {
-		if (srv->stopping)
-			break;
-		/* The site may have been republished; find it again after each wake-up. */
-		if (route(srv, url, &site) == W_FULL && site->full != NULL && site->full->number > after)
-			break;
-		if (pthread_cond_timedwait(&srv->cv, &srv->mu, &deadline) == ETIMEDOUT)
-			break;
-	}
+	wh = route(srv, url, &site);
 	stopping = srv->stopping;
-	if (!stopping && route(srv, url, &site) == W_FULL)
+	if (wh == W_FULL && site->full != NULL && site->full->number > after)
 		b = blob_ref(site->full);
+	if (wh == W_FULL && b == NULL && !stopping && !(k != NULL && k->polling && passed(&k->deadline))) {
+		if (k == NULL || (!k->polling && srv->nlongpolls >= srv->max_longpolls)) {
+			pthread_mutex_unlock(&srv->mu);
+			return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "too many long polls; retry later\n");
+		}
+		if (!k->polling) {
+			k->polling = 1;
+			srv->nlongpolls++;
+			deadline_after(&k->deadline, srv->longpoll_ms);
+		}
+		/* Suspended before mu goes, so that no wake-up can resume it first. */
+		k->suspended = 1;
+		MHD_suspend_connection(c);
+		pthread_mutex_unlock(&srv->mu);
+		return MHD_YES;
+	}
+	if (b == NULL && wh == W_FULL && !stopping)
+		b = blob_ref(site->full);
+	longpoll_end(srv, k);
 	pthread_mutex_unlock(&srv->mu);
-	if (stopping)
+	if (stopping) {
+		blob_unref(b);
 		return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down\n");
+	}
 	if (b == NULL)
 		return reply_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
 	return reply_blob(c, b, CT_CRL, b->number > after ? MHD_HTTP_OK : MHD_HTTP_NOT_MODIFIED);
+}
+
+/* The request is all in (headers, and the body of a POST): its deadline no longer applies. */
+static void
+request_received(struct pub_http_server *srv, struct conn *k)
+{
+	if (k == NULL)
+		return;
+	pthread_mutex_lock(&srv->mu);
+	k->received = 1;
+	pthread_mutex_unlock(&srv->mu);
 }
 
 static enum MHD_Result
@@ -436,6 +544,7 @@ handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
     const char *upload_data, size_t *upload_size, void **req_cls)
 {
 	struct pub_http_server *srv = cls;
+	struct conn *k = conn_of(c);
 	struct site *site;
 	struct blob *b = NULL;
 	enum what w;
@@ -447,13 +556,20 @@ handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
 	if (pub_ocsp_path(url)) {
 		struct ca_ocsp *r;
 		struct ca_revholder *rev;
+		enum MHD_Result ret;
+		int first = *req_cls == NULL, body_done = !first && *upload_size == 0;
 
 		pthread_mutex_lock(&srv->mu);
 		r = srv->ocsp;
 		rev = srv->rev;
 		pthread_mutex_unlock(&srv->mu);
-		return pub_ocsp_serve(c, r, rev, srv->ocsp_max, url, method, upload_data, upload_size, req_cls);
+		ret = pub_ocsp_serve(c, r, rev, srv->ocsp_max, url, method, upload_data, upload_size, req_cls);
+		/* Answered from the headers alone, or a POST body complete: the deadline is met. */
+		if (body_done || (first && *req_cls == NULL))
+			request_received(srv, k);
+		return ret;
 	}
+	request_received(srv, k);
 	if (strncmp(url, "/certs/", 7) == 0) {
 		struct pub_certs *pc;
 
@@ -473,7 +589,7 @@ handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
 	if (after_s != NULL && !head) {
 		if (parse_after(after_s, &after) != 0)
 			return reply_text(c, MHD_HTTP_BAD_REQUEST, "after= takes a CRL number\n");
-		return long_poll(srv, c, url, after);
+		return long_poll(srv, c, k, url, after);
 	}
 
 	pthread_mutex_lock(&srv->mu);
@@ -493,13 +609,119 @@ handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
 	return reply_blob(c, b, ctype, not_modified(c, b) ? MHD_HTTP_NOT_MODIFIED : MHD_HTTP_OK);
 }
 
+/* A request ended, answered or not: its long poll leaves the pool; the next request gets a new deadline. */
 static void
 completed(void *cls, struct MHD_Connection *c, void **req_cls, enum MHD_RequestTerminationCode toe)
 {
-	(void)cls;
-	(void)c;
+	struct pub_http_server *srv = cls;
+	struct conn *k = conn_of(c);
+
 	(void)toe;
 	pub_ocsp_done(req_cls);
+	if (k == NULL)
+		return;
+	pthread_mutex_lock(&srv->mu);
+	longpoll_end(srv, k);
+	k->received = 0;
+	clock_gettime(CLOCK_MONOTONIC, &k->start);
+	pthread_mutex_unlock(&srv->mu);
+}
+
+/* Every connection is listed from accept to close, for its request deadline and its long poll. */
+static void
+conn_notify(void *cls, struct MHD_Connection *c, void **socket_context, enum MHD_ConnectionNotificationCode code)
+{
+	struct pub_http_server *srv = cls;
+	struct conn *k = *socket_context;
+
+	if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+		const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+		/* Out of memory: the connection is served, with no deadline and no long poll (503). */
+		if (ci == NULL || (k = calloc(1, sizeof(*k))) == NULL)
+			return;
+		k->c = c;
+		k->fd = ci->connect_fd;
+		clock_gettime(CLOCK_MONOTONIC, &k->start);
+		pthread_mutex_lock(&srv->mu);
+		k->next = srv->conns;
+		if (k->next != NULL)
+			k->next->prev = k;
+		srv->conns = k;
+		pthread_mutex_unlock(&srv->mu);
+		*socket_context = k;
+	} else if (code == MHD_CONNECTION_NOTIFY_CLOSED && k != NULL) {
+		pthread_mutex_lock(&srv->mu);
+		if (k->prev != NULL)
+			k->prev->next = k->next;
+		else
+			srv->conns = k->next;
+		if (k->next != NULL)
+			k->next->prev = k->prev;
+		longpoll_end(srv, k);
+		pthread_mutex_unlock(&srv->mu);
+		free(k);
+		*socket_context = NULL;
+	}
+}
+
+/*
+ * Cut the connections whose request did not all arrive within request_ms.
+ * shutdown() under mu: a listed connection's socket is still open (MHD
+ * closes it only after NOTIFY_CLOSED, which takes mu), and MHD sees the
+ * end of the stream and closes the connection itself.
+ */
+static void
+cut_late_requests(struct pub_http_server *srv)
+{
+	struct timespec now;
+	time_t wall = time(NULL);
+	unsigned long long report = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	pthread_mutex_lock(&srv->mu);
+	for (struct conn *k = srv->conns; k != NULL; k = k->next) {
+		long long ms = (long long)(now.tv_sec - k->start.tv_sec) * 1000 +
+		    (now.tv_nsec - k->start.tv_nsec) / 1000000;
+
+		if (!k->received && ms > (long long)srv->request_ms) {
+			shutdown(k->fd, SHUT_RDWR);
+			k->received = 1;    /* once */
+			srv->cut++;
+		}
+	}
+	/* One line per ten seconds at most, however many there are. */
+	if (srv->cut > 0 && wall - srv->cut_logged >= 10) {
+		report = srv->cut;
+		srv->cut = 0;
+		srv->cut_logged = wall;
+	}
+	pthread_mutex_unlock(&srv->mu);
+	if (report > 0)
+		kms_log(KMS_LOG_WARNING, "HTTP: closed %llu connection(s) that sent no whole request within %u s",
+		    report, srv->request_ms / 1000);
+}
+
+static void *
+timer_main(void *arg)
+{
+	struct pub_http_server *srv = arg;
+
+	pthread_mutex_lock(&srv->mu);
+	while (!srv->stopping) {
+		struct timespec ts;
+
+		deadline_after(&ts, 250);
+		pthread_cond_timedwait(&srv->timer_cv, &srv->mu, &ts);
+		if (srv->stopping)
+			break;
+		pthread_mutex_unlock(&srv->mu);
+		wake_longpolls(srv, 0);
+		cut_late_requests(srv);
+		pthread_mutex_lock(&srv->mu);
+	}
+	pthread_mutex_unlock(&srv->mu);
+	return NULL;
 }
 
 static void
@@ -585,9 +807,17 @@ pub_http_start(int fd, const struct pub_http_opts *opts, struct pub_http_server 
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
 	pthread_condattr_t ca;
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_AUTO |
+	/*
+	 * A few threads over epoll, not one per connection: nothing in the
+	 * handler waits (answers are in memory or signed at once; long polls
+	 * are parked), so idle and slow clients cost a socket each, not a thread.
+	 */
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME |
 	    MHD_USE_ERROR_LOG;
-	unsigned maxc = opts && opts->max_connections ? opts->max_connections : 64;
+	unsigned maxc = opts && opts->max_connections ? opts->max_connections : 512;
+	unsigned perc = opts && opts->max_per_client ? opts->max_per_client : 32;
+	unsigned threads = opts && opts->threads ? opts->threads : 4;
+	unsigned idle_ms = opts && opts->idle_ms ? opts->idle_ms : 30000;
 	unsigned lp = opts && opts->longpoll_ms ? opts->longpoll_ms : 30000;
 
 	*out = NULL;
@@ -598,27 +828,43 @@ pub_http_start(int fd, const struct pub_http_opts *opts, struct pub_http_server 
 	if ((srv = calloc(1, sizeof(*srv))) == NULL)
 		return KMS_ERR_NOMEM;
 	srv->longpoll_ms = lp;
+	srv->request_ms = opts && opts->request_ms ? opts->request_ms : 10000;
+	srv->max_longpolls = opts && opts->max_longpolls ? opts->max_longpolls : 64;
 	srv->ocsp_max = opts && opts->ocsp_max_request ? opts->ocsp_max_request : 65536;
+	/* MHD splits the connection limit between its threads: each needs one. */
+	if (threads > maxc)
+		threads = maxc;
 	pthread_mutex_init(&srv->mu, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&srv->cv, &ca);
+	pthread_cond_init(&srv->timer_cv, &ca);
 	pthread_condattr_destroy(&ca);
 	srv->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handle, srv,
-	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
-	    MHD_OPTION_CONNECTION_LIMIT, maxc,
-	    /* An idle client goes after this; a long poll is not idle (its thread is in our handler). */
-	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(lp / 1000 + 30),
 	    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-	    MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
+	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+	    MHD_OPTION_THREAD_POOL_SIZE, threads,
+	    MHD_OPTION_CONNECTION_LIMIT, maxc,
+	    MHD_OPTION_PER_IP_CONNECTION_LIMIT, perc,
+	    /* Nothing moving for this long: gone.  Parked long polls are not timed by MHD but by us. */
+	    MHD_OPTION_CONNECTION_TIMEOUT, (idle_ms + 999) / 1000,
+	    MHD_OPTION_NOTIFY_COMPLETED, completed, srv,
 	    MHD_OPTION_UNESCAPE_CALLBACK, pub_http_unescape, NULL,
+	    MHD_OPTION_NOTIFY_CONNECTION, conn_notify, srv,
 	    MHD_OPTION_END);
 	if (srv->mhd == NULL) {
-		pthread_cond_destroy(&srv->cv);
+		pthread_cond_destroy(&srv->timer_cv);
 		pthread_mutex_destroy(&srv->mu);
 		free(srv);
 		return kms_fail(KMS_ERR_IO, "HTTP: libmicrohttpd did not start");
 	}
+	if (pthread_create(&srv->timer, NULL, timer_main, srv) != 0) {
+		MHD_stop_daemon(srv->mhd);
+		pthread_cond_destroy(&srv->timer_cv);
+		pthread_mutex_destroy(&srv->mu);
+		free(srv);
+		return kms_fail(KMS_ERR_IO, "HTTP: cannot start the timer thread");
+	}
+	srv->timer_running = 1;
 	*out = srv;
 	return 0;
 }
@@ -695,9 +941,26 @@ pub_http_stop(struct pub_http_server *srv)
 		return;
 	pthread_mutex_lock(&srv->mu);
 	srv->stopping = 1;
-	pthread_cond_broadcast(&srv->cv);
+	pthread_cond_broadcast(&srv->timer_cv);
 	pthread_mutex_unlock(&srv->mu);
-	/* Joins the connection threads; the long polls were just woken. */
+	if (srv->timer_running)
+		pthread_join(srv->timer, NULL);
+	/*
+	 * MHD must not be stopped with a connection suspended: resume every
+	 * long poll (none parks once stopping is set) and give them a moment
+	 * to answer 503.
+	 */
+	for (int i = 0; i < 100; i++) {
+		unsigned left;
+
+		wake_longpolls(srv, 1);
+		pthread_mutex_lock(&srv->mu);
+		left = srv->nlongpolls;
+		pthread_mutex_unlock(&srv->mu);
+		if (left == 0)
+			break;
+		poll(NULL, 0, 10);
+	}
 	MHD_stop_daemon(srv->mhd);
 	for (struct signer_pub *p = srv->signers, *pn; p != NULL; p = pn) {
 		pn = p->next;
@@ -712,7 +975,7 @@ pub_http_stop(struct pub_http_server *srv)
 		free(s->name);
 		free(s);
 	}
-	pthread_cond_destroy(&srv->cv);
+	pthread_cond_destroy(&srv->timer_cv);
 	pthread_mutex_destroy(&srv->mu);
 	free(srv);
 }
@@ -769,8 +1032,8 @@ pub_http_publish(struct pub_http_server *srv, const char *name, const struct ca_
 		site->cert = cert;
 		cert = NULL;
 	}
-	pthread_cond_broadcast(&srv->cv);
 	pthread_mutex_unlock(&srv->mu);
+	wake_longpolls(srv, 1);     /* each parked long poll looks at the new number */
 	goto out;
 nomem:
 	rc = KMS_ERR_NOMEM;

@@ -26,9 +26,14 @@
 struct pub_http_server;
 
 struct pub_http_opts {
-	unsigned max_connections;   /* concurrent connections ([http] max_connections) */
+	unsigned max_connections;   /* concurrent connections ([http] max_connections; 0: 512) */
 	unsigned longpoll_ms;       /* how long GET ...crl?after=N waits ([http] longpoll_timeout) */
 	size_t ocsp_max_request;    /* bytes of one OCSP request ([ocsp] max_request_size; 0: 64 KiB) */
+	unsigned max_per_client;    /* from one address ([http] max_connections_per_client; 0: 32) */
+	unsigned threads;           /* event-loop threads ([http] threads; 0: 4) */
+	unsigned request_ms;        /* a whole request must arrive within this ([http] request_timeout; 0: 10 s) */
+	unsigned idle_ms;           /* nothing moving this long closes ([http] idle_timeout; 0: 30 s) */
+	unsigned max_longpolls;     /* ?after= requests parked at once ([http] max_longpolls; 0: 64) */
 };
 
 /*
@@ -41,7 +46,8 @@ int pub_http_listen(const char *hostport, int *fd);
 int pub_http_port(int fd);
 /*
  * Serve GET and HEAD on the bound socket fd (taken over, closed by
- * pub_http_stop()) in MHD's own threads, one per connection:
+ * pub_http_stop()) in a few MHD threads over epoll (opts->threads), so
+ * that a slow or idle client costs a socket, never a thread:
  *   /crl/<name>.crl        the full CRL (application/pkix-crl)
  *   /crl/<name>.crl?after=N   long poll: answered at once with the CRL if
  *                          its number is above N, else when one is
@@ -54,6 +60,11 @@ int pub_http_port(int fd);
  *   /ocsp-signers/<fp>.crt a replica's delegated OCSP signer certificate
  * with ETag, Last-Modified, Cache-Control (max-age up to nextUpdate),
  * conditional GET (304), 404 for anything else, 405 for other methods.
+ * Bounds: opts->max_connections in all (more wait in the listen queue),
+ * max_per_client from one address (more are closed), a whole request
+ * within request_ms of the connection or of the previous answer, idle_ms
+ * without progress; long polls are parked without a thread, at most
+ * max_longpolls at once (503 at once over it).
  */
 int pub_http_start(int fd, const struct pub_http_opts *opts, struct pub_http_server **out);
 /*

@@ -2,13 +2,15 @@
  * holdconn.c - test helper: hold many connections open to a server, idle
  * or sending a request one byte at a time, as slow or hostile clients do.
  *
- * usage: holdconn [-n COUNT] [-a ADDRS] [-d SECONDS] [-t SECONDS] [-r TEXT] TARGET
+ * usage: holdconn [-n COUNT] [-a ADDRS] [-d SECONDS] [-t SECONDS] [-p TEXT] [-r TEXT] TARGET
  *   TARGET   unix:PATH or tcp:HOST:PORT (IPv4)
  *   -n       connections to open (default 16)
  *   -a       spread TCP connections over ADDRS source addresses 127.0.0.2,
  *            127.0.0.3, ... (a per-client limit counts each apart)
  *   -d       send the next byte of TEXT on each connection every SECONDS
  *            (0: stay idle; default 0)
+ *   -p       bytes sent at once on each connection before the trickle
+ *            (a request's headers, say, when its body is to come slowly)
  *   -r       the bytes to trickle (default "GET / HTTP/1.1\r\n")
  *   -t       give up after SECONDS (default 60)
  * Prints "held N" once the connections are made (N: how many connected),
@@ -113,26 +115,28 @@ int
 main(int argc, char **argv)
 {
 	static int fds[MAX_CONN];
-	const char *text = "GET / HTTP/1.1\r\n";
+	const char *text = "GET / HTTP/1.1\r\n", *prefix = NULL;
 	int n = 16, naddrs = 0, drip = 0, limit = 60, c, held = 0, open_now = 0;
 	size_t pos = 0;
 	time_t start = time(NULL), last = start;
 	struct sigaction sa;
 
-	while ((c = getopt(argc, argv, "n:a:d:t:r:")) != -1) {
+	while ((c = getopt(argc, argv, "n:a:d:t:p:r:")) != -1) {
 		switch (c) {
 		case 'n': n = atoi(optarg); break;
 		case 'a': naddrs = atoi(optarg); break;
 		case 'd': drip = atoi(optarg); break;
 		case 't': limit = atoi(optarg); break;
+		case 'p': prefix = optarg; break;
 		case 'r': text = optarg; break;
 		default:
-			fprintf(stderr, "usage: holdconn [-n COUNT] [-a ADDRS] [-d SECONDS] [-t SECONDS] [-r TEXT] TARGET\n");
+			fprintf(stderr, "usage: holdconn [-n COUNT] [-a ADDRS] [-d SECONDS] [-t SECONDS] [-p TEXT] [-r TEXT] "
+			    "TARGET\n");
 			return 2;
 		}
 	}
 	if (optind + 1 != argc || n < 1 || n > MAX_CONN) {
-		fprintf(stderr, "usage: holdconn [-n COUNT] [-a ADDRS] [-d SECONDS] [-t SECONDS] [-r TEXT] TARGET\n");
+		fprintf(stderr, "usage: holdconn [-n COUNT] [-a ADDRS] [-d SECONDS] [-t SECONDS] [-p TEXT] [-r TEXT] TARGET\n");
 		return 2;
 	}
 	memset(&sa, 0, sizeof(sa));
@@ -142,6 +146,11 @@ main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	for (int i = 0; i < n; i++) {
 		fds[i] = connect_one(argv[optind], i, naddrs);
+		if (fds[i] >= 0 && prefix != NULL &&
+		    send(fds[i], prefix, strlen(prefix), MSG_NOSIGNAL) != (ssize_t)strlen(prefix)) {
+			close(fds[i]);
+			fds[i] = -1;
+		}
 		if (fds[i] >= 0)
 			held++;
 	}

@@ -53,7 +53,7 @@ wait "$HOLD_PID"
 check_grep "the idle clients held every slot but the one kept for root and admins (7 of 8)" "^open 7$" "$T/idle.out"
 
 # One byte a second: the whole request has 3 s, whatever each read brings.
-hold ${ACCT}o1 "$T/drip.out" -n 8 -d 1 -r '{"cmd":"status","args":{}}' -t 7 "unix:$SOCK" || fail "8 trickling clients connect"
+hold ${ACCT}o1 "$T/drip.out" -n 8 -d 1 -r '{"cmd":"status","args":{}}' -t 10 "unix:$SOCK" || fail "8 trickling clients connect"
 sleep 5
 as ${ACCT}o2 status > "$T/after.out" 2>&1
 check_grep "a request trickled one byte a second is cut at control_request_timeout, freeing the slots" "^kmsd " "$T/after.out"

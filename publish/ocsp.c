@@ -247,6 +247,15 @@ serve_post(struct MHD_Connection *c, struct ca_ocsp *r, struct ca_revholder *rev
 	return answer(c, r, rev, pb->buf.data, pb->buf.len, 0);
 }
 
+static int
+has_body(struct MHD_Connection *c)
+{
+	const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+	return (cl != NULL && strspn(cl, "0") != strlen(cl)) ||
+	    MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL;
+}
+
 enum MHD_Result
 pub_ocsp_serve(struct MHD_Connection *c, struct ca_ocsp *r, struct ca_revholder *rev, size_t max, const char *url,
     const char *method, const char *upload_data, size_t *upload_size, void **req_cls)
@@ -259,10 +268,14 @@ pub_ocsp_serve(struct MHD_Connection *c, struct ca_ocsp *r, struct ca_revholder 
 		return reply_text(c, MHD_HTTP_NOT_FOUND, "no OCSP responder here\n");
 	if (post)
 		return serve_post(c, r, rev, max, upload_data, upload_size, req_cls);
-	if (*req_cls == NULL) {
+	/*
+	 * A GET with a body is answered (from its URL) at the first call, so
+	 * that MHD reads none of the body and closes the connection after the
+	 * answer; MHD takes an answer only then or once a body is read whole.
+	 */
+	if (*req_cls == NULL && !has_body(c)) {
 		*req_cls = &get_seen;
 		return MHD_YES;
 	}
-	/* A body on a GET is not read: answering now makes MHD close the connection after the answer. */
 	return serve_get(c, r, rev, max, url);
 }

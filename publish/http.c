@@ -42,6 +42,7 @@
 #define CT_CRL "application/pkix-crl"
 #define CT_CERT "application/pkix-cert"
 #define CERT_MAX_AGE 86400
+#define FULL_REQUEST_MS 1000        /* the request deadline when three quarters of the connections are taken */
 
 struct blob {
 	atomic_long refs;
@@ -89,10 +90,12 @@ struct pub_http_server {
 	int stopping;
 	unsigned longpoll_ms;
 	unsigned request_ms;
+	unsigned max_conns, nconns; /* nearly full: late requests get a much shorter deadline */
 	unsigned max_longpolls;
 	unsigned nlongpolls;
 	struct conn *conns;
 	unsigned long long cut;     /* connections cut at request_ms, not yet logged */
+	unsigned long long cut_early; /* of which cut early, the server being nearly full */
 	time_t cut_logged;
 	pthread_t timer;            /* resumes long polls at their deadline, cuts late requests */
 	int timer_running;
@@ -648,6 +651,7 @@ conn_notify(void *cls, struct MHD_Connection *c, void **socket_context, enum MHD
 		if (k->next != NULL)
 			k->next->prev = k;
 		srv->conns = k;
+		srv->nconns++;
 		pthread_mutex_unlock(&srv->mu);
 		*socket_context = k;
 	} else if (code == MHD_CONNECTION_NOTIFY_CLOSED && k != NULL) {
@@ -658,6 +662,7 @@ conn_notify(void *cls, struct MHD_Connection *c, void **socket_context, enum MHD
 			srv->conns = k->next;
 		if (k->next != NULL)
 			k->next->prev = k->prev;
+		srv->nconns--;
 		longpoll_end(srv, k);
 		pthread_mutex_unlock(&srv->mu);
 		free(k);
@@ -676,30 +681,43 @@ cut_late_requests(struct pub_http_server *srv)
 {
 	struct timespec now;
 	time_t wall = time(NULL);
-	unsigned long long report = 0;
+	unsigned long long report = 0, early = 0;
+	long long limit;
+	int full;
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	pthread_mutex_lock(&srv->mu);
+	/*
+	 * Three quarters full: whoever has not sent a whole request within a
+	 * second goes, so that a crowd of slow clients from many addresses
+	 * makes room for new ones within about a second, not request_ms.  A
+	 * real client sends its request in one go.
+	 */
+	full = srv->nconns >= srv->max_conns - srv->max_conns / 4;
+	limit = full && srv->request_ms > FULL_REQUEST_MS ? FULL_REQUEST_MS : srv->request_ms;
 	for (struct conn *k = srv->conns; k != NULL; k = k->next) {
 		long long ms = (long long)(now.tv_sec - k->start.tv_sec) * 1000 +
 		    (now.tv_nsec - k->start.tv_nsec) / 1000000;
 
-		if (!k->received && ms > (long long)srv->request_ms) {
+		if (!k->received && ms > limit) {
 			shutdown(k->fd, SHUT_RDWR);
 			k->received = 1;    /* once */
 			srv->cut++;
+			if (ms <= (long long)srv->request_ms)
+				srv->cut_early++;
 		}
 	}
 	/* One line per ten seconds at most, however many there are. */
 	if (srv->cut > 0 && wall - srv->cut_logged >= 10) {
 		report = srv->cut;
-		srv->cut = 0;
+		early = srv->cut_early;
+		srv->cut = srv->cut_early = 0;
 		srv->cut_logged = wall;
 	}
 	pthread_mutex_unlock(&srv->mu);
 	if (report > 0)
-		kms_log(KMS_LOG_WARNING, "HTTP: closed %llu connection(s) that sent no whole request within %u s",
-		    report, srv->request_ms / 1000);
+		kms_log(KMS_LOG_WARNING, "HTTP: closed %llu connection(s) that sent no whole request within %u s "
+		    "(%llu within 1 s, the server being nearly full)", report, srv->request_ms / 1000, early);
 }
 
 static void *
@@ -829,6 +847,7 @@ pub_http_start(int fd, const struct pub_http_opts *opts, struct pub_http_server 
 		return KMS_ERR_NOMEM;
 	srv->longpoll_ms = lp;
 	srv->request_ms = opts && opts->request_ms ? opts->request_ms : 10000;
+	srv->max_conns = maxc;
 	srv->max_longpolls = opts && opts->max_longpolls ? opts->max_longpolls : 64;
 	srv->ocsp_max = opts && opts->ocsp_max_request ? opts->ocsp_max_request : 65536;
 	/* MHD splits the connection limit between its threads: each needs one. */

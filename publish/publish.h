@@ -62,7 +62,8 @@ int pub_http_port(int fd);
  * conditional GET (304), 404 for anything else, 405 for other methods.
  * Bounds: opts->max_connections in all (more wait in the listen queue),
  * max_per_client from one address (more are closed), a whole request
- * within request_ms of the connection or of the previous answer, idle_ms
+ * within request_ms of the connection or of the previous answer (1 s when
+ * three quarters of max_connections are taken), idle_ms
  * without progress; long polls are parked without a thread, at most
  * max_longpolls at once (503 at once over it).
  */

@@ -700,6 +700,27 @@ START_TEST(test_request_not_in_within_request_timeout_is_cut)
 }
 END_TEST
 
+START_TEST(test_slow_crowd_over_the_limit_makes_room_within_a_second)
+{
+	/* 50 silent sockets against a limit of 40: the deadline is 10 s, but nearly full it is 1 s. */
+	struct pub_http_opts o = { .max_connections = 40, .max_per_client = 100, .threads = 2, .longpoll_ms = 600,
+		.request_ms = 10000, .idle_ms = 60000 };
+	struct resp r;
+	int fds[50];
+
+	restart_with(&o);
+	for (int i = 0; i < 50; i++)
+		fds[i] = raw_connect(NULL);
+	usleep(1200 * 1000);
+	request(NULL, "/crl/test-ca.crl", NULL, &r);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert_double_lt(r.secs, 3.0);
+	resp_free(&r);
+	for (int i = 0; i < 50; i++)
+		close(fds[i]);
+}
+END_TEST
+
 START_TEST(test_stop_wakes_long_polls)
 {
 	struct poll_arg pa;
@@ -1434,6 +1455,7 @@ http_suite(void)
 	tcase_add_test(tc, test_connections_beyond_the_bound_wait_for_a_free_slot);
 	tcase_add_test(tc, test_long_polls_over_the_pool_get_503_at_once);
 	tcase_add_test(tc, test_request_not_in_within_request_timeout_is_cut);
+	tcase_add_test(tc, test_slow_crowd_over_the_limit_makes_room_within_a_second);
 	suite_add_tcase(s, tc);
 
 	/*

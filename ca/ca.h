@@ -583,6 +583,72 @@ int ca_ocsp_signer_due(X509 *cert, long lifetime, time_t now);
 int ca_ocsp_signer_ensure(struct kms_store *st, const struct ca *ca, const char *passphrase, const char *key_type,
     long lifetime, time_t now, X509 **cert, EVP_PKEY **key, int *renewed);
 
+/* ------------------------------------------ audit checkpoints (audit_ckpt.c, audit_verify.c) */
+
+/*
+ * The audit signer: a delegated signer issued by ca for pubkey (subject
+ * "<O> Audit Signer", keyUsage digitalSignature only, no extKeyUsage, no
+ * subjectAltName), valid lifetime seconds (1 h to 90 days).  Kept in meta
+ * (audit_signer_cert, audit_signer_key), the key encrypted like the CA key.
+ */
+int ca_audit_issue_signer(const struct ca *ca, EVP_PKEY *pubkey, long lifetime, X509 **out);
+/* As ca_ocsp_signer_ensure(), for the audit signer. */
+int ca_audit_signer_ensure(struct kms_store *st, const struct ca *ca, const char *passphrase, const char *key_type,
+    long lifetime, time_t now, X509 **cert, EVP_PKEY **key, int *renewed);
+/* 1 when the audit signer cert should be renewed now (as ca_ocsp_signer_due()). */
+int ca_audit_signer_due(X509 *cert, long lifetime, time_t now);
+/*
+ * Is cert an audit signer that ca_cert issued (signature, subject and
+ * profile), valid at t?  0, or KMS_ERR_INVALID saying why not.
+ */
+int ca_audit_signer_check(X509 *cert, X509 *ca_cert, time_t t);
+
+/* A checkpoint: row seq of the audit chain had hash head at time; numbered 1, 2, ... */
+struct ca_audit_ckpt {
+	long long no;
+	long long seq;
+	char head[65];
+	time_t time;
+};
+/* Sign ck with key (*sig OPENSSL_malloc'd, the caller's). */
+int ca_audit_ckpt_sign(const struct ca_audit_ckpt *ck, EVP_PKEY *key, unsigned char **sig, size_t *siglen);
+/* 1 when sig is pub's signature of exactly ck, else 0. */
+int ca_audit_ckpt_check_sig(const struct ca_audit_ckpt *ck, EVP_PKEY *pub, const unsigned char *sig, size_t siglen);
+/*
+ * Sign the next checkpoint over the chain's head with (cert, key) when one
+ * is due: at once when there is none yet, else every_rows rows or interval
+ * seconds after the last, and only when rows were added since.  *known is
+ * the checkpoint the caller signed or verified last ({0} at first): unless
+ * the store's newest checkpoint is exactly it, over the same chain,
+ * nothing is signed and KMS_ERR_CORRUPT says why (checkpoints deleted or
+ * rows rewritten behind the caller's back).  On a new checkpoint, *made
+ * and *known are it; made->no is 0 when none was due.
+ */
+int ca_audit_checkpoint(struct kms_store *st, X509 *cert, EVP_PKEY *key, struct ca_audit_ckpt *known,
+    long long every_rows, long long interval, time_t now, struct ca_audit_ckpt *made);
+
+/* What ca_audit_verify() found. */
+struct ca_audit_report {
+	long long rows;             /* rows in the trail */
+	long long checkpoints;      /* signed checkpoints verified */
+	struct ca_audit_ckpt last;  /* the newest checkpoint, no 0 for none */
+	long long unsigned_rows;    /* rows after last.seq */
+	long long bad_seq;          /* on KMS_ERR_CORRUPT: first row that may be bad, 0 if none */
+	long long bad_checkpoint;   /* on KMS_ERR_CORRUPT: the checkpoint at fault, 0 if none */
+};
+/*
+ * Verify the audit trail: the hash chain and recorded head
+ * (kms_audit_verify), then, when ca_cert is given, every checkpoint in
+ * order (no gaps, issued by ca_cert to an audit signer valid at its time,
+ * signature, and the chain's hash at its row equal to the one it signed),
+ * that known (may be NULL) is still there, and that no more than
+ * 2 * every_rows rows older than 2 * interval seconds follow the last one
+ * (every_rows 0 skips that).  0, or KMS_ERR_CORRUPT with a message naming
+ * the first bad row or checkpoint (also in rep).
+ */
+int ca_audit_verify(struct kms_store *st, X509 *ca_cert, const struct ca_audit_ckpt *known, long long every_rows,
+    long long interval, time_t now, struct ca_audit_report *rep);
+
 struct ca_ocsp_opts {
 	long validity;          /* seconds from thisUpdate to nextUpdate ([ocsp] validity) */
 	size_t max_request;     /* bytes of one DER request */

@@ -62,4 +62,49 @@ long ca_utf8_chars(const char *s);
 /* The subject key identifier of cert: its SKI extension, else computed; lowercase hex, malloc'd. */
 char *ca_cert_ski_hex(X509 *cert);
 
+/*
+ * A kind of delegated signer (signer.c): a short-lived key our CA certifies
+ * for one job.  what names it in errors; the subject is the CA's O and CN
+ * "<O><cn_suffix>" (cn_suffix starts with a space; without the space when
+ * there is no O or it is too long); add_extensions (may be NULL) adds what
+ * the job needs; meta_cert and meta_key are where the store keeps it.
+ */
+struct ca;
+struct kms_store;
+struct ca_signer_kind {
+	const char *what;
+	const char *cn_suffix;
+	const char *meta_cert;
+	const char *meta_key;
+	int (*add_extensions)(X509 *x);
+};
+
+/* The subject of a signer of this kind under ca_cert (*out the caller's). */
+int ca_signer_subject(const struct ca_signer_kind *kind, X509 *ca_cert, X509_NAME **out);
+/* Issue one for pubkey, valid lifetime seconds (1 h to 90 days, never past the CA). */
+int ca_signer_issue(const struct ca_signer_kind *kind, const struct ca *ca, EVP_PKEY *pubkey, long lifetime,
+    X509 **out);
+/* Keep it in the store, the key encrypted like the CA key (ca_key_encrypt). */
+int ca_signer_save(const struct ca_signer_kind *kind, struct kms_store *st, X509 *cert, EVP_PKEY *key,
+    const char *passphrase);
+/*
+ * Load the stored one, checking that ca_cert (may be NULL) issued it and
+ * that the key is its own.  KMS_ERR_NOTFOUND when there is none,
+ * KMS_ERR_PERM on a wrong passphrase, KMS_ERR_STATE if another CA issued it.
+ */
+int ca_signer_load(const struct ca_signer_kind *kind, struct kms_store *st, X509 *ca_cert, const char *passphrase,
+    X509 **cert, EVP_PKEY **key);
+/* 1 when cert should be replaced now: past half of lifetime, or issued for a longer one. */
+int ca_signer_due(X509 *cert, long lifetime, time_t now);
+/* The stored one while not due, else a new key of key_type and certificate, saved; *renewed says which. */
+int ca_signer_ensure(const struct ca_signer_kind *kind, struct kms_store *st, const struct ca *ca,
+    const char *passphrase, const char *key_type, long lifetime, time_t now, X509 **cert, EVP_PKEY **key,
+    int *renewed);
+
+/* audit_ckpt.c for audit_verify.c: the chain hash of row seq (KMS_ERR_NOTFOUND: no such row). */
+int ca_audit_chain_hash_at(struct kms_store *st, long long seq, char out[65]);
+/* A row of SELECT no, seq, head, time ... FROM audit_checkpoints into ck. */
+struct ca_audit_ckpt;
+void ca_audit_ckpt_from_row(sqlite3_stmt *s, struct ca_audit_ckpt *ck);
+
 #endif /* KMS_CA_LOCAL_H */

@@ -16,7 +16,8 @@
  * matter), SKI, AKI; no CRL distribution point and no AIA.
  *
  * The signer's key is kept like the CA key (PKCS#8, scrypt, AES-256-CBC,
- * under the CA passphrase), its certificate in PEM, both in the meta table.
+ * under the CA passphrase), its certificate in PEM, both in the meta table
+ * (signer.c does that, and the profile common to every delegated signer).
  * Replicas' signers outlive a restart of either side: the primary keeps
  * each certificate it issued to a replica (the replica's key never leaves
  * the replica), the replica its key (encrypted) and the certificate it
@@ -42,46 +43,6 @@
 #define META_REPLICA_CERT "ocsp_replica_cert"
 #define META_REPLICA_SIGNER "ocsp_replica_signer:"
 #define SIGNER_CN_SUFFIX " OCSP Responder"
-/* notBefore this far back: a client whose clock runs a little slow still accepts a new signer. */
-#define BACKDATE 300
-
-static int
-signer_subject(X509 *ca_cert, X509_NAME **out)
-{
-	const X509_NAME *ca_name = X509_get_subject_name(ca_cert);
-	X509_NAME *n = NULL;
-	unsigned char *org = NULL;
-	char cn[4 * CA_UB_NAME + 1];
-	int i, len, rc;
-
-	*out = NULL;
-	if ((n = X509_NAME_new()) == NULL)
-		return kms_fail_openssl(KMS_ERR_NOMEM, "OCSP signer subject");
-	snprintf(cn, sizeof(cn), "OCSP Responder");
-	if ((i = X509_NAME_get_index_by_NID(ca_name, NID_organizationName, -1)) >= 0) {
-		if (!X509_NAME_add_entry(n, X509_NAME_get_entry(ca_name, i), -1, 0)) {
-			rc = kms_fail_openssl(KMS_ERR_NOMEM, "OCSP signer subject");
-			goto out;
-		}
-		len = ASN1_STRING_to_UTF8(&org, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(ca_name, i)));
-		/* "<org> OCSP Responder" when it fits in ub-common-name, else the plain name. */
-		if (len > 0 && ca_utf8_chars((char *)org) > 0 &&
-		    ca_utf8_chars((char *)org) + (long)strlen(SIGNER_CN_SUFFIX) <= CA_UB_NAME)
-			snprintf(cn, sizeof(cn), "%s%s", (char *)org, SIGNER_CN_SUFFIX);
-		ERR_clear_error();
-	}
-	if (!X509_NAME_add_entry_by_NID(n, NID_commonName, MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0)) {
-		rc = kms_fail_openssl(KMS_ERR_INVALID, "OCSP signer common name");
-		goto out;
-	}
-	*out = n;
-	n = NULL;
-	rc = 0;
-out:
-	OPENSSL_free(org);
-	X509_NAME_free(n);
-	return rc;
-}
 
 static int
 add_ocsp_extensions(X509 *x)
@@ -100,178 +61,40 @@ add_ocsp_extensions(X509 *x)
 	return rc;
 }
 
+static const struct ca_signer_kind ocsp_kind = {
+	.what = "OCSP signer", .cn_suffix = SIGNER_CN_SUFFIX, .meta_cert = META_CERT, .meta_key = META_KEY,
+	.add_extensions = add_ocsp_extensions,
+};
+
 int
 ca_ocsp_issue_signer(const struct ca *ca, EVP_PKEY *pubkey, long lifetime, X509 **out)
 {
-	static const int ku[] = { CA_KU_DIGITAL_SIGNATURE };
-	X509_NAME *subject = NULL;
-	X509 *x = NULL;
-	time_t now = time(NULL);
-	int rc;
-
-	*out = NULL;
-	if (ca == NULL || ca->cert == NULL || ca->key == NULL)
-		return kms_fail(KMS_ERR_STATE, "the CA key is not loaded: no OCSP signer can be issued");
-	if (pubkey == NULL)
-		return kms_fail(KMS_ERR_INVALID, "no key for the OCSP signer");
-	if (lifetime < 3600 || lifetime > 90L * 86400)
-		return kms_fail(KMS_ERR_INVALID, "OCSP signer lifetime of %ld s is out of range (1 h to 90 days)",
-		    lifetime);
-	if ((rc = signer_subject(ca->cert, &subject)) != 0 || (rc = ca_cert_begin(subject, pubkey, 1, &x)) != 0)
-		goto out;
-	if (!X509_set_issuer_name(x, X509_get_subject_name(ca->cert)) ||
-	    X509_time_adj_ex(X509_getm_notBefore(x), 0, -BACKDATE, &now) == NULL ||
-	    X509_time_adj_ex(X509_getm_notAfter(x), 0, lifetime, &now) == NULL) {
-		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "OCSP signer names and validity");
-		goto out;
-	}
-	if (ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(ca->cert)) > 0 &&
-	    !X509_set1_notAfter(x, X509_get0_notAfter(ca->cert))) {
-		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "notAfter");
-		goto out;
-	}
-	if ((rc = ca_add_basic_constraints(x, 0)) != 0 || (rc = ca_add_key_usage(x, ku, 1)) != 0 ||
-	    (rc = add_ocsp_extensions(x)) != 0 ||
-	    (rc = ca_add_key_ids(x, X509_get0_subject_key_id(ca->cert))) != 0 ||
-	    (rc = ca_sign(x, ca->key)) != 0)
-		goto out;
-	if (X509_verify(x, X509_get0_pubkey(ca->cert)) != 1) {
-		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "the CA key does not match the CA certificate");
-		goto out;
-	}
-	*out = x;
-	x = NULL;
-	rc = 0;
-out:
-	X509_NAME_free(subject);
-	X509_free(x);
-	return rc;
+	return ca_signer_issue(&ocsp_kind, ca, pubkey, lifetime, out);
 }
 
 int
 ca_ocsp_signer_save(struct kms_store *st, X509 *cert, EVP_PKEY *key, const char *passphrase)
 {
-	char *kpem = NULL, *cpem = NULL;
-	size_t klen = 0;
-	BIO *b = NULL;
-	long n;
-	char *data;
-	int rc;
-
-	if (cert == NULL || key == NULL || passphrase == NULL)
-		return kms_fail(KMS_ERR_INVALID, "OCSP signer: no certificate, key or passphrase");
-	if ((rc = ca_key_encrypt(key, passphrase, &kpem, &klen)) != 0)
-		goto out;
-	if ((b = BIO_new(BIO_s_mem())) == NULL || !PEM_write_bio_X509(b, cert) ||
-	    (n = BIO_get_mem_data(b, &data)) <= 0 || (cpem = strndup(data, (size_t)n)) == NULL) {
-		rc = kms_fail_openssl(KMS_ERR_NOMEM, "OCSP signer certificate");
-		goto out;
-	}
-	if ((rc = kms_store_begin(st)) != 0)
-		goto out;
-	if ((rc = kms_store_meta_set(st, META_CERT, cpem)) != 0 || (rc = kms_store_meta_set(st, META_KEY, kpem)) != 0) {
-		kms_store_rollback(st);
-		goto out;
-	}
-	rc = kms_store_commit(st);
-out:
-	BIO_free(b);
-	free(cpem);
-	free(kpem);
-	return rc;
+	return ca_signer_save(&ocsp_kind, st, cert, key, passphrase);
 }
 
 int
 ca_ocsp_signer_load(struct kms_store *st, X509 *ca_cert, const char *passphrase, X509 **cert, EVP_PKEY **key)
 {
-	char *cpem = NULL, *kpem = NULL;
-	X509 *x = NULL;
-	EVP_PKEY *k = NULL;
-	BIO *b = NULL;
-	int rc;
-
-	*cert = NULL;
-	*key = NULL;
-	if ((rc = kms_store_meta_get(st, META_CERT, &cpem)) != 0 || (rc = kms_store_meta_get(st, META_KEY, &kpem)) != 0)
-		goto out;
-	if ((b = BIO_new_mem_buf(cpem, -1)) == NULL || (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) == NULL) {
-		rc = kms_fail_openssl(KMS_ERR_CORRUPT, "the stored OCSP signer certificate");
-		goto out;
-	}
-	/* Issued by this CA (not one replaced since), and the key is its key. */
-	if (ca_cert != NULL && (X509_NAME_cmp(X509_get_issuer_name(x), X509_get_subject_name(ca_cert)) != 0 ||
-	    X509_verify(x, X509_get0_pubkey(ca_cert)) != 1)) {
-		rc = kms_fail_openssl(KMS_ERR_STATE, "the stored OCSP signer was not issued by this CA");
-		goto out;
-	}
-	if ((rc = ca_key_decrypt(kpem, strlen(kpem), passphrase, &k)) != 0)
-		goto out;
-	if (X509_check_private_key(x, k) != 1) {
-		rc = kms_fail_openssl(KMS_ERR_CORRUPT, "the stored OCSP signer key does not match its certificate");
-		goto out;
-	}
-	*cert = x;
-	*key = k;
-	x = NULL;
-	k = NULL;
-	rc = 0;
-out:
-	BIO_free(b);
-	free(cpem);
-	free(kpem);
-	X509_free(x);
-	EVP_PKEY_free(k);
-	return rc;
+	return ca_signer_load(&ocsp_kind, st, ca_cert, passphrase, cert, key);
 }
 
 int
 ca_ocsp_signer_due(X509 *cert, long lifetime, time_t now)
 {
-	time_t nb, na;
-
-	if (cert == NULL || ca_asn1_time_to_time(X509_get0_notBefore(cert), &nb) != 0 ||
-	    ca_asn1_time_to_time(X509_get0_notAfter(cert), &na) != 0)
-		return 1;
-	/* Renew at half of the configured lifetime, or at once if it is shorter than that. */
-	return now + lifetime / 2 >= na || na - nb > lifetime + BACKDATE + 60;
+	return ca_signer_due(cert, lifetime, now);
 }
 
 int
 ca_ocsp_signer_ensure(struct kms_store *st, const struct ca *ca, const char *passphrase, const char *key_type,
     long lifetime, time_t now, X509 **cert, EVP_PKEY **key, int *renewed)
 {
-	X509 *x = NULL;
-	EVP_PKEY *k = NULL;
-	int rc;
-
-	*cert = NULL;
-	*key = NULL;
-	*renewed = 0;
-	if (ca == NULL || ca->cert == NULL)
-		return kms_fail(KMS_ERR_STATE, "no CA");
-	rc = ca_ocsp_signer_load(st, ca->cert, passphrase, &x, &k);
-	if (rc == KMS_ERR_PERM)
-		return rc;      /* a wrong passphrase: never silently replace the signer */
-	if (rc == 0 && !ca_ocsp_signer_due(x, lifetime, now))
-		goto done;
-	if (rc != 0 && rc != KMS_ERR_NOTFOUND)
-		kms_log(KMS_LOG_WARNING, "OCSP signer: %s; issuing a new one", kms_last_error());
-	X509_free(x);
-	EVP_PKEY_free(k);
-	x = NULL;
-	k = NULL;
-	if ((rc = ca_keygen(key_type, &k)) != 0 || (rc = ca_ocsp_issue_signer(ca, k, lifetime, &x)) != 0 ||
-	    (rc = ca_ocsp_signer_save(st, x, k, passphrase)) != 0)
-		goto out;
-	*renewed = 1;
-done:
-	*cert = x;
-	*key = k;
-	return 0;
-out:
-	X509_free(x);
-	EVP_PKEY_free(k);
-	return rc;
+	return ca_signer_ensure(&ocsp_kind, st, ca, passphrase, key_type, lifetime, now, cert, key, renewed);
 }
 
 char *

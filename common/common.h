@@ -70,6 +70,7 @@ const char *kms_err_code_name(int err);
 enum kms_log_level {
 	KMS_LOG_ERR = 3,
 	KMS_LOG_WARNING = 4,
+	KMS_LOG_NOTICE = 5,        /* what an outside log should witness (audit checkpoints) */
 	KMS_LOG_INFO = 6,
 	KMS_LOG_DEBUG = 7,
 };
@@ -271,6 +272,12 @@ struct kms_config {
 		long long threshold;
 		char *share_dir;
 	} escrow;
+	struct {
+		long long checkpoint_rows;        /* sign a checkpoint after this many rows */
+		long long checkpoint_interval;    /* seconds, and at least this often when rows wait */
+		long long signer_lifetime;        /* seconds the audit signer's certificate is valid */
+		char *signer_key;                 /* its key type */
+	} audit;
 	struct {
 		long long max_memory;             /* bytes */
 		long long max_message_size;       /* bytes */

@@ -63,6 +63,7 @@ static const char *const ldap_binds[] = { "simple", "external", NULL };
 
 static const struct enum_val levels[] = {
 	{ "err", KMS_LOG_ERR }, { "error", KMS_LOG_ERR }, { "warning", KMS_LOG_WARNING },
+	{ "notice", KMS_LOG_NOTICE },
 	{ "info", KMS_LOG_INFO }, { "debug", KMS_LOG_DEBUG }, { NULL, 0 },
 };
 static const struct enum_val facilities[] = {
@@ -307,6 +308,14 @@ static const struct cfg_key schema[] = {
 	{ "policy", "notice", T_STRING, DEFAULT_NOTICE, 0, 0, NULL, NULL, OFF(policy.notice),
 	  "text of the notice added by warn; continue lines with leading spaces" },
 
+	{ "audit", "checkpoint_rows", T_INT, "100", 1, 1000000, NULL, NULL, OFF(audit.checkpoint_rows),
+	  "sign an audit checkpoint after this many new audit rows" },
+	{ "audit", "checkpoint_interval", T_DURATION, "600", 1, 86400, NULL, NULL, OFF(audit.checkpoint_interval),
+	  "and at least this often while there are rows no checkpoint signs" },
+	{ "audit", "signer_lifetime", T_DURATION, "2592000", 86400, 7776000, NULL, NULL, OFF(audit.signer_lifetime),
+	  "validity of the audit signer's certificate (renewed at half of it)" },
+	{ "audit", "signer_key", T_CHOICE, "ec:p256", 0, 0, user_keys, NULL, OFF(audit.signer_key),
+	  "key type of the audit signer" },
 	{ "roles", "admin", T_LIST, "root, self", 0, 0, NULL, NULL, OFF(roles.admin),
 	  "users, uids and @groups allowed to run the CA" },
 	{ "roles", "officer", T_LIST, "", 0, 0, NULL, NULL, OFF(roles.officer),

@@ -48,6 +48,7 @@ level_name(int level)
 	switch (level) {
 	case KMS_LOG_ERR: return "error";
 	case KMS_LOG_WARNING: return "warning";
+	case KMS_LOG_NOTICE: return "notice";
 	case KMS_LOG_INFO: return "info";
 	default: return "debug";
 	}

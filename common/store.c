@@ -153,6 +153,23 @@ static const char *const migrations[] = {
 	"  DELETE FROM pubq WHERE kind = 'ca' AND key = '';"
 	"  INSERT INTO pubq(kind, key, queued) VALUES ('ca', '', CAST(strftime('%s', 'now') AS INTEGER));"
 	"END;",
+
+	/*
+	 * 9: signed checkpoints of the audit chain (ca/audit_ckpt.c): number
+	 * no (1, 2, ... without gaps) says that row seq of the chain had the
+	 * hash head at time, signed (sig) by the audit signer whose
+	 * certificate (DER) it carries.  meta "audit_ckpt_start" is the last
+	 * row written before checkpoints existed (0 for a new store): those
+	 * rows wait for the first checkpoint without counting as overdue.
+	 */
+	"CREATE TABLE audit_checkpoints("
+	"  no INTEGER PRIMARY KEY,"
+	"  seq INTEGER NOT NULL,"
+	"  head TEXT NOT NULL,"
+	"  time INTEGER NOT NULL,"
+	"  cert BLOB NOT NULL,"
+	"  sig BLOB NOT NULL);"
+	"INSERT OR REPLACE INTO meta(key, value) SELECT 'audit_ckpt_start', COALESCE(MAX(seq), 0) FROM audit;",
 };
 
 #define LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))

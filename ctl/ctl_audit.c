@@ -32,6 +32,23 @@ print_rows(json_t *r)
 	}
 }
 
+static long long
+num(json_t *o, const char *key)
+{
+	return (long long)json_integer_value(json_object_get(o, key));
+}
+
+static void
+print_verified(json_t *r)
+{
+	printf("audit trail intact: %lld rows, hash chain verified\n", num(r, "rows"));
+	if (num(r, "checkpoints") > 0)
+		printf("%lld signed checkpoints verified; last signed row %lld (%s); %lld rows after it not signed yet\n",
+		    num(r, "checkpoints"), num(r, "signed_row"), ctl_str(r, "signed_time"), num(r, "unsigned_rows"));
+	else
+		printf("no signed checkpoint yet: %lld rows not signed\n", num(r, "unsigned_rows"));
+}
+
 int
 ctl_cmd_audit(struct ctl *ctl, int argc, char **argv)
 {
@@ -63,8 +80,7 @@ ctl_cmd_audit(struct ctl *ctl, int argc, char **argv)
 		return CTL_ERR_USAGE;
 	rc = ctl_finish(ctl, reply, &human);
 	if (human && verify)
-		printf("audit trail intact: %lld rows, hash chain verified\n",
-		    (long long)json_integer_value(json_object_get(json_object_get(reply, "result"), "rows")));
+		print_verified(json_object_get(reply, "result"));
 	else if (human)
 		print_rows(json_object_get(reply, "result"));
 	json_decref(reply);

@@ -57,28 +57,45 @@ kmsd_cmd_audit(struct kmsd_req *req)
 	return kms_reply_ok(json_pack("{s:o,s:b}", "rows", rows, "truncated", truncated));
 }
 
+/* The failure reply: what is wrong, and the first bad row and checkpoint. */
+static json_t *
+verify_failed(struct kmsd_req *req, const struct ca_audit_report *rep)
+{
+	json_t *e = kms_reply_error("corrupt", "audit trail tampered with: %s", kms_last_error());
+
+	snprintf(req->detail, sizeof(req->detail), "broken at row %lld, checkpoint %lld", rep->bad_seq,
+	    rep->bad_checkpoint);
+	if (e) {
+		json_object_set_new(json_object_get(e, "error"), "first_bad_row", json_integer(rep->bad_seq));
+		if (rep->bad_checkpoint)
+			json_object_set_new(json_object_get(e, "error"), "bad_checkpoint", json_integer(rep->bad_checkpoint));
+	}
+	return e;
+}
+
 json_t *
 kmsd_cmd_audit_verify(struct kmsd_req *req)
 {
 	static const char *const allowed[] = { NULL };
+	struct ca_audit_report rep;
 	json_t *reply = NULL;
-	long long bad = 0, rows = 0;
+	char t[32];
 	int rc;
 
 	if (kmsd_args_only(req, allowed, &reply) != 0)
 		return reply;
 	snprintf(req->target, sizeof(req->target), "audit trail");
-	rc = kms_audit_verify(req->st, &bad, &rows);
-	if (rc == KMS_ERR_CORRUPT) {
-		json_t *e = kms_reply_error("corrupt", "audit trail tampered with: %s", kms_last_error());
-
-		snprintf(req->detail, sizeof(req->detail), "chain broken at row %lld", bad);
-		if (e)
-			json_object_set_new(json_object_get(e, "error"), "first_bad_row", json_integer(bad));
-		return e;
-	}
+	rc = kmsd_audit_verify(req->st, &rep);
+	if (rc == KMS_ERR_CORRUPT)
+		return verify_failed(req, &rep);
 	if (rc != 0)
 		return kmsd_reply_fail(rc);
-	snprintf(req->detail, sizeof(req->detail), "%lld rows intact", rows);
-	return kms_reply_ok(json_pack("{s:b,s:I}", "intact", 1, "rows", (json_int_t)rows));
+	snprintf(req->detail, sizeof(req->detail), "%lld rows intact, %lld checkpoints, %lld rows unsigned", rep.rows,
+	    rep.checkpoints, rep.unsigned_rows);
+	reply = json_pack("{s:b,s:I,s:I,s:I,s:I}", "intact", 1, "rows", (json_int_t)rep.rows,
+	    "checkpoints", (json_int_t)rep.checkpoints, "signed_row", (json_int_t)rep.last.seq,
+	    "unsigned_rows", (json_int_t)rep.unsigned_rows);
+	if (reply && rep.last.no)
+		json_object_set_new(reply, "signed_time", json_string(kms_time_format(rep.last.time, t, sizeof(t))));
+	return kms_reply_ok(reply);
 }

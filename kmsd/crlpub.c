@@ -156,5 +156,6 @@ kmsd_periodic(struct kms_store *st, time_t now)
 			kmsd_crl_publish_new(st, C.next_update == 0 ? "first CRL" : "timer");
 	}
 	kmsd_ocsp_tick(st, now);
+	kmsd_audit_tick(st, now);
 	kmsd_recovery_expire(st, now);
 }

@@ -90,8 +90,19 @@ int kmsd_revidx_rebuild(struct kms_store *st);
 void kmsd_recovery_expire(struct kms_store *st, time_t now);
 /* Wipe every pending recovery (start-up, shutdown) and mark open ones failed. */
 void kmsd_recovery_abort_all(struct kms_store *st, const char *why);
-/* Timer work: re-sign the CRL before nextUpdate, expire recovery requests. */
+/* Timer work: re-sign the CRL before nextUpdate, OCSP and audit signers and checkpoints, expire recovery requests. */
 void kmsd_periodic(struct kms_store *st, time_t now);
+
+/*
+ * Audit checkpoints (kmsd/auditglue.c): tick (timer, after each control
+ * request, after init) loads or renews the audit signer and signs a
+ * checkpoint when one is due; verify checks the trail and its checkpoints
+ * against our CA and what this process signed ([audit] settings); stop
+ * frees the signer.
+ */
+void kmsd_audit_tick(struct kms_store *st, time_t now);
+int kmsd_audit_verify(struct kms_store *st, struct ca_audit_report *rep);
+void kmsd_audit_stop(void);
 
 /* ----------------------------------------------------- HTTP and CRL sync (httpglue.c) */
 
@@ -207,6 +218,15 @@ struct kmsd_state {
 		X509 *replica_ca;       /* replica: the CA it answers for */
 		time_t replica_next;
 	} ocsp;
+	struct {                    /* auditglue.c: the audit signer and the last checkpoint */
+		pthread_mutex_t mu;     /* everything here; one checkpoint at a time */
+		X509 *cert;
+		EVP_PKEY *key;          /* freed (and cleared) at renewal and stop */
+		struct ca_audit_ckpt known;     /* signed or verified last by this process */
+		int verified;           /* the checkpoints found at start verified */
+		int refused;            /* the store changed behind our back: sign no more */
+		time_t next_try;        /* after a failure */
+	} audit;
 	struct {                    /* cmd_escrow.c: shares and recovered keys, only in memory */
 		pthread_mutex_t lock;
 		struct kmsd_pending *pendings;

@@ -557,6 +557,7 @@ stop_services(struct run_ctx *r)
 	kmsd_http_stop(r->http);
 	kms_log(KMS_LOG_DEBUG, "HTTP server stopped");
 	kmsd_ocsp_stop();
+	kmsd_audit_stop();
 	kmsd_recovery_abort_all(r->st, "kmsd stopped: open requests failed, their shares and keys wiped");
 	kmsd_runtime_stop();
 	kms_store_close(r->st);

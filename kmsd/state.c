@@ -15,6 +15,7 @@ struct kmsd_state kmsd_state = {
 		.dp_lock = PTHREAD_RWLOCK_INITIALIZER },
 	.ldap = { .lock = PTHREAD_RWLOCK_INITIALIZER },
 	.ocsp = { .mu = PTHREAD_MUTEX_INITIALIZER, .tick_mu = PTHREAD_MUTEX_INITIALIZER },
+	.audit = { .mu = PTHREAD_MUTEX_INITIALIZER },
 	.rec = { .lock = PTHREAD_MUTEX_INITIALIZER },
 	.srv = { .listen_fd = -1, .wake = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER,
 		.cond = PTHREAD_COND_INITIALIZER },

@@ -61,7 +61,7 @@ check_nogrep "the signer's key never reaches the log" "PRIVATE KEY" "$T/kmsd.log
 make_rows 12
 wait_checkpoints 3 && pass "checkpoints are signed every 5 rows" || fail "checkpoints are signed every 5 rows" \
 	"$(q "SELECT no, seq FROM audit_checkpoints" | tr '\n' ' ')"
-sleep 3
+sleep 4
 LAST=$(q "SELECT max(seq) FROM audit")
 SIGNED=$(q "SELECT max(seq) FROM audit_checkpoints")
 [ "$SIGNED" -ge $((LAST - 1)) ] && pass "the timer signs the rows left after checkpoint_interval" ||

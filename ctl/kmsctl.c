@@ -48,6 +48,7 @@ usage(FILE *fp)
 	    "  archive decrypt --p12 FILE [--password-file F] --in ... --out MBOX [--only-decrypted]\n"
 	    "  audit [--since TIME]\n"
 	    "  audit verify\n"
+	    "  audit verify --offline --db FILE [--ca FILE]\n"
 	    "  publish status\n"
 	    "  publish resync\n"
 	    "  cert EMAIL [--out FILE]\n"

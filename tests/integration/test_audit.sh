@@ -8,7 +8,8 @@
 # and the chain and meta head recomputed exactly as kmsd computes them
 # (rechain.py), a checkpoint deleted in the middle, the newest deleted, an
 # edited checkpoint, and the checkpoint table stripped; `kmsctl audit
-# verify` passes before each and fails after it, naming what is wrong.
+# verify` (and its --offline form, against the CA certificate) passes
+# before each and fails after it, naming what is wrong.
 . "${srcdir:-.}/tests/integration/lib.sh"
 need_cmd openssl sqlite3 python3 curl
 setup
@@ -87,6 +88,13 @@ check_grep "and reports the checkpoints and the last signed row" \
 rows_json > "$T/rows.json"
 check "rechain.py computes every stored hash exactly as kmsd does" python3 "$RECHAIN" check < "$T/rows.json"
 q ".backup '$T/good.db'"
+check "audit verify --offline passes on a copy of the store, against the CA certificate kept outside it" \
+	"$KMSCTL" -c "$CONF" audit verify --offline --db "$T/good.db" --ca "$T/ca.pem"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/O=Audit Test/CN=Audit Test S\/MIME CA" \
+	-keyout "$T/other.key" -out "$T/other.pem" > /dev/null 2>&1
+check_fails "audit verify --offline against another CA of the same name fails" 1 \
+	"audit checkpoint #1: the signer certificate was not issued by our CA" \
+	"$KMSCTL" -c "$CONF" audit verify --offline --db "$T/good.db" --ca "$T/other.pem"
 
 # ----------------------------------------------------- rewrite + rechain
 # Row 3, under checkpoint CN (row CS), the one before it signing row CP.
@@ -100,6 +108,8 @@ check "the rewritten chain and meta head pass the hash-chain check alone" sh -c 
 	python3 '$RECHAIN' check"
 check_fails "audit verify fails after a row is rewritten and the chain recomputed" 1 \
 	"audit rows $((CP + 1)) to $CS were rewritten: the chain hash of row $CS is not the one signed checkpoint #$CN holds" ctl audit verify
+check_fails "and so does audit verify --offline" 1 "audit rows $((CP + 1)) to $CS were rewritten" \
+	"$KMSCTL" -c "$CONF" audit verify --offline --db "$DB" --ca "$T/ca.pem"
 ctl --json audit verify > "$T/rw.json" 2>/dev/null
 check_grep "and names the first bad row and checkpoint" "\"first_bad_row\": ?$((CP + 1)),\"bad_checkpoint\": ?$CN" "$T/rw.json"
 make_rows 6

@@ -261,7 +261,7 @@ kmsd_cmd_init(struct kmsd_req *req)
 		kms_log(KMS_LOG_ERR, "init: cannot publish the first CRL: %s", kms_last_error());
 	/* OCSP answers as soon as init does, not a timer tick later. */
 	kmsd_ocsp_tick(req->st, time(NULL));
-	/* The audit signer is made now, and signs the first checkpoint at once. */
+	/* The audit signer is made now; the first checkpoint follows as soon as init's own row is written. */
 	kmsd_audit_tick(req->st, time(NULL));
 	kms_log(KMS_LOG_WARNING, "init: %lld recovery shares written to %s: hand them to the officers and delete them there",
 	    n, share_dir);

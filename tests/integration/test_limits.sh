@@ -127,10 +127,21 @@ hold root "$T/body.out" -n 4 -a 1 -d 2 \
 wait "$HOLD_PID"
 check_grep "an OCSP POST whose body trickles is cut at request_timeout" "^open 0$" "$T/body.out"
 
-# One address gets at most max_connections_per_client.
-hold root "$T/one.out" -n 40 -a 1 -t 3 "tcp:127.0.0.1:$HTTP_PORT" || fail "40 connections from one address"
-wait "$HOLD_PID"
-check_grep "one address holds at most 32 connections" "^open 32$" "$T/one.out"
+# One address gets at most max_connections_per_client.  Connections the
+# clients above closed may still count for a moment on a loaded machine (the
+# server has not read their end yet): try again until all 32 fit, and never
+# more than 32.
+one=0
+for try in 1 2 3 4 5; do
+	hold root "$T/one.out" -n 40 -a 1 -t 3 "tcp:127.0.0.1:$HTTP_PORT" || fail "40 connections from one address"
+	wait "$HOLD_PID"
+	one=$(sed -n 's/^open \([0-9]*\)$/\1/p' "$T/one.out")
+	[ "${one:-0}" -ge 32 ] && break
+	note "try $try: $one of 40 held, the earlier clients' connections may still count"
+	sleep 1
+done
+[ "${one:-0}" -eq 32 ] && pass "one address holds at most 32 connections" ||
+	fail "one address holds at most 32 connections" "open ${one:-?} of 40"
 
 # OCSP POSTs: 64 KiB is answered (949 CertIDs), more is refused with 413 and malformedRequest.
 # big_req N FILE: an OCSP request about N serials.

@@ -381,46 +381,6 @@ out:
 
 /* ------------------------------------------------------------ writing */
 
-/* The DN of the user's entry: *dn NULL when there is none (yet). */
-static int
-find_user(struct pub_ldap *pl, const char *email, char **dn)
-{
-	const struct kms_config *cfg = pl->cfg;
-	struct timeval tv = { .tv_sec = (time_t)cfg->ldap.timeout, .tv_usec = 0 };
-	char *attrs[] = { LDAP_NO_ATTRS, NULL }, *filter = NULL, *d;
-	LDAPMessage *res = NULL, *e;
-	int lrc, rc = 0, count;
-
-	*dn = NULL;
-	if (cfg->ldap.user_dn_template[0] != '\0') {
-		*dn = expand(cfg->ldap.user_dn_template, email, dn_escape);
-		return *dn ? 0 : KMS_ERR_NOMEM;
-	}
-	if ((filter = expand(cfg->ldap.user_filter, email, filter_escape)) == NULL)
-		return KMS_ERR_NOMEM;
-	lrc = ldap_search_ext_s(pl->ld, cfg->ldap.base_dn, LDAP_SCOPE_SUBTREE, filter, attrs, 1, NULL, NULL, &tv, 2, &res);
-	if (lrc != LDAP_SUCCESS && lrc != LDAP_SIZELIMIT_EXCEEDED) {
-		rc = ldap_fail(pl, lrc, "search for", email);
-		goto out;
-	}
-	count = ldap_count_entries(pl->ld, res);
-	if (lrc == LDAP_SIZELIMIT_EXCEEDED || count > 1) {
-		rc = kms_fail(KMS_ERR_PROTO, "LDAP: more than one entry matches %s under %s; "
-		    "make [ldap] user_filter select one", filter, cfg->ldap.base_dn);
-		goto out;
-	}
-	if (count == 1 && (e = ldap_first_entry(pl->ld, res)) != NULL && (d = ldap_get_dn(pl->ld, e)) != NULL) {
-		*dn = strdup(d);
-		ldap_memfree(d);
-		if (*dn == NULL)
-			rc = KMS_ERR_NOMEM;
-	}
-out:
-	ldap_msgfree(res);
-	free(filter);
-	return rc;
-}
-
 static int
 add_user(struct pub_ldap *pl, const char *dn, const char *email, const char *name,
     struct bv_list *certs, struct bv_list *smime)
@@ -471,78 +431,7 @@ modify_user(struct pub_ldap *pl, const char *dn, struct bv_list *certs, struct b
 	return 0;
 }
 
-int
-pub_ldap_put_user(struct pub_ldap *pl, struct kms_store *st, const char *email)
-{
-	STACK_OF(X509) *certs = NULL;
-	struct ca *ca = NULL;
-	struct bv_list cv = { .n = 0 }, sv = { .n = 0 };
-	char *dn = NULL, *name = NULL, *rdn = NULL;
-	unsigned char *der = NULL;
-	int rc, len;
-
-	if ((rc = connect_bind(pl)) != 0)
-		return rc;
-	if ((rc = user_certs(st, email, time(NULL), &certs, &name)) != 0)
-		goto out;
-	if (sk_X509_num(certs) > 0) {
-		if ((rc = ca_store_load(st, NULL, NULL, &ca)) != 0)
-			goto out;
-		for (int i = 0; i < sk_X509_num(certs); i++) {
-			der = NULL;
-			if ((len = i2d_X509(sk_X509_value(certs, i), &der)) <= 0) {
-				rc = kms_fail_openssl(KMS_ERR_CRYPTO, "encoding a certificate");
-				goto out;
-			}
-			bv_add(&cv, der, len);
-		}
-		der = NULL;
-		if ((rc = pub_smime_certs_der(certs, ca->cert, &der, &len)) != 0)
-			goto out;
-		bv_add(&sv, der, len);
-		der = NULL;
-	}
-	if ((rc = find_user(pl, email, &dn)) != 0)
-		goto out;
-	if (dn != NULL) {
-		rc = modify_user(pl, dn, &cv, &sv);
-		if (rc != KMS_ERR_NOTFOUND)
-			goto out;
-		/* A template's entry that does not exist yet: made below. */
-		kms_clear_error();
-	}
-	if (cv.n == 0) {
-		rc = 0;         /* nothing to publish and no entry to clean */
-		goto out;
-	}
-	if (dn == NULL) {
-		char *e = dn_escape(email);
-
-		size_t rlen = e ? strlen(e) + strlen(pl->cfg->ldap.people_dn) + 8 : 0;
-
-		if (e == NULL || (rdn = malloc(rlen)) == NULL) {
-			free(e);
-			rc = KMS_ERR_NOMEM;
-			goto out;
-		}
-		snprintf(rdn, rlen, "mail=%s,%s", e, pl->cfg->ldap.people_dn);
-		free(e);
-	}
-	rc = add_user(pl, dn ? dn : rdn, email, name, &cv, &sv);
-	if (rc == KMS_ERR_EXISTS)       /* made by someone else since our search */
-		rc = modify_user(pl, dn ? dn : rdn, &cv, &sv);
-	if (rc == 0)
-		kms_log(KMS_LOG_DEBUG, "ldap: created %s", dn ? dn : rdn);
-out:
-	bv_free(&cv);
-	bv_free(&sv);
-	sk_X509_pop_free(certs, X509_free);
-	ca_free(ca);
-	free(dn);
-	free(rdn);
-	free(name);
-	return rc;
-}
+/* pub_ldap_put_user() is after the batch code below: one entry is a batch of one. */
 
 /* The CRLs of set as LDAP values (copied into OpenSSL's allocator, which bv_free uses). */
 static int
@@ -680,61 +569,375 @@ backoff(const struct kms_config *cfg, int attempts)
 	return d < (time_t)cfg->ldap.retry_max ? d : (time_t)cfg->ldap.retry_max;
 }
 
+/* --------------------------------------------------- pipelined batches */
+
+/*
+ * One user entry of a batch.  A batch is written in two pipelined steps
+ * over the one connection: every search is sent before the first answer is
+ * read, then every modify or add.  The entries of a batch are distinct (the
+ * queue holds one row per entry), so their order does not matter; a round
+ * trip per operation would (the server answers in well under a millisecond,
+ * the wait for each answer is what a synchronous publisher pays).
+ */
+struct job {
+	const struct ca_pubq_item *it;
+	struct bv_list cv, sv;      /* userCertificate;binary, userSMIMECertificate */
+	char *name;
+	char *dn;                   /* the entry: found, templated, or NULL (make one) */
+	char *newdn;                /* mail=ADDRESS,<people_dn> when there is none */
+	int msgid;                  /* operation in flight, -1 none */
+	int adding;
+	int rc;                     /* 0 written; KMS_ERR_PROTO: this entry failed; 1: not finished */
+	char err[600];
+};
+
+static void
+job_fail(struct job *j, int rc)
+{
+	j->rc = rc;
+	snprintf(j->err, sizeof(j->err), "%s", kms_last_error());
+}
+
+static void
+job_free(struct job *j)
+{
+	bv_free(&j->cv);
+	bv_free(&j->sv);
+	free(j->name);
+	free(j->dn);
+	free(j->newdn);
+}
+
+/* The values of j's entry, from the store (no network). */
+static int
+job_prepare(struct pub_ldap *pl, struct kms_store *st, X509 *ca_cert, struct job *j)
+{
+	STACK_OF(X509) *certs = NULL;
+	unsigned char *der = NULL;
+	int rc, len;
+
+	if ((rc = user_certs(st, j->it->key, time(NULL), &certs, &j->name)) != 0)
+		return rc;
+	for (int i = 0; i < sk_X509_num(certs); i++) {
+		der = NULL;
+		if ((len = i2d_X509(sk_X509_value(certs, i), &der)) <= 0) {
+			rc = kms_fail_openssl(KMS_ERR_CRYPTO, "encoding a certificate");
+			goto out;
+		}
+		bv_add(&j->cv, der, len);
+	}
+	if (sk_X509_num(certs) > 0) {
+		if ((rc = pub_smime_certs_der(certs, ca_cert, &der, &len)) != 0)
+			goto out;
+		bv_add(&j->sv, der, len);
+	}
+	if (pl->cfg->ldap.user_dn_template[0] != '\0' &&
+	    (j->dn = expand(pl->cfg->ldap.user_dn_template, j->it->key, dn_escape)) == NULL)
+		rc = KMS_ERR_NOMEM;
+out:
+	sk_X509_pop_free(certs, X509_free);
+	return rc;
+}
+
+/* Wait for the answer to msgid; LDAP_SUCCESS and *res, or the connection's error code. */
+static int
+await(struct pub_ldap *pl, int msgid, LDAPMessage **res)
+{
+	struct timeval tv = { .tv_sec = (time_t)pl->cfg->ldap.timeout, .tv_usec = 0 };
+	int r, lrc = LDAP_SERVER_DOWN;
+
+	*res = NULL;
+	r = ldap_result(pl->ld, msgid, LDAP_MSG_ALL, &tv, res);
+	if (r > 0)
+		return LDAP_SUCCESS;
+	if (r == 0)
+		return LDAP_TIMEOUT;
+	ldap_get_option(pl->ld, LDAP_OPT_RESULT_CODE, &lrc);
+	return lrc == LDAP_SUCCESS ? LDAP_SERVER_DOWN : lrc;
+}
+
+/* Step 1: every entry not named by a template is looked for by user_filter. */
+static int
+find_all(struct pub_ldap *pl, struct job *jobs, size_t n)
+{
+	const struct kms_config *cfg = pl->cfg;
+	struct timeval tv = { .tv_sec = (time_t)cfg->ldap.timeout, .tv_usec = 0 };
+	char *attrs[] = { LDAP_NO_ATTRS, NULL };
+	int lrc;
+
+	for (size_t i = 0; i < n; i++) {
+		char *filter;
+
+		jobs[i].msgid = -1;
+		if (jobs[i].rc != 1 || jobs[i].dn != NULL)
+			continue;
+		if ((filter = expand(cfg->ldap.user_filter, jobs[i].it->key, filter_escape)) == NULL)
+			return KMS_ERR_NOMEM;
+		lrc = ldap_search_ext(pl->ld, cfg->ldap.base_dn, LDAP_SCOPE_SUBTREE, filter, attrs, 1, NULL, NULL, &tv, 2,
+		    &jobs[i].msgid);
+		free(filter);
+		if (lrc != LDAP_SUCCESS)
+			return ldap_fail(pl, lrc, "search for", jobs[i].it->key);
+	}
+	for (size_t i = 0; i < n; i++) {
+		LDAPMessage *res = NULL, *e;
+		struct job *j = &jobs[i];
+		int count, prc;
+		char *d;
+
+		if (j->msgid < 0)
+			continue;
+		if ((lrc = await(pl, j->msgid, &res)) != LDAP_SUCCESS)
+			return ldap_fail(pl, lrc, "search for", j->it->key);
+		j->msgid = -1;
+		prc = ldap_parse_result(pl->ld, res, &lrc, NULL, NULL, NULL, NULL, 0);
+		count = ldap_count_entries(pl->ld, res);
+		if (prc != LDAP_SUCCESS || (lrc != LDAP_SUCCESS && lrc != LDAP_SIZELIMIT_EXCEEDED)) {
+			int code = prc != LDAP_SUCCESS ? prc : lrc;
+
+			ldap_msgfree(res);
+			if (is_connection_error(code))
+				return ldap_fail(pl, code, "search for", j->it->key);
+			job_fail(j, ldap_fail(pl, code, "search for", j->it->key));
+			continue;
+		}
+		if (lrc == LDAP_SIZELIMIT_EXCEEDED || count > 1) {
+			job_fail(j, kms_fail(KMS_ERR_PROTO, "LDAP: more than one entry matches %s under %s; "
+			    "make [ldap] user_filter select one", j->it->key, cfg->ldap.base_dn));
+		} else if (count == 1 && (e = ldap_first_entry(pl->ld, res)) != NULL &&
+		    (d = ldap_get_dn(pl->ld, e)) != NULL) {
+			j->dn = strdup(d);
+			ldap_memfree(d);
+			if (j->dn == NULL) {
+				ldap_msgfree(res);
+				return KMS_ERR_NOMEM;
+			}
+		}
+		ldap_msgfree(res);
+	}
+	return 0;
+}
+
+/* Send j's modify (entry known) or add (entry to make); j->msgid, or j done when there is nothing to do. */
+static int
+send_write(struct pub_ldap *pl, struct job *j)
+{
+	LDAPMod m_cert = { LDAP_MOD_REPLACE | LDAP_MOD_BVALUES, "userCertificate;binary", { NULL } };
+	LDAPMod m_smime = { LDAP_MOD_REPLACE | LDAP_MOD_BVALUES, "userSMIMECertificate", { NULL } };
+	int lrc;
+
+	j->adding = j->dn == NULL;
+	if (!j->adding) {
+		LDAPMod *mods[] = { &m_cert, &m_smime, NULL };
+
+		/* REPLACE with no values removes the attribute (and is fine if it is absent). */
+		m_cert.mod_bvalues = j->cv.n ? j->cv.ptrs : NULL;
+		m_smime.mod_bvalues = j->sv.n ? j->sv.ptrs : NULL;
+		lrc = ldap_modify_ext(pl->ld, j->dn, mods, NULL, NULL, &j->msgid);
+		return lrc == LDAP_SUCCESS ? 0 : ldap_fail(pl, lrc, "modify", j->dn);
+	}
+	if (j->cv.n == 0) {
+		j->rc = 0;              /* nothing to publish and no entry to clean */
+		return 0;
+	}
+	{
+		const char *email = j->it->key;
+		char *oc[] = { "inetOrgPerson", NULL }, *cn[] = { (char *)(j->name ? j->name : email), NULL };
+		char *mail[] = { (char *)email, NULL }, *sn[] = { NULL, NULL }, *local = strdup(email), *e = dn_escape(email);
+		LDAPMod m_oc = { LDAP_MOD_ADD, "objectClass", { oc } };
+		LDAPMod m_cn = { LDAP_MOD_ADD, "cn", { cn } };
+		LDAPMod m_sn = { LDAP_MOD_ADD, "sn", { sn } };
+		LDAPMod m_mail = { LDAP_MOD_ADD, "mail", { mail } };
+		LDAPMod *mods[] = { &m_oc, &m_cn, &m_sn, &m_mail, &m_cert, &m_smime, NULL };
+		size_t len = e ? strlen(e) + strlen(pl->cfg->ldap.people_dn) + 8 : 0;
+
+		if (local == NULL || e == NULL || (j->newdn = malloc(len)) == NULL) {
+			free(local);
+			free(e);
+			return KMS_ERR_NOMEM;
+		}
+		snprintf(j->newdn, len, "mail=%s,%s", e, pl->cfg->ldap.people_dn);
+		free(e);
+		if (strrchr(local, '@'))
+			*strrchr(local, '@') = '\0';
+		sn[0] = local;
+		m_cert.mod_op = m_smime.mod_op = LDAP_MOD_ADD | LDAP_MOD_BVALUES;
+		m_cert.mod_bvalues = j->cv.ptrs;
+		m_smime.mod_bvalues = j->sv.ptrs;
+		lrc = ldap_add_ext(pl->ld, j->newdn, mods, NULL, NULL, &j->msgid);
+		free(local);
+		return lrc == LDAP_SUCCESS ? 0 : ldap_fail(pl, lrc, "add", j->newdn);
+	}
+}
+
+/* Step 2: every write sent, then every answer read. */
+static int
+write_all(struct pub_ldap *pl, struct job *jobs, size_t n)
+{
+	int rc, lrc;
+
+	for (size_t i = 0; i < n; i++)
+		if (jobs[i].rc == 1 && (rc = send_write(pl, &jobs[i])) != 0)
+			return rc;
+	for (size_t i = 0; i < n; i++) {
+		struct job *j = &jobs[i];
+		LDAPMessage *res = NULL;
+		const char *dn = j->adding ? j->newdn : j->dn;
+		int prc;
+
+		if (j->rc != 1 || j->msgid < 0)
+			continue;
+		if ((lrc = await(pl, j->msgid, &res)) != LDAP_SUCCESS)
+			return ldap_fail(pl, lrc, j->adding ? "add" : "modify", dn);
+		j->msgid = -1;
+		prc = ldap_parse_result(pl->ld, res, &lrc, NULL, NULL, NULL, NULL, 1);
+		if (prc != LDAP_SUCCESS)
+			lrc = prc;
+		if (lrc == LDAP_SUCCESS) {
+			j->rc = 0;
+			if (j->adding)
+				kms_log(KMS_LOG_DEBUG, "ldap: created %s", dn);
+			continue;
+		}
+		if (is_connection_error(lrc))
+			return ldap_fail(pl, lrc, j->adding ? "add" : "modify", dn);
+		/* The rare races go the synchronous way: a template's entry not made yet, an entry made since our search. */
+		if (!j->adding && lrc == LDAP_NO_SUCH_OBJECT && pl->cfg->ldap.user_dn_template[0] != '\0' && j->cv.n > 0)
+			rc = add_user(pl, j->dn, j->it->key, j->name, &j->cv, &j->sv);
+		else if (j->adding && lrc == LDAP_ALREADY_EXISTS)
+			rc = modify_user(pl, j->newdn, &j->cv, &j->sv);
+		else if (!j->adding && lrc == LDAP_NO_SUCH_OBJECT && j->cv.n == 0)
+			rc = 0;         /* gone, and nothing to publish */
+		else
+			rc = ldap_fail(pl, lrc, j->adding ? "add" : "modify", dn);
+		if (rc == KMS_ERR_IO)
+			return rc;
+		if (rc == 0)
+			j->rc = 0;
+		else
+			job_fail(j, rc == KMS_ERR_NOTFOUND ? KMS_ERR_PROTO : rc);
+	}
+	return 0;
+}
+
+/*
+ * Write the user entries of jobs (rc 1 on entry: to do).  Each ends with
+ * rc 0 (written) or an entry error in rc and err; a connection-level error
+ * is returned and leaves the unfinished ones at 1.
+ */
+static int
+deliver_users(struct pub_ldap *pl, struct kms_store *st, struct job *jobs, size_t n)
+{
+	struct ca *ca = NULL;
+	int rc;
+
+	if (n == 0)
+		return 0;
+	if ((rc = connect_bind(pl)) != 0)
+		return rc;
+	if ((rc = ca_store_load(st, NULL, NULL, &ca)) != 0)
+		return rc;
+	for (size_t i = 0; i < n; i++) {
+		kms_clear_error();
+		if ((rc = job_prepare(pl, st, ca->cert, &jobs[i])) == KMS_ERR_NOMEM)
+			goto out;
+		if (rc != 0)
+			job_fail(&jobs[i], rc);
+	}
+	if ((rc = find_all(pl, jobs, n)) == 0)
+		rc = write_all(pl, jobs, n);
+out:
+	/* On a connection error the caller drops the connection, and answers still in flight with it. */
+	ca_free(ca);
+	return rc;
+}
+
+int
+pub_ldap_put_user(struct pub_ldap *pl, struct kms_store *st, const char *email)
+{
+	struct ca_pubq_item it = { .seq = 0, .kind = CA_PUBQ_USER, .key = (char *)email };
+	struct job j = { .it = &it, .msgid = -1, .rc = 1 };
+	int rc;
+
+	rc = deliver_users(pl, st, &j, 1);
+	if (rc == 0 && j.rc != 0)
+		rc = kms_fail(j.rc, "%s", j.err);
+	job_free(&j);
+	return rc;
+}
+
+/* An entry that cannot be written: it waits with back-off, the others go on. */
+static void
+defer_entry(struct pub_ldap *pl, struct kms_store *st, const struct ca_pubq_item *it, const char *msg, time_t now)
+{
+	kms_log(KMS_LOG_ERR, "ldap: %s %s: %s (attempt %d; retried with back-off)",
+	    it->kind, it->key[0] ? it->key : "entry", msg, it->attempts + 1);
+	set_status_error(pl, msg);
+	if (ca_pubq_defer(st, it->seq, now + backoff(pl->cfg, it->attempts + 1), msg) != 0)
+		kms_log(KMS_LOG_ERR, "ldap: %s", kms_last_error());
+}
+
 int
 pub_ldap_deliver(struct pub_ldap *pl, struct kms_store *st, size_t max, size_t *delivered)
 {
 	struct ca_pubq_item *items = NULL;
-	size_t n = 0, ndone = 0;
+	struct job *jobs = NULL;
+	size_t n = 0, ndone = 0, njobs = 0;
 	long long *done = NULL;
 	time_t now = time(NULL);
-	int rc;
+	char msg[600] = "";
+	int rc, conn = 0, entry_failed = 0;
 
 	*delivered = 0;
 	if ((rc = ca_pubq_next(st, now, max, &items, &n)) != 0 || n == 0)
 		return rc;
-	if ((done = calloc(n, sizeof(*done))) == NULL) {
-		ca_pubq_items_free(items, n);
-		return KMS_ERR_NOMEM;
+	if ((done = calloc(n, sizeof(*done))) == NULL || (jobs = calloc(n, sizeof(*jobs))) == NULL) {
+		rc = KMS_ERR_NOMEM;
+		goto out;
 	}
+	/* The CA entry first (rare, one operation), then the users in one pipelined round. */
 	for (size_t i = 0; i < n; i++) {
-		if (strcmp(items[i].kind, CA_PUBQ_CA) == 0)
-			rc = pub_ldap_put_ca(pl, st);
-		else
-			rc = pub_ldap_put_user(pl, st, items[i].key);
-		if (rc == 0) {
-			done[ndone++] = items[i].seq;
+		if (strcmp(items[i].kind, CA_PUBQ_CA) != 0) {
+			jobs[njobs].it = &items[i];
+			jobs[njobs].msgid = -1;
+			jobs[njobs++].rc = 1;
 			continue;
 		}
-		if (rc == KMS_ERR_IO || rc == KMS_ERR_CONFIG || rc == KMS_ERR_NOMEM) {
-			/* The connection (or the whole setup) failed: stop here, keep the order. */
-			disconnect(pl);
-			break;
-		}
-		/* This entry alone cannot be written: it waits, the others go on. */
-		{
-			char msg[600];
-
+		if (conn)
+			continue;
+		if ((rc = pub_ldap_put_ca(pl, st)) == 0) {
+			done[ndone++] = items[i].seq;
+		} else if (rc == KMS_ERR_IO || rc == KMS_ERR_CONFIG || rc == KMS_ERR_NOMEM) {
+			conn = rc;
 			snprintf(msg, sizeof(msg), "%s", kms_last_error());
-			kms_log(KMS_LOG_ERR, "ldap: %s %s: %s (attempt %d; retried with back-off)",
-			    items[i].kind, items[i].key[0] ? items[i].key : "entry", msg, items[i].attempts + 1);
-			set_status_error(pl, msg);
-			if (ca_pubq_defer(st, items[i].seq, now + backoff(pl->cfg, items[i].attempts + 1), msg) != 0)
-				kms_log(KMS_LOG_ERR, "ldap: %s", kms_last_error());
-			kms_fail(rc, "%s", msg);
+		} else {
+			snprintf(msg, sizeof(msg), "%s", kms_last_error());
+			defer_entry(pl, st, &items[i], msg, now);
+			entry_failed = rc;
 		}
 	}
-	{
-		/* Keep the failure's text across the bookkeeping below. */
-		char msg[600];
-		int drc;
-
+	if (!conn && (rc = deliver_users(pl, st, jobs, njobs)) != 0) {
+		conn = rc;
 		snprintf(msg, sizeof(msg), "%s", kms_last_error());
-		drc = ca_pubq_done(st, done, ndone);
-		if (drc != 0)
-			rc = drc;
-		else if (rc != 0)
-			kms_fail(rc, "%s", msg);
 	}
+	for (size_t i = 0; i < njobs; i++) {
+		if (jobs[i].rc == 0) {
+			done[ndone++] = jobs[i].it->seq;
+		} else if (jobs[i].rc != 1) {
+			defer_entry(pl, st, jobs[i].it, jobs[i].err, now);
+			if (!conn) {
+				entry_failed = jobs[i].rc;
+				snprintf(msg, sizeof(msg), "%s", jobs[i].err);
+			}
+		}
+	}
+	if (conn) {
+		/* The connection (or the whole setup) failed: the rest stays queued, in order. */
+		disconnect(pl);
+	}
+	rc = ca_pubq_done(st, done, ndone);
+	if (rc == 0 && (conn || entry_failed))
+		rc = kms_fail(conn ? conn : entry_failed, "%s", msg);
 	*delivered = ndone;
 	if (ndone > 0) {
 		pthread_mutex_lock(&pl->mu);
@@ -742,6 +945,10 @@ pub_ldap_deliver(struct pub_ldap *pl, struct kms_store *st, size_t max, size_t *
 		pl->st.delivered += (long long)ndone;
 		pthread_mutex_unlock(&pl->mu);
 	}
+out:
+	for (size_t i = 0; jobs && i < njobs; i++)
+		job_free(&jobs[i]);
+	free(jobs);
 	free(done);
 	ca_pubq_items_free(items, n);
 	return rc;

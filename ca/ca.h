@@ -467,6 +467,21 @@ void ca_revholder_free(struct ca_revholder *h);
 struct ca_revidx *ca_revholder_get(struct ca_revholder *h);     /* get1; NULL if none */
 void ca_revholder_set(struct ca_revholder *h, struct ca_revidx *idx);   /* takes the reference */
 
+/* ================================================= userSMIMECertificate */
+
+/*
+ * The directory's userSMIMECertificate value (ca/smime.c): a SignedData
+ * with no content, signed by the user's signing key (scert, skey), holding
+ * scert, ecert and ca_cert (may be NULL), with signed SMIMECapabilities and
+ * SMIMEEncryptionKeyPreference naming ecert.  *der (OpenSSL's allocator)
+ * and *len.
+ */
+int ca_smime_signed_der(X509 *scert, EVP_PKEY *skey, X509 *ecert, X509 *ca_cert, unsigned char **der, int *len);
+/* Keep it with the signing certificate (caller's transaction, if open). */
+int ca_store_put_smime(struct kms_store *st, X509 *scert, const unsigned char *der, size_t len);
+/* The value kept for scert: *der (OpenSSL's allocator), or KMS_ERR_NOTFOUND. */
+int ca_store_get_smime(struct kms_store *st, X509 *scert, unsigned char **der, size_t *len);
+
 /* ======================================================= publication queue */
 
 /*

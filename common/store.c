@@ -170,6 +170,12 @@ static const char *const migrations[] = {
 	"  cert BLOB NOT NULL,"
 	"  sig BLOB NOT NULL);"
 	"INSERT OR REPLACE INTO meta(key, value) SELECT 'audit_ckpt_start', COALESCE(MAX(seq), 0) FROM audit;",
+
+	/*
+	 * 10: the userSMIMECertificate value signed by the user's signing key at
+	 * enrollment (ca/smime.c), by the serial of that signing certificate.
+	 */
+	"CREATE TABLE smime(serial TEXT PRIMARY KEY, der BLOB NOT NULL);",
 };
 
 #define LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))

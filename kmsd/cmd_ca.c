@@ -405,7 +405,7 @@ p12_job_start(struct p12_job *job, pthread_t *thread, int *started)
  */
 static int
 enroll_commit(struct kmsd_req *req, const struct esc_enroll_req *er, const struct esc_enrollment *en, int renew,
-    int generated)
+    int generated, const unsigned char *smime, int smimelen)
 {
 	int rc;
 
@@ -413,7 +413,9 @@ enroll_commit(struct kmsd_req *req, const struct esc_enroll_req *er, const struc
 		return rc;
 	snprintf(req->detail, sizeof(req->detail), "%s; encryption key escrowed%s", renew ? "renewal" : "enrollment",
 	    generated ? "; password generated" : "");
-	if ((rc = esc_enroll_record(req->st, er, en)) != 0 || (rc = kmsd_audit_record(req, "ok")) != 0 ||
+	if ((rc = esc_enroll_record(req->st, er, en)) != 0 ||
+	    (rc = ca_store_put_smime(req->st, en->scert, smime, (size_t)smimelen)) != 0 ||
+	    (rc = kmsd_audit_record(req, "ok")) != 0 ||
 	    (rc = kms_store_commit(req->st)) != 0) {
 		kms_store_rollback(req->st);
 		req->audited = 0;
@@ -433,7 +435,8 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 	X509 *krk = NULL;
 	/* Friendly names: the display name (an address of up to KMS_ADDR_MAX), the usage, the generation. */
 	char sname[KMS_ADDR_MAX + 32], ename[KMS_ADDR_MAX + 32], *kept_name = NULL;
-	int renew, rc, job_started = 0;
+	unsigned char *smime = NULL;
+	int renew, rc, job_started = 0, smimelen = 0;
 	struct esc_enroll_req er = { 0 };
 	struct esc_enrollment en = { 0 };
 	struct p12_job job = { 0 };
@@ -463,6 +466,9 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 		.issuer_url = cfg->ocsp.enabled ? cfg->ocsp.ca_issuers_url : NULL, .origin = "enroll", .issued_by = req->user };
 	if ((rc = esc_enroll_prepare(&er, &en)) != 0)
 		goto fail;
+	/* The directory's userSMIMECertificate, signed while the signing key is here. */
+	if ((rc = ca_smime_signed_der(en.scert, en.skey, en.ecert, er.ca->cert, &smime, &smimelen)) != 0)
+		goto fail;
 
 	/* Friendly names (NSS nicknames) of this generation only. */
 	snprintf(sname, sizeof(sname), "%s (signing) #%.8s", display, en.generation);
@@ -479,7 +485,7 @@ kmsd_cmd_enroll(struct kmsd_req *req)
 	job.password = password;
 	job.cfg = cfg;
 	p12_job_start(&job, &job_thread, &job_started);
-	if ((rc = enroll_commit(req, &er, &en, renew, password == NULL)) != 0)
+	if ((rc = enroll_commit(req, &er, &en, renew, password == NULL, smime, smimelen)) != 0)
 		goto fail;
 
 	kmsd_ocsp_note_issued(en.scert);
@@ -506,6 +512,7 @@ out:
 		pthread_join(job_thread, NULL);
 	p12_job_discard(&job);
 	esc_enrollment_free(&en);
+	OPENSSL_free(smime);
 	X509_free(krk);
 	free(kept_name);
 	return reply;

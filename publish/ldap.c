@@ -16,8 +16,11 @@
  *   User entry (found with [ldap] user_filter under base_dn, or named by
  *     user_dn_template, or created as mail=ADDRESS,<people_dn>):
  *     userCertificate;binary = the newest valid encryption and the newest
- *     valid signing certificate, in that order; userSMIMECertificate (Binary syntax, no ;binary) = a
- *     certs-only CMS SignedData of those and the CA certificate.  No
+ *     valid signing certificate, in that order; userSMIMECertificate (Binary
+ *     syntax, no ;binary) = the SignedData the user's signing key signed at
+ *     enrollment (ca/smime.c: the two certificates, the CA certificate,
+ *     SMIMECapabilities and the encryption key preference), or a certs-only
+ *     SignedData of those certificates when there is none (issue --csr).  No
  *     valid certificate: both attributes removed.  Nothing else of a
  *     person's entry is ever changed.
  * Each entry is rewritten whole from the store, so a delivery repeated
@@ -42,6 +45,10 @@
 
 #include <lber.h>
 #include <ldap.h>
+#include <limits.h>
+
+#include <openssl/cms.h>
+#include <openssl/err.h>
 #include <openssl/pkcs7.h>
 #include <openssl/x509.h>
 
@@ -379,6 +386,54 @@ out:
 	return rc;
 }
 
+/* Does the CMS value der hold every certificate of certs? */
+static int
+holds_all(const unsigned char *der, size_t len, STACK_OF(X509) *certs)
+{
+	const unsigned char *p = der;
+	CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)len);
+	STACK_OF(X509) *in = cms ? CMS_get1_certs(cms) : NULL;
+	int all = in != NULL;
+
+	for (int i = 0; all && i < sk_X509_num(certs); i++) {
+		int found = 0;
+
+		for (int j = 0; !found && j < sk_X509_num(in); j++)
+			found = X509_cmp(sk_X509_value(certs, i), sk_X509_value(in, j)) == 0;
+		all = found;
+	}
+	sk_X509_pop_free(in, X509_free);
+	CMS_ContentInfo_free(cms);
+	ERR_clear_error();
+	return all;
+}
+
+int
+pub_smime_value(struct kms_store *st, STACK_OF(X509) *certs, X509 *ca_cert, unsigned char **der, int *len)
+{
+	unsigned char *kept = NULL;
+	size_t klen = 0;
+	int rc;
+
+	*der = NULL;
+	*len = 0;
+	/* Both certificates of one enrollment: [0] encryption, [1] signing. */
+	if (sk_X509_num(certs) == 2) {
+		rc = ca_store_get_smime(st, sk_X509_value(certs, 1), &kept, &klen);
+		if (rc == 0 && klen <= INT_MAX && holds_all(kept, klen, certs)) {
+			*der = kept;
+			*len = (int)klen;
+			return 0;
+		}
+		OPENSSL_free(kept);
+		if (rc != 0 && rc != KMS_ERR_NOTFOUND)
+			return rc;
+		kms_clear_error();
+	}
+	/* A signing key the user holds (issue --csr), or a value from before: certificates only. */
+	return pub_smime_certs_der(certs, ca_cert, der, len);
+}
+
 /* ------------------------------------------------------------ writing */
 
 static int
@@ -627,7 +682,7 @@ job_prepare(struct pub_ldap *pl, struct kms_store *st, X509 *ca_cert, struct job
 		bv_add(&j->cv, der, len);
 	}
 	if (sk_X509_num(certs) > 0) {
-		if ((rc = pub_smime_certs_der(certs, ca_cert, &der, &len)) != 0)
+		if ((rc = pub_smime_value(st, certs, ca_cert, &der, &len)) != 0)
 			goto out;
 		bv_add(&j->sv, der, len);
 	}

@@ -213,6 +213,14 @@ int pub_ldap_put_ca(struct pub_ldap *pl, struct kms_store *st);
  * certs and ca_cert (may be NULL).  *der for OPENSSL_free.
  */
 int pub_smime_certs_der(STACK_OF(X509) *certs, X509 *ca_cert, unsigned char **der, int *len);
+/*
+ * The userSMIMECertificate value published for certs (encryption first,
+ * then signing, as the directory lists them): the one the user's signing
+ * key signed at enrollment (with SMIMECapabilities and the encryption key
+ * preference) when the store keeps one holding these very certificates,
+ * else the certs-only SignedData.  *der for OPENSSL_free.
+ */
+int pub_smime_value(struct kms_store *st, STACK_OF(X509) *certs, X509 *ca_cert, unsigned char **der, int *len);
 
 /* ------------------------------------------- distribution points seen in mail */
 

@@ -71,7 +71,7 @@ put_b64(FILE *f, const char *attr, const unsigned char *der, size_t len)
 
 /* The values of one user's entry, as pub_ldap_put_user() builds them. */
 static void
-put_values(FILE *f, STACK_OF(X509) *certs, X509 *ca_cert)
+put_values(FILE *f, struct kms_store *st, STACK_OF(X509) *certs, X509 *ca_cert)
 {
 	unsigned char *der = NULL;
 	int len;
@@ -83,7 +83,7 @@ put_values(FILE *f, STACK_OF(X509) *certs, X509 *ca_cert)
 		put_b64(f, "userCertificate;binary", der, (size_t)len);
 		OPENSSL_free(der);
 	}
-	if (pub_smime_certs_der(certs, ca_cert, &der, &len) != 0)
+	if (pub_smime_value(st, certs, ca_cert, &der, &len) != 0)
 		die("userSMIMECertificate");
 	put_b64(f, "userSMIMECertificate", der, (size_t)len);
 	OPENSSL_free(der);
@@ -125,7 +125,7 @@ cmd_ldif(const char *conf, const char *ou, const char *suffix, const char *addpa
 		*strchr(local, '@') = '\0';
 		fprintf(add, "dn: mail=%s,ou=%s,%s\nchangetype: add\nobjectClass: inetOrgPerson\ncn: %s\nsn: %s\nmail: %s\n",
 		    items[i].key, ou, suffix, items[i].key, local, items[i].key);
-		put_values(add, certs, ca->cert);
+		put_values(add, st, certs, ca->cert);
 		fprintf(add, "\n");
 		fprintf(mod, "dn: mail=%s,ou=%s,%s\nchangetype: modify\nreplace: userCertificate;binary\n",
 		    items[i].key, ou, suffix);
@@ -141,7 +141,7 @@ cmd_ldif(const char *conf, const char *ou, const char *suffix, const char *addpa
 			unsigned char *der = NULL;
 			int len;
 
-			if (pub_smime_certs_der(certs, ca->cert, &der, &len) != 0)
+			if (pub_smime_value(st, certs, ca->cert, &der, &len) != 0)
 				die("userSMIMECertificate");
 			put_b64(mod, "userSMIMECertificate", der, (size_t)len);
 			OPENSSL_free(der);

@@ -81,6 +81,23 @@ n=$(grep -c '^subject=' "$T/alice.p7.txt")
 [ "$n" = 3 ] && pass "userSMIMECertificate parses as PKCS#7 with alice's two certificates and the CA" ||
 	fail "userSMIMECertificate parses" "$n certificates: $(head -3 "$T/alice.p7.txt")"
 check_grep "userSMIMECertificate holds the CA certificate" "subject=.*LDAP Test S/MIME CA" "$T/alice.p7.txt"
+# Like Outlook's: signed by the user, with SMIMECapabilities and the encryption key preference.
+openssl cms -cmsout -print -inform DER -in "$T/alice.p7" > "$T/alice.p7.print" 2>&1
+check_grep "userSMIMECertificate carries S/MIME capabilities (openssl cms -cmsout -print)" "object: S/MIME Capabilities \(1.2.840.113549.1.9.15\)" "$T/alice.p7.print"
+grep -A8 'object: S/MIME Capabilities' "$T/alice.p7.print" | grep -m1 'OBJECT' | grep -q ':aes-256-cbc' &&
+	pass "led by AES-256-CBC" || fail "AES-256-CBC first in SMIMECapabilities"
+check_grep "and the encryption key preference" "object: id-smime-aa-encrypKeyPref" "$T/alice.p7.print"
+enc1=$(sed -n 's/.*encryption certificate *serial \([0-9a-f]*\),.*/\1/p' "$T/alice.enroll" | sed 's/^0*//')
+grep -A16 'object: id-smime-aa-encrypKeyPref' "$T/alice.p7.print" | grep 'INTEGER' | tr 'A-F' 'a-f' |
+	grep -Eq ":0*$enc1\$" &&
+	pass "the preference names alice's encryption certificate" || fail "encrypKeyPref names serial $enc1"
+curl -sf "http://127.0.0.1:$HTTP_PORT/ca/kms-ca.crt" -o "$T/ca.der" && openssl x509 -inform DER -in "$T/ca.der" -out "$T/ca.pem"
+if openssl cms -verify -binary -inform DER -in "$T/alice.p7" -content /dev/null -CAfile "$T/ca.pem" -purpose any \
+	-out /dev/null > "$T/alice.verify" 2>&1; then
+	pass "its signature verifies, made by alice's signing certificate"
+else
+	fail "userSMIMECertificate signature" "$(tail -2 "$T/alice.verify" | tr '\n' ' ')"
+fi
 
 # --------------------------------------------------------------- CA
 CADN="cn=kms-ca,$LDAP_BASE"

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/cms.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -1824,6 +1825,76 @@ START_TEST(test_p12_cert_without_key_and_garbage)
 }
 END_TEST
 
+/* userSMIMECertificate: signed by the user's signing key, capabilities and key preference, kept by serial. */
+START_TEST(test_smime_value_is_signed_by_the_user_and_kept_by_serial)
+{
+	X509 *s = issue(rsa_ca, CA_USAGE_SIGN, rsa_user_a, "a@example.org", NULL, 30, NULL);
+	X509 *e = issue(rsa_ca, CA_USAGE_ENC, rsa_user_b, "a@example.org", NULL, 30, NULL);
+	X509 *other = issue(rsa_ca, CA_USAGE_SIGN, rsa_user_a, "b@example.org", NULL, 30, NULL);
+	unsigned char *der = NULL, *back = NULL, *pref = NULL;
+	const unsigned char *p;
+	size_t blen = 0;
+	int len = 0, i;
+	CMS_ContentInfo *cms;
+	CMS_SignerInfo *si;
+	X509_STORE *trust = X509_STORE_new();
+	BIO *empty = BIO_new_mem_buf("", 0);
+	STACK_OF(X509) *certs;
+	X509_ATTRIBUTE *a;
+	ASN1_TYPE *t;
+
+	ck_assert_int_eq(ca_smime_signed_der(s, rsa_user_a, e, rsa_ca->cert, &der, &len), 0);
+	p = der;
+	ck_assert_ptr_nonnull(cms = d2i_CMS_ContentInfo(NULL, &p, len));
+	ck_assert_ptr_null(CMS_get0_content(cms) ? *CMS_get0_content(cms) : NULL);      /* detached */
+	certs = CMS_get1_certs(cms);
+	ck_assert_int_eq(sk_X509_num(certs), 3);
+	sk_X509_pop_free(certs, X509_free);
+	X509_STORE_add_cert(trust, rsa_ca->cert);
+	ck_assert_int_eq(CMS_verify(cms, NULL, trust, empty, NULL, CMS_BINARY), 1);
+	si = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
+	ck_assert_int_eq(CMS_SignerInfo_cert_cmp(si, s), 0);
+	ck_assert_int_ge(CMS_signed_get_attr_by_NID(si, NID_SMIMECapabilities, -1), 0);
+	/* The preference is [0] IssuerAndSerialNumber of the encryption certificate. */
+	ck_assert_int_ge(i = CMS_signed_get_attr_by_NID(si, NID_id_smime_aa_encrypKeyPref, -1), 0);
+	a = CMS_signed_get_attr(si, i);
+	t = X509_ATTRIBUTE_get0_type(a, 0);
+	ck_assert_ptr_nonnull(t);
+	{
+		unsigned char *issuer = NULL, *serial = NULL;
+		int il = i2d_X509_NAME(X509_get_issuer_name(e), &issuer), sl = i2d_ASN1_INTEGER(X509_get_serialNumber(e), &serial);
+		int tl = i2d_ASN1_TYPE(t, &pref);
+
+		ck_assert_int_eq(pref[0], 0xa0);
+		ck_assert_int_eq(tl, 2 + il + sl);
+		ck_assert_int_eq(memcmp(pref + 2, issuer, (size_t)il), 0);
+		ck_assert_int_eq(memcmp(pref + 2 + il, serial, (size_t)sl), 0);
+		OPENSSL_free(issuer);
+		OPENSSL_free(serial);
+	}
+	/* No key, no value. */
+	ck_assert_int_eq(ca_smime_signed_der(s, NULL, e, rsa_ca->cert, &back, &i), KMS_ERR_INVALID);
+	ck_assert_ptr_null(back);
+	/* Kept by the signing certificate's serial. */
+	ck_assert_int_eq(ca_store_get_smime(st, s, &back, &blen), KMS_ERR_NOTFOUND);
+	ck_assert_int_eq(ca_store_put_smime(st, s, der, (size_t)len), 0);
+	ck_assert_int_eq(ca_store_get_smime(st, s, &back, &blen), 0);
+	ck_assert_int_eq(blen, (size_t)len);
+	ck_assert_int_eq(memcmp(back, der, blen), 0);
+	OPENSSL_free(back);
+	ck_assert_int_eq(ca_store_get_smime(st, other, &back, &blen), KMS_ERR_NOTFOUND);
+	kms_clear_error();
+	OPENSSL_free(pref);
+	OPENSSL_free(der);
+	BIO_free(empty);
+	X509_STORE_free(trust);
+	CMS_ContentInfo_free(cms);
+	X509_free(s);
+	X509_free(e);
+	X509_free(other);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- main */
 
 static Suite *
@@ -1889,6 +1960,7 @@ ca_suite(void)
 
 	tc = tcase_create("store");
 	tcase_add_checked_fixture(tc, store_setup, store_teardown);
+	tcase_add_test(tc, test_smime_value_is_signed_by_the_user_and_kept_by_serial);
 	tcase_add_test(tc, test_store_ca_save_and_load_round_trip);
 	tcase_add_test(tc, test_store_refuses_unencrypted_ca_key);
 	tcase_add_test(tc, test_store_find_by_address_is_case_insensitive_newest_first);

@@ -54,7 +54,6 @@
 
 #include "publish/publish.h"
 
-#define BATCH 64
 
 struct pub_ldap {
 	const struct kms_config *cfg;       /* borrowed; outlives us (a reference is held by start) */
@@ -1117,7 +1116,7 @@ run(void *arg)
 				kms_log(KMS_LOG_INFO, "ldap: %lld entr%s with expired certificates queued", q, q == 1 ? "y" : "ies");
 			last_sweep = time(NULL);
 		}
-		rc = pub_ldap_deliver(pl, st, BATCH, &done);
+		rc = pub_ldap_deliver(pl, st, PUB_LDAP_BATCH, &done);
 		if (rc == 0 && done > 0) {
 			failures = 0;
 			continue;       /* more may be waiting */

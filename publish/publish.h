@@ -205,6 +205,8 @@ void pub_ldap_free(struct pub_ldap *pl);
  * written and wait with back-off; the others were.  Detail in kms_last_error().
  */
 int pub_ldap_deliver(struct pub_ldap *pl, struct kms_store *st, size_t max, size_t *delivered);
+/* Entries the delivery thread takes per pub_ldap_deliver() (one pipelined round, one queue commit). */
+#define PUB_LDAP_BATCH 64
 /* Rewrite one user's entry or the CA entry from the store now. */
 int pub_ldap_put_user(struct pub_ldap *pl, struct kms_store *st, const char *email);
 int pub_ldap_put_ca(struct pub_ldap *pl, struct kms_store *st);

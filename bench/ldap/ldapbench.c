@@ -8,10 +8,11 @@
  *       userSMIMECertificate, values built by the same functions) as an LDIF
  *       add under ou=OU,SUFFIX (ADD.LDIF, which makes ou=OU first), and
  *       as a modify replacing the two attributes (MOD.LDIF).
- *   ldapbench deliver CONFIG
+ *   ldapbench deliver CONFIG [BATCH]
  *       Deliver the queue to CONFIG's [ldap] directory with pub_ldap_deliver()
- *       (what kmsd's delivery thread runs, batches of 64) until it is
- *       empty; prints "entries=N wall_s=S".
+ *       (what kmsd's delivery thread runs, PUB_LDAP_BATCH entries a round
+ *       unless BATCH says otherwise) until it is empty; prints
+ *       "entries=N wall_s=S".
  *   ldapbench resync CONFIG
  *       Queue every entry again (kmsctl publish resync), for a rewrite round.
  */
@@ -162,7 +163,7 @@ cmd_ldif(const char *conf, const char *ou, const char *suffix, const char *addpa
 }
 
 static int
-cmd_deliver(const char *conf)
+cmd_deliver(const char *conf, size_t batch)
 {
 	struct kms_store *st = NULL;
 	struct kms_config *cfg = load(conf, &st);
@@ -175,7 +176,7 @@ cmd_deliver(const char *conf)
 		die("publisher");
 	t0 = now_s();
 	for (;;) {
-		if (pub_ldap_deliver(pl, st, 64, &done) != 0)
+		if (pub_ldap_deliver(pl, st, batch, &done) != 0)
 			die("delivery");
 		total += done;
 		if (done == 0)
@@ -209,9 +210,11 @@ main(int argc, char **argv)
 	if (argc == 7 && strcmp(argv[1], "ldif") == 0)
 		return cmd_ldif(argv[2], argv[3], argv[4], argv[5], argv[6]);
 	if (argc == 3 && strcmp(argv[1], "deliver") == 0)
-		return cmd_deliver(argv[2]);
+		return cmd_deliver(argv[2], PUB_LDAP_BATCH);
+	if (argc == 4 && strcmp(argv[1], "deliver") == 0 && atoi(argv[3]) > 0)
+		return cmd_deliver(argv[2], (size_t)atoi(argv[3]));
 	if (argc == 3 && strcmp(argv[1], "resync") == 0)
 		return cmd_resync(argv[2]);
-	fprintf(stderr, "usage: ldapbench ldif CONFIG OU SUFFIX ADD.LDIF MOD.LDIF | deliver CONFIG | resync CONFIG\n");
+	fprintf(stderr, "usage: ldapbench ldif CONFIG OU SUFFIX ADD.LDIF MOD.LDIF | deliver CONFIG [BATCH] | resync CONFIG\n");
 	return 2;
 }

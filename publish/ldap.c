@@ -41,6 +41,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <lber.h>
@@ -55,12 +56,29 @@
 #include "publish/publish.h"
 
 
+/*
+ * Where each user's entry is, once found or made: a later change of the
+ * same user (renewal, revocation, expiry, resync) modifies it without a
+ * search.  If it was moved or deleted meanwhile the modify says "no such
+ * object" and that entry is looked for again.  Bounded: at DN_MAX entries
+ * the cache starts afresh.
+ */
+#define DN_BUCKETS 4096
+#define DN_MAX 100000
+
+struct dn_cache {
+	char *email, *dn;
+	struct dn_cache *next;
+};
+
 struct pub_ldap {
 	const struct kms_config *cfg;       /* borrowed; outlives us (a reference is held by start) */
 	struct kms_config *cfg_ref;
 	struct kms_config *pending;         /* under mu: settings from a reload, taken between rounds */
 	LDAP *ld;
 	char *store_path;
+	struct dn_cache *dns[DN_BUCKETS];   /* address -> entry DN known to exist; delivery only */
+	size_t ndns;
 	/* Thread state, under mu. */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -68,6 +86,86 @@ struct pub_ldap {
 	int running, stop, kicked;
 	struct pub_ldap_status st;
 };
+
+/* ---------------------------------------------------------- DN cache */
+
+static unsigned
+dn_bucket(const char *email)
+{
+	unsigned h = 2166136261u;
+
+	for (const unsigned char *p = (const unsigned char *)email; *p; p++)
+		h = (h ^ (unsigned)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p)) * 16777619u;
+	return h % DN_BUCKETS;
+}
+
+static void
+dn_cache_clear(struct pub_ldap *pl)
+{
+	for (size_t b = 0; b < DN_BUCKETS; b++) {
+		while (pl->dns[b]) {
+			struct dn_cache *c = pl->dns[b];
+
+			pl->dns[b] = c->next;
+			free(c->email);
+			free(c->dn);
+			free(c);
+		}
+	}
+	pl->ndns = 0;
+}
+
+static struct dn_cache **
+dn_cache_find(struct pub_ldap *pl, const char *email)
+{
+	struct dn_cache **pp = &pl->dns[dn_bucket(email)];
+
+	while (*pp && strcasecmp((*pp)->email, email) != 0)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static const char *
+dn_cache_get(struct pub_ldap *pl, const char *email)
+{
+	struct dn_cache *c = *dn_cache_find(pl, email);
+
+	return c ? c->dn : NULL;
+}
+
+static void
+dn_cache_drop(struct pub_ldap *pl, const char *email)
+{
+	struct dn_cache **pp = dn_cache_find(pl, email), *c = *pp;
+
+	if (c == NULL)
+		return;
+	*pp = c->next;
+	free(c->email);
+	free(c->dn);
+	free(c);
+	pl->ndns--;
+}
+
+/* Remember dn for email (a failure to remember only costs a search later). */
+static void
+dn_cache_put(struct pub_ldap *pl, const char *email, const char *dn)
+{
+	struct dn_cache *c;
+
+	dn_cache_drop(pl, email);
+	if (pl->ndns >= DN_MAX)
+		dn_cache_clear(pl);
+	if ((c = calloc(1, sizeof(*c))) == NULL || (c->email = strdup(email)) == NULL || (c->dn = strdup(dn)) == NULL) {
+		if (c)
+			free(c->email);
+		free(c);
+		return;
+	}
+	c->next = pl->dns[dn_bucket(email)];
+	pl->dns[dn_bucket(email)] = c;
+	pl->ndns++;
+}
 
 /* ------------------------------------------------------------ errors */
 
@@ -641,6 +739,7 @@ struct job {
 	char *newdn;                /* mail=ADDRESS,<people_dn> when there is none */
 	int msgid;                  /* operation in flight, -1 none */
 	int adding;
+	int cached;                 /* dn came from the DN cache, not from a search */
 	int rc;                     /* 0 written; KMS_ERR_PROTO: this entry failed; 1: not finished */
 	char err[600];
 };
@@ -725,6 +824,12 @@ find_all(struct pub_ldap *pl, struct job *jobs, size_t n)
 		jobs[i].msgid = -1;
 		if (jobs[i].rc != 1 || jobs[i].dn != NULL)
 			continue;
+		if (dn_cache_get(pl, jobs[i].it->key) != NULL) {
+			if ((jobs[i].dn = strdup(dn_cache_get(pl, jobs[i].it->key))) == NULL)
+				return KMS_ERR_NOMEM;
+			jobs[i].cached = 1;
+			continue;
+		}
 		if ((filter = expand(cfg->ldap.user_filter, jobs[i].it->key, filter_escape)) == NULL)
 			return KMS_ERR_NOMEM;
 		lrc = ldap_search_ext(pl->ld, cfg->ldap.base_dn, LDAP_SCOPE_SUBTREE, filter, attrs, 1, NULL, NULL, &tv, 2,
@@ -851,10 +956,21 @@ write_all(struct pub_ldap *pl, struct job *jobs, size_t n)
 			j->rc = 0;
 			if (j->adding)
 				kms_log(KMS_LOG_DEBUG, "ldap: created %s", dn);
+			dn_cache_put(pl, j->it->key, dn);
 			continue;
 		}
 		if (is_connection_error(lrc))
 			return ldap_fail(pl, lrc, j->adding ? "add" : "modify", dn);
+		dn_cache_drop(pl, j->it->key);
+		if (j->cached && lrc == LDAP_NO_SUCH_OBJECT) {
+			/* Moved or deleted behind our back: look for it again, this entry alone. */
+			free(j->dn);
+			j->dn = NULL;
+			j->cached = 0;
+			if ((rc = find_all(pl, j, 1)) != 0 || (j->rc == 1 && (rc = write_all(pl, j, 1)) != 0))
+				return rc;
+			continue;
+		}
 		/* The rare races go the synchronous way: a template's entry not made yet, an entry made since our search. */
 		if (!j->adding && lrc == LDAP_NO_SUCH_OBJECT && pl->cfg->ldap.user_dn_template[0] != '\0' && j->cv.n > 0)
 			rc = add_user(pl, j->dn, j->it->key, j->name, &j->cv, &j->sv);
@@ -1014,6 +1130,7 @@ pub_ldap_free(struct pub_ldap *pl)
 	if (pl == NULL)
 		return;
 	disconnect(pl);
+	dn_cache_clear(pl);
 	pthread_mutex_destroy(&pl->mu);
 	pthread_cond_destroy(&pl->cv);
 	kms_config_unref(pl->cfg_ref);
@@ -1064,6 +1181,7 @@ adopt_pending(struct pub_ldap *pl)
 	if (cfg == NULL)
 		return 0;
 	disconnect(pl);
+	dn_cache_clear(pl);
 	kms_config_unref(pl->cfg_ref);
 	pl->cfg_ref = cfg;
 	pl->cfg = cfg;

@@ -169,6 +169,16 @@ EOL
 ctl publish resync > "$T/resync.out" 2>&1 || fail "publish resync" "$(cat "$T/resync.out")"
 check_grep "publish resync says how many entries it queued" "^3 entries queued" "$T/resync.out"
 wait_until 10 alice_renewed && pass "publish resync rewrites alice's entry from the store" || fail "resync repairs alice"
+# kmsd remembers where alice's entry is; deleted behind its back, it is looked for again and made anew.
+ldapdelete -x -H "ldap://127.0.0.1:$PROV/" -D "$LDAP_ROOT_DN" -w "$LDAP_ROOT_PW" "uid=alice,ou=people,$LDAP_BASE" ||
+	fail "alice's entry deleted behind kmsd's back"
+ctl publish resync > /dev/null 2>&1 || fail "publish resync after the delete"
+alice_made_again() {
+	lds prov -b "ou=people,$LDAP_BASE" "(mail=alice@example.org)" dn | grep -q "^dn: mail=alice@example.org,ou=people" &&
+		alice_renewed
+}
+wait_until 10 alice_made_again && pass "an entry deleted behind kmsd's back is made again (the remembered DN is not trusted blindly)" ||
+	fail "alice's entry made again" "$(ctl publish status 2>&1)"
 
 ctl cert alice@example.org --out "$T/alice-cert.pem" > /dev/null 2>&1 || fail "kmsctl cert --out"
 s=$(openssl x509 -in "$T/alice-cert.pem" -noout -serial -ext keyUsage 2>/dev/null)

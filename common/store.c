@@ -175,7 +175,7 @@ static const char *const migrations[] = {
 	 * 10: the userSMIMECertificate value signed by the user's signing key at
 	 * enrollment (ca/smime.c), by the serial of that signing certificate.
 	 */
-	"CREATE TABLE smime(serial TEXT PRIMARY KEY, der BLOB NOT NULL);",
+	"CREATE TABLE IF NOT EXISTS smime(serial TEXT PRIMARY KEY, der BLOB NOT NULL);",
 };
 
 #define LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))

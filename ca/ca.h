@@ -419,7 +419,9 @@ int ca_revidx_build(struct ca_revidx_builder *b, struct ca_revidx **out);
  * win over the base's, its removeFromCRL entries take certificates off,
  * and it counts only when its BaseCRLNumber is at most the base's number
  * and both have the same scope.  An indirect CRL's entries go under the
- * certificate issuer they name.  Coverage (what the CRL establishes as
+ * certificate issuer they name (each certificateIssuer holding until the
+ * next), and count only for certificates whose distribution point names
+ * the CRL's issuer as cRLIssuer (RFC 5280 6.3.3).  Coverage (what the CRL establishes as
  * good) follows meta->covers and dp_names; an expired CRL (or delta)
  * adds its entries marked stale and no coverage.
  */
@@ -444,7 +446,10 @@ unsigned long ca_revidx_generation(const struct ca_revidx *idx);
  * 1 revoked (info filled), 0 not revoked by a CRL that covers it (right
  * kind of certificate, right distribution point, not expired), -1 unknown
  * (no such CRL: none loaded yet, expired (info->stale 1), or only ones
- * that do not cover it).  No signature check, the same cost at any size.
+ * that do not cover it).  An indirect CRL speaks for cert only when one of
+ * its distribution points names that CRL's issuer as cRLIssuer (and, for
+ * a partitioned one, names its distribution point).  No signature check,
+ * the same cost at any size.
  */
 int ca_revidx_check(const struct ca_revidx *idx, X509 *cert, struct ca_rev_info *info);
 /*

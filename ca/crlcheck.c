@@ -13,7 +13,9 @@
  * when both are present); a signer whose keyUsage lacks cRLSign; a
  * signature that does not verify; a critical extension, on the CRL or on
  * an entry, that we do not process; an issuing distribution point that
- * covers only attribute certificates; a thisUpdate in the future.  A CRL
+ * covers only attribute certificates; a certificateIssuer entry extension
+ * in a CRL that is not indirect, or one we cannot read; a thisUpdate in
+ * the future.  A CRL
  * past its nextUpdate is valid but expired (KMS_ERR_EXPIRED, meta filled):
  * its entries still say "revoked", but it no longer establishes that an
  * unlisted certificate is good.
@@ -209,6 +211,35 @@ check_critical(X509_CRL *crl)
 	return 0;
 }
 
+/*
+ * A certificateIssuer entry extension says whose certificate an entry is
+ * (RFC 5280 5.3.3): it has a meaning only in an indirect CRL, and one we
+ * cannot read would leave that entry and the following ones to the wrong
+ * issuer.  Either makes the CRL unusable.
+ */
+static int
+check_entry_issuers(X509_CRL *crl, const struct ca_crl_meta *m)
+{
+	STACK_OF(X509_REVOKED) *revs = X509_CRL_get_REVOKED(crl);
+
+	for (int i = 0; i < sk_X509_REVOKED_num(revs); i++) {
+		X509_REVOKED *r = sk_X509_REVOKED_value(revs, i);
+		GENERAL_NAMES *gens;
+		int crit = -1;
+
+		if (X509_REVOKED_get_ext_by_NID(r, NID_certificate_issuer, -1) < 0)
+			continue;
+		if (!m->indirect)
+			return kms_fail(KMS_ERR_CORRUPT, "CRL entry names a certificate issuer but the CRL is not indirect");
+		if ((gens = X509_REVOKED_get_ext_d2i(r, NID_certificate_issuer, &crit, NULL)) == NULL) {
+			ERR_clear_error();
+			return kms_fail(KMS_ERR_CORRUPT, "CRL entry's certificate issuer unreadable");
+		}
+		GENERAL_NAMES_free(gens);
+	}
+	return 0;
+}
+
 static long long
 int_ext(X509_CRL *crl, int nid, int *present)
 {
@@ -304,7 +335,7 @@ ca_crl_validate(X509_CRL *crl, STACK_OF(X509) *cands, time_t now, X509 **signer,
 		X509_NAME_oneline(X509_CRL_get_issuer(crl), name, sizeof(name));
 		return kms_fail(KMS_ERR_NOTFOUND, "no trusted certificate of the CRL issuer %s", name);
 	}
-	if ((rc = check_critical(crl)) != 0 || (rc = read_idp(crl, m)) != 0)
+	if ((rc = check_critical(crl)) != 0 || (rc = read_idp(crl, m)) != 0 || (rc = check_entry_issuers(crl, m)) != 0)
 		goto fail;
 	m->number = int_ext(crl, NID_crl_number, &present);
 	if (present < 0) {

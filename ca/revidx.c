@@ -81,13 +81,22 @@ struct rev_bulk {
 struct rev_dp {
 	uint64_t h;             /* keyed hash of the URI */
 	int covers;             /* CA_CRL_COVERS_* */
+	int ind_covers;         /* the same for certificates naming this CA as cRLIssuer (indirect CRL) */
 	time_t next_update;
 };
 
+/*
+ * An issuer of revoked certificates.  Entries of an indirect CRL for the
+ * certificates of another CA go under a separate issuer: that CA's name
+ * with via set to the index of the indirect CRL's issuer, found only for a
+ * certificate whose distribution point names that CRL issuer as cRLIssuer
+ * (RFC 5280 5.2.5, 6.3.3).  via is -1 for the CA's own entries.
+ */
 struct rev_issuer {
 	unsigned char *der;
 	size_t len;
 	X509_NAME *name;
+	long via;
 	time_t next_update;     /* 0: live data (our store) or no nextUpdate */
 	int stale;
 	int covers;             /* CA_CRL_COVERS_* established by complete CRLs of this CA */
@@ -413,6 +422,7 @@ issuer_fill(struct rev_issuer *dst, const X509_NAME *name)
 	}
 	memcpy(dst->der, der, len);
 	dst->len = len;
+	dst->via = -1;
 	/* Settle the copy's cached encodings now: lookups must only read it. */
 	(void)X509_NAME_get0_der(dst->name, &der, &len);
 	return 0;
@@ -443,8 +453,9 @@ issuers_copy(struct rev_issuer **dst, const struct rev_issuer *src, size_t n, si
 	return 0;
 }
 
+/* The issuer of that name (via -1: its own entries; else those an indirect CRL of issuer via lists). */
 static long
-issuer_find(const struct rev_issuer *is, size_t n, const X509_NAME *name)
+issuer_find(const struct rev_issuer *is, size_t n, const X509_NAME *name, long via)
 {
 	const unsigned char *der;
 	size_t len;
@@ -453,13 +464,20 @@ issuer_find(const struct rev_issuer *is, size_t n, const X509_NAME *name)
 		return -1;
 	/* A handful of issuers: comparing the DER beats hashing it. */
 	for (size_t i = 0; i < n; i++)
-		if (is[i].len == len && memcmp(is[i].der, der, len) == 0)
+		if (is[i].via == via && is[i].len == len && memcmp(is[i].der, der, len) == 0)
 			return (long)i;
 	/* The same name in another string encoding (RFC 5280 7.1 comparison). */
 	for (size_t i = 0; i < n; i++)
-		if (X509_NAME_cmp(is[i].name, name) == 0)
+		if (is[i].via == via && X509_NAME_cmp(is[i].name, name) == 0)
 			return (long)i;
 	return -1;
+}
+
+/* What an issuer's via adds to the hash of its name in the snapshot's issuer tables. */
+static uint64_t
+via_salt(long via)
+{
+	return via < 0 ? 0 : mix((uint64_t)via + 1, sipkey[1] ^ 0x589965cc75374cc3ULL);
 }
 
 static int
@@ -500,19 +518,22 @@ issuers_index(struct ca_revidx *idx)
 		int ok = 0;
 		uint64_t c;
 
-		slot_put(idx->iq, idx->iqmask, keyed_hash(is->der, is->len), i);
+		slot_put(idx->iq, idx->iqmask, keyed_hash(is->der, is->len) ^ via_salt(is->via), i);
 		c = canon_hash(is->name, &ok);
 		if (ok)
-			slot_put(idx->ic, idx->icmask, c, i);
-		if (is->ind_covers)
+			slot_put(idx->ic, idx->icmask, c ^ via_salt(is->via), i);
+		if (is->ind_covers || is->via >= 0)
 			idx->any_indirect = 1;
+		for (size_t k = 0; k < is->ndps; k++)
+			if (is->dps[k].ind_covers)
+				idx->any_indirect = 1;
 	}
 	return 0;
 }
 
-/* Index of name's issuer in the snapshot, or -1: two short probes whatever the number of issuers. */
+/* Index of name's issuer (via as in issuer_find) in the snapshot, or -1: two short probes at any size. */
 static long
-idx_issuer(const struct ca_revidx *idx, const X509_NAME *name)
+idx_issuer_via(const struct ca_revidx *idx, const X509_NAME *name, long via)
 {
 	const unsigned char *der;
 	size_t len;
@@ -522,31 +543,38 @@ idx_issuer(const struct ca_revidx *idx, const X509_NAME *name)
 	if (idx->nissuers == 0 || name == NULL)
 		return -1;
 	if (idx->iq == NULL)
-		return issuer_find(idx->issuers, idx->nissuers, name);
+		return issuer_find(idx->issuers, idx->nissuers, name, via);
 	if (!X509_NAME_get0_der(name, &der, &len))
 		return -1;
-	h = keyed_hash(der, len);
+	h = keyed_hash(der, len) ^ via_salt(via);
 	for (size_t i = (size_t)h & idx->iqmask; idx->iq[i] != 0; i = (i + 1) & idx->iqmask) {
 		if ((uint32_t)(idx->iq[i] >> 32) == (uint32_t)(h >> 32)) {
 			size_t k = (size_t)(uint32_t)idx->iq[i] - 1;
 
-			if (idx->issuers[k].len == len && memcmp(idx->issuers[k].der, der, len) == 0)
+			if (idx->issuers[k].via == via && idx->issuers[k].len == len &&
+			    memcmp(idx->issuers[k].der, der, len) == 0)
 				return (long)k;
 		}
 	}
 	/* The same name in another string encoding (RFC 5280 7.1 comparison). */
-	h = canon_hash(name, &ok);
+	h = canon_hash(name, &ok) ^ via_salt(via);
 	if (!ok)
-		return issuer_find(idx->issuers, idx->nissuers, name);
+		return issuer_find(idx->issuers, idx->nissuers, name, via);
 	for (size_t i = (size_t)h & idx->icmask; idx->ic[i] != 0; i = (i + 1) & idx->icmask) {
 		if ((uint32_t)(idx->ic[i] >> 32) == (uint32_t)(h >> 32)) {
 			size_t k = (size_t)(uint32_t)idx->ic[i] - 1;
 
-			if (X509_NAME_cmp(idx->issuers[k].name, name) == 0)
+			if (idx->issuers[k].via == via && X509_NAME_cmp(idx->issuers[k].name, name) == 0)
 				return (long)k;
 		}
 	}
 	return -1;
+}
+
+static long
+idx_issuer(const struct ca_revidx *idx, const X509_NAME *name)
+{
+	return idx_issuer_via(idx, name, -1);
 }
 
 /* ---------------------------------------------------------------- builder */
@@ -572,9 +600,9 @@ ca_revidx_builder_free(struct ca_revidx_builder *b)
 }
 
 static long
-builder_issuer(struct ca_revidx_builder *b, const X509_NAME *name)
+builder_issuer_via(struct ca_revidx_builder *b, const X509_NAME *name, long via)
 {
-	long i = issuer_find(b->issuers, b->nissuers, name);
+	long i = issuer_find(b->issuers, b->nissuers, name, via);
 	struct rev_issuer *na;
 
 	if (i >= 0)
@@ -586,7 +614,14 @@ builder_issuer(struct ca_revidx_builder *b, const X509_NAME *name)
 	b->issuers = na;
 	if (issuer_fill(&na[b->nissuers], name) != 0)
 		return KMS_ERR_NOMEM;
+	na[b->nissuers].via = via;
 	return (long)b->nissuers++;
+}
+
+static long
+builder_issuer(struct ca_revidx_builder *b, const X509_NAME *name)
+{
+	return builder_issuer_via(b, name, -1);
 }
 
 /* Serial magnitude and sign of an ASN1_INTEGER, leading zero octets cut. */
@@ -818,14 +853,21 @@ ca_revidx_mark_stale(struct ca_revidx_builder *b, const X509_NAME *issuer)
 
 /* ------------------------------------------- validated CRLs of any CA */
 
-/* The directory name a certificateIssuer entry extension gives, or NULL. */
+/*
+ * The directory name a certificateIssuer entry extension gives, or NULL
+ * (none there, or only other kinds of name); *present says whether the
+ * extension is there at all.
+ */
 static X509_NAME *
 entry_cert_issuer(X509_REVOKED *r, int *present)
 {
-	GENERAL_NAMES *gens = X509_REVOKED_get_ext_d2i(r, NID_certificate_issuer, NULL, NULL);
+	GENERAL_NAMES *gens;
 	X509_NAME *name = NULL;
 
-	*present = gens != NULL;
+	*present = X509_REVOKED_get_ext_by_NID(r, NID_certificate_issuer, -1) >= 0;
+	if (!*present)
+		return NULL;
+	gens = X509_REVOKED_get_ext_d2i(r, NID_certificate_issuer, NULL, NULL);
 	for (int i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens) && name == NULL; i++) {
 		GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
 
@@ -841,6 +883,14 @@ entry_cert_issuer(X509_REVOKED *r, int *present)
  * Add the entries of crl (validated) into b: scope bits on each entry,
  * removeFromCRL entries collected into rm (when not NULL) instead, and
  * entries whose key is in skip (when not NULL) left out.
+ *
+ * In an indirect CRL an entry's certificateIssuer names the issuer of
+ * that entry and of every following one up to the next certificateIssuer
+ * (RFC 5280 5.3.3); entries before the first belong to the CRL issuer.
+ * Another CA's entries go under (that CA, via the CRL issuer), so that
+ * they speak only for certificates that name this CRL issuer as their
+ * cRLIssuer.  A certificateIssuer without a directory name makes its
+ * entries and those that follow it unusable until the next one.
  */
 static int
 add_valid_entries(struct ca_revidx_builder *b, X509_CRL *crl, const struct ca_crl_meta *m, int stale,
@@ -873,13 +923,22 @@ add_valid_entries(struct ca_revidx_builder *b, X509_CRL *crl, const struct ca_cr
 			/* RFC 5280 5.3.3: the issuer named holds for this and the following entries. */
 			if (present) {
 				if (ci == NULL) {
-					kms_log(KMS_LOG_WARNING, "indirect CRL entry without a directory name skipped");
+					kms_log(KMS_LOG_WARNING, "indirect CRL entry whose certificate issuer is not a "
+					    "directory name: it and the entries after it up to the next issuer skipped");
+					cur = -1;
 					continue;
 				}
-				cur = builder_issuer(b, ci);
+				if (X509_NAME_cmp(ci, X509_CRL_get_issuer(crl)) == 0)
+					cur = issuer;
+				else
+					cur = builder_issuer_via(b, ci, issuer);
 				X509_NAME_free(ci);
-				if (cur < 0)
+				if (cur < 0) {
+					b->err = 1;
 					return (int)cur;
+				}
+			} else if (cur < 0) {
+				continue;
 			}
 		}
 		if (serial_key(X509_REVOKED_get0_serialNumber(r), &s, &n, &neg) != 0) {
@@ -917,7 +976,7 @@ nomem:
 }
 
 static int
-dp_cover(struct rev_issuer *is, const char *uri, int covers, time_t nu)
+dp_cover(struct rev_issuer *is, const char *uri, int covers, int ind_covers, time_t nu)
 {
 	uint64_t h = keyed_hash((const unsigned char *)uri, strlen(uri));
 	struct rev_dp *nd;
@@ -925,6 +984,7 @@ dp_cover(struct rev_issuer *is, const char *uri, int covers, time_t nu)
 	for (size_t i = 0; i < is->ndps; i++) {
 		if (is->dps[i].h == h) {
 			is->dps[i].covers |= covers;
+			is->dps[i].ind_covers |= ind_covers;
 			if (nu > 0 && (is->dps[i].next_update == 0 || nu < is->dps[i].next_update))
 				is->dps[i].next_update = nu;
 			return 0;
@@ -935,6 +995,7 @@ dp_cover(struct rev_issuer *is, const char *uri, int covers, time_t nu)
 	is->dps = nd;
 	nd[is->ndps].h = h;
 	nd[is->ndps].covers = covers;
+	nd[is->ndps].ind_covers = ind_covers;
 	nd[is->ndps].next_update = nu;
 	is->ndps++;
 	return 0;
@@ -1000,7 +1061,7 @@ ca_revidx_add_valid(struct ca_revidx_builder *b, X509_CRL *crl, const struct ca_
 		nu = dm->next_update;
 	if (m->dp_names != NULL) {
 		for (size_t i = 0; m->dp_names[i] != NULL && rc == 0; i++)
-			rc = dp_cover(is, m->dp_names[i], m->covers, nu);
+			rc = dp_cover(is, m->dp_names[i], m->covers, m->indirect ? m->covers : 0, nu);
 		if (rc != 0) {
 			b->err = 1;
 			goto out;
@@ -1009,9 +1070,10 @@ ca_revidx_add_valid(struct ca_revidx_builder *b, X509_CRL *crl, const struct ca_
 		is->covers |= m->covers;
 		if (nu > 0 && (is->next_update == 0 || nu < is->next_update))
 			is->next_update = nu;
+		/* A partitioned indirect CRL covers only the certificates naming its partition (above). */
+		if (m->indirect)
+			is->ind_covers |= m->covers;
 	}
-	if (m->indirect)
-		is->ind_covers |= m->covers;
 out:
 	table_free(&rm);
 	return rc;
@@ -1028,53 +1090,114 @@ scope_fits(const struct rev_ent *e, int kind)
 }
 
 static int
-dp_fresh(const struct rev_dp *d, int kind, time_t now)
+dp_fresh(const struct rev_dp *d, int kind, int ind, time_t now)
 {
-	return (d->covers & kind) && (d->next_update == 0 || now <= d->next_update);
+	return ((ind ? d->ind_covers : d->covers) & kind) && (d->next_update == 0 || now <= d->next_update);
 }
 
-/* Is cert covered by a partition of is, or by an indirect CRL its distribution points name? */
+/* Does a URI of the distribution point's full name hit a fresh partition of is (ind: of its indirect CRL)? */
 static int
-covered_by_dp(const struct ca_revidx *idx, const struct rev_issuer *is, X509 *cert, int kind, time_t now)
+dp_hits(const struct rev_issuer *is, const DIST_POINT *dp, int kind, int ind, time_t now)
 {
-	CRL_DIST_POINTS *dps = X509_get_ext_d2i(cert, NID_crl_distribution_points, NULL, NULL);
-	int yes = 0;
+	if (is == NULL || is->ndps == 0 || dp->distpoint == NULL || dp->distpoint->type != 0)
+		return 0;
+	for (int j = 0; j < sk_GENERAL_NAME_num(dp->distpoint->name.fullname); j++) {
+		GENERAL_NAME *g = sk_GENERAL_NAME_value(dp->distpoint->name.fullname, j);
+		uint64_t h;
+
+		if (g->type != GEN_URI)
+			continue;
+		h = keyed_hash(ASN1_STRING_get0_data(g->d.uniformResourceIdentifier),
+		    (size_t)ASN1_STRING_length(g->d.uniformResourceIdentifier));
+		for (size_t k = 0; k < is->ndps; k++)
+			if (is->dps[k].h == h && dp_fresh(&is->dps[k], kind, ind, now))
+				return 1;
+	}
+	return 0;
+}
+
+/* The entry of (issuer index, serial), or NULL. */
+static const struct rev_ent *
+ent_lookup(const struct ca_revidx *idx, long i, int neg, const unsigned char *s, size_t n)
+{
+	uint64_t h = key_hash((unsigned)i, neg, s, n);
+	long k;
+
+	if ((k = table_find(&idx->over, h, (unsigned)i, neg, s, n)) >= 0)
+		return &idx->over.ents[k];
+	if ((k = table_find(&idx->bulk->t, h, (unsigned)i, neg, s, n)) >= 0)
+		return &idx->bulk->t.ents[k];
+	return NULL;
+}
+
+struct cert_key {
+	X509 *cert;
+	long issuer;                    /* the certificate issuer's own index, -1 if none */
+	int kind;                       /* CA_CRL_COVERS_USER or _CA */
+	int have_serial, neg;
+	const unsigned char *s;
+	size_t n;
+};
+
+/*
+ * What the certificate's distribution points say beyond its issuer's own
+ * CRLs: an entry of an indirect CRL whose issuer a distribution point
+ * names as cRLIssuer (1, info filled: only such a CRL may speak for
+ * another CA's certificate, RFC 5280 6.3.3), and, in *covered, whether a
+ * fresh CRL covers it: a partition of its issuer it names, or an indirect
+ * CRL of its cRLIssuer (whole, or the partition the distribution point
+ * names).  A distribution point for some reasons only revokes but does not
+ * cover.
+ */
+static int
+scan_dps(const struct ca_revidx *idx, const struct rev_issuer *is, const struct cert_key *ck, time_t now,
+    struct ca_rev_info *info, int *covered)
+{
+	CRL_DIST_POINTS *dps = X509_get_ext_d2i(ck->cert, NID_crl_distribution_points, NULL, NULL);
+	int revoked = 0;
 
 	ERR_clear_error();
-	for (int i = 0; dps != NULL && !yes && i < sk_DIST_POINT_num(dps); i++) {
+	*covered = 0;
+	for (int i = 0; dps != NULL && !revoked && i < sk_DIST_POINT_num(dps); i++) {
 		DIST_POINT *dp = sk_DIST_POINT_value(dps, i);
+		int whole = dp->reasons == NULL;
 
-		if (dp->reasons != NULL)
-			continue;
-		if (dp->CRLissuer != NULL) {
-			/* An indirect CRL the certificate names (RFC 5280 4.2.1.13). */
-			for (int j = 0; !yes && idx->any_indirect && j < sk_GENERAL_NAME_num(dp->CRLissuer); j++) {
-				GENERAL_NAME *g = sk_GENERAL_NAME_value(dp->CRLissuer, j);
-				long k;
-
-				if (g->type == GEN_DIRNAME && (k = idx_issuer(idx, g->d.directoryName)) >= 0 &&
-				    (idx->issuers[k].ind_covers & kind) && !issuer_stale(&idx->issuers[k], now))
-					yes = 1;
-			}
+		if (dp->CRLissuer == NULL) {
+			if (whole && !*covered && dp_hits(is, dp, ck->kind, 0, now))
+				*covered = 1;
 			continue;
 		}
-		if (is == NULL || is->ndps == 0 || dp->distpoint == NULL || dp->distpoint->type != 0)
-			continue;
-		for (int j = 0; !yes && j < sk_GENERAL_NAME_num(dp->distpoint->name.fullname); j++) {
-			GENERAL_NAME *g = sk_GENERAL_NAME_value(dp->distpoint->name.fullname, j);
-			uint64_t h;
+		for (int j = 0; !revoked && j < sk_GENERAL_NAME_num(dp->CRLissuer); j++) {
+			GENERAL_NAME *g = sk_GENERAL_NAME_value(dp->CRLissuer, j);
+			const struct rev_issuer *ci;
+			const struct rev_ent *e;
+			long k, v;
 
-			if (g->type != GEN_URI)
+			if (g->type != GEN_DIRNAME || (k = idx_issuer(idx, g->d.directoryName)) < 0)
 				continue;
-			h = keyed_hash(ASN1_STRING_get0_data(g->d.uniformResourceIdentifier),
-			    (size_t)ASN1_STRING_length(g->d.uniformResourceIdentifier));
-			for (size_t k = 0; k < is->ndps && !yes; k++)
-				if (is->dps[k].h == h && dp_fresh(&is->dps[k], kind, now))
-					yes = 1;
+			ci = &idx->issuers[k];
+			if (k == ck->issuer) {
+				/* Its own issuer named as CRL issuer: a direct CRL, partition or not. */
+				if (whole && !*covered && dp_hits(ci, dp, ck->kind, 0, now))
+					*covered = 1;
+				continue;
+			}
+			if (ck->have_serial && (v = idx_issuer_via(idx, X509_get_issuer_name(ck->cert), k)) >= 0 &&
+			    (e = ent_lookup(idx, v, ck->neg, ck->s, ck->n)) != NULL && scope_fits(e, ck->kind)) {
+				ent_info(e, info);
+				info->reason &= ENT_REASON;
+				if (issuer_stale(ci, now))
+					info->stale = 1;
+				revoked = 1;
+				break;
+			}
+			if (whole && !*covered && ((((ci->ind_covers & ck->kind) && !issuer_stale(ci, now))) ||
+			    dp_hits(ci, dp, ck->kind, 1, now)))
+				*covered = 1;
 		}
 	}
 	CRL_DIST_POINTS_free(dps);
-	return yes;
+	return revoked;
 }
 
 int
@@ -1082,11 +1205,9 @@ ca_revidx_check(const struct ca_revidx *idx, X509 *cert, struct ca_rev_info *inf
 {
 	struct ca_rev_info tmp;
 	const struct rev_issuer *is = NULL;
-	const struct rev_ent *e = NULL;
-	const unsigned char *s;
-	size_t n;
-	int neg, kind;
-	long i, k;
+	const struct rev_ent *e;
+	struct cert_key ck;
+	int covered = 0;
 	time_t now = time(NULL);
 
 	if (info == NULL)
@@ -1094,34 +1215,33 @@ ca_revidx_check(const struct ca_revidx *idx, X509 *cert, struct ca_rev_info *inf
 	memset(info, 0, sizeof(*info));
 	if (idx == NULL || cert == NULL)
 		return -1;
-	kind = X509_check_ca(cert) ? CA_CRL_COVERS_CA : CA_CRL_COVERS_USER;
+	memset(&ck, 0, sizeof(ck));
+	ck.cert = cert;
+	ck.kind = X509_check_ca(cert) ? CA_CRL_COVERS_CA : CA_CRL_COVERS_USER;
 	ERR_clear_error();
-	if ((i = idx_issuer(idx, X509_get_issuer_name(cert))) >= 0) {
-		is = &idx->issuers[i];
-		if (serial_key(X509_get0_serialNumber(cert), &s, &n, &neg) == 0) {
-			uint64_t h = key_hash((unsigned)i, neg, s, n);
-
-			if ((k = table_find(&idx->over, h, (unsigned)i, neg, s, n)) >= 0)
-				e = &idx->over.ents[k];
-			else if ((k = table_find(&idx->bulk->t, h, (unsigned)i, neg, s, n)) >= 0)
-				e = &idx->bulk->t.ents[k];
-		}
-		if (e != NULL && scope_fits(e, kind)) {
+	ck.have_serial = serial_key(X509_get0_serialNumber(cert), &ck.s, &ck.n, &ck.neg) == 0;
+	if ((ck.issuer = idx_issuer(idx, X509_get_issuer_name(cert))) >= 0) {
+		is = &idx->issuers[ck.issuer];
+		if (ck.have_serial && (e = ent_lookup(idx, ck.issuer, ck.neg, ck.s, ck.n)) != NULL &&
+		    scope_fits(e, ck.kind)) {
 			ent_info(e, info);
 			info->reason &= ENT_REASON;
 			if (issuer_stale(is, now))
 				info->stale = 1;
 			return 1;
 		}
-		if (!issuer_stale(is, now) && (is->covers & kind))
-			return 0;
-		if (issuer_stale(is, now) || is->expired)
-			info->stale = 1;
 	}
-	if (((is != NULL && is->ndps > 0) || idx->any_indirect) && covered_by_dp(idx, is, cert, kind, now)) {
-		info->stale = 0;
+	/* Only a certificate's distribution points may bring in partitions and indirect CRLs. */
+	if ((is != NULL && is->ndps > 0) || idx->any_indirect) {
+		if (scan_dps(idx, is, &ck, now, info, &covered))
+			return 1;
+	}
+	if (is != NULL && !issuer_stale(is, now) && (is->covers & ck.kind))
 		return 0;
-	}
+	if (covered)
+		return 0;
+	if (is != NULL && (issuer_stale(is, now) || is->expired))
+		info->stale = 1;
 	return -1;
 }
 
@@ -1293,7 +1413,7 @@ ca_revidx_with(const struct ca_revidx *base, const X509_NAME *issuer, const ASN1
 	if ((rc = issuers_copy(&idx->issuers, base ? base->issuers : NULL, nis, 1)) != 0)
 		goto fail;
 	idx->nissuers = nis;
-	if ((i = issuer_find(idx->issuers, idx->nissuers, issuer)) < 0) {
+	if ((i = issuer_find(idx->issuers, idx->nissuers, issuer, -1)) < 0) {
 		if (idx->nissuers >= MAX_ISSUERS) {
 			rc = kms_fail(KMS_ERR_TOOBIG, "too many CRL issuers");
 			goto fail;

@@ -1423,6 +1423,7 @@ struct crl_ent {
 	const char *serial;
 	int reason;             /* -1 none */
 	X509 *cert_issuer;      /* indirect: certificateIssuer of this entry */
+	const char *uri_issuer; /* a certificateIssuer that is a URI, not a directory name */
 };
 
 static X509_CRL *
@@ -1498,11 +1499,19 @@ mk_crl(const X509_NAME *issuer, EVP_PKEY *signer, const struct crl_spec *sp, con
 			X509_REVOKED_add1_ext_i2d(r, NID_crl_reason, e, 0, 0);
 			ASN1_ENUMERATED_free(e);
 		}
-		if (ents[i].cert_issuer != NULL) {
+		if (ents[i].cert_issuer != NULL || ents[i].uri_issuer != NULL) {
 			GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
 			GENERAL_NAME *g = GENERAL_NAME_new();
 
-			GENERAL_NAME_set0_value(g, GEN_DIRNAME, X509_NAME_dup(X509_get_subject_name(ents[i].cert_issuer)));
+			if (ents[i].cert_issuer != NULL) {
+				GENERAL_NAME_set0_value(g, GEN_DIRNAME,
+				    X509_NAME_dup(X509_get_subject_name(ents[i].cert_issuer)));
+			} else {
+				ASN1_IA5STRING *u = ASN1_IA5STRING_new();
+
+				ASN1_STRING_set(u, ents[i].uri_issuer, -1);
+				GENERAL_NAME_set0_value(g, GEN_URI, u);
+			}
 			sk_GENERAL_NAME_push(gens, g);
 			X509_REVOKED_add1_ext_i2d(r, NID_certificate_issuer, gens, 1, 0);
 			GENERAL_NAMES_free(gens);
@@ -1615,7 +1624,7 @@ START_TEST(test_intermediate_crl_revokes_its_user_with_date_and_reason)
 {
 	struct pki p;
 	struct crl_spec sp = spec_now();
-	const struct crl_ent ents[] = { { "10", 1, NULL } };
+	const struct crl_ent ents[] = { { "10", 1, NULL, NULL } };
 	X509_CRL *crl;
 	struct ca_revidx *idx;
 	struct ca_rev_info info;
@@ -1668,7 +1677,7 @@ START_TEST(test_unusable_crls_are_refused_with_their_reason)
 {
 	struct pki p;
 	struct crl_spec sp;
-	const struct crl_ent ents[] = { { "10", 1, NULL } };
+	const struct crl_ent ents[] = { { "10", 1, NULL, NULL } };
 	X509_CRL *crl;
 	X509 *signer;
 	struct ca_crl_meta m;
@@ -1743,7 +1752,7 @@ START_TEST(test_idp_scope_decides_which_certificates_a_crl_speaks_for)
 {
 	struct pki p;
 	struct crl_spec sp = spec_now();
-	const struct crl_ent ents[] = { { "10", 1, NULL }, { "2", 2, NULL } };
+	const struct crl_ent ents[] = { { "10", 1, NULL, NULL }, { "2", 2, NULL, NULL } };
 	X509_CRL *crl;
 	struct ca_revidx *idx;
 	struct ca_rev_info info;
@@ -1807,8 +1816,8 @@ START_TEST(test_delta_on_base_adds_and_removes_from_crl)
 {
 	struct pki p;
 	struct crl_spec sp = spec_now(), dsp;
-	const struct crl_ent base_ents[] = { { "10", 6, NULL } };          /* alice on hold */
-	const struct crl_ent delta_ents[] = { { "10", 8, NULL }, { "11", 1, NULL } };
+	const struct crl_ent base_ents[] = { { "10", 6, NULL, NULL } };          /* alice on hold */
+	const struct crl_ent delta_ents[] = { { "10", 8, NULL, NULL }, { "11", 1, NULL, NULL } };
 	X509_CRL *base, *delta, *old_base;
 	struct ca_revidx *idx;
 	struct ca_rev_info info;
@@ -1856,49 +1865,142 @@ START_TEST(test_delta_on_base_adds_and_removes_from_crl)
 }
 END_TEST
 
-START_TEST(test_indirect_crl_entries_go_to_the_certificate_issuer_they_name)
+/* A user of the intermediate whose distribution point names crl_issuer as its cRLIssuer (and uri, if given). */
+static X509 *
+mk_cert_crlissuer(struct pki *p, const char *cn, long serial, X509 *crl_issuer, const char *uri)
+{
+	X509 *x = mk_cert(p->inter, other_key, rsa_key, cn, serial, 0, "critical,digitalSignature", NULL);
+	CRL_DIST_POINTS *dps = sk_DIST_POINT_new_null();
+	DIST_POINT *dp = DIST_POINT_new();
+	GENERAL_NAME *g = GENERAL_NAME_new();
+
+	GENERAL_NAME_set0_value(g, GEN_DIRNAME, X509_NAME_dup(X509_get_subject_name(crl_issuer)));
+	dp->CRLissuer = sk_GENERAL_NAME_new_null();
+	sk_GENERAL_NAME_push(dp->CRLissuer, g);
+	if (uri != NULL) {
+		ASN1_IA5STRING *u = ASN1_IA5STRING_new();
+
+		ASN1_STRING_set(u, uri, -1);
+		g = GENERAL_NAME_new();
+		GENERAL_NAME_set0_value(g, GEN_URI, u);
+		dp->distpoint = DIST_POINT_NAME_new();
+		dp->distpoint->type = 0;
+		dp->distpoint->name.fullname = sk_GENERAL_NAME_new_null();
+		sk_GENERAL_NAME_push(dp->distpoint->name.fullname, g);
+	}
+	sk_DIST_POINT_push(dps, dp);
+	ck_assert_int_eq(X509_add1_ext_i2d(x, NID_crl_distribution_points, dps, 0, 0), 1);
+	CRL_DIST_POINTS_free(dps);
+	ck_assert_int_gt(X509_sign(x, other_key, EVP_sha256()), 0);
+	return x;
+}
+
+START_TEST(test_indirect_crl_speaks_only_for_certificates_naming_its_issuer)
 {
 	struct pki p;
 	struct crl_spec sp = spec_now();
 	X509_CRL *crl;
 	struct ca_revidx *idx;
 	struct ca_rev_info info;
-	X509 *ee_indirect;
+	X509 *carol, *dave, *frank, *gina;
 	int rc;
 
 	pki_make(&p);
-	/* The root issues an indirect CRL listing alice, a certificate of the intermediate. */
+	carol = mk_cert_crlissuer(&p, "carol", 0x12, p.root, NULL);
+	dave = mk_cert_crlissuer(&p, "dave", 0x13, p.root, NULL);
+	frank = mk_cert_crlissuer(&p, "frank", 0x14, p.root, NULL);
+	gina = mk_cert_crlissuer(&p, "gina", 0x15, p.root, NULL);
+	/*
+	 * The root's indirect CRL.  Each certificateIssuer holds for its entry
+	 * and the following ones (RFC 5280 5.3.3); before the first, entries
+	 * are the root's own.
+	 */
 	{
-		const struct crl_ent ents[] = { { "10", 4, p.inter } };
+		const struct crl_ent ents[] = {
+			{ "02", 2, NULL, NULL },        /* the root's: the intermediate */
+			{ "10", 4, p.inter, NULL },     /* alice: her certificate does not name the root */
+			{ "12", 1, NULL, NULL },        /* still the intermediate's: carol */
+			{ "13", 1, NULL, "http://127.0.0.1:1/not-a-name" },     /* no directory name ... */
+			{ "14", 1, NULL, NULL },        /* ... nor for this one (frank's serial) */
+			{ "15", 1, p.root, NULL },      /* the root's own serial 0x15, not gina's */
+		};
 
 		sp.indirect = 1;
+		crl = mk_crl(X509_get_subject_name(p.root), p256_key, &sp, ents, 6);
+	}
+	idx = index_of(&p, crl, NULL, &rc);
+	ck_assert_msg(rc == 0, "%s", kms_last_error());
+	ck_assert_int_eq(ca_revidx_check(idx, p.inter, &info), 1);
+	ck_assert_int_eq(info.reason, 2);
+	/* Alice's distribution point names no cRLIssuer: the root's indirect CRL does not speak for her. */
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee, &info), -1);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), -1);
+	/* Carol names the root: the entry after the intermediate's certificateIssuer is hers. */
+	ck_assert_int_eq(ca_revidx_check(idx, carol, &info), 1);
+	ck_assert_int_eq(info.reason, 1);
+	/* Entries after a certificateIssuer that is not a directory name belong to nobody we know. */
+	ck_assert_int_eq(ca_revidx_check(idx, dave, &info), 0);
+	ck_assert_int_eq(ca_revidx_check(idx, frank, &info), 0);
+	/* A certificateIssuer naming the root again: serial 0x15 is the root's, gina is good. */
+	ck_assert_int_eq(ca_revidx_check(idx, gina, &info), 0);
+	ca_revidx_unref(idx);
+	X509_CRL_free(crl);
+
+	/* A CRL that is not indirect may not name another certificate issuer: it is refused. */
+	{
+		const struct crl_ent ents[] = { { "12", 1, p.inter, NULL } };
+		struct ca_crl_meta m;
+		X509 *signer;
+
+		sp.indirect = 0;
+		crl = mk_crl(X509_get_subject_name(p.root), p256_key, &sp, ents, 1);
+		ck_assert_int_eq(ca_crl_validate_chain(crl, p.anchors, p.inter_sk, time(NULL), &signer, &m),
+		    KMS_ERR_CORRUPT);
+		ck_assert_ptr_nonnull(strstr(kms_last_error(), "not indirect"));
+		X509_CRL_free(crl);
+	}
+	X509_free(carol);
+	X509_free(dave);
+	X509_free(frank);
+	X509_free(gina);
+	pki_free(&p);
+}
+END_TEST
+
+START_TEST(test_partitioned_indirect_crl_covers_only_its_distribution_point)
+{
+	struct pki p;
+	struct crl_spec sp = spec_now();
+	X509_CRL *crl;
+	struct ca_revidx *idx;
+	struct ca_rev_info info;
+	X509 *in_part, *other_part, *whole;
+	int rc;
+
+	pki_make(&p);
+	in_part = mk_cert_crlissuer(&p, "carol", 0x20, p.root, "http://127.0.0.1:1/indirect-a.crl");
+	other_part = mk_cert_crlissuer(&p, "dave", 0x21, p.root, "http://127.0.0.1:1/indirect-b.crl");
+	whole = mk_cert_crlissuer(&p, "erin", 0x12, p.root, "http://127.0.0.1:1/indirect-b.crl");
+	sp.indirect = 1;
+	sp.idp_uri = "http://127.0.0.1:1/indirect-a.crl";
+	{
+		const struct crl_ent ents[] = { { "12", 1, p.inter, NULL } };
+
 		crl = mk_crl(X509_get_subject_name(p.root), p256_key, &sp, ents, 1);
 	}
 	idx = index_of(&p, crl, NULL, &rc);
 	ck_assert_msg(rc == 0, "%s", kms_last_error());
-	ck_assert_int_eq(ca_revidx_check(idx, p.ee, &info), 1);
-	ck_assert_int_eq(info.reason, 4);
-	/* Bob's certificate does not name the root as its CRL issuer: unknown. */
-	ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), -1);
-	/* One whose distribution point names the root as cRLIssuer is covered. */
-	ee_indirect = mk_cert(p.inter, other_key, rsa_key, "carol", 0x12, 0, "critical,digitalSignature", NULL);
-	{
-		CRL_DIST_POINTS *dps = sk_DIST_POINT_new_null();
-		DIST_POINT *dp = DIST_POINT_new();
-		GENERAL_NAME *g = GENERAL_NAME_new();
-
-		GENERAL_NAME_set0_value(g, GEN_DIRNAME, X509_NAME_dup(X509_get_subject_name(p.root)));
-		dp->CRLissuer = sk_GENERAL_NAME_new_null();
-		sk_GENERAL_NAME_push(dp->CRLissuer, g);
-		sk_DIST_POINT_push(dps, dp);
-		ck_assert_int_eq(X509_add1_ext_i2d(ee_indirect, NID_crl_distribution_points, dps, 0, 0), 1);
-		CRL_DIST_POINTS_free(dps);
-		ck_assert_int_gt(X509_sign(ee_indirect, other_key, EVP_sha256()), 0);
-	}
-	ck_assert_int_eq(ca_revidx_check(idx, ee_indirect, &info), 0);
-	X509_free(ee_indirect);
+	/* The partition it names is covered: good. */
+	ck_assert_int_eq(ca_revidx_check(idx, in_part, &info), 0);
+	/* Another partition of the same indirect CRL issuer: unknown, not good. */
+	ck_assert_int_eq(ca_revidx_check(idx, other_part, &info), -1);
+	/* A listed serial of a certificate naming the root as cRLIssuer is revoked by the root's word. */
+	ck_assert_int_eq(ca_revidx_check(idx, whole, &info), 1);
 	ca_revidx_unref(idx);
 	X509_CRL_free(crl);
+	X509_free(in_part);
+	X509_free(other_part);
+	X509_free(whole);
 	pki_free(&p);
 }
 END_TEST
@@ -1926,7 +2028,7 @@ START_TEST(test_thousand_issuers_are_found_by_hash)
 		X509_NAME_free(n);
 	}
 	{
-		const struct crl_ent ents[] = { { "10", 3, NULL } };
+		const struct crl_ent ents[] = { { "10", 3, NULL, NULL } };
 		X509_CRL *crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);
 		struct ca_crl_meta m;
 		X509 *signer;
@@ -2001,7 +2103,8 @@ revocation_suite(void)
 	tcase_add_test(tc, test_unusable_crls_are_refused_with_their_reason);
 	tcase_add_test(tc, test_idp_scope_decides_which_certificates_a_crl_speaks_for);
 	tcase_add_test(tc, test_delta_on_base_adds_and_removes_from_crl);
-	tcase_add_test(tc, test_indirect_crl_entries_go_to_the_certificate_issuer_they_name);
+	tcase_add_test(tc, test_indirect_crl_speaks_only_for_certificates_naming_its_issuer);
+	tcase_add_test(tc, test_partitioned_indirect_crl_covers_only_its_distribution_point);
 	tcase_add_test(tc, test_thousand_issuers_are_found_by_hash);
 	suite_add_tcase(s, tc);
 

@@ -359,12 +359,18 @@ int ca_crl_validate(X509_CRL *crl, STACK_OF(X509) *cands, time_t now, X509 **sig
  */
 int ca_crl_validate_chain(X509_CRL *crl, X509_STORE *anchors, STACK_OF(X509) *inter, time_t now,
     X509 **signer, struct ca_crl_meta *meta);
+#define CA_URL_HTTP 1            /* http:// */
+#define CA_URL_LDAP 2            /* ldap:// and ldaps:// */
 /*
  * The URIs of cert's CRL distribution points that give the whole status
- * (no reasons field); http_only keeps http:// ones.  *out NULL-terminated
- * (kms_strv_free), NULL when there are none.
+ * (no reasons field), of the schemes given (CA_URL_*; 0: any).  *out
+ * NULL-terminated (kms_strv_free), NULL when there are none.
  */
-int ca_cert_crl_urls(X509 *cert, int http_only, char ***out);
+int ca_cert_crl_urls(X509 *cert, int schemes, char ***out);
+/* The same for the delta CRLs a certificate's Freshest CRL extension names. */
+int ca_cert_delta_urls(X509 *cert, int schemes, char ***out);
+/* The same for the delta CRLs a (base) CRL's Freshest CRL extension names. */
+int ca_crl_delta_urls(X509_CRL *crl, int schemes, char ***out);
 
 /* ------------------------------------------------------------ trust anchors */
 

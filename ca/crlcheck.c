@@ -6,7 +6,8 @@
  * Entry points: ca_crl_validate() (one CRL against candidate signers that
  * the caller has already validated), ca_crl_validate_chain() (the same,
  * the candidates being trust anchors and intermediates that are validated
- * here up to an anchor), ca_crl_meta_clear(), ca_cert_crl_urls().
+ * here up to an anchor), ca_crl_meta_clear(), ca_cert_crl_urls(),
+ * ca_cert_delta_urls() and ca_crl_delta_urls() (Freshest CRL pointers).
  *
  * What makes a CRL unusable: no candidate whose subject is the CRL issuer
  * (and whose subject key identifier is the CRL's authority key identifier
@@ -90,19 +91,27 @@ add_uris(const DIST_POINT_NAME *dpn, char ***v, size_t *n)
 	return 0;
 }
 
-int
-ca_cert_crl_urls(X509 *cert, int http_only, char ***out)
+static int
+scheme_wanted(const char *url, int schemes)
 {
-	CRL_DIST_POINTS *dps;
+	if (schemes == 0)
+		return 1;
+	if ((schemes & CA_URL_HTTP) && strncasecmp(url, "http://", 7) == 0)
+		return 1;
+	if ((schemes & CA_URL_LDAP) && (strncasecmp(url, "ldap://", 7) == 0 || strncasecmp(url, "ldaps://", 8) == 0))
+		return 1;
+	return 0;
+}
+
+/* The URIs of distribution points that give the whole status, of the schemes asked for. */
+static int
+dps_urls(CRL_DIST_POINTS *dps, int schemes, char ***out)
+{
 	char **v = NULL;
-	size_t n = 0;
+	size_t n = 0, o = 0;
 	int rc = 0;
 
 	*out = NULL;
-	if ((dps = X509_get_ext_d2i(cert, NID_crl_distribution_points, NULL, NULL)) == NULL) {
-		ERR_clear_error();
-		return 0;
-	}
 	for (int i = 0; rc == 0 && i < sk_DIST_POINT_num(dps); i++) {
 		DIST_POINT *dp = sk_DIST_POINT_value(dps, i);
 
@@ -111,28 +120,71 @@ ca_cert_crl_urls(X509 *cert, int http_only, char ***out)
 			continue;
 		rc = add_uris(dp->distpoint, &v, &n);
 	}
-	CRL_DIST_POINTS_free(dps);
 	if (rc != 0) {
 		kms_strv_free(v);
 		return rc;
 	}
-	if (http_only && v != NULL) {
-		size_t o = 0;
-
-		for (size_t i = 0; i < n; i++) {
-			if (strncasecmp(v[i], "http://", 7) == 0)
-				v[o++] = v[i];
-			else
-				free(v[i]);
-		}
-		v[o] = NULL;
-		if (o == 0) {
-			free(v);
-			v = NULL;
-		}
+	for (size_t i = 0; i < n; i++) {
+		if (scheme_wanted(v[i], schemes))
+			v[o++] = v[i];
+		else
+			free(v[i]);
 	}
+	if (o == 0) {
+		free(v);
+		return 0;
+	}
+	v[o] = NULL;
 	*out = v;
 	return 0;
+}
+
+int
+ca_cert_crl_urls(X509 *cert, int schemes, char ***out)
+{
+	CRL_DIST_POINTS *dps;
+	int rc;
+
+	*out = NULL;
+	if ((dps = X509_get_ext_d2i(cert, NID_crl_distribution_points, NULL, NULL)) == NULL) {
+		ERR_clear_error();
+		return 0;
+	}
+	rc = dps_urls(dps, schemes, out);
+	CRL_DIST_POINTS_free(dps);
+	return rc;
+}
+
+int
+ca_cert_delta_urls(X509 *cert, int schemes, char ***out)
+{
+	CRL_DIST_POINTS *dps;
+	int rc;
+
+	*out = NULL;
+	if ((dps = X509_get_ext_d2i(cert, NID_freshest_crl, NULL, NULL)) == NULL) {
+		ERR_clear_error();
+		return 0;
+	}
+	rc = dps_urls(dps, schemes, out);
+	CRL_DIST_POINTS_free(dps);
+	return rc;
+}
+
+int
+ca_crl_delta_urls(X509_CRL *crl, int schemes, char ***out)
+{
+	CRL_DIST_POINTS *dps;
+	int rc;
+
+	*out = NULL;
+	if ((dps = X509_CRL_get_ext_d2i(crl, NID_freshest_crl, NULL, NULL)) == NULL) {
+		ERR_clear_error();
+		return 0;
+	}
+	rc = dps_urls(dps, schemes, out);
+	CRL_DIST_POINTS_free(dps);
+	return rc;
 }
 
 /* The IDP's scope into m; KMS_ERR_CORRUPT for what we cannot use. */

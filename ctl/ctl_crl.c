@@ -135,6 +135,10 @@ crl_list_external(struct ctl *ctl, int argc, char **argv)
 		const char *err = ctl_str(e, "error");
 
 		printf("%s\n  issuer: %s\n", ctl_str(e, "url"), ctl_str(e, "issuer"));
+		if (json_is_true(json_object_get(e, "delta")) && json_integer_value(json_object_get(e, "delta_base")) >= 0)
+			printf("  delta CRL on base CRL %lld\n", (long long)json_integer_value(json_object_get(e, "delta_base")));
+		else if (json_is_true(json_object_get(e, "delta")))
+			printf("  delta CRL (Freshest CRL)\n");
 		if (json_is_true(json_object_get(e, "have_copy")))
 			printf("  thisUpdate: %s  nextUpdate: %s  entries: %lld  number: %lld\n", ctl_str(e, "this_update"),
 			    ctl_str(e, "next_update"), (long long)json_integer_value(json_object_get(e, "entries")),

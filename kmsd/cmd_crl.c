@@ -183,9 +183,10 @@ kmsd_cmd_crl_list_external(struct kmsd_req *req)
 			kms_time_format(v[i].last_success, ls, sizeof(ls));
 		if (v[i].next_fetch)
 			kms_time_format(v[i].next_fetch, nf, sizeof(nf));
-		json_array_append_new(arr, json_pack("{s:s,s:s,s:b,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:s}",
+		json_array_append_new(arr, json_pack("{s:s,s:s,s:b,s:I,s:I,s:b,s:I,s:s,s:s,s:s,s:s,s:s,s:s}",
 		    "url", v[i].url, "issuer", v[i].issuer, "have_copy", v[i].have_copy,
 		    "entries", (json_int_t)v[i].entries, "number", (json_int_t)v[i].number,
+		    "delta", v[i].want_delta, "delta_base", (json_int_t)v[i].delta_base,
 		    "this_update", tu, "next_update", nu, "last_attempt", la, "last_success", ls,
 		    "next_fetch", nf, "error", v[i].error));
 	}

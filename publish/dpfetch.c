@@ -7,7 +7,8 @@
  * unknown; never waits for I/O), pub_dp_add_to() (the index rebuild's
  * side), pub_dp_list() (kmsctl crl list-external).
  *
- * Each distribution point URL (http only) is a source.  Sources are
+ * Each distribution point URL (http, and ldap or ldaps through
+ * dpldap.c) is a source.  Sources are
  * bounded in number ([crl] fetch_max_sources); a fixed set of worker
  * threads ([crl] fetch_concurrency) fetches whatever source is due, each
  * download bounded in size and time.  A fetched CRL is validated (RFC 5280
@@ -21,6 +22,15 @@
  * when it recovers), and the source is retried with a growing back-off.
  * Good copies are fetched again before their nextUpdate (at 80 % of their
  * life, and at least every refresh interval) with a conditional GET.
+ *
+ * Delta CRLs (RFC 5280 5.2.4, 5.2.6): the Freshest CRL extension of a
+ * certificate offered, or of a base CRL taken, names where its deltas are;
+ * each such URL is a source of its own (bounded, cached and listed like
+ * the others) that must serve a delta CRL.  When the index is built each
+ * complete CRL is combined with the newest delta that fits it (same
+ * issuer and key, same scope, BaseCRLNumber at most the base's CRL number,
+ * the delta's own number above it); a delta that fits no base is not used
+ * and says why in `crl list-external` and the log.
  */
 #include "config.h"
 
@@ -33,9 +43,12 @@
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/x509v3.h>
 
 #include "publish/publish.h"
 
+/* The distribution points followed. */
+#define DP_SCHEMES (CA_URL_HTTP | CA_URL_LDAP)
 #define BACKOFF_MIN 30
 #define BACKOFF_MAX 3600
 #define CHAIN_MAX 8
@@ -52,6 +65,8 @@ struct dp_src {
 	int backoff;
 	int busy;                       /* a worker is fetching it */
 	int failing;
+	int want_delta;                 /* named by a Freshest CRL extension: must serve a delta CRL */
+	int pair_error;                 /* error says why the delta fits no base (set at index builds) */
 };
 
 struct pub_dp {
@@ -230,7 +245,31 @@ cands_with(struct pub_dp *d, STACK_OF(X509) *cands)
 	return all;
 }
 
-/* Check a fetched CRL as RFC 5280 6.3 says; only a complete, current one is taken. */
+/* Follow the delta CRLs at urls (a Freshest CRL extension), signed by one of cands.  Under d->mu. */
+static void
+add_delta_sources(struct pub_dp *d, char **urls, STACK_OF(X509) *cands, time_t now)
+{
+	for (size_t i = 0; urls != NULL && urls[i] != NULL; i++) {
+		STACK_OF(X509) *c;
+		struct dp_src *s;
+
+		if (strlen(urls[i]) > 1024 || src_find(d, urls[i]) != NULL)
+			continue;
+		if ((c = X509_chain_up_ref(cands)) == NULL)
+			return;
+		if ((s = src_add(d, urls[i], c, now)) == NULL) {
+			sk_X509_pop_free(c, X509_free);
+			if (d->n >= d->max)
+				kms_log(KMS_LOG_DEBUG, "CRL %s: not followed, [crl] fetch_max_sources reached", urls[i]);
+			continue;
+		}
+		s->want_delta = 1;
+		pthread_cond_signal(&d->cv);
+		kms_log(KMS_LOG_INFO, "CRL %s: new delta CRL distribution point, fetching", urls[i]);
+	}
+}
+
+/* Check a fetched CRL as RFC 5280 6.3 says; only a current one of the kind the source promises is taken. */
 static int
 validate_fetched(struct pub_dp *d, struct dp_src *s, X509_CRL *crl, X509_STORE *anchors, time_t now,
     struct ca_crl_meta *m)
@@ -242,8 +281,10 @@ validate_fetched(struct pub_dp *d, struct dp_src *s, X509_CRL *crl, X509_STORE *
 	if (all == NULL)
 		return kms_fail(KMS_ERR_NOMEM, "out of memory");
 	rc = ca_crl_validate_chain(crl, anchors, all, now, &signer, m);
-	if (rc == 0 && m->delta)
+	if (rc == 0 && m->delta && !s->want_delta)
 		rc = kms_fail(KMS_ERR_CORRUPT, "a delta CRL, not a complete one");
+	else if (rc == 0 && !m->delta && s->want_delta)
+		rc = kms_fail(KMS_ERR_CORRUPT, "a complete CRL where its Freshest CRL pointer promised a delta CRL");
 	else if (rc == KMS_ERR_EXPIRED)
 		rc = kms_fail(KMS_ERR_EXPIRED, "the CRL served is past its nextUpdate");
 	sk_X509_free(all);
@@ -290,7 +331,10 @@ fetch_one(struct pub_dp *d, struct dp_src *s)
 	pthread_mutex_unlock(&d->mu);
 	cond.etag = etag;
 	cond.last_modified = lm;
-	rc = ca_crl_fetch_cond(s->url, d->timeout, -1, d->max_size, &d->stop, &cond, &crl, NULL, NULL);
+	if (strncasecmp(s->url, "ldap://", 7) == 0 || strncasecmp(s->url, "ldaps://", 8) == 0)
+		rc = pub_dp_ldap_fetch(s->url, d->timeout, d->max_size, &d->stop, &crl);
+	else
+		rc = ca_crl_fetch_cond(s->url, d->timeout, -1, d->max_size, &d->stop, &cond, &crl, NULL, NULL);
 	if (stopping(d)) {
 		X509_CRL_free(crl);
 		return;
@@ -304,6 +348,7 @@ fetch_one(struct pub_dp *d, struct dp_src *s)
 	pthread_mutex_lock(&d->mu);
 	s->busy = 0;
 	s->last_attempt = now;
+	s->pair_error = 0;              /* the fetch's own outcome now; the next index build says the rest */
 	was_failing = s->failing;
 	have_copy = s->crl != NULL;
 	if (rc != 0) {
@@ -349,6 +394,16 @@ fetch_one(struct pub_dp *d, struct dp_src *s)
 		crl = s->crl;
 		pthread_mutex_unlock(&d->mu);
 		cache_save(d, s, crl, s->cands, cond.etag_out, cond.last_modified_out);
+		if (!s->want_delta) {
+			char **durls = NULL;
+
+			if (ca_crl_delta_urls(crl, DP_SCHEMES, &durls) == 0 && durls != NULL) {
+				pthread_mutex_lock(&d->mu);
+				add_delta_sources(d, durls, s->cands, now);
+				pthread_mutex_unlock(&d->mu);
+			}
+			kms_strv_free(durls);
+		}
 		X509_CRL_free(crl);
 		crl = NULL;
 		call_changed(d);
@@ -456,7 +511,7 @@ cache_load(struct pub_dp *d)
 		    ca_certs_load_file(p, cands, NULL) != 0 || (all = cands_with(d, cands)) == NULL)
 			goto next;
 		rc = ca_crl_validate_chain(crl, d->anchors, all, now, &signer, &m);
-		if ((rc != 0 && rc != KMS_ERR_EXPIRED) || m.delta) {
+		if (rc != 0 && rc != KMS_ERR_EXPIRED) {
 			kms_log(KMS_LOG_WARNING, "CRL %s: kept copy refused: %s", url, kms_last_error());
 			goto next;
 		}
@@ -466,6 +521,7 @@ cache_load(struct pub_dp *d)
 			s->crl = crl;
 			crl = NULL;
 			s->meta = m;
+			s->want_delta = m.delta;        /* it was taken as what its source promised */
 			memset(&m, 0, sizeof(m));
 			snprintf(s->etag, sizeof(s->etag), "%s", etag);
 			snprintf(s->last_modified, sizeof(s->last_modified), "%s", lm);
@@ -590,7 +646,25 @@ pub_dp_offer(struct pub_dp *d, STACK_OF(X509) *chain, int depth)
 	if (d == NULL || chain == NULL || depth < 0 || depth >= sk_X509_num(chain))
 		return 0;
 	c = sk_X509_value(chain, depth);
-	if (ca_cert_crl_urls(c, 1, &urls) != 0 || urls == NULL) {
+	{
+		char **durls = NULL;
+
+		/* The certificate's Freshest CRL: its deltas are followed from the first message. */
+		if (ca_cert_delta_urls(c, DP_SCHEMES, &durls) == 0 && durls != NULL) {
+			STACK_OF(X509) *cands = sk_X509_new_null();
+
+			for (int j = depth + 1; cands != NULL && j < sk_X509_num(chain) && j <= depth + CHAIN_MAX; j++)
+				sk_X509_push(cands, sk_X509_value(chain, j));
+			if (cands != NULL) {
+				pthread_mutex_lock(&d->mu);
+				add_delta_sources(d, durls, cands, now);
+				pthread_mutex_unlock(&d->mu);
+			}
+			sk_X509_free(cands);
+		}
+		kms_strv_free(durls);
+	}
+	if (ca_cert_crl_urls(c, DP_SCHEMES, &urls) != 0 || urls == NULL) {
 		kms_clear_error();
 		return 0;
 	}
@@ -629,7 +703,9 @@ pub_dp_offer(struct pub_dp *d, STACK_OF(X509) *chain, int depth)
 struct dp_take {
 	X509_CRL *crl;
 	struct ca_crl_meta meta;
-	char *url;
+	struct dp_src *src;     /* lives until pub_dp_stop */
+	int used;               /* a delta combined with a base */
+	char why[256];          /* a delta: why it fits no base of its issuer */
 };
 
 static int
@@ -651,6 +727,111 @@ meta_copy(struct ca_crl_meta *dst, const struct ca_crl_meta *src)
 	return 0;
 }
 
+static int
+same_strv(char *const *a, char *const *b)
+{
+	size_t i;
+
+	if (a == NULL || b == NULL)
+		return a == b;
+	for (i = 0; a[i] != NULL && b[i] != NULL; i++)
+		if (strcmp(a[i], b[i]) != 0)
+			return 0;
+	return a[i] == NULL && b[i] == NULL;
+}
+
+/* Do two CRLs say they were signed with the same key (when both carry a key identifier)? */
+static int
+same_key(X509_CRL *a, X509_CRL *b)
+{
+	AUTHORITY_KEYID *ka = X509_CRL_get_ext_d2i(a, NID_authority_key_identifier, NULL, NULL);
+	AUTHORITY_KEYID *kb = X509_CRL_get_ext_d2i(b, NID_authority_key_identifier, NULL, NULL);
+	int ok = 1;
+
+	if (ka != NULL && kb != NULL && ka->keyid != NULL && kb->keyid != NULL)
+		ok = ASN1_OCTET_STRING_cmp(ka->keyid, kb->keyid) == 0;
+	AUTHORITY_KEYID_free(ka);
+	AUTHORITY_KEYID_free(kb);
+	ERR_clear_error();
+	return ok;
+}
+
+/*
+ * Can delta dt go on top of base bt (RFC 5280 5.2.4, 6.3.3)?  1 yes; 0 no,
+ * with why filled when they are of the same issuer (else why is left).
+ */
+static int
+delta_fits(const struct dp_take *bt, const struct dp_take *dt, char *why, size_t whylen)
+{
+	const struct ca_crl_meta *bm = &bt->meta, *dm = &dt->meta;
+
+	if (X509_NAME_cmp(X509_CRL_get_issuer(bt->crl), X509_CRL_get_issuer(dt->crl)) != 0)
+		return 0;
+	if (!same_key(bt->crl, dt->crl))
+		snprintf(why, whylen, "delta CRL signed with another key than its base CRL %s", bt->src->url);
+	else if (dm->covers != bm->covers || dm->indirect != bm->indirect || dm->some_reasons != bm->some_reasons ||
+	    !same_strv(dm->dp_names, bm->dp_names))
+		snprintf(why, whylen, "delta CRL of another scope than the base CRL %s", bt->src->url);
+	else if (bm->number < 0)
+		snprintf(why, whylen, "the base CRL %s has no CRL number", bt->src->url);
+	else if (dm->base > bm->number)
+		snprintf(why, whylen, "delta CRL needs base CRL %lld or later; the base CRL %s is %lld", dm->base,
+		    bt->src->url, bm->number);
+	else if (dm->number <= bm->number)
+		snprintf(why, whylen, "delta CRL %lld is not newer than the base CRL %s (%lld): the base replaces it",
+		    dm->number, bt->src->url, bm->number);
+	else
+		return 1;
+	return 0;
+}
+
+/* The newest delta of t[0..n) that fits base t[i], or -1; deltas of its issuer that do not fit say why. */
+static long
+best_delta(struct dp_take *t, size_t n, size_t i)
+{
+	long best = -1;
+
+	for (size_t j = 0; j < n; j++) {
+		char why[256] = "";
+
+		if (!t[j].meta.delta)
+			continue;
+		if (delta_fits(&t[i], &t[j], why, sizeof(why))) {
+			if (best < 0 || t[j].meta.number > t[best].meta.number)
+				best = (long)j;
+		} else if (why[0] != '\0' && t[j].why[0] == '\0') {
+			snprintf(t[j].why, sizeof(t[j].why), "%s", why);
+		}
+	}
+	return best;
+}
+
+/* A delta that fits no base: its error (set once, logged when it changes); one used again clears it. */
+static void
+delta_outcome(struct pub_dp *d, struct dp_take *t)
+{
+	struct dp_src *s = t->src;
+	char msg[sizeof(s->error)];
+	int log = 0;
+
+	snprintf(msg, sizeof(msg), "not used: %s",
+	    t->why[0] ? t->why : "no complete CRL of its issuer and scope to put it on");
+	pthread_mutex_lock(&d->mu);
+	if (s->crl == t->crl) {
+		if (t->used && s->pair_error) {
+			s->error[0] = '\0';
+			s->pair_error = 0;
+		} else if (!t->used && (s->error[0] == '\0' || s->pair_error) && strcmp(s->error, msg) != 0) {
+			snprintf(s->error, sizeof(s->error), "%s", msg);
+			s->pair_error = 1;
+			log = 1;
+		}
+	}
+	pthread_mutex_unlock(&d->mu);
+	if (log)
+		kms_log(KMS_LOG_WARNING, "CRL %s: %s", s->url, msg);
+}
+
 int
 pub_dp_add_to(struct pub_dp *d, struct ca_revidx_builder *b, time_t now)
 {
@@ -670,17 +851,34 @@ pub_dp_add_to(struct pub_dp *d, struct ca_revidx_builder *b, time_t now)
 			continue;
 		X509_CRL_up_ref(s->crl);
 		t[n].crl = s->crl;
-		t[n].url = s->url;      /* lives until pub_dp_stop */
+		t[n].src = s;
 		rc = meta_copy(&t[n].meta, &s->meta);
 		n++;
 	}
 	pthread_mutex_unlock(&d->mu);
 	for (size_t i = 0; rc == 0 && i < n; i++) {
-		if ((rc = ca_revidx_add_valid(b, t[i].crl, &t[i].meta, NULL, NULL, now)) != 0 && rc != KMS_ERR_NOMEM) {
-			kms_log(KMS_LOG_WARNING, "CRL %s: not used: %s", t[i].url, kms_last_error());
+		long j;
+
+		if (t[i].meta.delta)
+			continue;
+		j = best_delta(t, n, i);
+		rc = ca_revidx_add_valid(b, t[i].crl, &t[i].meta, j >= 0 ? t[j].crl : NULL, j >= 0 ? &t[j].meta : NULL,
+		    now);
+		if (rc != 0 && rc != KMS_ERR_NOMEM && j >= 0) {
+			snprintf(t[j].why, sizeof(t[j].why), "%s", kms_last_error());
+			j = -1;
+			rc = ca_revidx_add_valid(b, t[i].crl, &t[i].meta, NULL, NULL, now);
+		}
+		if (rc != 0 && rc != KMS_ERR_NOMEM) {
+			kms_log(KMS_LOG_WARNING, "CRL %s: not used: %s", t[i].src->url, kms_last_error());
 			rc = 0;
+		} else if (rc == 0 && j >= 0) {
+			t[j].used = 1;
 		}
 	}
+	for (size_t i = 0; rc == 0 && i < n; i++)
+		if (t[i].meta.delta)
+			delta_outcome(d, &t[i]);
 	for (size_t i = 0; i < n; i++) {
 		X509_CRL_free(t[i].crl);
 		ca_crl_meta_clear(&t[i].meta);
@@ -715,15 +913,18 @@ pub_dp_list(struct pub_dp *d, struct pub_dp_status **out, size_t *n)
 			if (t->entries < 0)
 				t->entries = 0;
 			t->number = s->meta.number;
+			t->delta_base = s->meta.delta ? s->meta.base : -1;
 			t->this_update = s->meta.this_update;
 			t->next_update = s->meta.next_update;
 		} else {
 			t->number = -1;
+			t->delta_base = -1;
 			if (sk_X509_num(s->cands) > 0)
 				X509_NAME_oneline(X509_get_subject_name(sk_X509_value(s->cands, 0)), t->issuer,
 				    sizeof(t->issuer));
 		}
 		t->have_copy = s->crl != NULL;
+		t->want_delta = s->want_delta;
 		t->first_asked = s->first_asked;
 		t->last_attempt = s->last_attempt;
 		t->last_success = s->last_success;

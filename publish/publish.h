@@ -264,10 +264,20 @@ struct pub_dp_status {
 	int have_copy;
 	int entries;
 	long long number;
+	long long delta_base;       /* a delta CRL: its BaseCRLNumber; else -1 */
+	int want_delta;             /* named by a Freshest CRL extension: a delta CRL source */
 	time_t this_update, next_update;
 	time_t first_asked, last_attempt, last_success, next_fetch;
 };
 /* A snapshot of every source; *out malloc'd. */
 int pub_dp_list(struct pub_dp *d, struct pub_dp_status **out, size_t *n);
+/*
+ * Fetch the CRL an ldap:// or ldaps:// distribution point names (anonymous
+ * bind, base-object search, the URL's attribute or
+ * certificateRevocationList;binary), bounded by timeout (seconds), max
+ * (bytes) and *cancel (non-zero stops it).  0 with *crl, or an error whose
+ * text names the URL.
+ */
+int pub_dp_ldap_fetch(const char *url, int timeout, size_t max, const int *cancel, X509_CRL **crl);
 
 #endif

@@ -13,7 +13,8 @@
 # files (DIR/NAME-chain.pem: the certificate and its CAs up to, not
 # including, the root), DIR/intermediates.pem and a signed message per
 # user (DIR/NAME.eml, From NAME@partner.example).  URLBASE is where the
-# CRLs are served (http://127.0.0.1:PORT).
+# CRLs are served (http://127.0.0.1:PORT); PKI_CDP_FMT, when set, gives
+# the distribution points instead (see pki_cdp).
 #
 # pki_crl DIR CA OUT [options]: a CRL of CA (root, issuing, policy, dept)
 # listing the revoked entries given as -r SERIAL,REASON (reason as openssl
@@ -57,18 +58,30 @@ pki_cert() {
 	fi
 }
 
+# pki_cdp CA: the distribution point of CA's CRL: URLBASE/CA.crl, or
+# printf "$PKI_CDP_FMT" CA when that is set (an ldap:// URL, say; no
+# commas: openssl's config would split the URI there, write %2C).
+pki_cdp() {
+	if [ -n "${PKI_CDP_FMT:-}" ]; then
+		# shellcheck disable=SC2059
+		printf "$PKI_CDP_FMT" "$1"
+	else
+		printf '%s/%s.crl' "$base" "$1"
+	fi
+}
+
 pki_make() {
 	d=$1 base=$2
 	mkdir -p "$d"
 	pki_cert "$d" root self ca "Partner Root" 1 &&
-	pki_cert "$d" issuing root ca "Partner Issuing CA" 2 "$base/root.crl" &&
-	pki_cert "$d" policy root ca "Partner Policy CA" 3 "$base/root.crl" &&
-	pki_cert "$d" dept policy ca "Partner Department CA" 4 "$base/policy.crl" &&
-	pki_cert "$d" alice issuing user "Alice" 4096 "$base/issuing.crl" &&
-	pki_cert "$d" bob issuing user "Bob" 4097 "$base/issuing.crl" &&
-	pki_cert "$d" erin issuing user "Erin" 4098 "$base/issuing.crl" &&
-	pki_cert "$d" carol dept user "Carol" 8192 "$base/dept.crl" &&
-	pki_cert "$d" dan dept user "Dan" 8193 "$base/dept.crl" || return 1
+	pki_cert "$d" issuing root ca "Partner Issuing CA" 2 "$(pki_cdp root)" &&
+	pki_cert "$d" policy root ca "Partner Policy CA" 3 "$(pki_cdp root)" &&
+	pki_cert "$d" dept policy ca "Partner Department CA" 4 "$(pki_cdp policy)" &&
+	pki_cert "$d" alice issuing user "Alice" 4096 "$(pki_cdp issuing)" &&
+	pki_cert "$d" bob issuing user "Bob" 4097 "$(pki_cdp issuing)" &&
+	pki_cert "$d" erin issuing user "Erin" 4098 "$(pki_cdp issuing)" &&
+	pki_cert "$d" carol dept user "Carol" 8192 "$(pki_cdp dept)" &&
+	pki_cert "$d" dan dept user "Dan" 8193 "$(pki_cdp dept)" || return 1
 	# The same name as the issuing CA, another key, and no cRLSign.
 	pki_cert "$d" nocrlsign root ca_nocrlsign "Partner Issuing CA" 5 || return 1
 	cat "$d/issuing.crt" "$d/policy.crt" "$d/dept.crt" > "$d/intermediates.pem"

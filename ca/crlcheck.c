@@ -334,12 +334,22 @@ names_signer(X509_CRL *crl, X509 *cand)
 	return ok;
 }
 
-/* The checks of one CRL against its would-be signer. */
+/*
+ * The checks of one CRL against its would-be signer; *signed_by says
+ * whether the signature verified with its key (so that what else is wrong
+ * with it is the reason worth telling).
+ */
 static int
-check_with(X509_CRL *crl, X509 *signer)
+check_with(X509_CRL *crl, X509 *signer, int *signed_by)
 {
 	EVP_PKEY *pub;
 
+	*signed_by = 0;
+	if ((pub = X509_get0_pubkey(signer)) == NULL)
+		return kms_fail_openssl(KMS_ERR_CRYPTO, "CRL signer's public key");
+	if (X509_CRL_verify(crl, pub) != 1)
+		return kms_fail_openssl(KMS_ERR_CORRUPT, "CRL signature does not verify with its issuer's key");
+	*signed_by = 1;
 	/* A certificate with keyUsage must say cRLSign; one without must at least be a CA. */
 	if (X509_get_extension_flags(signer) & EXFLAG_KUSAGE) {
 		if (!(X509_get_key_usage(signer) & KU_CRL_SIGN))
@@ -347,10 +357,6 @@ check_with(X509_CRL *crl, X509 *signer)
 	} else if (X509_check_ca(signer) == 0) {
 		return kms_fail(KMS_ERR_CORRUPT, "the CRL's signer is not a CA");
 	}
-	if ((pub = X509_get0_pubkey(signer)) == NULL)
-		return kms_fail_openssl(KMS_ERR_CRYPTO, "CRL signer's public key");
-	if (X509_CRL_verify(crl, pub) != 1)
-		return kms_fail_openssl(KMS_ERR_CORRUPT, "CRL signature does not verify with its issuer's key");
 	return 0;
 }
 
@@ -358,7 +364,7 @@ int
 ca_crl_validate(X509_CRL *crl, STACK_OF(X509) *cands, time_t now, X509 **signer, struct ca_crl_meta *m)
 {
 	X509 *found = NULL;
-	int rc = 0, named = 0, present;
+	int rc = 0, named = 0, present, signed_by, why_signed = 0;
 	char why[256] = "";
 
 	*signer = NULL;
@@ -372,11 +378,14 @@ ca_crl_validate(X509_CRL *crl, STACK_OF(X509) *cands, time_t now, X509 **signer,
 		if (!names_signer(crl, c))
 			continue;
 		named = 1;
-		if ((rc = check_with(crl, c)) == 0) {
+		if ((rc = check_with(crl, c, &signed_by)) == 0) {
 			found = c;
 			break;
 		}
-		snprintf(why, sizeof(why), "%s", kms_last_error());
+		/* The certificate whose key made the signature says best why the CRL is refused. */
+		if (!why_signed || signed_by)
+			snprintf(why, sizeof(why), "%s", kms_last_error());
+		why_signed |= signed_by;
 	}
 	ERR_clear_error();
 	if (found == NULL) {

@@ -1112,9 +1112,9 @@ END_TEST
 
 /* ------------------------------------------- distribution points seen in mail */
 
-/* A user certificate of the test CA, serial hex, with the given distribution point. */
+/* A user certificate of the test CA, serial hex, with the given distribution point (and Freshest CRL). */
 static X509 *
-mk_user_with_cdp(const char *serial_hex, const char *cdp)
+mk_user_with_dps(const char *serial_hex, const char *cdp, const char *freshest)
 {
 	X509 *x = X509_new();
 	X509_NAME *n = X509_NAME_new();
@@ -1140,8 +1140,21 @@ mk_user_with_cdp(const char *serial_hex, const char *cdp)
 	ck_assert_ptr_nonnull(e);
 	X509_add_ext(x, e, -1);
 	X509_EXTENSION_free(e);
+	if (freshest != NULL) {
+		snprintf(v, sizeof(v), "URI:%s", freshest);
+		e = X509V3_EXT_conf_nid(NULL, &ctx, NID_freshest_crl, v);
+		ck_assert_ptr_nonnull(e);
+		X509_add_ext(x, e, -1);
+		X509_EXTENSION_free(e);
+	}
 	ck_assert_int_gt(X509_sign(x, ca_key, EVP_sha256()), 0);
 	return x;
+}
+
+static X509 *
+mk_user_with_cdp(const char *serial_hex, const char *cdp)
+{
+	return mk_user_with_dps(serial_hex, cdp, NULL);
 }
 
 /* Wait until every source has been tried; the list then. */
@@ -1420,6 +1433,69 @@ START_TEST(test_certs_clients_counted_by_ipv4_address_and_ipv6_64)
 }
 END_TEST
 
+START_TEST(test_dp_fetch_follows_the_certificates_freshest_crl)
+{
+	struct pub_dp_opts o = { 0 };
+	struct pub_dp *d = NULL;
+	struct pub_dp_status *v = NULL;
+	X509_STORE *anchors = X509_STORE_new();
+	STACK_OF(X509) *chain = sk_X509_new_null();
+	X509 *user, *wrong;
+	char full[256], delta[256], not_delta[300];
+	size_t n;
+	int seen_delta = 0, seen_wrong = 0, seen_from_crl = 0;
+
+	snprintf(full, sizeof(full), "http://127.0.0.1:%d/crl/test-ca.crl", port);
+	snprintf(delta, sizeof(delta), "http://127.0.0.1:%d/crl/test-ca-delta.crl", port);
+	/* A Freshest CRL pointer at a complete CRL: the source must refuse it. */
+	snprintf(not_delta, sizeof(not_delta), "http://127.0.0.1:%d/crl/test-ca.crl?as-delta", port);
+	user = mk_user_with_dps("b1", full, delta);
+	wrong = mk_user_with_dps("b2", full, not_delta);
+	X509_STORE_add_cert(anchors, ca->cert);
+	o.anchors = anchors;
+	o.timeout = 5;
+	o.concurrency = 2;
+	ck_assert_int_eq(pub_dp_start(&o, &d), 0);
+	sk_X509_push(chain, user);
+	sk_X509_push(chain, ca->cert);
+	pub_dp_offer(d, chain, 0);
+	sk_X509_set(chain, 0, wrong);
+	pub_dp_offer(d, chain, 0);
+	/* The full CRL served names its delta too (Freshest CRL in the CRL): a fourth source. */
+	n = dp_wait_list(d, 4, &v, 10.0);
+	ck_assert_uint_eq(n, 4);
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(v[i].url, delta) == 0) {
+			/* Named by the certificate's Freshest CRL: a delta source, its delta CRL taken. */
+			seen_delta = 1;
+			ck_assert_int_eq(v[i].want_delta, 1);
+			ck_assert_msg(v[i].have_copy == 1, "%s", v[i].error);
+			ck_assert_int_ge(v[i].delta_base, 0);
+		} else if (strcmp(v[i].url, not_delta) == 0) {
+			seen_wrong = 1;
+			ck_assert_int_eq(v[i].want_delta, 1);
+			ck_assert_int_eq(v[i].have_copy, 0);
+			ck_assert_ptr_nonnull(strstr(v[i].error, "promised a delta CRL"));
+		} else if (strcmp(v[i].url, opts.delta_url) == 0) {
+			seen_from_crl = 1;
+			ck_assert_int_eq(v[i].want_delta, 1);
+		} else {
+			ck_assert_str_eq(v[i].url, full);
+			ck_assert_int_eq(v[i].want_delta, 0);
+			ck_assert_int_eq(v[i].delta_base, -1);
+			ck_assert_int_eq(v[i].have_copy, 1);
+		}
+	}
+	ck_assert(seen_delta && seen_wrong && seen_from_crl);
+	free(v);
+	pub_dp_stop(d);
+	sk_X509_free(chain);
+	X509_free(user);
+	X509_free(wrong);
+	X509_STORE_free(anchors);
+}
+END_TEST
+
 static Suite *
 http_suite(void)
 {
@@ -1442,6 +1518,7 @@ http_suite(void)
 	tcase_add_test(tc, test_external_crl_bad_signature_keeps_last_good_and_stale_is_marked);
 	tcase_add_test(tc, test_external_crl_without_external_ca_waits_for_a_trusted_issuer);
 	tcase_add_test(tc, test_dp_fetch_validates_keeps_and_reports_errors);
+	tcase_add_test(tc, test_dp_fetch_follows_the_certificates_freshest_crl);
 	tcase_add_test(tc, test_certs_off_by_default_then_served_with_strict_addresses);
 	tcase_add_test(tc, test_certs_rate_limited_per_client_with_retry_after);
 	tcase_add_test(tc, test_certs_bucket_refills_and_table_is_bounded);

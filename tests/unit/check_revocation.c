@@ -1707,6 +1707,28 @@ START_TEST(test_unusable_crls_are_refused_with_their_reason)
 	ck_assert_int_eq(ca_crl_validate(crl, c, time(NULL), &signer, &m), KMS_ERR_CORRUPT);
 	ck_assert_ptr_nonnull(strstr(kms_last_error(), "cRLSign"));
 	X509_CRL_free(crl);
+	/*
+	 * Signed by the key without cRLSign while a CA of the same name (another
+	 * key) is a candidate too: refused, and the reason told is the cRLSign
+	 * one, whichever candidate comes first.
+	 */
+	{
+		X509 *root_named = mk_cert(p.root, p256_key, rsa_key, "Partner Issuing CA", 4, 1,
+		    "critical,keyCertSign,cRLSign", NULL);
+
+		crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);
+		sk_X509_push(c, root_named);
+		ck_assert_int_eq(ca_crl_validate(crl, c, time(NULL), &signer, &m), KMS_ERR_CORRUPT);
+		ck_assert_msg(strstr(kms_last_error(), "cRLSign") != NULL, "%s", kms_last_error());
+		sk_X509_set(c, 0, root_named);
+		sk_X509_set(c, 1, p.inter_nocrlsign);
+		ck_assert_int_eq(ca_crl_validate(crl, c, time(NULL), &signer, &m), KMS_ERR_CORRUPT);
+		ck_assert_msg(strstr(kms_last_error(), "cRLSign") != NULL, "%s", kms_last_error());
+		sk_X509_pop(c);
+		sk_X509_set(c, 0, p.inter_nocrlsign);
+		X509_free(root_named);
+		X509_CRL_free(crl);
+	}
 	/* Unknown critical extension, on the CRL and on an entry. */
 	sp.unknown_critical = 1;
 	crl = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);

@@ -755,7 +755,15 @@ ca_crl_check(X509_CRL *crl, X509 *issuer, time_t now, int *stale)
 	return 0;
 }
 
-/* Add the entries of a CRL already checked against its issuer. */
+static X509_NAME *entry_cert_issuer(X509_REVOKED *r, int *present);
+
+/*
+ * Add the entries of a CRL already checked against its issuer.  A delta
+ * CRL lists only what changed since its base: its entries revoke, but it
+ * says nothing of the certificates it does not list (no coverage, no
+ * staleness).  Entries from a certificateIssuer naming another CA on (an
+ * indirect CRL, which this path does not attribute) are left out.
+ */
 static int
 add_entries(struct ca_revidx_builder *b, X509_CRL *crl, int stale)
 {
@@ -763,18 +771,18 @@ add_entries(struct ca_revidx_builder *b, X509_CRL *crl, int stale)
 	struct rev_issuer *is;
 	long issuer;
 	time_t nu = 0;
-	int rc, ok;
+	int rc, ok, own = 1, delta = X509_CRL_get_ext_by_NID(crl, NID_delta_crl, -1) >= 0;
 
 	if (X509_CRL_get0_nextUpdate(crl) != NULL)
 		nu = asn1_time_t(X509_CRL_get0_nextUpdate(crl), &ok);
 	if ((issuer = builder_issuer(b, X509_CRL_get_issuer(crl))) < 0)
 		return (int)issuer;
 	is = &b->issuers[issuer];
-	if (stale)
+	if (!delta && stale)
 		is->stale = 1;
-	else
+	else if (!delta)
 		is->covers |= CA_CRL_COVERS_USER | CA_CRL_COVERS_CA;
-	if (nu > 0 && (is->next_update == 0 || nu < is->next_update))
+	if (!delta && nu > 0 && (is->next_update == 0 || nu < is->next_update))
 		is->next_update = nu;
 
 	revs = X509_CRL_get_REVOKED(crl);
@@ -785,8 +793,14 @@ add_entries(struct ca_revidx_builder *b, X509_CRL *crl, int stale)
 		struct ca_rev_info info = { 0 };
 		const unsigned char *s;
 		size_t n;
-		int neg;
+		int neg, present;
+		X509_NAME *ci = entry_cert_issuer(r, &present);
 
+		if (present)
+			own = ci != NULL && X509_NAME_cmp(ci, X509_CRL_get_issuer(crl)) == 0;
+		X509_NAME_free(ci);
+		if (!own)
+			continue;
 		if (serial_key(X509_REVOKED_get0_serialNumber(r), &s, &n, &neg) != 0) {
 			kms_log(KMS_LOG_WARNING, "CRL entry with an oversized serial number skipped");
 			continue;

@@ -2027,6 +2027,57 @@ START_TEST(test_partitioned_indirect_crl_covers_only_its_distribution_point)
 }
 END_TEST
 
+START_TEST(test_checked_list_path_claims_nothing_for_deltas_or_other_issuers)
+{
+	struct pki p;
+	struct crl_spec sp = spec_now();
+	struct ca_revidx_builder *b = NULL;
+	struct ca_revidx *idx = NULL;
+	struct ca_rev_info info;
+	X509_CRL *delta, *named;
+	ASN1_INTEGER *a;
+
+	pki_make(&p);
+	/* A delta taken as a plain list ([crl] external pointing at one): bob revoked, alice not known good. */
+	{
+		const struct crl_ent ents[] = { { "11", 1, NULL, NULL } };
+
+		sp.number = 8;
+		sp.delta_base = 7;
+		delta = mk_crl(X509_get_subject_name(p.inter), other_key, &sp, ents, 1);
+	}
+	/* A CRL with a certificateIssuer entry: entries from there on are another CA's, not the root's. */
+	{
+		const struct crl_ent ents[] = { { "05", 1, NULL, NULL }, { "20", 1, p.inter, NULL },
+			{ "21", 1, NULL, NULL } };
+
+		sp.number = 3;
+		sp.delta_base = -1;
+		named = mk_crl(X509_get_subject_name(p.root), p256_key, &sp, ents, 3);
+	}
+	ck_assert_int_eq(ca_revidx_builder_new(&b), 0);
+	ck_assert_int_eq(ca_revidx_add_checked_crl(b, delta, time(NULL)), 0);
+	ck_assert_int_eq(ca_revidx_add_checked_crl(b, named, time(NULL)), 0);
+	ck_assert_int_eq(ca_revidx_build(b, &idx), 0);
+	ca_revidx_builder_free(b);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee2, &info), 1);
+	ck_assert_int_eq(ca_revidx_check(idx, p.ee, &info), -1);
+	a = asn1_serial("05");
+	ck_assert_int_eq(ca_revidx_lookup(idx, X509_get_subject_name(p.root), a, NULL), 1);
+	ASN1_INTEGER_free(a);
+	a = asn1_serial("20");
+	ck_assert_int_eq(ca_revidx_lookup(idx, X509_get_subject_name(p.root), a, NULL), 0);
+	ASN1_INTEGER_free(a);
+	a = asn1_serial("21");
+	ck_assert_int_eq(ca_revidx_lookup(idx, X509_get_subject_name(p.root), a, NULL), 0);
+	ASN1_INTEGER_free(a);
+	ca_revidx_unref(idx);
+	X509_CRL_free(delta);
+	X509_CRL_free(named);
+	pki_free(&p);
+}
+END_TEST
+
 START_TEST(test_thousand_issuers_are_found_by_hash)
 {
 	struct ca_revidx_builder *b = NULL;
@@ -2127,6 +2178,7 @@ revocation_suite(void)
 	tcase_add_test(tc, test_delta_on_base_adds_and_removes_from_crl);
 	tcase_add_test(tc, test_indirect_crl_speaks_only_for_certificates_naming_its_issuer);
 	tcase_add_test(tc, test_partitioned_indirect_crl_covers_only_its_distribution_point);
+	tcase_add_test(tc, test_checked_list_path_claims_nothing_for_deltas_or_other_issuers);
 	tcase_add_test(tc, test_thousand_issuers_are_found_by_hash);
 	suite_add_tcase(s, tc);
 

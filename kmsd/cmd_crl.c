@@ -186,7 +186,7 @@ kmsd_cmd_crl_list_external(struct kmsd_req *req)
 		json_array_append_new(arr, json_pack("{s:s,s:s,s:b,s:I,s:I,s:b,s:I,s:s,s:s,s:s,s:s,s:s,s:s}",
 		    "url", v[i].url, "issuer", v[i].issuer, "have_copy", v[i].have_copy,
 		    "entries", (json_int_t)v[i].entries, "number", (json_int_t)v[i].number,
-		    "delta", v[i].want_delta, "delta_base", (json_int_t)v[i].delta_base,
+		    "delta", v[i].want_delta, "delta_base", (json_int_t)(v[i].want_delta ? v[i].delta_base : -1),
 		    "this_update", tu, "next_update", nu, "last_attempt", la, "last_success", ls,
 		    "next_fetch", nf, "error", v[i].error));
 	}

@@ -130,17 +130,19 @@ for what in empty missing closed silent huge; do
 done
 rm -rf "$STATE/crl-dp"
 : > "$T/kmsd.log"
+# The silent server's fetch may take 12 s before it gives up: every message must be answered
+# while it still hangs (an order of events, not a speed).
 write_conf "[kmsd]" "milter_socket = unix:$STATE/milter.sock" "[milter]" "trust_file = $T/roots.pem" \
-	"[crl]" "fetch_timeout = 3" "fetch_max_size = 64K" "[policy]" "on_revocation_unknown = accept"
+	"[crl]" "fetch_timeout = 12" "fetch_max_size = 64K" "[policy]" "on_revocation_unknown = accept"
 start_kmsd || { fail "kmsd starts (bad distribution points)"; done_testing; }
-start=$(date +%s%N)
-for what in empty missing closed silent huge; do
+for what in silent empty missing closed huge; do
 	mt "$what: the message is answered, revocation unknown" alice.eml unknown "$T/$what"
 done
-ms=$(( ( $(date +%s%N) - start ) / 1000000 ))
-note "5 messages in ${ms} ms while the LDAP fetches fail"
-[ "$ms" -lt 2900 ] && pass "mail flows while the LDAP fetches fail: 5 messages in ${ms} ms, under one fetch timeout" ||
-	fail "mail flows while the LDAP fetches fail" "${ms} ms"
+if grep -Fq "timed out after 12 s" "$T/kmsd.log"; then
+	fail "mail flows while an LDAP fetch hangs" "the fetch had timed out before the messages were answered"
+else
+	pass "mail flows while an LDAP fetch hangs: every message answered before the hanging fetch gave up"
+fi
 # log_says WHAT URL-PART TEXT: the log and crl list-external both give the error.
 log_says() {
 	if wait_log "$3"; then
@@ -152,11 +154,11 @@ log_says() {
 log_says "an entry without the attribute" "cn=empty" "the entry has no certificateRevocationList;binary value"
 log_says "an entry that does not exist" "cn=nobody" "search: No such object"
 log_says "a port nobody listens on" ":$CLOSED/" "cannot connect: Can't contact LDAP server"
-log_says "a server that never answers" ":$SILENT/" "timed out after 3 s"
+log_says "a server that never answers" ":$SILENT/" "timed out after 12 s"
 log_says "a value over fetch_max_size (cut by the bound on what libldap reads)" "cn=huge" "an answer larger than 65536 bytes"
 ctl crl list-external > "$T/list2.out" 2>&1
 for e in "the entry has no certificateRevocationList;binary value" "No such object" "Can't contact LDAP server" \
-    "timed out after 3 s" "larger than 65536 bytes"; do
+    "timed out after 12 s" "larger than 65536 bytes"; do
 	check_grep "crl list-external shows: $e" "last error: .*$e" "$T/list2.out"
 done
 check_grep "... and that there is no good copy" "no good copy yet" "$T/list2.out"

@@ -78,6 +78,7 @@ ca_create_root(const char *org, const char *name, const char *key_type, int days
 	EVP_PKEY *key = NULL;
 	X509 *x = NULL;
 	struct ca *ca = NULL;
+	time_t nb;
 	int rc;
 
 	*out = NULL;
@@ -97,6 +98,17 @@ ca_create_root(const char *org, const char *name, const char *key_type, int days
 		goto out;
 	if ((rc = ca_cert_begin(subject, key, days, &x)) != 0)
 		goto out;
+	/*
+	 * Set back as far as a user certificate's notBefore may be
+	 * ([ca] not_before_margin at most): a recipient whose clock is behind
+	 * must not find the CA of a brand-new user not yet valid, and no
+	 * certificate starts before the CA that issued it.
+	 */
+	nb = time(NULL) - CA_MAX_NOT_BEFORE_MARGIN;
+	if (X509_time_adj_ex(X509_getm_notBefore(x), 0, 0, &nb) == NULL) {
+		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "CA notBefore");
+		goto out;
+	}
 	if (!X509_set_issuer_name(x, subject)) {
 		rc = kms_fail_openssl(KMS_ERR_CRYPTO, "CA issuer name");
 		goto out;

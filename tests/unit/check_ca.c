@@ -485,9 +485,10 @@ check_root(const struct ca *ca, int nid_sig, const char *key_type)
 	ck_assert_int_eq(X509_check_private_key(x, ca->key), 1);
 	ck_assert_int_eq(X509_get_signature_nid(x), nid_sig);
 	ck_assert_str_eq(ca_key_type_of(X509_get0_pubkey(x), buf, sizeof(buf)), key_type);
-	ck_assert_int_ge(nb, t_start);                 /* made in main(), from "now" */
-	ck_assert_int_le(nb, time(NULL));
-	ck_assert_int_eq((long long)(na - nb), 3650LL * 86400);
+	/* Made in main(), set back by the largest notBefore margin of a user certificate. */
+	ck_assert_int_ge(nb, t_start - CA_MAX_NOT_BEFORE_MARGIN);
+	ck_assert_int_le(nb, time(NULL) - CA_MAX_NOT_BEFORE_MARGIN);
+	ck_assert_int_eq((long long)(na - nb), 3650LL * 86400 + CA_MAX_NOT_BEFORE_MARGIN);
 	assert_basic_constraints(x, 1);
 	assert_key_usage(x, 1u << 5 | 1u << 6);         /* keyCertSign, cRLSign */
 	assert_key_ids(x, NULL);                        /* AKI repeats the SKI */
@@ -640,6 +641,11 @@ START_TEST(test_not_before_is_set_back_by_the_cas_margin)
 	/* Five minutes back; the end stays days after the moment of issue. */
 	ck_assert_int_le(llabs((long long)(now - 300 - nb)), 5);
 	ck_assert_int_le(llabs((long long)(na - now - 30 * 86400LL)), 5);
+	X509_free(x);
+	/* The largest margin still starts no earlier than the CA. */
+	margin.not_before_margin = CA_MAX_NOT_BEFORE_MARGIN;
+	x = issue(&margin, CA_USAGE_SIGN, ec_user_a, "ivan@example.org", "Ivan", 30, NULL);
+	ck_assert_int_ge(ASN1_TIME_compare(X509_get0_notBefore(x), X509_get0_notBefore(rsa_ca->cert)), 0);
 	X509_free(x);
 	margin.not_before_margin = CA_MAX_NOT_BEFORE_MARGIN + 1;
 	ck_assert_int_eq(issue_rc(&margin, CA_USAGE_SIGN, ec_user_a, "ivan@example.org", "Ivan", 30, NULL), KMS_ERR_INVALID);

@@ -139,52 +139,38 @@ dps_urls(CRL_DIST_POINTS *dps, int schemes, char ***out)
 	return 0;
 }
 
-int
-ca_cert_crl_urls(X509 *cert, int schemes, char ***out)
+/* The URLs of a decoded CRLDistributionPoints or FreshestCRL extension (none when dps is NULL); frees dps. */
+static int
+ext_urls(CRL_DIST_POINTS *dps, int schemes, char ***out)
 {
-	CRL_DIST_POINTS *dps;
 	int rc;
 
 	*out = NULL;
-	if ((dps = X509_get_ext_d2i(cert, NID_crl_distribution_points, NULL, NULL)) == NULL) {
+	if (dps == NULL) {
 		ERR_clear_error();
 		return 0;
 	}
 	rc = dps_urls(dps, schemes, out);
 	CRL_DIST_POINTS_free(dps);
 	return rc;
+}
+
+int
+ca_cert_crl_urls(X509 *cert, int schemes, char ***out)
+{
+	return ext_urls(X509_get_ext_d2i(cert, NID_crl_distribution_points, NULL, NULL), schemes, out);
 }
 
 int
 ca_cert_delta_urls(X509 *cert, int schemes, char ***out)
 {
-	CRL_DIST_POINTS *dps;
-	int rc;
-
-	*out = NULL;
-	if ((dps = X509_get_ext_d2i(cert, NID_freshest_crl, NULL, NULL)) == NULL) {
-		ERR_clear_error();
-		return 0;
-	}
-	rc = dps_urls(dps, schemes, out);
-	CRL_DIST_POINTS_free(dps);
-	return rc;
+	return ext_urls(X509_get_ext_d2i(cert, NID_freshest_crl, NULL, NULL), schemes, out);
 }
 
 int
 ca_crl_delta_urls(X509_CRL *crl, int schemes, char ***out)
 {
-	CRL_DIST_POINTS *dps;
-	int rc;
-
-	*out = NULL;
-	if ((dps = X509_CRL_get_ext_d2i(crl, NID_freshest_crl, NULL, NULL)) == NULL) {
-		ERR_clear_error();
-		return 0;
-	}
-	rc = dps_urls(dps, schemes, out);
-	CRL_DIST_POINTS_free(dps);
-	return rc;
+	return ext_urls(X509_CRL_get_ext_d2i(crl, NID_freshest_crl, NULL, NULL), schemes, out);
 }
 
 /* The IDP's scope into m; KMS_ERR_CORRUPT for what we cannot use. */

@@ -140,3 +140,23 @@ $2"; shift 2 ;;
 	openssl ca "$@" 2> "$w/err" || { cat "$w/err" >&2; return 1; }
 	rm -rf "$w"
 }
+
+# mt WHAT MSG EXPECT [DATA]: one message through kmsd's milter socket, pass
+# if partner.lua is content (DATA: the PKI directory, default $P).
+mt() {
+	if miltertest -D sock="unix:$STATE/milter.sock" -D data="${4:-$P}" -D dir="$MT" -D msg="$2" -D expect="$3" \
+	    -s "$MT/partner.lua" > "$T/mt.out" 2>&1; then
+		pass "$1"
+	else
+		fail "$1" "$(tail -4 "$T/mt.out" | tr '\n' ' ')"
+	fi
+}
+
+# wait_log PATTERN: up to 20 s for the kmsd log to show it (extended regex).
+wait_log() {
+	for _ in $(seq 1 200); do
+		grep -Eq -- "$1" "$T/kmsd.log" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}

@@ -52,15 +52,6 @@ mt() {
 	fi
 }
 
-# wait_log PATTERN: up to 20 s for the kmsd log to show it.
-wait_log() {
-	for _ in $(seq 1 200); do
-		grep -Eq -- "$1" "$T/kmsd.log" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	return 1
-}
-
 # reload: SIGHUP, and wait for the log to say it was done.
 reload() {
 	n=$(grep -c "configuration reloaded\|reload refused" "$T/kmsd.log")

@@ -29,25 +29,6 @@ python3 -m http.server --bind 127.0.0.1 --directory "$W" "$WEB_PORT" > "$T/web.l
 PIDS="$PIDS $!"
 for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$WEB_PORT") 2>/dev/null && break; sleep 0.1; done
 
-# mt WHAT MSG EXPECT: one message through kmsd, pass if partner.lua is content.
-mt() {
-	if miltertest -D sock="unix:$STATE/milter.sock" -D data="$P" -D dir="$MT" -D msg="$2" -D expect="$3" \
-	    -s "$MT/partner.lua" > "$T/mt.out" 2>&1; then
-		pass "$1"
-	else
-		fail "$1" "$(tail -4 "$T/mt.out" | tr '\n' ' ')"
-	fi
-}
-
-# wait_log PATTERN: up to 20 s for the kmsd log to show it.
-wait_log() {
-	for _ in $(seq 1 200); do
-		grep -Eq -- "$1" "$T/kmsd.log" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	return 1
-}
-
 # fetched WHAT: the first message (erin's) makes kmsd fetch base, delta and root CRL; wait for all three.
 fetched() {
 	: > "$T/kmsd.log"

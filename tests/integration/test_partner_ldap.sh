@@ -47,16 +47,6 @@ ROOT_URL=$(printf "$LDAP_CDP_FMT" root)
 openssl x509 -in "$P/alice.crt" -noout -ext crlDistributionPoints > "$T/alice.cdp" 2>&1
 check_grep "alice's certificate names the ldap distribution point" "URI:ldap://127.0.0.1:$LP/cn=issuing" "$T/alice.cdp"
 
-# mt WHAT MSG EXPECT [DATA]: one message through kmsd, pass if partner.lua is content.
-mt() {
-	if miltertest -D sock="unix:$STATE/milter.sock" -D data="${4:-$P}" -D dir="$MT" -D msg="$2" -D expect="$3" \
-	    -s "$MT/partner.lua" > "$T/mt.out" 2>&1; then
-		pass "$1"
-	else
-		fail "$1" "$(tail -4 "$T/mt.out" | tr '\n' ' ')"
-	fi
-}
-
 # wait_log PATTERN: up to 20 s for the kmsd log to show it (a fixed string).
 wait_log() {
 	for _ in $(seq 1 200); do

@@ -31,25 +31,6 @@ WEB_PID=$!
 PIDS="$PIDS $WEB_PID"
 for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$WEB_PORT") 2>/dev/null && break; sleep 0.1; done
 
-# mt WHAT MSG EXPECT [DATA]: one message through kmsd, pass if partner.lua is content.
-mt() {
-	if miltertest -D sock="unix:$STATE/milter.sock" -D data="${4:-$P}" -D dir="$MT" -D msg="$2" -D expect="$3" \
-	    -s "$MT/partner.lua" > "$T/mt.out" 2>&1; then
-		pass "$1"
-	else
-		fail "$1" "$(tail -4 "$T/mt.out" | tr '\n' ' ')"
-	fi
-}
-
-# wait_log PATTERN: up to 20 s for the kmsd log to show it.
-wait_log() {
-	for _ in $(seq 1 200); do
-		grep -Eq -- "$1" "$T/kmsd.log" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	return 1
-}
-
 write_conf "[kmsd]" "milter_socket = unix:$STATE/milter.sock" "[milter]" "trust_file = $P/root.crt" \
 	"[crl]" "fetch_timeout = 2" "fetch_max_size = 64K" \
 	"[policy]" "on_revocation_unknown = tempfail" "revocation_unknown_wait = 10m"

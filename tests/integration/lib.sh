@@ -394,3 +394,11 @@ wait_files() {
 	done
 	return 1
 }
+
+# gpgsm_signing_fpr EMAIL: the fingerprint of EMAIL's signing certificate that
+# has its secret key in $GNUPGHOME.  gpgsm -u EMAIL may take the encryption
+# certificate (same subject, same notBefore) and then refuses to sign.
+gpgsm_signing_fpr() {
+	gpgsm --with-colons --list-secret-keys "$1" 2>/dev/null |
+		awk -F: '$1 == "crs" || $1 == "crt" { s = ($12 ~ /s/) } $1 == "fpr" && s { print $10; exit }'
+}

@@ -156,7 +156,9 @@ if command -v gpgsm >/dev/null && command -v dirmngr >/dev/null; then
 	for u in alice carol; do
 		gpgsm --batch --pinentry-mode loopback --passphrase-fd 0 --import "$T/$u.p12" < "$T/pw" >/dev/null 2>&1
 		printf 'Content-Type: text/plain\r\n\r\nsigned by %s\r\n' "$u" > "$T/$u.msg"
-		gpgsm --batch --pinentry-mode loopback --passphrase-fd 0 --disable-crl-checks -u "$u@example.org" \
+		sfpr=$(gpgsm_signing_fpr "$u@example.org")
+		[ -n "$sfpr" ] || fail "gpgsm lists $u's signing certificate with its secret key"
+		gpgsm --batch --pinentry-mode loopback --passphrase-fd 0 --disable-crl-checks -u "$sfpr" \
 			--detach-sign -o "$T/$u.sig" "$T/$u.msg" < "$T/pw" >/dev/null 2>&1
 	done
 	# dirmngr keeps a CRL until its nextUpdate: start from an empty cache.

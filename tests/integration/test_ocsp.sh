@@ -205,10 +205,7 @@ if command -v gpgsm >/dev/null && command -v dirmngr >/dev/null; then
 	for u in alice dave; do
 		gpgsm --batch --pinentry-mode loopback --passphrase-fd 0 --import "$T/$u.p12" < "$T/pw" >/dev/null 2>&1
 		printf 'Content-Type: text/plain\r\n\r\nsigned by %s\r\n' "$u" > "$T/$u.msg"
-		# The signing certificate by its fingerprint: by address gpgsm may take the
-		# encryption certificate (same subject, same notBefore) and refuse to sign.
-		sfpr=$(gpgsm --with-colons --list-secret-keys "$u@example.org" 2>/dev/null |
-			awk -F: '$1 == "crs" || $1 == "crt" { s = ($12 ~ /s/) } $1 == "fpr" && s { print $10; exit }')
+		sfpr=$(gpgsm_signing_fpr "$u@example.org")
 		[ -n "$sfpr" ] || fail "gpgsm lists $u's signing certificate with its secret key"
 		# gpg-agent on a loaded machine sometimes fails a first signature: try again before giving up.
 		for _ in 1 2 3; do
